@@ -1,0 +1,76 @@
+"""models/manifest.toml: what each model file is, bound by sha256. The device refuses a file whose
+hash or I/O contract disagrees with it, and says when the weights are synthetic."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import onnx
+
+import sam_arch
+
+ROLES = {"sam_encoder": "SAM image encoder (TinyViT)", "sam_decoder": "SAM prompt encoder + mask decoder"}
+
+
+def sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _shape(vi) -> list[int]:
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+
+
+def _toml_list(xs) -> str:
+    return "[" + ", ".join(repr(x) if not isinstance(x, str) else f'"{x}"' for x in xs) + "]"
+
+
+def write(models_dir: pathlib.Path, config: str, source: str, synthetic: bool, seed: int | None) -> pathlib.Path:
+    cfg = sam_arch.CONFIGS[config]
+    lines = [
+        "# sonomask model manifest (written by quantize/manifest.py; do not edit by hand).",
+        "# synthetic = true means seeded random weights: NOT trained, outputs carry no meaning.",
+        "format = 1",
+        "",
+        "[sam]",
+        f'config = "{config}"',
+        f"image_size = {cfg.image_size}",
+        f"embed_dim = {cfg.embed_dim}",
+        f"embedding_size = {cfg.embedding_size}",
+        f"low_res_size = {cfg.low_res_size}",
+        f"pixel_mean = {_toml_list(sam_arch.PIXEL_MEAN)}",
+        f"pixel_std = {_toml_list(sam_arch.PIXEL_STD)}",
+        "mask_threshold = 0.0",
+        f"synthetic = {'true' if synthetic else 'false'}",
+        f"seed = {seed if seed is not None else -1}",
+        f'source = "{source}"',
+        "",
+    ]
+    for role in ROLES:
+        for precision in ("fp32", "int8"):
+            f = models_dir / f"{role}.{precision}.onnx"
+            if not f.exists():
+                continue
+            m = onnx.load(str(f), load_external_data=False)
+            lines += [
+                "[[model]]",
+                f'file = "{f.name}"',
+                f'role = "{role}"',
+                f'precision = "{precision}"',
+                f'sha256 = "{sha256(f)}"',
+                f"bytes = {f.stat().st_size}",
+            ]
+            for kind, vis in (("input", m.graph.input), ("output", m.graph.output)):
+                inits = {i.name for i in m.graph.initializer}
+                for vi in vis:
+                    if vi.name in inits:
+                        continue
+                    lines += [f"[[model.{kind}]]", f'name = "{vi.name}"', f"shape = {_toml_list(_shape(vi))}"]
+            lines.append("")
+    out = models_dir / "manifest.toml"
+    out.write_text("\n".join(lines))
+    return out

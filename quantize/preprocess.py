@@ -1,0 +1,78 @@
+"""SAM preprocessing exactly as at run time on the device (and as the official SamPredictor does):
+longest side resized to S with int(dim*scale+0.5) (PIL bilinear via torchvision, like
+ResizeLongestSide.apply_image), RGB, (x-mean)/std, zero padding bottom/right to SxS.
+The Rust runtime (src/preprocess.rs) ports this bit-exactly; tests/fixtures pins the agreement."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from mobile_sam.utils.transforms import ResizeLongestSide
+
+from sam_arch import PIXEL_MEAN, PIXEL_STD
+
+# ../shared beside the project root (never copied into the project).
+SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+def load_rgb(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def resize_uint8(rgb: np.ndarray, size: int) -> np.ndarray:
+    return ResizeLongestSide(size).apply_image(rgb)
+
+
+def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 HxWx3 -> f32 [1,3,S,S]"""
+    r = resize_uint8(rgb, size).astype(np.float32)
+    x = (r - np.array(PIXEL_MEAN, np.float32)) / np.array(PIXEL_STD, np.float32)
+    out = np.zeros((1, 3, size, size), np.float32)
+    out[0, :, : x.shape[0], : x.shape[1]] = x.transpose(2, 0, 1)
+    return out
+
+
+def transform_coords(xy: np.ndarray, orig_hw, size: int) -> np.ndarray:
+    return ResizeLongestSide(size).apply_coords(np.asarray(xy, np.float64), orig_hw).astype(np.float32)
+
+
+def load_mask(paths: list[pathlib.Path]) -> np.ndarray:
+    """Union of the GT masks; a pixel is foreground where any channel > 127 (shared/README)."""
+    m = None
+    for p in paths:
+        a = np.asarray(Image.open(p).convert("RGB")).max(axis=2) > 127
+        m = a if m is None else (m | a)
+    return m
+
+
+def mask_box(mask: np.ndarray):
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+
+
+def read_pairs(dataset_dir: pathlib.Path):
+    """[(image path, [mask paths])] from a shared/data set's pairs.csv."""
+    out = []
+    with open(dataset_dir / "pairs.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            img = dataset_dir / row["image"]
+            masks = [dataset_dir / m for m in row["mask(s)"].split(";") if m]
+            out.append((img, masks))
+    return out
+
+
+def calibration_set(shared: pathlib.Path, per_set: int):
+    """Evenly spaced frames with a non-empty GT from BUSI and HC18 (real ultrasound)."""
+    frames = []
+    for name in ("busi", "hc18"):
+        pairs = [p for p in read_pairs(shared / "data" / name)]
+        pairs = [p for p in pairs if mask_box(load_mask(p[1])) is not None]
+        step = max(1, len(pairs) // per_set)
+        frames += pairs[::step][:per_set]
+    return frames

@@ -1,0 +1,106 @@
+"""Static int8 quantization of the exported MobileSAM ONNX files, in the form tract executes as int8.
+
+QOperator format (QLinearConv / QLinearMatMul), only Conv and MatMul quantized:
+* tract runs QDQ graphs in f32 plus overhead, so QDQ would be slower, not faster;
+* Softmax is never quantized (tract 0.23.9 computes a quantized Softmax wrongly);
+* no Gemm and no com.microsoft ops (QGemm, QLinearAdd): tract 0.23.9 cannot load them;
+* MatMulConstBOnly: only matmuls against weights; activation x activation matmuls (attention
+  scores) stay f32 for accuracy.
+Calibration: real ultrasound frames from ../shared/data (BUSI + HC18), preprocessed exactly as at
+run time; decoder calibrated with the fp32 encoder's embeddings and the GT box of each frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+import onnx_prep
+import preprocess
+
+
+class _ListReader(CalibrationDataReader):
+    def __init__(self, feeds):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def box_prompt(box, orig_hw, size):
+    xy = preprocess.transform_coords(np.array(box, np.float32).reshape(2, 2), orig_hw, size)
+    return xy[None].astype(np.float32), np.array([[2.0, 3.0]], np.float32)
+
+
+def calibration_feeds(enc_fp32: pathlib.Path, frames, size: int, low_res: int):
+    sess = ort.InferenceSession(str(enc_fp32), providers=["CPUExecutionProvider"])
+    enc_feeds, dec_feeds = [], []
+    for img_path, mask_paths in frames:
+        rgb = preprocess.load_rgb(img_path)
+        x = preprocess.preprocess(rgb, size)
+        enc_feeds.append({"image": x})
+        emb = sess.run(None, {"image": x})[0]
+        box = preprocess.mask_box(preprocess.load_mask(mask_paths))
+        coords, labels = box_prompt(box, rgb.shape[:2], size)
+        dec_feeds.append(
+            {
+                "image_embeddings": emb,
+                "point_coords": coords,
+                "point_labels": labels,
+                "mask_input": np.zeros((1, 1, low_res, low_res), np.float32),
+                "has_mask_input": np.zeros(1, np.float32),
+            }
+        )
+    return enc_feeds, dec_feeds
+
+
+def quantize_one(src: pathlib.Path, dst: pathlib.Path, feeds) -> None:
+    model = onnx_prep.constants_to_initializers(onnx.load(str(src)))
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = pathlib.Path(tmp) / "prepped.onnx"
+        onnx.save(model, str(prepped))
+        quantize_static(
+            str(prepped),
+            str(dst),
+            _ListReader(feeds),
+            quant_format=QuantFormat.QOperator,
+            op_types_to_quantize=["Conv", "MatMul"],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            # MinMax calibration keeps only per-tensor ReduceMin/Max per frame: memory stays small.
+            extra_options={"MatMulConstBOnly": True},
+        )
+    q = onnx.load(str(dst))
+    # The quantizer's shape inference leaves value_info naming the symbolic prompt count; tract
+    # would then refuse to pin it per call. Intermediate shapes are optional: drop them.
+    del q.graph.value_info[:]
+    onnx.save(q, str(dst))
+    hist = onnx_prep.op_histogram(q)
+    bad = [op for op in hist if op in ("QGemm", "QLinearAdd", "QLinearSoftmax", "QLinearMul", "QAttention")]
+    if bad:
+        raise SystemExit(f"{dst}: ops tract cannot run as int8: {bad}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="models", type=pathlib.Path)
+    ap.add_argument("--shared", default=preprocess.SHARED, type=pathlib.Path)
+    ap.add_argument("--frames-per-set", type=int, default=8)
+    ap.add_argument("--image-size", type=int, default=1024)
+    a = ap.parse_args()
+    frames = preprocess.calibration_set(a.shared, a.frames_per_set)
+    print(f"calibrating on {len(frames)} real ultrasound frames")
+    enc_feeds, dec_feeds = calibration_feeds(a.models / "sam_encoder.fp32.onnx", frames, a.image_size, a.image_size // 4)
+    quantize_one(a.models / "sam_encoder.fp32.onnx", a.models / "sam_encoder.int8.onnx", enc_feeds)
+    quantize_one(a.models / "sam_decoder.fp32.onnx", a.models / "sam_decoder.int8.onnx", dec_feeds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+//! Options and helpers shared by the subcommands.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+use super::args::Args;
+use crate::image_io::RgbFrame;
+use crate::model::Precision;
+use crate::segment::SamSession;
+use crate::timing::Timings;
+
+pub struct ModelOptions {
+    pub models: PathBuf,
+    pub precision: Precision,
+}
+
+/// `auto`: int8 only where tract has a native int8 dot-product kernel (aarch64 with SDOT);
+/// elsewhere (x86 without VNNI, Cortex-A72/A57) tract's int8 is slower than its f32.
+pub fn auto_precision() -> Precision {
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Precision::Int8;
+        }
+    }
+    Precision::Fp32
+}
+
+impl ModelOptions {
+    pub fn from_args(a: &Args) -> Result<Self> {
+        let models = a
+            .get("models")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("SONOMASK_MODELS").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("models"));
+        let precision = match a.get("precision").unwrap_or("auto") {
+            "auto" => auto_precision(),
+            p => Precision::parse(p)?,
+        };
+        let threads: usize = a.parse_or("threads", 1)?;
+        set_threads(threads)?;
+        Ok(ModelOptions { models, precision })
+    }
+
+    pub fn load_session(&self) -> Result<SamSession> {
+        SamSession::load(&self.models, self.precision)
+    }
+}
+
+/// tract's matmul thread pool (only with the `multithread-mm` feature).
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    #[cfg(feature = "multithread-mm")]
+    if n > 1 {
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n));
+    }
+    #[cfg(not(feature = "multithread-mm"))]
+    if n > 1 {
+        log::warn!("built without the multithread-mm feature: running single-threaded");
+    }
+    Ok(())
+}
+
+pub fn save_gray(path: &Path, w: u32, h: u32, data: &[u8]) -> Result<()> {
+    image::GrayImage::from_raw(w, h, data.to_vec())
+        .context("mask buffer size")?
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn save_rgb(path: &Path, f: &RgbFrame) -> Result<()> {
+    image::RgbImage::from_raw(f.width, f.height, f.pixels.clone())
+        .context("frame buffer size")?
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn timings_json(t: &Timings) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (name, ms) in &t.stages {
+        let e = m.entry(name.to_string()).or_insert(serde_json::json!(0.0));
+        *e = serde_json::json!(e.as_f64().unwrap_or(0.0) + ms);
+    }
+    serde_json::Value::Object(m)
+}

@@ -1,0 +1,38 @@
+//! The `sonomask` command line: subcommand dispatch; each subcommand lives in its own module.
+
+pub mod args;
+pub mod common;
+pub mod segment;
+
+use anyhow::{Result, bail};
+
+pub const USAGE: &str = "\
+sonomask: edge runtime for prompted medical image segmentation (MobileSAM on tract)
+
+usage: sonomask <command> [options]      (sonomask <command> --help for details)
+
+commands:
+  segment   segment one image with box/point prompts
+  version   print the version
+
+environment: SONOMASK_LOG=debug|info|warn|error (default info: per-stage timings on stderr),
+             SONOMASK_MODELS=DIR (default ./models)";
+
+pub fn main(argv: &[String]) -> Result<()> {
+    let Some((cmd, rest)) = argv.split_first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    match cmd.as_str() {
+        "segment" => segment::run(rest),
+        "version" | "--version" => {
+            println!("sonomask {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command '{other}'\n\n{USAGE}"),
+    }
+}

@@ -1,0 +1,15 @@
+//! sonomask: an edge runtime for text-prompted medical image segmentation.
+//!
+//! Data flows one way: source -> [`preprocess`] -> [`model`] -> prompts -> [`mask`] -> sink.
+//! The core (everything but the CLI and I/O edges) is pure and testable without a device.
+
+pub mod cli;
+pub mod image_io;
+pub mod logger;
+pub mod mask;
+pub mod model;
+pub mod overlay;
+pub mod preprocess;
+pub mod prompt;
+pub mod segment;
+pub mod timing;

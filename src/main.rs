@@ -1,0 +1,8 @@
+fn main() {
+    sonomask::logger::init(log::LevelFilter::Info);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = sonomask::cli::main(&argv) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

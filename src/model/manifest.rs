@@ -1,0 +1,229 @@
+//! `models/manifest.toml`: which file holds which model, in which precision, bound by sha256,
+//! with the SAM preprocessing constants and whether the weights are synthetic. Written by
+//! `quantize/manifest.py`; read here and checked before any model is trusted.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Int8,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "int8" => Ok(Precision::Int8),
+            _ => bail!("unknown precision '{s}' (expected fp32 or int8)"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    SamEncoder,
+    SamDecoder,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::SamEncoder => "sam_encoder",
+            Role::SamDecoder => "sam_decoder",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    /// -1 marks a symbolic dimension.
+    pub shape: Vec<i64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub file: String,
+    pub role: Role,
+    pub precision: Precision,
+    pub sha256: String,
+    pub bytes: u64,
+    #[serde(default)]
+    pub input: Vec<TensorSpec>,
+    #[serde(default)]
+    pub output: Vec<TensorSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamSection {
+    pub config: String,
+    pub image_size: u32,
+    pub embed_dim: u32,
+    pub embedding_size: u32,
+    pub low_res_size: u32,
+    pub pixel_mean: [f32; 3],
+    pub pixel_std: [f32; 3],
+    pub mask_threshold: f32,
+    /// Seeded random weights: loading, op coverage and speed only; outputs mean nothing.
+    pub synthetic: bool,
+    pub seed: i64,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub sam: SamSection,
+    #[serde(default)]
+    pub model: Vec<ModelEntry>,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+pub const MANIFEST_FILE: &str = "manifest.toml";
+
+impl Manifest {
+    /// Read `<dir>/manifest.toml` and check its internal consistency.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("cannot read model manifest {} (build the models first: see README.md)", path.display())
+        })?;
+        let mut m: Manifest =
+            toml::from_str(&text).with_context(|| format!("malformed model manifest {}", path.display()))?;
+        if m.format != 1 {
+            bail!("{}: manifest format {} is not supported (this build reads format 1)", path.display(), m.format);
+        }
+        let s = &m.sam;
+        if s.image_size == 0 || s.embedding_size == 0 || s.low_res_size != 4 * s.embedding_size || s.embed_dim == 0 {
+            bail!(
+                "{}: inconsistent [sam] sizes (image {}, embedding {}x{}x{}, low-res {}; low-res must be 4x the embedding)",
+                path.display(), s.image_size, s.embed_dim, s.embedding_size, s.embedding_size, s.low_res_size
+            );
+        }
+        if s.pixel_std.iter().any(|&v| v <= 0.0 || !v.is_finite()) {
+            bail!("{}: pixel_std must be positive", path.display());
+        }
+        m.dir = dir.to_path_buf();
+        Ok(m)
+    }
+
+    pub fn entry(&self, role: Role, precision: Precision) -> Result<&ModelEntry> {
+        self.model.iter().find(|e| e.role == role && e.precision == precision).with_context(|| {
+            let have: Vec<String> =
+                self.model.iter().filter(|e| e.role == role).map(|e| e.precision.as_str().to_string()).collect();
+            format!(
+                "{}: no {} model in {} precision (available: {})",
+                self.dir.join(MANIFEST_FILE).display(),
+                role.as_str(),
+                precision.as_str(),
+                if have.is_empty() { "none".into() } else { have.join(", ") }
+            )
+        })
+    }
+
+    pub fn path_of(&self, e: &ModelEntry) -> PathBuf {
+        self.dir.join(&e.file)
+    }
+
+    /// Read a model file and check it is the one the manifest describes (size, then sha256).
+    pub fn read_verified(&self, e: &ModelEntry) -> Result<Vec<u8>> {
+        let path = self.path_of(e);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read model file {}", path.display()))?;
+        if bytes.len() as u64 != e.bytes {
+            bail!(
+                "model file {} is {} bytes, the manifest says {} (truncated or replaced? rebuild the models)",
+                path.display(), bytes.len(), e.bytes
+            );
+        }
+        let digest = sha256_hex(&bytes);
+        if !digest.eq_ignore_ascii_case(&e.sha256) {
+            bail!("model file {} has sha256 {digest}, the manifest says {} (corrupt or replaced? rebuild the models)", path.display(), e.sha256);
+        }
+        Ok(bytes)
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+format = 1
+[sam]
+config = "tiny"
+image_size = 256
+embed_dim = 32
+embedding_size = 16
+low_res_size = 64
+pixel_mean = [123.675, 116.28, 103.53]
+pixel_std = [58.395, 57.12, 57.375]
+mask_threshold = 0.0
+synthetic = true
+seed = 0
+source = "test"
+[[model]]
+file = "x.onnx"
+role = "sam_encoder"
+precision = "fp32"
+sha256 = "00"
+bytes = 1
+"#;
+
+    fn write(dir: &Path, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(MANIFEST_FILE), text).unwrap();
+    }
+
+    #[test]
+    fn loads_and_rejects() {
+        let dir = std::env::temp_dir().join(format!("sonomask-manifest-{}", std::process::id()));
+        write(&dir, GOOD);
+        let m = Manifest::load(&dir).unwrap();
+        assert!(m.entry(Role::SamEncoder, Precision::Fp32).is_ok());
+        let e = m.entry(Role::SamEncoder, Precision::Int8).unwrap_err().to_string();
+        assert!(e.contains("int8") && e.contains("available: fp32"), "{e}");
+        // the file is missing
+        assert!(m.read_verified(&m.model[0]).unwrap_err().to_string().contains("cannot read model file"));
+        // wrong size, then wrong hash
+        std::fs::write(dir.join("x.onnx"), b"ab").unwrap();
+        assert!(m.read_verified(&m.model[0]).unwrap_err().to_string().contains("2 bytes"));
+        std::fs::write(dir.join("x.onnx"), b"a").unwrap();
+        assert!(m.read_verified(&m.model[0]).unwrap_err().to_string().contains("sha256"));
+        write(&dir, &GOOD.replace("low_res_size = 64", "low_res_size = 65"));
+        assert!(Manifest::load(&dir).unwrap_err().to_string().contains("inconsistent"));
+        write(&dir, &GOOD.replace("seed = 0", "seed = 0\nbogus = 1"));
+        assert!(Manifest::load(&dir).is_err());
+        write(&dir, "not toml [");
+        assert!(format!("{:#}", Manifest::load(&dir).unwrap_err()).contains("malformed"));
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(Manifest::load(&dir).unwrap_err().to_string().contains("cannot read model manifest"));
+    }
+
+    #[test]
+    fn sha256_known_vector() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -1,0 +1,163 @@
+//! MobileSAM on tract: the image encoder (one pass per frame) and the prompt decoder (one pass
+//! per prompt, reusing the frame's embedding).
+
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tract_onnx::prelude::*;
+
+use super::contract::{Contract, Dim, TensorContract};
+use super::manifest::{Manifest, Precision, Role, SamSection};
+use super::onnx::{self, Parsed, Plan, State, f32s};
+
+pub fn encoder_contract(s: &SamSection) -> Contract {
+    let (i, c, e) = (s.image_size as usize, s.embed_dim as usize, s.embedding_size as usize);
+    Contract {
+        inputs: vec![TensorContract::fixed("image", &[1, 3, i, i])],
+        outputs: vec![TensorContract::fixed("image_embeddings", &[1, c, e, e])],
+    }
+}
+
+pub fn decoder_contract(s: &SamSection) -> Contract {
+    let (c, e, l) = (s.embed_dim as usize, s.embedding_size as usize, s.low_res_size as usize);
+    let f = Dim::Fixed;
+    Contract {
+        inputs: vec![
+            TensorContract::fixed("image_embeddings", &[1, c, e, e]),
+            TensorContract { name: "point_coords", shape: vec![f(1), Dim::Any, f(2)] },
+            TensorContract { name: "point_labels", shape: vec![f(1), Dim::Any] },
+            TensorContract::fixed("mask_input", &[1, 1, l, l]),
+            TensorContract::fixed("has_mask_input", &[1]),
+        ],
+        outputs: vec![
+            TensorContract::fixed("low_res_masks", &[1, 4, l, l]),
+            TensorContract::fixed("iou_predictions", &[1, 4]),
+        ],
+    }
+}
+
+fn load(manifest: &Manifest, role: Role, precision: Precision, contract: Contract) -> Result<Parsed> {
+    let entry = manifest.entry(role, precision)?;
+    let bytes = manifest.read_verified(entry)?;
+    onnx::parse(&manifest.path_of(entry), &bytes, contract)
+}
+
+fn ensure_finite(values: &[f32], what: &str, file: &std::path::Path) -> Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!("{}: {what} contains a non-finite value ({} at index {i}); refusing to use it", file.display(), values[i]);
+    }
+    Ok(())
+}
+
+/// One image embedding `[1, C, E, E]`, kept as a tract value so decoder calls share it without copies.
+#[derive(Clone)]
+pub struct Embedding(pub TValue);
+
+impl Embedding {
+    pub fn as_slice(&self) -> Result<&[f32]> {
+        f32s(&self.0)
+    }
+}
+
+pub struct SamEncoder {
+    file: PathBuf,
+    state: State,
+    input_shape: [usize; 4],
+}
+
+impl SamEncoder {
+    pub fn load(manifest: &Manifest, precision: Precision) -> Result<Self> {
+        let s = &manifest.sam;
+        let parsed = load(manifest, Role::SamEncoder, precision, encoder_contract(s))?;
+        let n = s.image_size as usize;
+        let plan = parsed.plan(&[vec![1, 3, n, n]])?;
+        Ok(SamEncoder { file: parsed.file.clone(), state: onnx::spawn(&plan)?, input_shape: [1, 3, n, n] })
+    }
+
+    /// Run on a preprocessed `[1,3,S,S]` input (see `preprocess::sam_input_into`).
+    pub fn run(&mut self, input: &[f32]) -> Result<Embedding> {
+        let t = Tensor::from_shape(&self.input_shape, input).context("encoder input buffer has the wrong size")?;
+        let mut out = onnx::run(&mut self.state, tvec!(t.into_tvalue()), &self.file)?;
+        let emb = out.remove(0);
+        ensure_finite(f32s(&emb)?, "image embedding", &self.file)?;
+        Ok(Embedding(emb))
+    }
+}
+
+/// The decoder's answer for one prompt: 4 low-res mask logit planes and their predicted IoUs.
+pub struct DecoderOutput {
+    pub low_res: Tensor,
+    pub iou: [f32; 4],
+    pub low_res_size: usize,
+}
+
+impl DecoderOutput {
+    pub fn plane(&self, token: usize) -> Result<&[f32]> {
+        let n = self.low_res_size * self.low_res_size;
+        Ok(&f32s(&self.low_res)?[token * n..(token + 1) * n])
+    }
+}
+
+pub struct SamDecoder {
+    parsed: Parsed,
+    embed: [usize; 4],
+    low_res: usize,
+    /// One optimized plan and state per prompt-token count (the model's symbolic N), built on
+    /// first use; a box (N=2) is planned at load.
+    states: HashMap<usize, (Plan, State)>,
+    mask_input: Tensor,
+    has_mask: Tensor,
+}
+
+impl SamDecoder {
+    pub fn load(manifest: &Manifest, precision: Precision) -> Result<Self> {
+        let s = &manifest.sam;
+        let parsed = load(manifest, Role::SamDecoder, precision, decoder_contract(s))?;
+        let (c, e, l) = (s.embed_dim as usize, s.embedding_size as usize, s.low_res_size as usize);
+        let mut d = SamDecoder {
+            parsed,
+            embed: [1, c, e, e],
+            low_res: l,
+            states: HashMap::new(),
+            mask_input: Tensor::zero::<f32>(&[1, 1, l, l])?,
+            has_mask: Tensor::zero::<f32>(&[1])?,
+        };
+        d.state_for(2)?;
+        Ok(d)
+    }
+
+    fn state_for(&mut self, n: usize) -> Result<&mut State> {
+        if !self.states.contains_key(&n) {
+            let l = self.low_res;
+            let plan = self.parsed.plan(&[self.embed.to_vec(), vec![1, n, 2], vec![1, n], vec![1, 1, l, l], vec![1]])?;
+            let state = onnx::spawn(&plan)?;
+            self.states.insert(n, (plan, state));
+        }
+        Ok(&mut self.states.get_mut(&n).expect("inserted above").1)
+    }
+
+    /// `coords` is `[N*2]` in the model input frame, `labels` `[N]` (see `Prompt::encode`).
+    pub fn run(&mut self, emb: &Embedding, coords: &[f32], labels: &[f32]) -> Result<DecoderOutput> {
+        let n = labels.len();
+        if n == 0 || coords.len() != 2 * n {
+            bail!("decoder needs N>0 labels and 2N coordinates (got {} and {})", labels.len(), coords.len());
+        }
+        let inputs = tvec!(
+            emb.0.clone(),
+            Tensor::from_shape(&[1, n, 2], coords)?.into_tvalue(),
+            Tensor::from_shape(&[1, n], labels)?.into_tvalue(),
+            self.mask_input.clone().into_tvalue(),
+            self.has_mask.clone().into_tvalue(),
+        );
+        let file = self.parsed.file.clone();
+        let state = self.state_for(n)?;
+        let mut out = onnx::run(state, inputs, &file)?;
+        let iou_t = out.remove(1);
+        let masks = out.remove(0).into_tensor();
+        let iou_s = f32s(&iou_t)?;
+        ensure_finite(iou_s, "iou_predictions", &file)?;
+        ensure_finite(f32s(&masks)?, "low_res_masks", &file)?;
+        let iou = [iou_s[0], iou_s[1], iou_s[2], iou_s[3]];
+        Ok(DecoderOutput { low_res: masks, iou, low_res_size: self.low_res })
+    }
+}

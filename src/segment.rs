@@ -1,0 +1,93 @@
+//! The interactive box/point pipeline: frame -> SAM preprocessing -> encoder -> decoder ->
+//! mask post-processing. One encoder pass per frame; any number of prompts per embedding.
+
+use anyhow::Result;
+use std::path::Path;
+
+use crate::image_io::RgbFrame;
+use crate::mask::{Mask, upscale_logits};
+use crate::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
+use crate::preprocess::{Geometry, Normalize, sam_input_into};
+use crate::prompt::Prompt;
+use crate::timing::Timings;
+
+/// Both SAM models plus the buffers reused across frames.
+pub struct SamSession {
+    pub manifest: Manifest,
+    pub precision: Precision,
+    encoder: SamEncoder,
+    decoder: SamDecoder,
+    norm: Normalize,
+    input: Vec<f32>,
+    coords: Vec<f32>,
+    labels: Vec<f32>,
+}
+
+/// A frame's embedding with the geometry needed to map prompts in and masks out.
+pub struct EncodedFrame {
+    pub embedding: Embedding,
+    pub geometry: Geometry,
+}
+
+#[derive(Clone, Debug)]
+pub struct Segmentation {
+    pub mask: Mask,
+    /// Index of the decoder's mask token that was kept (0..4).
+    pub token: usize,
+    /// The decoder's predicted IoU for that token.
+    pub iou: f32,
+}
+
+impl SamSession {
+    pub fn load(models_dir: &Path, precision: Precision) -> Result<Self> {
+        let mut t = Timings::default();
+        let manifest = Manifest::load(models_dir)?;
+        if manifest.sam.synthetic {
+            log::warn!(
+                "models in {} have SYNTHETIC weights (seeded random, untrained, seed {}): masks show the pipeline runs, not anatomy",
+                models_dir.display(),
+                manifest.sam.seed
+            );
+        }
+        let encoder = t.stage("load_encoder", || SamEncoder::load(&manifest, precision))?;
+        let decoder = t.stage("load_decoder", || SamDecoder::load(&manifest, precision))?;
+        let s = manifest.sam.image_size as usize;
+        let norm = Normalize { mean: manifest.sam.pixel_mean, std: manifest.sam.pixel_std };
+        Ok(SamSession {
+            manifest,
+            precision,
+            encoder,
+            decoder,
+            norm,
+            input: vec![0.0; 3 * s * s],
+            coords: Vec::with_capacity(64),
+            labels: Vec::with_capacity(32),
+        })
+    }
+
+    pub fn encode(&mut self, frame: &RgbFrame, t: &mut Timings) -> Result<EncodedFrame> {
+        let size = self.manifest.sam.image_size;
+        let geometry = t.stage("preprocess", || sam_input_into(frame, size, &self.norm, &mut self.input));
+        let embedding = t.stage("encoder", || self.encoder.run(&self.input))?;
+        Ok(EncodedFrame { embedding, geometry })
+    }
+
+    /// Decode one prompt against an encoded frame. The prompt must already be validated.
+    pub fn decode(&mut self, f: &EncodedFrame, prompt: &Prompt, t: &mut Timings) -> Result<Segmentation> {
+        prompt.encode(&f.geometry, &mut self.coords, &mut self.labels);
+        let out = t.stage("decoder", || self.decoder.run(&f.embedding, &self.coords, &self.labels))?;
+        let token = prompt.pick_token(&out.iou);
+        let thr = self.manifest.sam.mask_threshold;
+        let g = f.geometry;
+        let mask = t.stage("postprocess", || -> Result<Mask> {
+            let logits = upscale_logits(out.plane(token)?, out.low_res_size, &g);
+            Ok(Mask::from_logits(g.orig_w, g.orig_h, &logits, thr))
+        })?;
+        Ok(Segmentation { mask, token, iou: out.iou[token] })
+    }
+
+    /// Low-level access for parity tests and benchmarks.
+    pub fn decoder_mut(&mut self) -> &mut SamDecoder {
+        &mut self.decoder
+    }
+}
