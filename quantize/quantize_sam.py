@@ -74,6 +74,10 @@ def quantize_one(src: pathlib.Path, dst: pathlib.Path, feeds) -> None:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=False,
+            # 7-bit weights: onnxruntime's u8s8 kernels on x86 without VNNI (vpmaddubsw) saturate
+            # 16-bit pair sums with full-range weights, so its output would not be the exact
+            # integer result that tract (and ARM SDOT/SMLAL) computes.
+            reduce_range=True,
             # MinMax calibration keeps only per-tensor ReduceMin/Max per frame: memory stays small.
             extra_options={"MatMulConstBOnly": True},
         )

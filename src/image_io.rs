@@ -21,13 +21,25 @@ impl RgbFrame {
             bail!("empty frame ({width}x{height})");
         }
         if pixels.len() != width as usize * height as usize * 3 {
-            bail!("frame {width}x{height} needs {} bytes, got {}", width as usize * height as usize * 3, pixels.len());
+            bail!(
+                "frame {width}x{height} needs {} bytes, got {}",
+                width as usize * height as usize * 3,
+                pixels.len()
+            );
         }
-        Ok(RgbFrame { width, height, pixels })
+        Ok(RgbFrame {
+            width,
+            height,
+            pixels,
+        })
     }
 
     pub fn from_gray(width: u32, height: u32, gray: &[u8]) -> Result<Self> {
-        Self::new(width, height, gray.iter().flat_map(|&g| [g, g, g]).collect())
+        Self::new(
+            width,
+            height,
+            gray.iter().flat_map(|&g| [g, g, g]).collect(),
+        )
     }
 
     pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
@@ -38,7 +50,8 @@ impl RgbFrame {
 
 /// Decode a PNG or JPEG file. Errors name the file and say what is wrong with it.
 pub fn load_rgb(path: &Path) -> Result<RgbFrame> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
     decode_rgb(&bytes).with_context(|| format!("cannot decode image {}", path.display()))
 }
 

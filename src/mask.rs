@@ -17,11 +17,19 @@ pub struct Mask {
 
 impl Mask {
     pub fn empty(width: u32, height: u32) -> Self {
-        Mask { width, height, data: vec![0; width as usize * height as usize] }
+        Mask {
+            width,
+            height,
+            data: vec![0; width as usize * height as usize],
+        }
     }
 
     pub fn from_logits(width: u32, height: u32, logits: &[f32], threshold: f32) -> Self {
-        Mask { width, height, data: logits.iter().map(|&v| (v > threshold) as u8).collect() }
+        Mask {
+            width,
+            height,
+            data: logits.iter().map(|&v| (v > threshold) as u8).collect(),
+        }
     }
 
     pub fn get(&self, x: u32, y: u32) -> bool {
@@ -37,7 +45,9 @@ impl Mask {
         let w = self.width as usize;
         let mut b: Option<(u32, u32, u32, u32)> = None;
         for (y, row) in self.data.chunks_exact(w).enumerate() {
-            let Some(first) = row.iter().position(|&v| v != 0) else { continue };
+            let Some(first) = row.iter().position(|&v| v != 0) else {
+                continue;
+            };
             let last = row.iter().rposition(|&v| v != 0).unwrap_or(first);
             let (y, first, last) = (y as u32, first as u32, last as u32);
             b = Some(match b {
@@ -51,7 +61,10 @@ impl Mask {
     /// Pixel-wise OR (for prompts that produce several masks, e.g. one per box).
     pub fn union_with(&mut self, other: &Mask) {
         assert_eq!((self.width, self.height), (other.width, other.height));
-        self.data.iter_mut().zip(&other.data).for_each(|(a, &b)| *a |= b);
+        self.data
+            .iter_mut()
+            .zip(&other.data)
+            .for_each(|(a, &b)| *a |= b);
     }
 
     /// Intersection over union with another mask of the same size (1.0 when both are empty).
@@ -86,7 +99,15 @@ fn taps(in_size: usize, out_size: usize, n: usize) -> Vec<(usize, usize, f32, f3
 
 /// Bilinear resize of a `sw x sh` plane onto an `ow x oh` grid, computing only the top-left
 /// `cw x ch` window of that grid (the crop SAM keeps).
-fn bilinear(src: &[f32], sw: usize, sh: usize, ow: usize, oh: usize, cw: usize, ch: usize) -> Vec<f32> {
+fn bilinear(
+    src: &[f32],
+    sw: usize,
+    sh: usize,
+    ow: usize,
+    oh: usize,
+    cw: usize,
+    ch: usize,
+) -> Vec<f32> {
     let tx = taps(sw, ow, cw);
     let ty = taps(sh, oh, ch);
     let mut out = vec![0f32; cw * ch];

@@ -20,7 +20,13 @@ pub fn render(frame: &RgbFrame, mask: &Mask, bbox: Option<&BoxPrompt>) -> RgbFra
     let (w, h) = (frame.width as usize, frame.height as usize);
     let mut out = frame.pixels.clone();
     let t = thickness(frame.width, frame.height) as isize;
-    let inside = |x: isize, y: isize| x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && mask.data[y as usize * w + x as usize] != 0;
+    let inside = |x: isize, y: isize| {
+        x >= 0
+            && y >= 0
+            && (x as usize) < w
+            && (y as usize) < h
+            && mask.data[y as usize * w + x as usize] != 0
+    };
     for y in 0..h {
         for x in 0..w {
             if mask.data[y * w + x] == 0 {
@@ -28,7 +34,12 @@ pub fn render(frame: &RgbFrame, mask: &Mask, bbox: Option<&BoxPrompt>) -> RgbFra
             }
             let (xi, yi) = (x as isize, y as isize);
             // Outline: a mask pixel with a non-mask pixel within `t` (4-neighbourhood).
-            let edge = (1..=t).any(|d| !inside(xi - d, yi) || !inside(xi + d, yi) || !inside(xi, yi - d) || !inside(xi, yi + d));
+            let edge = (1..=t).any(|d| {
+                !inside(xi - d, yi)
+                    || !inside(xi + d, yi)
+                    || !inside(xi, yi - d)
+                    || !inside(xi, yi + d)
+            });
             let p = &mut out[(y * w + x) * 3..(y * w + x) * 3 + 3];
             if edge {
                 p.copy_from_slice(&OUTLINE);
@@ -43,7 +54,8 @@ pub fn render(frame: &RgbFrame, mask: &Mask, bbox: Option<&BoxPrompt>) -> RgbFra
         let clampx = |v: f32| (v.round().max(0.0) as usize).min(w - 1);
         let clampy = |v: f32| (v.round().max(0.0) as usize).min(h - 1);
         let (x0, x1, y0, y1) = (clampx(b.x0), clampx(b.x1), clampy(b.y0), clampy(b.y1));
-        let mut put = |x: usize, y: usize| out[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&BOX);
+        let mut put =
+            |x: usize, y: usize| out[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&BOX);
         for d in 0..t as usize {
             for x in x0..=x1 {
                 put(x, (y0 + d).min(h - 1));
@@ -55,7 +67,11 @@ pub fn render(frame: &RgbFrame, mask: &Mask, bbox: Option<&BoxPrompt>) -> RgbFra
             }
         }
     }
-    RgbFrame { width: frame.width, height: frame.height, pixels: out }
+    RgbFrame {
+        width: frame.width,
+        height: frame.height,
+        pixels: out,
+    }
 }
 
 #[cfg(test)]
@@ -76,7 +92,12 @@ mod tests {
         assert_eq!(o.pixel(1, 1), OUTLINE);
         let c = o.pixel(2, 2);
         assert!(c[1] > 100 && c[0] < 100, "tinted centre {c:?}");
-        let b = BoxPrompt { x0: 0.0, y0: 0.0, x1: 4.0, y1: 4.0 };
+        let b = BoxPrompt {
+            x0: 0.0,
+            y0: 0.0,
+            x1: 4.0,
+            y1: 4.0,
+        };
         assert_eq!(render(&frame, &m, Some(&b)).pixel(0, 2), BOX);
     }
 }

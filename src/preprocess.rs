@@ -26,7 +26,13 @@ impl Geometry {
     pub fn new(orig_w: u32, orig_h: u32, input_size: u32) -> Self {
         let scale = input_size as f64 / orig_w.max(orig_h) as f64;
         let r = |d: u32| ((d as f64 * scale + 0.5) as u32).max(1);
-        Geometry { orig_w, orig_h, resized_w: r(orig_w), resized_h: r(orig_h), input_size }
+        Geometry {
+            orig_w,
+            orig_h,
+            resized_w: r(orig_w),
+            resized_h: r(orig_h),
+            input_size,
+        }
     }
 
     /// SAM's `apply_coords`: original pixel coordinates -> model input frame.
@@ -77,11 +83,19 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..n {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let fixed = v * (1u32 << PRECISION_BITS) as f64;
-            k[x] = if v < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+            k[x] = if v < 0.0 {
+                (-0.5 + fixed) as i32
+            } else {
+                (0.5 + fixed) as i32
+            };
         }
         bounds.push((xmin, n));
     }
-    Coeffs { ksize, bounds, taps }
+    Coeffs {
+        ksize,
+        bounds,
+        taps,
+    }
 }
 
 #[inline]
@@ -157,19 +171,31 @@ pub struct Normalize {
 }
 
 impl Normalize {
-    pub const SAM: Normalize =
-        Normalize { mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375] };
+    pub const SAM: Normalize = Normalize {
+        mean: [123.675, 116.28, 103.53],
+        std: [58.395, 57.12, 57.375],
+    };
 }
 
 /// Resize longest side, normalise, zero-pad bottom/right into `out` (NCHW, `3*S*S` floats,
 /// reused across frames so the steady state does not allocate a new input tensor).
-pub fn sam_input_into(frame: &RgbFrame, input_size: u32, norm: &Normalize, out: &mut [f32]) -> Geometry {
+pub fn sam_input_into(
+    frame: &RgbFrame,
+    input_size: u32,
+    norm: &Normalize,
+    out: &mut [f32],
+) -> Geometry {
     let g = Geometry::new(frame.width, frame.height, input_size);
     let s = input_size as usize;
     assert_eq!(out.len(), 3 * s * s, "input tensor buffer size");
     let (rw, rh) = (g.resized_w as usize, g.resized_h as usize);
-    let resized =
-        resize_bilinear_u8(&frame.pixels, frame.width as usize, frame.height as usize, rw, rh);
+    let resized = resize_bilinear_u8(
+        &frame.pixels,
+        frame.width as usize,
+        frame.height as usize,
+        rw,
+        rh,
+    );
     out.fill(0.0);
     for c in 0..3 {
         // (x - mean) / std in f32, as torch does on the float image.
@@ -209,13 +235,22 @@ mod tests {
         // A constant image stays constant at any size (taps sum to one).
         let c = vec![77u8; 13 * 7 * 3];
         for (ow, oh) in [(26, 14), (5, 3), (1, 1), (40, 2)] {
-            assert!(resize_bilinear_u8(&c, 13, 7, ow, oh).iter().all(|&v| v == 77), "{ow}x{oh}");
+            assert!(
+                resize_bilinear_u8(&c, 13, 7, ow, oh)
+                    .iter()
+                    .all(|&v| v == 77),
+                "{ow}x{oh}"
+            );
         }
     }
 
     #[test]
     fn normalise_and_pad() {
-        let frame = RgbFrame { width: 2, height: 1, pixels: vec![255, 0, 10, 0, 255, 20] };
+        let frame = RgbFrame {
+            width: 2,
+            height: 1,
+            pixels: vec![255, 0, 10, 0, 255, 20],
+        };
         let mut out = vec![1.0f32; 3 * 4 * 4];
         let g = sam_input_into(&frame, 4, &Normalize::SAM, &mut out);
         assert_eq!((g.resized_w, g.resized_h), (4, 2));

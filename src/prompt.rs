@@ -39,7 +39,9 @@ fn parse_floats<const N: usize>(s: &str, what: &str) -> Result<[f32; N]> {
     }
     let mut out = [0f32; N];
     for (o, p) in out.iter_mut().zip(&parts) {
-        *o = p.parse::<f32>().map_err(|_| anyhow::anyhow!("{what} '{s}': '{p}' is not a number"))?;
+        *o = p
+            .parse::<f32>()
+            .map_err(|_| anyhow::anyhow!("{what} '{s}': '{p}' is not a number"))?;
         if !o.is_finite() {
             bail!("{what} '{s}': '{p}' is not finite");
         }
@@ -98,7 +100,11 @@ impl PointPrompt {
 
     pub fn validate(&self, width: u32, height: u32) -> Result<()> {
         if self.x < 0.0 || self.y < 0.0 || self.x >= width as f32 || self.y >= height as f32 {
-            bail!("point {},{} lies outside the {width}x{height} image", self.x, self.y);
+            bail!(
+                "point {},{} lies outside the {width}x{height} image",
+                self.x,
+                self.y
+            );
         }
         Ok(())
     }
@@ -116,7 +122,9 @@ impl Prompt {
         if let Some(b) = &self.bbox {
             b.validate(width, height)?;
         }
-        self.points.iter().try_for_each(|p| p.validate(width, height))
+        self.points
+            .iter()
+            .try_for_each(|p| p.validate(width, height))
     }
 
     /// Number of sparse tokens the decoder sees (the `N` of `point_coords [1,N,2]`).
@@ -152,7 +160,9 @@ impl Prompt {
     /// (`multimask_output=True`, as SamPredictor recommends for ambiguous single clicks).
     pub fn pick_token(&self, iou: &[f32; 4]) -> usize {
         if self.bbox.is_none() && self.points.len() == 1 {
-            (1..4).max_by(|&a, &b| iou[a].total_cmp(&iou[b])).unwrap_or(0)
+            (1..4)
+                .max_by(|&a, &b| iou[a].total_cmp(&iou[b]))
+                .unwrap_or(0)
         } else {
             0
         }
@@ -166,36 +176,72 @@ mod tests {
     #[test]
     fn parse_and_validate() {
         let b = BoxPrompt::parse("10, 20,30,40").unwrap();
-        assert_eq!(b, BoxPrompt { x0: 10.0, y0: 20.0, x1: 30.0, y1: 40.0 });
+        assert_eq!(
+            b,
+            BoxPrompt {
+                x0: 10.0,
+                y0: 20.0,
+                x1: 30.0,
+                y1: 40.0
+            }
+        );
         assert!(b.validate(100, 100).is_ok());
-        assert!(b.validate(25, 100).unwrap_err().to_string().contains("outside"));
-        assert!(BoxPrompt::parse("30,20,10,40").unwrap().validate(100, 100).unwrap_err().to_string().contains("inverted"));
+        assert!(
+            b.validate(25, 100)
+                .unwrap_err()
+                .to_string()
+                .contains("outside")
+        );
+        assert!(
+            BoxPrompt::parse("30,20,10,40")
+                .unwrap()
+                .validate(100, 100)
+                .unwrap_err()
+                .to_string()
+                .contains("inverted")
+        );
         assert!(BoxPrompt::parse("1,2,3").is_err());
         assert!(BoxPrompt::parse("1,2,3,x").is_err());
         assert!(BoxPrompt::parse("1,2,3,NaN").is_err());
         assert!(PointPrompt::parse("5,6").unwrap().foreground);
         assert!(!PointPrompt::parse("5,6,0").unwrap().foreground);
         assert!(PointPrompt::parse("5,6,2").is_err());
-        assert!(PointPrompt::parse("500,6").unwrap().validate(100, 100).is_err());
+        assert!(
+            PointPrompt::parse("500,6")
+                .unwrap()
+                .validate(100, 100)
+                .is_err()
+        );
         assert!(Prompt::default().validate(10, 10).is_err());
     }
 
     #[test]
     fn encode_box_and_points() {
         let g = Geometry::new(200, 100, 1024); // scale 5.12
-        let mut p = Prompt { bbox: Some(BoxPrompt::parse("0,0,100,50").unwrap()), points: vec![] };
+        let mut p = Prompt {
+            bbox: Some(BoxPrompt::parse("0,0,100,50").unwrap()),
+            points: vec![],
+        };
         let (mut c, mut l) = (vec![], vec![]);
         p.encode(&g, &mut c, &mut l);
         assert_eq!(l, vec![2.0, 3.0]);
         assert_eq!(c, vec![0.0, 0.0, 512.0, 256.0]);
         assert_eq!(p.num_tokens(), 2);
         p.bbox = None;
-        p.points.push(PointPrompt { x: 10.0, y: 10.0, foreground: false });
+        p.points.push(PointPrompt {
+            x: 10.0,
+            y: 10.0,
+            foreground: false,
+        });
         p.encode(&g, &mut c, &mut l);
         assert_eq!(l, vec![0.0, -1.0]);
         assert_eq!(p.num_tokens(), 2);
         assert_eq!(p.pick_token(&[0.9, 0.1, 0.5, 0.3]), 2);
-        p.points.push(PointPrompt { x: 1.0, y: 1.0, foreground: true });
+        p.points.push(PointPrompt {
+            x: 1.0,
+            y: 1.0,
+            foreground: true,
+        });
         assert_eq!(p.pick_token(&[0.1, 0.9, 0.5, 0.3]), 0);
     }
 }

@@ -52,7 +52,10 @@ impl SamSession {
         let encoder = t.stage("load_encoder", || SamEncoder::load(&manifest, precision))?;
         let decoder = t.stage("load_decoder", || SamDecoder::load(&manifest, precision))?;
         let s = manifest.sam.image_size as usize;
-        let norm = Normalize { mean: manifest.sam.pixel_mean, std: manifest.sam.pixel_std };
+        let norm = Normalize {
+            mean: manifest.sam.pixel_mean,
+            std: manifest.sam.pixel_std,
+        };
         Ok(SamSession {
             manifest,
             precision,
@@ -67,15 +70,27 @@ impl SamSession {
 
     pub fn encode(&mut self, frame: &RgbFrame, t: &mut Timings) -> Result<EncodedFrame> {
         let size = self.manifest.sam.image_size;
-        let geometry = t.stage("preprocess", || sam_input_into(frame, size, &self.norm, &mut self.input));
+        let geometry = t.stage("preprocess", || {
+            sam_input_into(frame, size, &self.norm, &mut self.input)
+        });
         let embedding = t.stage("encoder", || self.encoder.run(&self.input))?;
-        Ok(EncodedFrame { embedding, geometry })
+        Ok(EncodedFrame {
+            embedding,
+            geometry,
+        })
     }
 
     /// Decode one prompt against an encoded frame. The prompt must already be validated.
-    pub fn decode(&mut self, f: &EncodedFrame, prompt: &Prompt, t: &mut Timings) -> Result<Segmentation> {
+    pub fn decode(
+        &mut self,
+        f: &EncodedFrame,
+        prompt: &Prompt,
+        t: &mut Timings,
+    ) -> Result<Segmentation> {
         prompt.encode(&f.geometry, &mut self.coords, &mut self.labels);
-        let out = t.stage("decoder", || self.decoder.run(&f.embedding, &self.coords, &self.labels))?;
+        let out = t.stage("decoder", || {
+            self.decoder.run(&f.embedding, &self.coords, &self.labels)
+        })?;
         let token = prompt.pick_token(&out.iou);
         let thr = self.manifest.sam.mask_threshold;
         let g = f.geometry;
@@ -83,7 +98,11 @@ impl SamSession {
             let logits = upscale_logits(out.plane(token)?, out.low_res_size, &g);
             Ok(Mask::from_logits(g.orig_w, g.orig_h, &logits, thr))
         })?;
-        Ok(Segmentation { mask, token, iou: out.iou[token] })
+        Ok(Segmentation {
+            mask,
+            token,
+            iou: out.iou[token],
+        })
     }
 
     /// Low-level access for parity tests and benchmarks.

@@ -17,7 +17,10 @@ pub fn parse(argv: &[String], spec_values: &[&str], spec_switches: &[&str]) -> R
     let mut a = Args::default();
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
-        if let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-').filter(|f| f.len() == 1)) {
+        if let Some(flag) = arg
+            .strip_prefix("--")
+            .or_else(|| arg.strip_prefix('-').filter(|f| f.len() == 1))
+        {
             let (name, inline) = match flag.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (flag, None),
@@ -64,7 +67,9 @@ impl Args {
     pub fn parse_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
         match self.get(name) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| anyhow::anyhow!("--{name} '{v}' is not valid")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--{name} '{v}' is not valid")),
         }
     }
 }
@@ -79,13 +84,36 @@ mod tests {
 
     #[test]
     fn values_switches_positionals() {
-        let a = parse(&s(&["img.png", "--box", "1,2,3,4", "--box=5,6,7,8", "-o", "m.png", "--json"]), &["box", "out"], &["json"]).unwrap();
+        let a = parse(
+            &s(&[
+                "img.png",
+                "--box",
+                "1,2,3,4",
+                "--box=5,6,7,8",
+                "-o",
+                "m.png",
+                "--json",
+            ]),
+            &["box", "out"],
+            &["json"],
+        )
+        .unwrap();
         assert_eq!(a.positional, vec!["img.png"]);
         assert_eq!(a.all("box"), &["1,2,3,4", "5,6,7,8"]);
         assert_eq!(a.get("out"), Some("m.png"));
         assert!(a.has("json"));
-        assert!(parse(&s(&["--nope"]), &[], &[]).unwrap_err().to_string().contains("unknown option --nope"));
-        assert!(parse(&s(&["--box"]), &["box"], &[]).unwrap_err().to_string().contains("needs a value"));
+        assert!(
+            parse(&s(&["--nope"]), &[], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown option --nope")
+        );
+        assert!(
+            parse(&s(&["--box"]), &["box"], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("needs a value")
+        );
         assert!(parse(&s(&["--json=1"]), &[], &["json"]).is_err());
         assert!(a.parse_or::<usize>("box", 1).is_err());
     }

@@ -54,7 +54,9 @@ pub fn set_threads(n: usize) -> Result<()> {
     }
     #[cfg(feature = "multithread-mm")]
     if n > 1 {
-        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n));
+        tract_linalg::multithread::set_default_executor(
+            tract_linalg::multithread::Executor::multithread(n),
+        );
     }
     #[cfg(not(feature = "multithread-mm"))]
     if n > 1 {

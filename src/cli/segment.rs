@@ -25,7 +25,19 @@ sonomask segment IMAGE [--box x0,y0,x1,y1]... [--point x,y[,label]]... [-o mask.
   --json        print a JSON summary (areas, IoU predictions, per-stage timings) on stdout";
 
 pub fn run(argv: &[String]) -> Result<()> {
-    let a = args::parse(argv, &["box", "point", "out", "overlay", "models", "precision", "threads"], &["json", "help"])?;
+    let a = args::parse(
+        argv,
+        &[
+            "box",
+            "point",
+            "out",
+            "overlay",
+            "models",
+            "precision",
+            "threads",
+        ],
+        &["json", "help"],
+    )?;
     if a.has("help") {
         println!("{USAGE}");
         return Ok(());
@@ -33,8 +45,16 @@ pub fn run(argv: &[String]) -> Result<()> {
     let [image] = a.positional.as_slice() else {
         bail!("segment needs exactly one IMAGE\n\n{USAGE}");
     };
-    let boxes = a.all("box").iter().map(|s| BoxPrompt::parse(s)).collect::<Result<Vec<_>>>()?;
-    let points = a.all("point").iter().map(|s| PointPrompt::parse(s)).collect::<Result<Vec<_>>>()?;
+    let boxes = a
+        .all("box")
+        .iter()
+        .map(|s| BoxPrompt::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    let points = a
+        .all("point")
+        .iter()
+        .map(|s| PointPrompt::parse(s))
+        .collect::<Result<Vec<_>>>()?;
     if boxes.is_empty() && points.is_empty() {
         bail!("no prompt: give --box and/or --point\n\n{USAGE}");
     }
@@ -44,17 +64,29 @@ pub fn run(argv: &[String]) -> Result<()> {
     let mut t = Timings::default();
     let frame = t.stage("load_image", || image_io::load_rgb(Path::new(image)))?;
     let prompts: Vec<Prompt> = if boxes.is_empty() {
-        vec![Prompt { bbox: None, points: points.clone() }]
+        vec![Prompt {
+            bbox: None,
+            points: points.clone(),
+        }]
     } else {
-        boxes.iter().map(|b| Prompt { bbox: Some(*b), points: points.clone() }).collect()
+        boxes
+            .iter()
+            .map(|b| Prompt {
+                bbox: Some(*b),
+                points: points.clone(),
+            })
+            .collect()
     };
     for p in &prompts {
-        p.validate(frame.width, frame.height).with_context(|| format!("prompt for {image}"))?;
+        p.validate(frame.width, frame.height)
+            .with_context(|| format!("prompt for {image}"))?;
     }
 
     let mut session = opts.load_session()?;
     let (mask, results) = segment_frame(&mut session, &frame, &prompts, &mut t)?;
-    t.stage("write_outputs", || write_outputs(&frame, &mask, &boxes, &out, a.get("overlay").map(Path::new)))?;
+    t.stage("write_outputs", || {
+        write_outputs(&frame, &mask, &boxes, &out, a.get("overlay").map(Path::new))
+    })?;
 
     let s = &session.manifest.sam;
     if a.has("json") {
@@ -88,7 +120,11 @@ pub fn run(argv: &[String]) -> Result<()> {
             prompts.len(),
             ious.join(", "),
             out.display(),
-            if s.synthetic { "  [SYNTHETIC weights: not a real segmentation]" } else { "" }
+            if s.synthetic {
+                "  [SYNTHETIC weights: not a real segmentation]"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -112,7 +148,13 @@ pub fn segment_frame(
     Ok((union, results))
 }
 
-fn write_outputs(frame: &RgbFrame, mask: &Mask, boxes: &[BoxPrompt], out: &Path, overlay_path: Option<&Path>) -> Result<()> {
+fn write_outputs(
+    frame: &RgbFrame,
+    mask: &Mask,
+    boxes: &[BoxPrompt],
+    out: &Path,
+    overlay_path: Option<&Path>,
+) -> Result<()> {
     common::save_gray(out, mask.width, mask.height, &mask.to_gray8())?;
     if let Some(p) = overlay_path {
         let o = overlay::render(frame, mask, boxes.first());

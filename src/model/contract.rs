@@ -51,7 +51,10 @@ fn fixed(shape: &[usize]) -> Vec<Dim> {
 
 impl TensorContract {
     pub fn fixed(name: &'static str, shape: &[usize]) -> Self {
-        TensorContract { name, shape: fixed(shape) }
+        TensorContract {
+            name,
+            shape: fixed(shape),
+        }
     }
 }
 
@@ -65,29 +68,50 @@ fn describe(fact: &InferenceFact) -> String {
             None => "?".into(),
         })
         .collect();
-    format!("[{}]{}", dims.join(","), if fact.shape.is_open() { ".." } else { "" })
+    format!(
+        "[{}]{}",
+        dims.join(","),
+        if fact.shape.is_open() { ".." } else { "" }
+    )
 }
 
 /// Check the parsed ONNX graph's inputs (names, count, rank, fixed dims) before pinning them.
 pub fn check_inputs(model: &InferenceModel, file: &Path, c: &Contract) -> Result<()> {
     let outlets = model.input_outlets()?;
-    let names: Vec<String> = outlets.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let names: Vec<String> = outlets
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect();
     let want: Vec<&str> = c.inputs.iter().map(|t| t.name).collect();
     if names != want {
-        bail!("{}: model inputs are {:?}, expected {:?} (wrong model for this role?)", file.display(), names, want);
+        bail!(
+            "{}: model inputs are {:?}, expected {:?} (wrong model for this role?)",
+            file.display(),
+            names,
+            want
+        );
     }
     for (i, t) in c.inputs.iter().enumerate() {
         let fact = model.input_fact(i)?;
         let dims: Vec<_> = fact.shape.dims().collect();
-        let rank_ok = if fact.shape.is_open() { dims.len() <= t.shape.len() } else { dims.len() == t.shape.len() };
-        let dims_ok = dims.iter().zip(&t.shape).all(|(d, want)| match (d.concretize().and_then(|d| d.to_i64().ok()), *want) {
-            (Some(have), Dim::Fixed(w)) => have == w as i64,
-            _ => true, // symbolic/unknown in the file: pinned below, then checked by type inference
+        let rank_ok = if fact.shape.is_open() {
+            dims.len() <= t.shape.len()
+        } else {
+            dims.len() == t.shape.len()
+        };
+        let dims_ok = dims.iter().zip(&t.shape).all(|(d, want)| {
+            match (d.concretize().and_then(|d| d.to_i64().ok()), *want) {
+                (Some(have), Dim::Fixed(w)) => have == w as i64,
+                _ => true, // symbolic/unknown in the file: pinned below, then checked by type inference
+            }
         });
         if !rank_ok || !dims_ok {
             bail!(
                 "{}: input '{}' has shape {}, expected {}",
-                file.display(), t.name, describe(fact), ShapeDisplay(&t.shape)
+                file.display(),
+                t.name,
+                describe(fact),
+                ShapeDisplay(&t.shape)
             );
         }
     }
@@ -95,16 +119,33 @@ pub fn check_inputs(model: &InferenceModel, file: &Path, c: &Contract) -> Result
 }
 
 /// Check the typed (pinned) graph's outputs: names and exact shapes.
-pub fn check_outputs(model: &TypedModel, file: &Path, c: &Contract, pinned: &[(usize, usize)]) -> Result<()> {
+pub fn check_outputs(
+    model: &TypedModel,
+    file: &Path,
+    c: &Contract,
+    pinned: &[(usize, usize)],
+) -> Result<()> {
     let outlets = model.output_outlets()?;
     if outlets.len() != c.outputs.len() {
-        bail!("{}: model has {} outputs, expected {} ({:?})", file.display(), outlets.len(), c.outputs.len(),
-            c.outputs.iter().map(|t| t.name).collect::<Vec<_>>());
+        bail!(
+            "{}: model has {} outputs, expected {} ({:?})",
+            file.display(),
+            outlets.len(),
+            c.outputs.len(),
+            c.outputs.iter().map(|t| t.name).collect::<Vec<_>>()
+        );
     }
     for (i, (o, t)) in outlets.iter().zip(&c.outputs).enumerate() {
-        let label = model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone());
+        let label = model
+            .outlet_label(*o)
+            .map(str::to_owned)
+            .unwrap_or_else(|| model.node(o.node).name.clone());
         if label != t.name {
-            bail!("{}: output #{i} is '{label}', expected '{}'", file.display(), t.name);
+            bail!(
+                "{}: output #{i} is '{label}', expected '{}'",
+                file.display(),
+                t.name
+            );
         }
         let fact = model.outlet_fact(*o)?;
         let have: Option<Vec<usize>> = fact.shape.as_concrete().map(|s| s.to_vec());
@@ -114,11 +155,21 @@ pub fn check_outputs(model: &TypedModel, file: &Path, c: &Contract, pinned: &[(u
             .enumerate()
             .map(|(ax, d)| match d {
                 Dim::Fixed(n) => *n,
-                Dim::Any => pinned.iter().find(|(a, _)| *a == ax).map(|p| p.1).unwrap_or(0),
+                Dim::Any => pinned
+                    .iter()
+                    .find(|(a, _)| *a == ax)
+                    .map(|p| p.1)
+                    .unwrap_or(0),
             })
             .collect();
         if have.as_deref() != Some(&want[..]) {
-            bail!("{}: output '{}' has shape {:?}, expected {}", file.display(), t.name, fact.shape, ShapeDisplay(&fixed(&want)));
+            bail!(
+                "{}: output '{}' has shape {:?}, expected {}",
+                file.display(),
+                t.name,
+                fact.shape,
+                ShapeDisplay(&fixed(&want))
+            );
         }
     }
     Ok(())

@@ -104,18 +104,34 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("cannot read model manifest {} (build the models first: see README.md)", path.display())
+            format!(
+                "cannot read model manifest {} (build the models first: see README.md)",
+                path.display()
+            )
         })?;
-        let mut m: Manifest =
-            toml::from_str(&text).with_context(|| format!("malformed model manifest {}", path.display()))?;
+        let mut m: Manifest = toml::from_str(&text)
+            .with_context(|| format!("malformed model manifest {}", path.display()))?;
         if m.format != 1 {
-            bail!("{}: manifest format {} is not supported (this build reads format 1)", path.display(), m.format);
+            bail!(
+                "{}: manifest format {} is not supported (this build reads format 1)",
+                path.display(),
+                m.format
+            );
         }
         let s = &m.sam;
-        if s.image_size == 0 || s.embedding_size == 0 || s.low_res_size != 4 * s.embedding_size || s.embed_dim == 0 {
+        if s.image_size == 0
+            || s.embedding_size == 0
+            || s.low_res_size != 4 * s.embedding_size
+            || s.embed_dim == 0
+        {
             bail!(
                 "{}: inconsistent [sam] sizes (image {}, embedding {}x{}x{}, low-res {}; low-res must be 4x the embedding)",
-                path.display(), s.image_size, s.embed_dim, s.embedding_size, s.embedding_size, s.low_res_size
+                path.display(),
+                s.image_size,
+                s.embed_dim,
+                s.embedding_size,
+                s.embedding_size,
+                s.low_res_size
             );
         }
         if s.pixel_std.iter().any(|&v| v <= 0.0 || !v.is_finite()) {
@@ -126,17 +142,28 @@ impl Manifest {
     }
 
     pub fn entry(&self, role: Role, precision: Precision) -> Result<&ModelEntry> {
-        self.model.iter().find(|e| e.role == role && e.precision == precision).with_context(|| {
-            let have: Vec<String> =
-                self.model.iter().filter(|e| e.role == role).map(|e| e.precision.as_str().to_string()).collect();
-            format!(
-                "{}: no {} model in {} precision (available: {})",
-                self.dir.join(MANIFEST_FILE).display(),
-                role.as_str(),
-                precision.as_str(),
-                if have.is_empty() { "none".into() } else { have.join(", ") }
-            )
-        })
+        self.model
+            .iter()
+            .find(|e| e.role == role && e.precision == precision)
+            .with_context(|| {
+                let have: Vec<String> = self
+                    .model
+                    .iter()
+                    .filter(|e| e.role == role)
+                    .map(|e| e.precision.as_str().to_string())
+                    .collect();
+                format!(
+                    "{}: no {} model in {} precision (available: {})",
+                    self.dir.join(MANIFEST_FILE).display(),
+                    role.as_str(),
+                    precision.as_str(),
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
+                    }
+                )
+            })
     }
 
     pub fn path_of(&self, e: &ModelEntry) -> PathBuf {
@@ -146,16 +173,23 @@ impl Manifest {
     /// Read a model file and check it is the one the manifest describes (size, then sha256).
     pub fn read_verified(&self, e: &ModelEntry) -> Result<Vec<u8>> {
         let path = self.path_of(e);
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read model file {}", path.display()))?;
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read model file {}", path.display()))?;
         if bytes.len() as u64 != e.bytes {
             bail!(
                 "model file {} is {} bytes, the manifest says {} (truncated or replaced? rebuild the models)",
-                path.display(), bytes.len(), e.bytes
+                path.display(),
+                bytes.len(),
+                e.bytes
             );
         }
         let digest = sha256_hex(&bytes);
         if !digest.eq_ignore_ascii_case(&e.sha256) {
-            bail!("model file {} has sha256 {digest}, the manifest says {} (corrupt or replaced? rebuild the models)", path.display(), e.sha256);
+            bail!(
+                "model file {} has sha256 {digest}, the manifest says {} (corrupt or replaced? rebuild the models)",
+                path.display(),
+                e.sha256
+            );
         }
         Ok(bytes)
     }
@@ -203,27 +237,61 @@ bytes = 1
         write(&dir, GOOD);
         let m = Manifest::load(&dir).unwrap();
         assert!(m.entry(Role::SamEncoder, Precision::Fp32).is_ok());
-        let e = m.entry(Role::SamEncoder, Precision::Int8).unwrap_err().to_string();
+        let e = m
+            .entry(Role::SamEncoder, Precision::Int8)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("int8") && e.contains("available: fp32"), "{e}");
         // the file is missing
-        assert!(m.read_verified(&m.model[0]).unwrap_err().to_string().contains("cannot read model file"));
+        assert!(
+            m.read_verified(&m.model[0])
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read model file")
+        );
         // wrong size, then wrong hash
         std::fs::write(dir.join("x.onnx"), b"ab").unwrap();
-        assert!(m.read_verified(&m.model[0]).unwrap_err().to_string().contains("2 bytes"));
+        assert!(
+            m.read_verified(&m.model[0])
+                .unwrap_err()
+                .to_string()
+                .contains("2 bytes")
+        );
         std::fs::write(dir.join("x.onnx"), b"a").unwrap();
-        assert!(m.read_verified(&m.model[0]).unwrap_err().to_string().contains("sha256"));
-        write(&dir, &GOOD.replace("low_res_size = 64", "low_res_size = 65"));
-        assert!(Manifest::load(&dir).unwrap_err().to_string().contains("inconsistent"));
+        assert!(
+            m.read_verified(&m.model[0])
+                .unwrap_err()
+                .to_string()
+                .contains("sha256")
+        );
+        write(
+            &dir,
+            &GOOD.replace("low_res_size = 64", "low_res_size = 65"),
+        );
+        assert!(
+            Manifest::load(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("inconsistent")
+        );
         write(&dir, &GOOD.replace("seed = 0", "seed = 0\nbogus = 1"));
         assert!(Manifest::load(&dir).is_err());
         write(&dir, "not toml [");
         assert!(format!("{:#}", Manifest::load(&dir).unwrap_err()).contains("malformed"));
         std::fs::remove_dir_all(&dir).ok();
-        assert!(Manifest::load(&dir).unwrap_err().to_string().contains("cannot read model manifest"));
+        assert!(
+            Manifest::load(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read model manifest")
+        );
     }
 
     #[test]
     fn sha256_known_vector() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -29,10 +29,23 @@ pub fn parse(file: &Path, bytes: &[u8], contract: Contract) -> Result<Parsed> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .map_err(flat)
-        .with_context(|| format!("cannot parse ONNX model {} (corrupt or truncated?)", file.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot parse ONNX model {} (corrupt or truncated?)",
+                file.display()
+            )
+        })?;
     check_inputs(&model, file, &contract)?;
-    log::debug!("parsed {} in {:.0} ms", file.display(), t.elapsed().as_secs_f64() * 1e3);
-    Ok(Parsed { file: file.to_path_buf(), model, contract })
+    log::debug!(
+        "parsed {} in {:.0} ms",
+        file.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(Parsed {
+        file: file.to_path_buf(),
+        model,
+        contract,
+    })
 }
 
 impl Parsed {
@@ -42,25 +55,53 @@ impl Parsed {
         let t = Instant::now();
         let file = &self.file;
         if shapes.len() != self.contract.inputs.len() {
-            bail!("internal: {} shapes for {} inputs", shapes.len(), self.contract.inputs.len());
+            bail!(
+                "internal: {} shapes for {} inputs",
+                shapes.len(),
+                self.contract.inputs.len()
+            );
         }
         let mut model = self.model.clone();
         for (i, s) in shapes.iter().enumerate() {
             model = model
                 .with_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), s.as_slice()))
                 .map_err(flat)
-                .with_context(|| format!("{}: cannot pin input '{}' to {:?}", file.display(), self.contract.inputs[i].name, s))?;
+                .with_context(|| {
+                    format!(
+                        "{}: cannot pin input '{}' to {:?}",
+                        file.display(),
+                        self.contract.inputs[i].name,
+                        s
+                    )
+                })?;
         }
-        let typed = model
-            .into_typed()
-            .map_err(flat)
-            .with_context(|| format!("{}: shape/type analysis failed (wrong model for this role?)", file.display()))?;
+        let typed = model.into_typed().map_err(flat).with_context(|| {
+            format!(
+                "{}: shape/type analysis failed (wrong model for this role?)",
+                file.display()
+            )
+        })?;
         // Symbolic output axes (the prompt count) follow input 1's axis 1 where present.
-        let pinned: Vec<(usize, usize)> = shapes.get(1).and_then(|s| s.get(1)).map(|&n| vec![(1usize, n)]).unwrap_or_default();
+        let pinned: Vec<(usize, usize)> = shapes
+            .get(1)
+            .and_then(|s| s.get(1))
+            .map(|&n| vec![(1usize, n)])
+            .unwrap_or_default();
         check_outputs(&typed, file, &self.contract, &pinned)?;
-        let optimized = typed.into_optimized().map_err(flat).with_context(|| format!("{}: optimization failed", file.display()))?;
-        let plan = optimized.into_runnable().map_err(flat).with_context(|| format!("{}: planning failed", file.display()))?;
-        log::info!("planned {} {:?} in {:.0} ms", file.display(), shapes.get(1).unwrap_or(&shapes[0]), t.elapsed().as_secs_f64() * 1e3);
+        let optimized = typed
+            .into_optimized()
+            .map_err(flat)
+            .with_context(|| format!("{}: optimization failed", file.display()))?;
+        let plan = optimized
+            .into_runnable()
+            .map_err(flat)
+            .with_context(|| format!("{}: planning failed", file.display()))?;
+        log::info!(
+            "planned {} {:?} in {:.0} ms",
+            file.display(),
+            shapes.get(1).unwrap_or(&shapes[0]),
+            t.elapsed().as_secs_f64() * 1e3
+        );
         Ok(plan)
     }
 }
@@ -70,10 +111,16 @@ pub fn spawn(plan: &Plan) -> Result<State> {
 }
 
 pub fn run(state: &mut State, inputs: TVec<TValue>, file: &Path) -> Result<TVec<TValue>> {
-    state.run(inputs).map_err(flat).with_context(|| format!("running {} failed", file.display()))
+    state
+        .run(inputs)
+        .map_err(flat)
+        .with_context(|| format!("running {} failed", file.display()))
 }
 
 /// The f32 contents of a plain in-memory tensor.
 pub fn f32s(t: &Tensor) -> Result<&[f32]> {
-    t.try_as_plain_ram().map_err(flat)?.as_slice::<f32>().map_err(flat)
+    t.try_as_plain_ram()
+        .map_err(flat)?
+        .as_slice::<f32>()
+        .map_err(flat)
 }

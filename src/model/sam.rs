@@ -11,7 +11,11 @@ use super::manifest::{Manifest, Precision, Role, SamSection};
 use super::onnx::{self, Parsed, Plan, State, f32s};
 
 pub fn encoder_contract(s: &SamSection) -> Contract {
-    let (i, c, e) = (s.image_size as usize, s.embed_dim as usize, s.embedding_size as usize);
+    let (i, c, e) = (
+        s.image_size as usize,
+        s.embed_dim as usize,
+        s.embedding_size as usize,
+    );
     Contract {
         inputs: vec![TensorContract::fixed("image", &[1, 3, i, i])],
         outputs: vec![TensorContract::fixed("image_embeddings", &[1, c, e, e])],
@@ -19,13 +23,23 @@ pub fn encoder_contract(s: &SamSection) -> Contract {
 }
 
 pub fn decoder_contract(s: &SamSection) -> Contract {
-    let (c, e, l) = (s.embed_dim as usize, s.embedding_size as usize, s.low_res_size as usize);
+    let (c, e, l) = (
+        s.embed_dim as usize,
+        s.embedding_size as usize,
+        s.low_res_size as usize,
+    );
     let f = Dim::Fixed;
     Contract {
         inputs: vec![
             TensorContract::fixed("image_embeddings", &[1, c, e, e]),
-            TensorContract { name: "point_coords", shape: vec![f(1), Dim::Any, f(2)] },
-            TensorContract { name: "point_labels", shape: vec![f(1), Dim::Any] },
+            TensorContract {
+                name: "point_coords",
+                shape: vec![f(1), Dim::Any, f(2)],
+            },
+            TensorContract {
+                name: "point_labels",
+                shape: vec![f(1), Dim::Any],
+            },
             TensorContract::fixed("mask_input", &[1, 1, l, l]),
             TensorContract::fixed("has_mask_input", &[1]),
         ],
@@ -36,7 +50,12 @@ pub fn decoder_contract(s: &SamSection) -> Contract {
     }
 }
 
-fn load(manifest: &Manifest, role: Role, precision: Precision, contract: Contract) -> Result<Parsed> {
+fn load(
+    manifest: &Manifest,
+    role: Role,
+    precision: Precision,
+    contract: Contract,
+) -> Result<Parsed> {
     let entry = manifest.entry(role, precision)?;
     let bytes = manifest.read_verified(entry)?;
     onnx::parse(&manifest.path_of(entry), &bytes, contract)
@@ -44,7 +63,11 @@ fn load(manifest: &Manifest, role: Role, precision: Precision, contract: Contrac
 
 fn ensure_finite(values: &[f32], what: &str, file: &std::path::Path) -> Result<()> {
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        bail!("{}: {what} contains a non-finite value ({} at index {i}); refusing to use it", file.display(), values[i]);
+        bail!(
+            "{}: {what} contains a non-finite value ({} at index {i}); refusing to use it",
+            file.display(),
+            values[i]
+        );
     }
     Ok(())
 }
@@ -71,12 +94,17 @@ impl SamEncoder {
         let parsed = load(manifest, Role::SamEncoder, precision, encoder_contract(s))?;
         let n = s.image_size as usize;
         let plan = parsed.plan(&[vec![1, 3, n, n]])?;
-        Ok(SamEncoder { file: parsed.file.clone(), state: onnx::spawn(&plan)?, input_shape: [1, 3, n, n] })
+        Ok(SamEncoder {
+            file: parsed.file.clone(),
+            state: onnx::spawn(&plan)?,
+            input_shape: [1, 3, n, n],
+        })
     }
 
     /// Run on a preprocessed `[1,3,S,S]` input (see `preprocess::sam_input_into`).
     pub fn run(&mut self, input: &[f32]) -> Result<Embedding> {
-        let t = Tensor::from_shape(&self.input_shape, input).context("encoder input buffer has the wrong size")?;
+        let t = Tensor::from_shape(&self.input_shape, input)
+            .context("encoder input buffer has the wrong size")?;
         let mut out = onnx::run(&mut self.state, tvec!(t.into_tvalue()), &self.file)?;
         let emb = out.remove(0);
         ensure_finite(f32s(&emb)?, "image embedding", &self.file)?;
@@ -113,7 +141,11 @@ impl SamDecoder {
     pub fn load(manifest: &Manifest, precision: Precision) -> Result<Self> {
         let s = &manifest.sam;
         let parsed = load(manifest, Role::SamDecoder, precision, decoder_contract(s))?;
-        let (c, e, l) = (s.embed_dim as usize, s.embedding_size as usize, s.low_res_size as usize);
+        let (c, e, l) = (
+            s.embed_dim as usize,
+            s.embedding_size as usize,
+            s.low_res_size as usize,
+        );
         let mut d = SamDecoder {
             parsed,
             embed: [1, c, e, e],
@@ -129,7 +161,13 @@ impl SamDecoder {
     fn state_for(&mut self, n: usize) -> Result<&mut State> {
         if !self.states.contains_key(&n) {
             let l = self.low_res;
-            let plan = self.parsed.plan(&[self.embed.to_vec(), vec![1, n, 2], vec![1, n], vec![1, 1, l, l], vec![1]])?;
+            let plan = self.parsed.plan(&[
+                self.embed.to_vec(),
+                vec![1, n, 2],
+                vec![1, n],
+                vec![1, 1, l, l],
+                vec![1],
+            ])?;
             let state = onnx::spawn(&plan)?;
             self.states.insert(n, (plan, state));
         }
@@ -137,10 +175,19 @@ impl SamDecoder {
     }
 
     /// `coords` is `[N*2]` in the model input frame, `labels` `[N]` (see `Prompt::encode`).
-    pub fn run(&mut self, emb: &Embedding, coords: &[f32], labels: &[f32]) -> Result<DecoderOutput> {
+    pub fn run(
+        &mut self,
+        emb: &Embedding,
+        coords: &[f32],
+        labels: &[f32],
+    ) -> Result<DecoderOutput> {
         let n = labels.len();
         if n == 0 || coords.len() != 2 * n {
-            bail!("decoder needs N>0 labels and 2N coordinates (got {} and {})", labels.len(), coords.len());
+            bail!(
+                "decoder needs N>0 labels and 2N coordinates (got {} and {})",
+                labels.len(),
+                coords.len()
+            );
         }
         let inputs = tvec!(
             emb.0.clone(),
@@ -158,6 +205,10 @@ impl SamDecoder {
         ensure_finite(iou_s, "iou_predictions", &file)?;
         ensure_finite(f32s(&masks)?, "low_res_masks", &file)?;
         let iou = [iou_s[0], iou_s[1], iou_s[2], iou_s[3]];
-        Ok(DecoderOutput { low_res: masks, iou, low_res_size: self.low_res })
+        Ok(DecoderOutput {
+            low_res: masks,
+            iou,
+            low_res_size: self.low_res,
+        })
     }
 }

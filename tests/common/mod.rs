@@ -1,0 +1,67 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn sam_tiny() -> PathBuf {
+    fixtures().join("sam_tiny")
+}
+
+/// ../shared beside the project root. Tests that need it fail with a clear message when it is
+/// missing, unless SONOMASK_SKIP_SHARED=1 says to skip them (returns None then).
+pub fn shared() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if p.join("data").is_dir() {
+        return Some(p);
+    }
+    if std::env::var("SONOMASK_SKIP_SHARED").as_deref() == Ok("1") {
+        eprintln!(
+            "SKIPPED: {} is missing (SONOMASK_SKIP_SHARED=1)",
+            p.display()
+        );
+        return None;
+    }
+    panic!(
+        "{} is missing: this test reads real images from ../shared/data (set SONOMASK_SKIP_SHARED=1 to skip)",
+        p.display()
+    );
+}
+
+pub fn read_f32(path: &Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// (max |a-b|, max |b|, cosine)
+pub fn compare(a: &[f32], b: &[f32]) -> (f32, f32, f64) {
+    assert_eq!(a.len(), b.len(), "length");
+    let mut maxd = 0f32;
+    let mut maxb = 0f32;
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        maxd = maxd.max((x - y).abs());
+        maxb = maxb.max(y.abs());
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    (maxd, maxb, ab / (aa.sqrt() * bb.sqrt()).max(1e-30))
+}
+
+/// Copy the tiny fixture models into a fresh temp dir a test may damage.
+pub fn scratch_models(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sonomask-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(sam_tiny()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    dir
+}

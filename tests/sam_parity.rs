@@ -1,0 +1,199 @@
+//! Numerical parity of the Rust/tract pipeline with onnxruntime on the committed tiny fixtures
+//! (synthetic weights: these tests prove numerics, not accuracy).
+//!
+//! Tolerances. fp32: tract and onnxruntime run the same graph with different kernels (summation
+//! order, GELU/erf and exp approximations), so outputs differ at float rounding level, which a
+//! 20-layer network amplifies a little: we require max |diff| <= 1e-4 x max |ref| and cosine
+//! >= 0.99999. int8: both runtimes compute the same integer math, but requantization rounding
+//! (ties, f32 scale products) may move a value by one quantization step, and 12 attention blocks
+//! propagate such flips: the decoder stays within cosine 0.999 / 5% of max |ref|, the encoder
+//! agrees with onnxruntime's int8 at cosine >= 0.995 (measured 0.998) and, the real criterion,
+//! must be as faithful to the fp32 reference as onnxruntime's int8 is (cosine within 0.005; a
+//! broken int8 kernel drops far below).
+
+mod common;
+
+use common::{compare, read_f32, sam_tiny};
+use sonomask::image_io::load_rgb;
+use sonomask::mask::upscale_logits;
+use sonomask::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
+use sonomask::preprocess::{Geometry, Normalize, sam_input_into};
+use sonomask::prompt::{BoxPrompt, PointPrompt, Prompt};
+use tract_onnx::prelude::*;
+
+fn cases() -> Vec<(&'static str, Prompt)> {
+    let text = std::fs::read_to_string(sam_tiny().join("cases.toml")).unwrap();
+    let t: toml::Table = toml::from_str(&text).unwrap();
+    ["box", "point", "box_points"]
+        .into_iter()
+        .map(|name| {
+            let c = t[name].as_table().unwrap();
+            let f = |v: &toml::Value| v.as_float().unwrap() as f32;
+            let b = c["box"].as_array().unwrap();
+            let bbox = (!b.is_empty()).then(|| BoxPrompt {
+                x0: f(&b[0]),
+                y0: f(&b[1]),
+                x1: f(&b[2]),
+                y1: f(&b[3]),
+            });
+            let points = c["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let p = p.as_array().unwrap();
+                    PointPrompt {
+                        x: f(&p[0]),
+                        y: f(&p[1]),
+                        foreground: p[2].as_integer().unwrap() == 1,
+                    }
+                })
+                .collect();
+            (name, Prompt { bbox, points })
+        })
+        .collect()
+}
+
+fn tolerance(p: Precision) -> (f32, f64) {
+    match p {
+        Precision::Fp32 => (1e-4, 0.99999),
+        Precision::Int8 => (0.05, 0.999),
+    }
+}
+
+fn check(what: &str, p: Precision, got: &[f32], want: &[f32]) {
+    let (maxd, maxref, cos) = compare(got, want);
+    let (rel, min_cos) = tolerance(p);
+    eprintln!(
+        "{what} [{}]: max|diff| {maxd:.3e} (max|ref| {maxref:.3e}), cosine {cos:.7}",
+        p.as_str()
+    );
+    assert!(
+        maxd <= rel * maxref,
+        "{what} [{}]: max|diff| {maxd} > {rel} x {maxref}",
+        p.as_str()
+    );
+    assert!(
+        cos >= min_cos,
+        "{what} [{}]: cosine {cos} < {min_cos}",
+        p.as_str()
+    );
+}
+
+fn encoder_parity(p: Precision) {
+    let m = Manifest::load(&sam_tiny()).unwrap();
+    let mut enc = SamEncoder::load(&m, p).unwrap();
+    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let s = m.sam.image_size as usize;
+    let mut input = vec![0f32; 3 * s * s];
+    sam_input_into(&frame, m.sam.image_size, &Normalize::SAM, &mut input);
+    let emb = enc.run(&input).unwrap();
+    let want = read_f32(&sam_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
+    let f32_ref = read_f32(&sam_tiny().join("ref_fp32_embedding.f32"));
+    let (_, _, cos_ref) = compare(&want, &f32_ref);
+    let (_, _, cos_ours) = compare(emb.as_slice().unwrap(), &f32_ref);
+    eprintln!(
+        "embedding [{}] vs fp32: onnxruntime cosine {cos_ref:.5}, tract cosine {cos_ours:.5}",
+        p.as_str()
+    );
+    match p {
+        Precision::Fp32 => check("embedding", p, emb.as_slice().unwrap(), &want),
+        Precision::Int8 => {
+            let (_, _, cos) = compare(emb.as_slice().unwrap(), &want);
+            eprintln!("embedding [int8] tract vs onnxruntime cosine {cos:.5}");
+            assert!(
+                cos >= 0.995,
+                "int8 embedding cosine vs onnxruntime int8 {cos}"
+            );
+            assert!(
+                (cos_ours - cos_ref).abs() <= 0.005,
+                "tract int8 fidelity {cos_ours} vs onnxruntime's {cos_ref}"
+            );
+        }
+    }
+}
+
+fn decoder_parity(p: Precision) {
+    let m = Manifest::load(&sam_tiny()).unwrap();
+    let mut dec = SamDecoder::load(&m, p).unwrap();
+    let (c, e) = (m.sam.embed_dim as usize, m.sam.embedding_size as usize);
+    let emb_ref = read_f32(&sam_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
+    let emb = Embedding(
+        Tensor::from_shape(&[1, c, e, e], &emb_ref)
+            .unwrap()
+            .into_tvalue(),
+    );
+    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let g = Geometry::new(frame.width, frame.height, m.sam.image_size);
+    for (name, prompt) in cases() {
+        let (mut coords, mut labels) = (vec![], vec![]);
+        prompt.encode(&g, &mut coords, &mut labels);
+        let out = dec.run(&emb, &coords, &labels).unwrap();
+        let dir = sam_tiny();
+        let low = read_f32(&dir.join(format!("ref_{}_{name}_low_res.f32", p.as_str())));
+        let iou = read_f32(&dir.join(format!("ref_{}_{name}_iou.f32", p.as_str())));
+        check(
+            &format!("{name} low_res_masks"),
+            p,
+            sonomask::model::onnx::f32s(&out.low_res).unwrap(),
+            &low,
+        );
+        check(&format!("{name} iou_predictions"), p, &out.iou, &iou);
+    }
+}
+
+#[test]
+fn encoder_fp32_matches_onnxruntime() {
+    encoder_parity(Precision::Fp32);
+}
+
+#[test]
+fn encoder_int8_matches_onnxruntime() {
+    encoder_parity(Precision::Int8);
+}
+
+#[test]
+fn decoder_fp32_matches_onnxruntime() {
+    decoder_parity(Precision::Fp32);
+}
+
+#[test]
+fn decoder_int8_matches_onnxruntime() {
+    decoder_parity(Precision::Int8);
+}
+
+#[test]
+fn postprocess_matches_official_sam() {
+    let m = Manifest::load(&sam_tiny()).unwrap();
+    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let g = Geometry::new(frame.width, frame.height, m.sam.image_size);
+    let low = read_f32(&sam_tiny().join("ref_fp32_box_low_res.f32"));
+    let l = m.sam.low_res_size as usize;
+    let up = upscale_logits(&low[..l * l], l, &g);
+    let want = read_f32(&sam_tiny().join("ref_fp32_box_upscaled.f32"));
+    let (maxd, maxref, _) = compare(&up, &want);
+    eprintln!("postprocess: max|diff| {maxd:.3e} (max|ref| {maxref:.3e})");
+    // Same arithmetic as torch's kernel: only float rounding may differ.
+    assert!(
+        maxd <= 1e-5 * maxref.max(1.0),
+        "upscaled logits differ by {maxd}"
+    );
+}
+
+#[test]
+fn end_to_end_mask_matches_reference_mask() {
+    let mut s = sonomask::segment::SamSession::load(&sam_tiny(), Precision::Fp32).unwrap();
+    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let mut t = sonomask::timing::Timings::default();
+    let f = s.encode(&frame, &mut t).unwrap();
+    let (_, prompt) = cases().into_iter().find(|c| c.0 == "box").unwrap();
+    let seg = s.decode(&f, &prompt, &mut t).unwrap();
+    assert_eq!(seg.token, 0, "a box alone returns mask token 0");
+    let want = read_f32(&sam_tiny().join("ref_fp32_box_upscaled.f32"));
+    let want = sonomask::mask::Mask::from_logits(frame.width, frame.height, &want, 0.0);
+    let iou = seg.mask.iou(&want);
+    eprintln!("end-to-end box mask IoU vs onnxruntime+torch reference: {iou:.5}");
+    // Pixels whose logit is within float noise of 0 may flip; nothing else may.
+    assert!(iou >= 0.995, "IoU {iou}");
+    assert!(t.stages.iter().any(|s| s.0 == "encoder") && t.stages.iter().any(|s| s.0 == "decoder"));
+}
