@@ -1,6 +1,7 @@
 //! The `sonomask` command line: subcommand dispatch; each subcommand lives in its own module.
 
 pub mod args;
+pub mod bench;
 pub mod common;
 pub mod segment;
 
@@ -13,6 +14,7 @@ usage: sonomask <command> [options]      (sonomask <command> --help for details)
 
 commands:
   segment   segment one image with box/point prompts
+  bench     time preprocessing, encoder and decoder on one image (JSON)
   version   print the version
 
 environment: SONOMASK_LOG=debug|info|warn|error (default info: per-stage timings on stderr),
@@ -25,6 +27,7 @@ pub fn main(argv: &[String]) -> Result<()> {
     };
     match cmd.as_str() {
         "segment" => segment::run(rest),
+        "bench" => bench::run(rest),
         "version" | "--version" => {
             println!("sonomask {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Build the models the device runs into models/ (git-ignored):
+#   1. a Python venv (.venv) with the pinned host toolchain (quantize/requirements.txt);
+#   2. export MobileSAM encoder + decoder to ONNX with the official model code (fp32);
+#   3. static int8 (QOperator, Conv+MatMul) calibrated on real ultrasound frames from ../shared;
+#   4. verification report per variant (models/reports/) and models/manifest.toml.
+#
+# usage: quantize/build_models.sh                       seeded SYNTHETIC weights (untrained; seed 0)
+#        quantize/build_models.sh --checkpoint mobile_sam.pt   the official MobileSAM weights
+# env:   SEED=N (synthetic seed), FRAMES=N (calibration frames per data set, default 8),
+#        SHARED=DIR (default ../shared beside the project root), OUT=DIR (default models)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+out="${OUT:-models}"
+frames="${FRAMES:-8}"
+shared="${SHARED:-$root/../shared}"
+checkpoint=""
+if [ "${1:-}" = "--checkpoint" ]; then
+  checkpoint="${2:?--checkpoint needs a path to mobile_sam.pt}"
+  [ -f "$checkpoint" ] || { echo "error: checkpoint $checkpoint not found" >&2; exit 1; }
+  checkpoint="$(cd "$(dirname "$checkpoint")" && pwd)/$(basename "$checkpoint")"
+elif [ -n "${1:-}" ]; then
+  echo "usage: $0 [--checkpoint mobile_sam.pt]" >&2; exit 2
+fi
+[ -d "$shared/data" ] || { echo "error: $shared/data not found (calibration needs the shared ultrasound frames)" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r quantize/requirements.txt
+py=("$root/.venv/bin/python" -W ignore)
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+cd quantize
+if [ -n "$checkpoint" ]; then
+  "${py[@]}" export_sam.py --checkpoint "$checkpoint" --out "$out"
+  synthetic=False; seed=None; source="official checkpoint $(basename "$checkpoint")"
+else
+  seed="${SEED:-0}"
+  echo "NOTE: building SYNTHETIC MobileSAM weights (seeded random, seed $seed): NOT trained, masks mean nothing" >&2
+  "${py[@]}" export_sam.py --synthetic --seed "$seed" --out "$out"
+  synthetic=True; source="synthetic seed $seed, official MobileSAM vit_t architecture"
+fi
+"${py[@]}" quantize_sam.py --models "$out" --shared "$shared" --frames-per-set "$frames" 2>&1 | grep -v "^WARNING:root" || true
+[ -f "$out/sam_encoder.int8.onnx" ] || { echo "error: quantization failed" >&2; exit 1; }
+verify_flags=(--models "$out" --shared "$shared" --frames-per-set "$frames" --precision int8)
+[ "$synthetic" = True ] && verify_flags+=(--synthetic)
+"${py[@]}" verify_sam.py "${verify_flags[@]}"
+"${py[@]}" -c "import manifest, pathlib; print(manifest.write(pathlib.Path('$out'), 'vit_t', '$source', $synthetic, $seed))"

@@ -1,0 +1,146 @@
+"""Time tract (the sonomask binary) and onnxruntime on the same ONNX files, same thread count, in
+one run, and write the table into docs/BENCHMARKS.md (between the compare-runtimes markers).
+
+usage: .venv/bin/python quantize/compare_runtimes.py [--models models] [--runs 5]
+Builds target/release/sonomask and a multithread-mm build (target/mt) with cargo first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import preprocess  # noqa: E402
+from quantize_sam import box_prompt  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ENCODER_GFLOP = 38.2  # per encoder pass (the figure the spine issue fixes for the table)
+IMAGE = "busi/images/benign (1).png"
+MASK = "busi/masks/benign (1)_mask.png"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    flags = set()
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and cpu == "unknown CPU":
+            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    feats = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, features: {' '.join(feats) or 'none'}"
+
+
+def ort_times(path, feeds, threads, runs, warmup):
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = 1
+    o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    out, ts = None, []
+    for i in range(warmup + runs):
+        t = time.perf_counter()
+        out = s.run(None, feeds)
+        if i >= warmup:
+            ts.append((time.perf_counter() - t) * 1e3)
+    return ts, out
+
+
+def tract_times(binary, models, image, box, precision, threads, runs, warmup):
+    cmd = [str(binary), "bench", str(image), "--box", box, "--models", str(models), "--precision", precision,
+           "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SONOMASK_LOG": "warn"})
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
+    return json.loads(r.stdout)
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--features", "multithread-mm", "--target-dir", "target/mt"], cwd=ROOT, check=True)
+    return ROOT / "target/release/sonomask", ROOT / "target/mt/release/sonomask"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=ROOT / "models", type=pathlib.Path)
+    ap.add_argument("--shared", default=preprocess.SHARED, type=pathlib.Path)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--doc", default=ROOT / "docs" / "BENCHMARKS.md", type=pathlib.Path)
+    a = ap.parse_args()
+    single, multi = build()
+    image = a.shared / "data" / IMAGE
+    rgb = preprocess.load_rgb(image)
+    gt = preprocess.mask_box(preprocess.load_mask([a.shared / "data" / MASK]))
+    box = ",".join(str(int(v)) for v in gt)
+    x = preprocess.preprocess(rgb, 1024)
+    manifest = (a.models / "manifest.toml").read_text()
+    synthetic = "synthetic = true" in manifest
+
+    rows = []
+    def row(model, precision, threads, tract_label, ort_ms, tr):
+        key = "encoder_ms" if model == "encoder" else "decoder_ms"
+        t_med, o_med = tr[key]["median"], statistics.median(ort_ms)
+        rows.append({
+            "model": model, "precision": precision, "threads": threads, "tract": tract_label,
+            "tract_median": t_med, "tract_mean": tr[key]["mean"],
+            "ort_median": o_med, "ort_mean": statistics.mean(ort_ms), "ratio": t_med / o_med,
+        })
+        print(json.dumps(rows[-1]), flush=True)
+
+    for precision in ("fp32", "int8"):
+        enc = a.models / f"sam_encoder.{precision}.onnx"
+        dec = a.models / f"sam_decoder.{precision}.onnx"
+        for threads, binary, label in ((1, single, "tract"), (2, multi, "tract multithread-mm")):
+            enc_ms, (emb,) = ort_times(enc, {"image": x}, threads, a.runs, a.warmup)
+            coords, labels = box_prompt(gt, rgb.shape[:2], 1024)
+            feeds = {"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
+                     "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)}
+            dec_ms, _ = ort_times(dec, feeds, threads, a.runs, a.warmup)
+            tr = tract_times(binary, a.models, image, box, precision, threads, a.runs, a.warmup)
+            row("encoder", precision, threads, label, enc_ms, tr)
+            row("decoder", precision, threads, label, dec_ms, tr)
+
+    lines = [
+        "<!-- compare-runtimes:begin (written by quantize/compare_runtimes.py) -->",
+        f"Machine: {machine()}. onnxruntime {ort.__version__}; tract 0.23.9. Frame: `{IMAGE}` (real BUSI), "
+        f"box prompt from its ground-truth mask; {a.runs} timed runs after {a.warmup} warm-up, same process per runtime.",
+        "Weights: " + ("**synthetic (seeded random, untrained)**; speed does not depend on weight values." if synthetic else "official checkpoint."),
+        "",
+        "| model | precision | threads | tract build | tract median ms | tract mean ms | onnxruntime median ms | onnxruntime mean ms | tract / onnxruntime | tract GFLOP/s | onnxruntime GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gf = lambda ms: f"{ENCODER_GFLOP / (ms / 1e3):.1f}" if r["model"] == "encoder" else ""
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['threads']} | {r['tract']} | {r['tract_median']:.1f} | {r['tract_mean']:.1f} | "
+            f"{r['ort_median']:.1f} | {r['ort_mean']:.1f} | {r['ratio']:.2f}x | {gf(r['tract_median'])} | {gf(r['ort_median'])} |"
+        )
+    lines.append("<!-- compare-runtimes:end -->")
+    block = "\n".join(lines)
+    doc = a.doc.read_text() if a.doc.exists() else ""
+    if "<!-- compare-runtimes:begin" in doc:
+        pre = doc.split("<!-- compare-runtimes:begin")[0]
+        post = doc.split("<!-- compare-runtimes:end -->")[1]
+        doc = pre + block + post
+    else:
+        doc += "\n" + block + "\n"
+    a.doc.parent.mkdir(parents=True, exist_ok=True)
+    a.doc.write_text(doc)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
