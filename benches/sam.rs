@@ -34,7 +34,9 @@ fn models_dir() -> PathBuf {
 fn frame() -> RgbFrame {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let busi = root.join("../shared/data/busi/images/benign (1).png");
-    load_rgb(&busi).or_else(|_| load_rgb(&root.join("tests/fixtures/sam_tiny/input.png"))).expect("bench frame")
+    load_rgb(&busi)
+        .or_else(|_| load_rgb(&root.join("tests/fixtures/sam_tiny/input.png")))
+        .expect("bench frame")
 }
 
 #[divan::bench(args = [1024, 256])]
@@ -53,17 +55,29 @@ fn session(p: Precision) -> Option<SamSession> {
 
 #[divan::bench(args = ["fp32", "int8"], sample_count = 3, sample_size = 1)]
 fn encoder(bencher: divan::Bencher, precision: &str) {
-    let Some(mut s) = session(Precision::parse(precision).unwrap()) else { return };
+    let Some(mut s) = session(Precision::parse(precision).unwrap()) else {
+        return;
+    };
     let f = frame();
     bencher.bench_local(|| s.encode(&f, &mut Timings::default()).unwrap());
 }
 
 #[divan::bench(args = ["fp32", "int8"], sample_count = 10, sample_size = 1)]
 fn decoder_box(bencher: divan::Bencher, precision: &str) {
-    let Some(mut s) = session(Precision::parse(precision).unwrap()) else { return };
+    let Some(mut s) = session(Precision::parse(precision).unwrap()) else {
+        return;
+    };
     let f = frame();
     let enc = s.encode(&f, &mut Timings::default()).unwrap();
-    let b = BoxPrompt { x0: f.width as f32 * 0.3, y0: f.height as f32 * 0.3, x1: f.width as f32 * 0.6, y1: f.height as f32 * 0.6 };
-    let p = Prompt { bbox: Some(b), points: vec![] };
+    let b = BoxPrompt {
+        x0: f.width as f32 * 0.3,
+        y0: f.height as f32 * 0.3,
+        x1: f.width as f32 * 0.6,
+        y1: f.height as f32 * 0.6,
+    };
+    let p = Prompt {
+        bbox: Some(b),
+        points: vec![],
+    };
     bencher.bench_local(|| s.decode(&enc, &p, &mut Timings::default()).unwrap());
 }

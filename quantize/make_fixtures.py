@@ -144,10 +144,19 @@ def preprocess_reference() -> None:
     (FIX / "preprocess_reference.toml").write_text("\n".join(lines))
 
 
+def state_dict_list() -> None:
+    """The synthetic vit_t state dict's key/shape/dtype list, for tests/state_dict_keys.rs."""
+    from test_sam_arch import state_dict_rows
+
+    rows = ["key\tshape\tdtype"] + [f"{k}\t{s}\t{d}" for k, s, d in state_dict_rows()]
+    (FIX / "mobilesam_synthetic_state_dict.tsv").write_text("\n".join(rows) + "\n")
+
+
 if __name__ == "__main__":
     if not (preprocess.SHARED / "data").is_dir():
         sys.exit(f"{preprocess.SHARED}/data is missing: fixtures are calibrated on shared ultrasound frames")
     FIX.mkdir(parents=True, exist_ok=True)
     sam_tiny()
     preprocess_reference()
+    state_dict_list()
     print("fixtures written to", FIX)

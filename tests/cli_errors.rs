@@ -6,12 +6,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn sonomask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sonomask")).args(args).env("SONOMASK_LOG", "error").output().expect("spawn sonomask")
+    Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .args(args)
+        .env("SONOMASK_LOG", "error")
+        .output()
+        .expect("spawn sonomask")
 }
 
 fn fails_with(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "panicked: {err}");
     assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
 }
@@ -28,17 +35,35 @@ fn segment_writes_mask_and_overlay() {
     let models = common::sam_tiny();
     for precision in ["fp32", "int8"] {
         let out = sonomask(&[
-            "segment", &input(), "--box", "40,30,150,120", "--models", models.to_str().unwrap(), "--precision", precision,
-            "-o", m.to_str().unwrap(), "--overlay", o.to_str().unwrap(), "--json",
+            "segment",
+            &input(),
+            "--box",
+            "40,30,150,120",
+            "--models",
+            models.to_str().unwrap(),
+            "--precision",
+            precision,
+            "-o",
+            m.to_str().unwrap(),
+            "--overlay",
+            o.to_str().unwrap(),
+            "--json",
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(j["precision"], precision);
         assert_eq!(j["synthetic_weights"], true);
         assert!(j["timings_ms"]["encoder"].as_f64().unwrap() > 0.0);
         let mask = image::open(&m).unwrap().to_luma8();
         assert_eq!(mask.dimensions(), (200, 150));
-        assert_eq!(mask.pixels().filter(|p| p.0[0] == 255).count() as u64, j["area"].as_u64().unwrap());
+        assert_eq!(
+            mask.pixels().filter(|p| p.0[0] == 255).count() as u64,
+            j["area"].as_u64().unwrap()
+        );
         assert_eq!(image::open(&o).unwrap().to_rgb8().dimensions(), (200, 150));
     }
 }
@@ -47,27 +72,115 @@ fn segment_writes_mask_and_overlay() {
 fn bad_images_and_prompts() {
     let models = common::sam_tiny();
     let md = models.to_str().unwrap();
-    fails_with(&sonomask(&["segment", "/nonexistent.png", "--box", "1,1,5,5", "--models", md]), "cannot read image");
+    fails_with(
+        &sonomask(&[
+            "segment",
+            "/nonexistent.png",
+            "--box",
+            "1,1,5,5",
+            "--models",
+            md,
+        ]),
+        "cannot read image",
+    );
     let garbage = std::env::temp_dir().join(format!("sonomask-garbage-{}.png", std::process::id()));
     std::fs::write(&garbage, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
-    fails_with(&sonomask(&["segment", garbage.to_str().unwrap(), "--box", "1,1,5,5", "--models", md]), "cannot decode image");
+    fails_with(
+        &sonomask(&[
+            "segment",
+            garbage.to_str().unwrap(),
+            "--box",
+            "1,1,5,5",
+            "--models",
+            md,
+        ]),
+        "cannot decode image",
+    );
     std::fs::write(&garbage, b"").unwrap();
-    fails_with(&sonomask(&["segment", garbage.to_str().unwrap(), "--box", "1,1,5,5", "--models", md]), "empty");
-    fails_with(&sonomask(&["segment", &input(), "--box", "150,30,40,120", "--models", md]), "inverted");
-    fails_with(&sonomask(&["segment", &input(), "--box", "40,30,950,120", "--models", md]), "outside");
-    fails_with(&sonomask(&["segment", &input(), "--point", "500,20", "--models", md]), "outside");
-    fails_with(&sonomask(&["segment", &input(), "--box", "1,2,3", "--models", md]), "expected 4");
-    fails_with(&sonomask(&["segment", &input(), "--models", md]), "no prompt");
-    fails_with(&sonomask(&["segment", &input(), "--box", "1,1,5,5", "--precision", "int4", "--models", md]), "unknown precision");
-    fails_with(&sonomask(&["segment", &input(), "--bogus"]), "unknown option --bogus");
+    fails_with(
+        &sonomask(&[
+            "segment",
+            garbage.to_str().unwrap(),
+            "--box",
+            "1,1,5,5",
+            "--models",
+            md,
+        ]),
+        "empty",
+    );
+    fails_with(
+        &sonomask(&[
+            "segment",
+            &input(),
+            "--box",
+            "150,30,40,120",
+            "--models",
+            md,
+        ]),
+        "inverted",
+    );
+    fails_with(
+        &sonomask(&[
+            "segment",
+            &input(),
+            "--box",
+            "40,30,950,120",
+            "--models",
+            md,
+        ]),
+        "outside",
+    );
+    fails_with(
+        &sonomask(&["segment", &input(), "--point", "500,20", "--models", md]),
+        "outside",
+    );
+    fails_with(
+        &sonomask(&["segment", &input(), "--box", "1,2,3", "--models", md]),
+        "expected 4",
+    );
+    fails_with(
+        &sonomask(&["segment", &input(), "--models", md]),
+        "no prompt",
+    );
+    fails_with(
+        &sonomask(&[
+            "segment",
+            &input(),
+            "--box",
+            "1,1,5,5",
+            "--precision",
+            "int4",
+            "--models",
+            md,
+        ]),
+        "unknown precision",
+    );
+    fails_with(
+        &sonomask(&["segment", &input(), "--bogus"]),
+        "unknown option --bogus",
+    );
     fails_with(&sonomask(&["frobnicate"]), "unknown command");
 }
 
 #[test]
 fn bad_models() {
     let img = input();
-    let run = |dir: &Path| sonomask(&["segment", &img, "--box", "40,30,150,120", "--models", dir.to_str().unwrap(), "--precision", "fp32"]);
-    fails_with(&run(Path::new("/nonexistent-models")), "cannot read model manifest");
+    let run = |dir: &Path| {
+        sonomask(&[
+            "segment",
+            &img,
+            "--box",
+            "40,30,150,120",
+            "--models",
+            dir.to_str().unwrap(),
+            "--precision",
+            "fp32",
+        ])
+    };
+    fails_with(
+        &run(Path::new("/nonexistent-models")),
+        "cannot read model manifest",
+    );
 
     // Truncated encoder: caught by the manifest's size before parsing.
     let dir = common::scratch_models("trunc");
@@ -88,16 +201,28 @@ fn bad_models() {
     let good_sha = sonomask::model::manifest::sha256_hex(&bytes);
     let bad_sha = sonomask::model::manifest::sha256_hex(&b[..n / 3]);
     std::fs::write(&enc, &b[..n / 3]).unwrap();
-    let patched = text.replace(&good_sha, &bad_sha).replace(&format!("bytes = {n}\n"), &format!("bytes = {}\n", n / 3));
+    let patched = text
+        .replace(&good_sha, &bad_sha)
+        .replace(&format!("bytes = {n}\n"), &format!("bytes = {}\n", n / 3));
     std::fs::write(dir.join("manifest.toml"), patched).unwrap();
     fails_with(&run(&dir), "cannot parse ONNX model");
 
     // The wrong model for the role: the decoder file listed as the encoder.
     let dir = common::scratch_models("wrongrole");
-    std::fs::copy(dir.join("sam_decoder.fp32.onnx"), dir.join("sam_encoder.fp32.onnx")).unwrap();
+    std::fs::copy(
+        dir.join("sam_decoder.fp32.onnx"),
+        dir.join("sam_encoder.fp32.onnx"),
+    )
+    .unwrap();
     let dec = std::fs::read(dir.join("sam_decoder.fp32.onnx")).unwrap();
     let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
-    let patched = text.replacen(&good_sha, &sonomask::model::manifest::sha256_hex(&dec), 1).replacen(&format!("bytes = {n}\n"), &format!("bytes = {}\n", dec.len()), 1);
+    let patched = text
+        .replacen(&good_sha, &sonomask::model::manifest::sha256_hex(&dec), 1)
+        .replacen(
+            &format!("bytes = {n}\n"),
+            &format!("bytes = {}\n", dec.len()),
+            1,
+        );
     std::fs::write(dir.join("manifest.toml"), patched).unwrap();
     let out = run(&dir);
     fails_with(&out, "sam_encoder.fp32.onnx: model inputs are");
@@ -108,12 +233,31 @@ fn bad_models() {
     let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
     let patched = text.replace("image_size = 256", "image_size = 512");
     std::fs::write(dir.join("manifest.toml"), patched).unwrap();
-    fails_with(&run(&dir), "input 'image' has shape [1,3,256,256], expected [1,3,512,512]");
+    fails_with(
+        &run(&dir),
+        "input 'image' has shape [1,3,256,256], expected [1,3,512,512]",
+    );
 
     // A precision that was never built.
     let dir = common::scratch_models("noint8");
     let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
-    let fp32_only: String = text.split("[[model]]").filter(|s| !s.contains("precision = \"int8\"")).collect::<Vec<_>>().join("[[model]]");
+    let fp32_only: String = text
+        .split("[[model]]")
+        .filter(|s| !s.contains("precision = \"int8\""))
+        .collect::<Vec<_>>()
+        .join("[[model]]");
     std::fs::write(dir.join("manifest.toml"), fp32_only).unwrap();
-    fails_with(&sonomask(&["segment", &img, "--box", "40,30,150,120", "--models", dir.to_str().unwrap(), "--precision", "int8"]), "no sam_encoder model in int8 precision");
+    fails_with(
+        &sonomask(&[
+            "segment",
+            &img,
+            "--box",
+            "40,30,150,120",
+            "--models",
+            dir.to_str().unwrap(),
+            "--precision",
+            "int8",
+        ]),
+        "no sam_encoder model in int8 precision",
+    );
 }

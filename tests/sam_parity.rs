@@ -4,7 +4,7 @@
 //! Tolerances. fp32: tract and onnxruntime run the same graph with different kernels (summation
 //! order, GELU/erf and exp approximations), so outputs differ at float rounding level, which a
 //! 20-layer network amplifies a little: we require max |diff| <= 1e-4 x max |ref| and cosine
-//! >= 0.99999. int8: both runtimes compute the same integer math, but requantization rounding
+//! at least 0.99999. int8: both runtimes compute the same integer math, but requantization rounding
 //! (ties, f32 scale products) may move a value by one quantization step, and 12 attention blocks
 //! propagate such flips: the decoder stays within cosine 0.999 / 5% of max |ref|, the encoder
 //! agrees with onnxruntime's int8 at cosine >= 0.995 (measured 0.998) and, the real criterion,

@@ -21,18 +21,30 @@ sonomask bench IMAGE --box x0,y0,x1,y1 [--models DIR] [--precision fp32|int8|aut
 fn stats(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
     let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
     serde_json::json!({"mean": mean, "median": median, "min": v[0], "max": v[v.len() - 1], "runs": v.len()})
 }
 
 pub fn run(argv: &[String]) -> Result<()> {
-    let a = args::parse(argv, &["box", "models", "precision", "threads", "runs", "warmup"], &["help"])?;
+    let a = args::parse(
+        argv,
+        &["box", "models", "precision", "threads", "runs", "warmup"],
+        &["help"],
+    )?;
     if a.has("help") {
         println!("{USAGE}");
         return Ok(());
     }
-    let [image] = a.positional.as_slice() else { bail!("bench needs one IMAGE\n\n{USAGE}") };
-    let Some(b) = a.get("box") else { bail!("bench needs --box\n\n{USAGE}") };
+    let [image] = a.positional.as_slice() else {
+        bail!("bench needs one IMAGE\n\n{USAGE}")
+    };
+    let Some(b) = a.get("box") else {
+        bail!("bench needs --box\n\n{USAGE}")
+    };
     let runs: usize = a.parse_or("runs", 5)?;
     let warmup: usize = a.parse_or("warmup", 1)?;
     if runs == 0 {
@@ -41,7 +53,10 @@ pub fn run(argv: &[String]) -> Result<()> {
     let threads: usize = a.parse_or("threads", 1)?;
     let opts = ModelOptions::from_args(&a)?;
     let frame = image_io::load_rgb(Path::new(image))?;
-    let prompt = Prompt { bbox: Some(BoxPrompt::parse(b)?), points: vec![] };
+    let prompt = Prompt {
+        bbox: Some(BoxPrompt::parse(b)?),
+        points: vec![],
+    };
     prompt.validate(frame.width, frame.height)?;
     let t0 = Instant::now();
     let mut s = opts.load_session()?;
@@ -52,7 +67,13 @@ pub fn run(argv: &[String]) -> Result<()> {
         let f = s.encode(&frame, &mut t)?;
         s.decode(&f, &prompt, &mut t)?;
         if i >= warmup {
-            let get = |n: &str| t.stages.iter().find(|s| s.0 == n).map(|s| s.1).unwrap_or(0.0);
+            let get = |n: &str| {
+                t.stages
+                    .iter()
+                    .find(|s| s.0 == n)
+                    .map(|s| s.1)
+                    .unwrap_or(0.0)
+            };
             pre.push(get("preprocess"));
             enc.push(get("encoder"));
             dec.push(get("decoder"));
