@@ -44,7 +44,7 @@ class Pipeline:
     def embed(self, rgb):
         return self.enc.run(None, {"image": preprocess.preprocess(rgb, self.size)})[0]
 
-    def decode(self, emb, coords, labels, low=None):
+    def decode(self, emb, coords, labels):
         low = self.size // 4
         return self.dec.run(
             None,

@@ -23,6 +23,11 @@ fn fails_with(out: &Output, needle: &str) {
     assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
 }
 
+/// `sonomask segment IMAGE --box BOX --models DIR`
+fn segment_box(image: &str, bbox: &str, models: &str) -> Output {
+    sonomask(&["segment", image, "--box", bbox, "--models", models])
+}
+
 fn input() -> String {
     common::sam_tiny().join("input.png").display().to_string()
 }
@@ -73,71 +78,27 @@ fn bad_images_and_prompts() {
     let models = common::sam_tiny();
     let md = models.to_str().unwrap();
     fails_with(
-        &sonomask(&[
-            "segment",
-            "/nonexistent.png",
-            "--box",
-            "1,1,5,5",
-            "--models",
-            md,
-        ]),
+        &segment_box("/nonexistent.png", "1,1,5,5", md),
         "cannot read image",
     );
     let garbage = std::env::temp_dir().join(format!("sonomask-garbage-{}.png", std::process::id()));
     std::fs::write(&garbage, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
     fails_with(
-        &sonomask(&[
-            "segment",
-            garbage.to_str().unwrap(),
-            "--box",
-            "1,1,5,5",
-            "--models",
-            md,
-        ]),
+        &segment_box(garbage.to_str().unwrap(), "1,1,5,5", md),
         "cannot decode image",
     );
     std::fs::write(&garbage, b"").unwrap();
     fails_with(
-        &sonomask(&[
-            "segment",
-            garbage.to_str().unwrap(),
-            "--box",
-            "1,1,5,5",
-            "--models",
-            md,
-        ]),
+        &segment_box(garbage.to_str().unwrap(), "1,1,5,5", md),
         "empty",
     );
-    fails_with(
-        &sonomask(&[
-            "segment",
-            &input(),
-            "--box",
-            "150,30,40,120",
-            "--models",
-            md,
-        ]),
-        "inverted",
-    );
-    fails_with(
-        &sonomask(&[
-            "segment",
-            &input(),
-            "--box",
-            "40,30,950,120",
-            "--models",
-            md,
-        ]),
-        "outside",
-    );
+    fails_with(&segment_box(&input(), "150,30,40,120", md), "inverted");
+    fails_with(&segment_box(&input(), "40,30,950,120", md), "outside");
     fails_with(
         &sonomask(&["segment", &input(), "--point", "500,20", "--models", md]),
         "outside",
     );
-    fails_with(
-        &sonomask(&["segment", &input(), "--box", "1,2,3", "--models", md]),
-        "expected 4",
-    );
+    fails_with(&segment_box(&input(), "1,2,3", md), "expected 4");
     fails_with(
         &sonomask(&["segment", &input(), "--models", md]),
         "no prompt",
@@ -165,7 +126,7 @@ fn bad_images_and_prompts() {
 #[test]
 fn bad_models() {
     let img = input();
-    let run = |dir: &Path| {
+    let run_as = |dir: &Path, precision: &str| {
         sonomask(&[
             "segment",
             &img,
@@ -174,9 +135,10 @@ fn bad_models() {
             "--models",
             dir.to_str().unwrap(),
             "--precision",
-            "fp32",
+            precision,
         ])
     };
+    let run = |dir: &Path| run_as(dir, "fp32");
     fails_with(
         &run(Path::new("/nonexistent-models")),
         "cannot read model manifest",
@@ -248,16 +210,7 @@ fn bad_models() {
         .join("[[model]]");
     std::fs::write(dir.join("manifest.toml"), fp32_only).unwrap();
     fails_with(
-        &sonomask(&[
-            "segment",
-            &img,
-            "--box",
-            "40,30,150,120",
-            "--models",
-            dir.to_str().unwrap(),
-            "--precision",
-            "int8",
-        ]),
+        &run_as(&dir, "int8"),
         "no sam_encoder model in int8 precision",
     );
 }

@@ -81,13 +81,7 @@ impl Parsed {
                 file.display()
             )
         })?;
-        // Symbolic output axes (the prompt count) follow input 1's axis 1 where present.
-        let pinned: Vec<(usize, usize)> = shapes
-            .get(1)
-            .and_then(|s| s.get(1))
-            .map(|&n| vec![(1usize, n)])
-            .unwrap_or_default();
-        check_outputs(&typed, file, &self.contract, &pinned)?;
+        check_outputs(&typed, file, &self.contract)?;
         let optimized = typed
             .into_optimized()
             .map_err(flat)
