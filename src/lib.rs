@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod image_io;
+pub mod link;
 pub mod logger;
 pub mod mask;
 pub mod model;
@@ -12,4 +13,7 @@ pub mod overlay;
 pub mod preprocess;
 pub mod prompt;
 pub mod segment;
+pub mod source;
+pub mod stream;
 pub mod timing;
+pub mod wire;

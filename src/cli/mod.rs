@@ -3,7 +3,9 @@
 pub mod args;
 pub mod bench;
 pub mod common;
+pub mod listen;
 pub mod segment;
+pub mod stream;
 
 use anyhow::{Result, bail};
 
@@ -14,6 +16,8 @@ usage: sonomask <command> [options]      (sonomask <command> --help for details)
 
 commands:
   segment   segment one image with box/point prompts
+  stream    device side: segment frames and stream masks over serial/USB/TCP/stdout
+  listen    host side: receive masks (PNG + JSON lines), send prompts
   bench     time preprocessing, encoder and decoder on one image (JSON)
   version   print the version
 
@@ -27,6 +31,8 @@ pub fn main(argv: &[String]) -> Result<()> {
     };
     match cmd.as_str() {
         "segment" => segment::run(rest),
+        "stream" => stream::run(rest),
+        "listen" => listen::run(rest),
         "bench" => bench::run(rest),
         "version" | "--version" => {
             println!("sonomask {}", env!("CARGO_PKG_VERSION"));

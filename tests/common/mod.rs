@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod wire;
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -64,4 +66,59 @@ pub fn scratch_models(tag: &str) -> PathBuf {
         std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
     dir
+}
+
+/// A binary mask (one byte per pixel, 0/1) for wire tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestMask {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+/// Mask files of a ../shared dataset in pairs.csv order (every mask of a row), read as 0/1.
+pub fn shared_masks(shared: &Path, dataset: &str, limit: usize) -> Vec<TestMask> {
+    let dir = shared.join("data").join(dataset);
+    let csv = std::fs::read_to_string(dir.join("pairs.csv"))
+        .unwrap_or_else(|e| panic!("{}/pairs.csv: {e}", dir.display()));
+    let mut out = Vec::new();
+    for line in csv.lines().skip(1) {
+        let Some((_, masks)) = line.split_once(',') else {
+            continue;
+        };
+        for m in masks.split(';').filter(|m| !m.is_empty()) {
+            if out.len() >= limit {
+                return out;
+            }
+            let f = sonomask::image_io::load_rgb(&dir.join(m)).unwrap();
+            let pixels = f
+                .pixels
+                .chunks_exact(3)
+                .map(|p| (p.iter().max().unwrap() > &127) as u8)
+                .collect();
+            out.push(TestMask {
+                name: format!("{dataset}/{m}"),
+                width: f.width,
+                height: f.height,
+                pixels,
+            });
+        }
+    }
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*): fault positions must be reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
 }

@@ -1,0 +1,324 @@
+//! `sonomask stream`: the device side. Frames from a source go through the pipeline (or are
+//! replayed masks), masks go out over a link, prompts come back from the host.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::args;
+use super::common::ModelOptions;
+use crate::image_io;
+use crate::link::Endpoint;
+use crate::model::manifest::{Precision, Role};
+use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
+use crate::segment::SamSession;
+use crate::source;
+use crate::stream::{DeviceInfo, DeviceLink, LinkOptions, MaskJob};
+use crate::timing::Timings;
+use crate::wire::message::{ErrorCode, ModelHash, Pipeline, PromptMsg};
+use crate::wire::send::MaskMeta;
+
+pub const USAGE: &str = "\
+sonomask stream --source IMAGE|DIR --sink ENDPOINT [--box x0,y0,x1,y1] [--point x,y[,label]]...
+                [--masks] [--fps F] [--loop] [--count N] [--queue K] [--board NAME]
+                [--models DIR] [--precision fp32|int8|auto] [--threads N]
+
+  Device side of the link (protocol: docs/PROTOCOL.md). Each frame of the source (an image, or
+  a directory of PNG/JPEG in natural order) is segmented with MobileSAM and its mask sent to the
+  sink; the host can replace the prompt at any time with a Prompt message.
+  ENDPOINT      serial:PATH[@BAUD] (UART, USB CDC-ACM; default 921600 baud), tcp:HOST:PORT
+                (connects to `sonomask listen tcp:...`), stdout, or file:PATH
+  --box/--point the prompt until the host sends one; without either, frames wait for a host
+                prompt (needs a two-way link)
+  --masks       the source holds masks (nonzero = foreground): send them as they are, no models
+  --fps F       pace the source at F frames per second (default: as fast as it runs)
+  --loop        repeat the source until --count frames
+  --count N     stop after N frames
+  --queue K     masks waiting for the link before the oldest is dropped (default 2)
+  Serial and TCP links that fail are reopened every 250 ms; masks produced meanwhile are
+  dropped and counted in Status. A summary goes to stderr.";
+
+pub fn run(argv: &[String]) -> Result<()> {
+    let a = args::parse(
+        argv,
+        &[
+            "source",
+            "sink",
+            "box",
+            "point",
+            "fps",
+            "count",
+            "queue",
+            "board",
+            "models",
+            "precision",
+            "threads",
+        ],
+        &["masks", "loop", "help"],
+    )?;
+    if a.has("help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if !a.positional.is_empty() {
+        bail!("unexpected argument '{}'\n\n{USAGE}", a.positional[0]);
+    }
+    let source_path = PathBuf::from(a.get("source").context("stream needs --source IMAGE|DIR")?);
+    let sink = Endpoint::parse(
+        a.get("sink").context("stream needs --sink ENDPOINT")?,
+        false,
+    )?;
+    let files = source::image_files(&source_path)?;
+    let fps: f64 = a.parse_or("fps", 0.0)?;
+    if !(fps >= 0.0 && fps.is_finite()) {
+        bail!("--fps must be a positive number");
+    }
+    let count: Option<u64> = a
+        .get("count")
+        .map(|_| a.parse_or("count", 0u64))
+        .transpose()?;
+    let looping = a.has("loop");
+    let queue: usize = a.parse_or("queue", 2)?;
+    if queue == 0 {
+        bail!("--queue must be at least 1");
+    }
+    let replay = a.has("masks");
+    let cli_prompt = cli_prompt(&a.all("box"), &a.all("point"))?;
+    if replay && cli_prompt.is_some() {
+        bail!("--masks streams masks as they are: --box/--point do not apply");
+    }
+    let two_way = matches!(sink, Endpoint::Serial { .. } | Endpoint::Tcp(_));
+    if !replay && cli_prompt.is_none() && !two_way {
+        bail!(
+            "no prompt: give --box/--point, or use a two-way sink (serial, tcp) so the host can send one"
+        );
+    }
+
+    let mut session = if replay {
+        None
+    } else {
+        let opts = ModelOptions::from_args(&a)?;
+        Some(opts.load_session()?)
+    };
+    let info = DeviceInfo {
+        device: format!("sonomask {}", env!("CARGO_PKG_VERSION")),
+        board: a
+            .get("board")
+            .map(str::to_string)
+            .unwrap_or_else(board_name),
+        models: session.as_ref().map(model_hashes).unwrap_or_default(),
+        pipelines: if replay {
+            vec![]
+        } else {
+            vec![Pipeline::Interactive]
+        },
+    };
+    let transport = sink.device_transport()?;
+    let link_name = transport.describe();
+    let link = DeviceLink::start(
+        transport,
+        info,
+        LinkOptions {
+            queue,
+            ..LinkOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open {link_name}"))?;
+
+    let started = Instant::now();
+    let mut frame_id: u32 = 0;
+    let mut skipped = 0u64;
+    let mut last_frame = Instant::now();
+    let mut rejected_prompt: Option<u16> = None;
+    'frames: loop {
+        for path in &files {
+            if count.is_some_and(|c| frame_id as u64 >= c) {
+                break 'frames;
+            }
+            if fps > 0.0 {
+                let due = started + Duration::from_secs_f64(frame_id as f64 / fps);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let mut t = Timings::default();
+            let timestamp_us = link.now_us();
+            let frame = match t.stage("load_image", || image_io::load_rgb(path)) {
+                Ok(f) => f,
+                Err(e) => {
+                    log::error!("{e:#}");
+                    link.error(ErrorCode::Source, 0, 0, &format!("{e:#}"));
+                    frame_id += 1;
+                    continue;
+                }
+            };
+            let meta = |prompt_id, score| MaskMeta {
+                frame_id,
+                timestamp_us,
+                prompt_id,
+                object: 0,
+                score,
+            };
+            let job = if let Some(session) = session.as_mut() {
+                let host = link
+                    .host_prompt()
+                    .filter(|p| Some(p.prompt_id) != rejected_prompt);
+                let (prompt_id, prompt) = match (&host, &cli_prompt) {
+                    (Some(p), _) => (p.prompt_id, host_to_prompt(p)),
+                    (None, Some(p)) => (0, p.clone()),
+                    (None, None) => {
+                        skipped += 1;
+                        if skipped == 1 {
+                            log::info!("waiting for a prompt from the host");
+                        }
+                        frame_id += 1;
+                        continue;
+                    }
+                };
+                if let Err(e) = prompt.validate(frame.width, frame.height) {
+                    let why = format!("{e:#} (frame {}x{})", frame.width, frame.height);
+                    match &host {
+                        Some(p) => {
+                            rejected_prompt = Some(p.prompt_id);
+                            link.reject_host_prompt(p, &why);
+                        }
+                        None => bail!("{}: {why}", path.display()),
+                    }
+                    frame_id += 1;
+                    continue;
+                }
+                match super::segment::segment_frame(
+                    session,
+                    &frame,
+                    std::slice::from_ref(&prompt),
+                    &mut t,
+                ) {
+                    Ok((mask, results)) => {
+                        let mut pixels = link.buffer(mask.data.len());
+                        pixels.copy_from_slice(&mask.data);
+                        MaskJob {
+                            meta: meta(prompt_id, results[0].iou),
+                            width: mask.width,
+                            height: mask.height,
+                            pixels,
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("frame {frame_id}: {e:#}");
+                        link.error(ErrorCode::Model, 0, 0, &format!("{e:#}"));
+                        frame_id += 1;
+                        continue;
+                    }
+                }
+            } else {
+                let mut pixels = link.buffer(frame.pixels.len() / 3);
+                for (p, rgb) in pixels.iter_mut().zip(frame.pixels.chunks_exact(3)) {
+                    *p = (rgb.iter().copied().max().unwrap_or(0) > 127) as u8;
+                }
+                MaskJob {
+                    meta: meta(0, f32::NAN),
+                    width: frame.width,
+                    height: frame.height,
+                    pixels,
+                }
+            };
+            let stages: Vec<(&str, f64)> = t.stages.iter().map(|(n, ms)| (*n, *ms)).collect();
+            let dt = last_frame.elapsed().as_secs_f64();
+            last_frame = Instant::now();
+            link.frame_done(&stages, if dt > 0.0 { 1.0 / dt } else { 0.0 });
+            link.submit(job);
+            frame_id += 1;
+        }
+        if !looping {
+            break;
+        }
+    }
+    let summary = link
+        .finish(Duration::from_secs(5))
+        .with_context(|| format!("link {link_name}"))?;
+    let j = serde_json::json!({
+        "type": "summary",
+        "frames": frame_id,
+        "frames_waiting_for_prompt": skipped,
+        "masks_sent": summary.masks_sent,
+        "queue_drops": summary.queue_drops,
+        "reconnects": summary.reconnects,
+        "prompts_received": summary.prompts_received,
+        "wire_bytes": summary.wire_bytes,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    eprintln!("{j}");
+    Ok(())
+}
+
+fn cli_prompt(boxes: &[String], points: &[String]) -> Result<Option<Prompt>> {
+    if boxes.len() > 1 {
+        bail!("stream takes one --box (one object per frame)");
+    }
+    let bbox = boxes.first().map(|b| BoxPrompt::parse(b)).transpose()?;
+    let points = points
+        .iter()
+        .map(|p| PointPrompt::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((bbox.is_some() || !points.is_empty()).then_some(Prompt { bbox, points }))
+}
+
+/// A host Prompt (checked by the link: interactive, with a box or points) as a SAM prompt.
+fn host_to_prompt(p: &PromptMsg) -> Prompt {
+    Prompt {
+        bbox: p.has_box().then(|| BoxPrompt {
+            x0: p.bbox.x0 as f32,
+            y0: p.bbox.y0 as f32,
+            x1: p.bbox.x1 as f32,
+            y1: p.bbox.y1 as f32,
+        }),
+        points: p
+            .points
+            .iter()
+            .map(|q| PointPrompt {
+                x: q.x as f32,
+                y: q.y as f32,
+                foreground: q.foreground,
+            })
+            .collect(),
+    }
+}
+
+fn model_hashes(s: &SamSession) -> Vec<ModelHash> {
+    let mut out = Vec::new();
+    for (role, code) in [(Role::SamEncoder, 0u8), (Role::SamDecoder, 1u8)] {
+        if let Ok(e) = s.manifest.entry(role, s.precision) {
+            let mut sha256 = [0u8; 32];
+            if hex_to_bytes(&e.sha256, &mut sha256) {
+                out.push(ModelHash {
+                    role: code,
+                    precision: (s.precision == Precision::Int8) as u8,
+                    sha256,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn hex_to_bytes(hex: &str, out: &mut [u8; 32]) -> bool {
+    if hex.len() != 64 {
+        return false;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
+            Ok(v) => *o = v,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// The board's model string (device tree on a Pi or Jetson), else the CPU architecture.
+fn board_name() -> String {
+    std::fs::read_to_string(Path::new("/proc/device-tree/model"))
+        .map(|s| s.trim_end_matches('\0').trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}

@@ -1,0 +1,577 @@
+//! `sonomask stream` and `sonomask listen` as separate processes over real links: pseudo-
+//! terminal pairs (the same tty layer a UART or a USB CDC-ACM port goes through) and TCP.
+//! Between the two ptys a bridge thread plays the cable: it can corrupt bytes, and the test can
+//! unplug and replug the device's side.
+
+mod common;
+
+use common::Rng;
+use serialport::{SerialPort, TTYPort};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sonomask"));
+    c.env(
+        "SONOMASK_LOG",
+        std::env::var("SONOMASK_LOG").unwrap_or("warn".into()),
+    );
+    c
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sonomask-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One pty pair: the test keeps the slave open (so the master never sees a hangup while the
+/// program under test reopens it) and hands the slave's path to the program.
+struct Pty {
+    master: TTYPort,
+    _slave: TTYPort,
+    path: String,
+}
+
+fn pty() -> Pty {
+    let (master, slave) = TTYPort::pair().expect("openpty");
+    let path = slave.name().expect("slave path");
+    Pty {
+        master,
+        _slave: slave,
+        path,
+    }
+}
+
+/// Copies bytes between two pty masters; `corrupt` may damage the device-to-host direction.
+struct Bridge {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub damaged: Arc<AtomicU64>,
+}
+
+impl Bridge {
+    fn start(dev: &Pty, host: &Pty, flip_one_in: Option<u64>) -> Bridge {
+        let stop = Arc::new(AtomicBool::new(false));
+        let damaged = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for (from, to, corrupt) in [
+            (
+                dev.master.try_clone_native().unwrap(),
+                host.master.try_clone_native().unwrap(),
+                flip_one_in,
+            ),
+            (
+                host.master.try_clone_native().unwrap(),
+                dev.master.try_clone_native().unwrap(),
+                None,
+            ),
+        ] {
+            let (stop, damaged) = (stop.clone(), damaged.clone());
+            threads.push(std::thread::spawn(move || {
+                copy(from, to, corrupt, &stop, &damaged)
+            }));
+        }
+        Bridge {
+            stop,
+            threads,
+            damaged,
+        }
+    }
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn copy(
+    mut from: TTYPort,
+    mut to: TTYPort,
+    corrupt: Option<u64>,
+    stop: &AtomicBool,
+    damaged: &AtomicU64,
+) {
+    let mut rng = Rng(0xB1D6E);
+    let mut buf = [0u8; 4096];
+    from.set_timeout(Duration::from_millis(50)).unwrap();
+    to.set_timeout(Duration::from_millis(50)).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        match from.read(&mut buf) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(n) => {
+                if let Some(k) = corrupt {
+                    for b in &mut buf[..n] {
+                        if rng.next() % k == 0 {
+                            *b ^= 1 << rng.below(8);
+                            damaged.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // Nobody reading the far end (a host not yet listening): the line loses bytes.
+                let _ = to.write_all(&buf[..n]);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sonomask")
+}
+
+fn wait(child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    let child = Arc::new(Mutex::new(child));
+    loop {
+        if let Some(_st) = child.lock().unwrap().try_wait().unwrap() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.lock().unwrap().kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = Arc::try_unwrap(child).ok().unwrap().into_inner().unwrap();
+    c.wait_with_output().unwrap()
+}
+
+fn jsonl(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("messages.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn of_type<'a>(v: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
+    v.iter().filter(|j| j["type"] == t).collect()
+}
+
+fn gray(path: &Path) -> Vec<u8> {
+    let f = sonomask::image_io::load_rgb(path).unwrap();
+    f.pixels
+        .chunks_exact(3)
+        .map(|p| (p[0] > 127) as u8)
+        .collect()
+}
+
+fn device_summary(out: &Output) -> serde_json::Value {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"type\":\"summary\""))
+        .unwrap_or_else(|| panic!("no summary in: {err}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// A directory of a few real masks (replay mode needs no models).
+fn mask_dir(n: usize) -> Option<(PathBuf, Vec<Vec<u8>>)> {
+    let shared = common::shared()?;
+    let dir = shared.join("data/busi/masks");
+    let files = sonomask::source::image_files(&dir).unwrap();
+    let files: Vec<PathBuf> = files.into_iter().take(n).collect();
+    let d = tmp("masks");
+    let mut expected = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        std::fs::copy(f, d.join(format!("m{i:03}.png"))).unwrap();
+        expected.push(gray(f));
+    }
+    Some((d, expected))
+}
+
+#[test]
+fn serial_both_directions_host_prompt_drives_sam() {
+    let (dev, host) = (pty(), pty());
+    let bridge = Bridge::start(&dev, &host, None);
+    let out = tmp("prompt");
+    let models = common::sam_tiny();
+    let image = common::sam_tiny().join("input.png");
+    // No prompt on the device's command line: it waits for the host's.
+    let device = spawn(
+        bin()
+            .args(["stream", "--source"])
+            .arg(&image)
+            .args([
+                "--sink",
+                &format!("serial:{}@115200", dev.path),
+                "--loop",
+                "--fps",
+                "20",
+                "--count",
+                "200",
+                "--precision",
+                "fp32",
+                "--models",
+            ])
+            .arg(&models),
+    );
+    let listener = wait(
+        spawn(
+            bin()
+                .args([
+                    "listen",
+                    &format!("serial:{}@115200", host.path),
+                    "--box",
+                    "40,30,150,120",
+                    "--count",
+                    "5",
+                    "--timeout",
+                    "60",
+                    "--quiet",
+                    "--out",
+                ])
+                .arg(&out),
+        ),
+        Duration::from_secs(90),
+    );
+    let mut device = device;
+    let _ = device.kill();
+    let _ = device.wait();
+    bridge.stop();
+    assert!(
+        listener.status.success(),
+        "listen failed: {}",
+        String::from_utf8_lossy(&listener.stderr)
+    );
+    let msgs = jsonl(&out);
+    let hello = of_type(&msgs, "hello");
+    assert!(!hello.is_empty(), "no Hello from the device");
+    assert_eq!(
+        hello[0]["models"].as_array().unwrap().len(),
+        2,
+        "Hello names both SAM models"
+    );
+    let acks = of_type(&msgs, "ack");
+    assert!(
+        acks.iter()
+            .any(|a| a["ref_id"] == 1 && a["acked_type"] == 0x20),
+        "no Ack of prompt 1: {msgs:?}"
+    );
+    let masks = of_type(&msgs, "mask");
+    assert!(masks.len() >= 5);
+    for m in &masks {
+        assert_eq!(m["prompt_id"], 1, "mask not made with the host's prompt");
+        assert_eq!(
+            (m["width"].as_u64(), m["height"].as_u64()),
+            (Some(200), Some(150))
+        );
+        let png = gray(Path::new(m["file"].as_str().unwrap()));
+        assert_eq!(
+            png.iter().map(|&p| p as u64).sum::<u64>(),
+            m["area"].as_u64().unwrap()
+        );
+    }
+}
+
+#[test]
+fn serial_unsupported_pipeline_gets_an_error_not_a_crash() {
+    let Some((masks_dir, _)) = mask_dir(3) else {
+        return;
+    };
+    let (dev, host) = (pty(), pty());
+    let bridge = Bridge::start(&dev, &host, None);
+    let out = tmp("pipeline");
+    let mut device = spawn(
+        bin()
+            .args([
+                "stream", "--masks", "--loop", "--fps", "20", "--count", "400", "--source",
+            ])
+            .arg(&masks_dir)
+            .args(["--sink", &format!("serial:{}", dev.path)]),
+    );
+    let listener = wait(
+        spawn(
+            bin()
+                .args([
+                    "listen",
+                    &format!("serial:{}", host.path),
+                    "--text",
+                    "fetal head",
+                    "--pipeline",
+                    "salip",
+                    "--count",
+                    "6",
+                    "--timeout",
+                    "30",
+                    "--quiet",
+                    "--out",
+                ])
+                .arg(&out),
+        ),
+        Duration::from_secs(40),
+    );
+    let _ = device.kill();
+    let _ = device.wait();
+    bridge.stop();
+    assert!(
+        listener.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listener.stderr)
+    );
+    let msgs = jsonl(&out);
+    let errors = of_type(&msgs, "error");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["name"] == "unsupported_pipeline" && e["ref_type"] == 0x20),
+        "no unsupported_pipeline error: {msgs:?}"
+    );
+    // The device kept streaming after refusing the prompt.
+    assert!(of_type(&msgs, "mask").len() >= 6);
+}
+
+#[test]
+fn serial_noisy_line_delivers_only_intact_masks() {
+    let Some((masks_dir, expected)) = mask_dir(12) else {
+        return;
+    };
+    let (dev, host) = (pty(), pty());
+    // About one flipped bit per 3000 bytes: most ~400-byte masks pass, some are hit.
+    let bridge = Bridge::start(&dev, &host, Some(3000));
+    let out = tmp("noisy");
+    let mut listener = spawn(
+        bin()
+            .args([
+                "listen",
+                &format!("serial:{}", host.path),
+                "--idle",
+                "2",
+                "--timeout",
+                "60",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let device = wait(
+        spawn(
+            bin()
+                .args([
+                    "stream", "--masks", "--loop", "--fps", "100", "--count", "360", "--source",
+                ])
+                .arg(&masks_dir)
+                .args(["--sink", &format!("serial:{}", dev.path)]),
+        ),
+        Duration::from_secs(30),
+    );
+    let _ = listener.wait();
+    let damaged = bridge.damaged.load(Ordering::Relaxed);
+    bridge.stop();
+    assert!(
+        device.status.success(),
+        "{}",
+        String::from_utf8_lossy(&device.stderr)
+    );
+    let msgs = jsonl(&out);
+    let masks = of_type(&msgs, "mask");
+    let summary = of_type(&msgs, "summary")[0];
+    assert!(damaged > 0, "the bridge damaged nothing");
+    assert!(
+        summary["frame_errors"].as_u64().unwrap() > 0,
+        "damage not detected: {summary}"
+    );
+    // Every frame error costs at most the one mask it hit (each of these masks fits a frame).
+    let sent = device_summary(&device)["masks_sent"].as_u64().unwrap();
+    let errors = summary["frame_errors"].as_u64().unwrap();
+    // Masks the link could not take in time were dropped (newest wins); that is not the point.
+    assert!(sent > 50, "device sent only {sent}");
+    assert!(
+        masks.len() as u64 + errors >= sent,
+        "{} masks + {errors} errors < {sent} sent ({summary})",
+        masks.len()
+    );
+    for m in masks {
+        let id = m["frame_id"].as_u64().unwrap() as usize;
+        let png = gray(Path::new(m["file"].as_str().unwrap()));
+        assert_eq!(
+            png,
+            expected[id % expected.len()],
+            "frame {id} accepted damaged"
+        );
+    }
+}
+
+#[test]
+fn serial_unplug_and_replug_device_side_resumes() {
+    let Some((masks_dir, expected)) = mask_dir(5) else {
+        return;
+    };
+    let link_dir = tmp("replug");
+    let link = link_dir.join("ttyACM-sonomask");
+    let (dev1, host) = (pty(), pty());
+    std::os::unix::fs::symlink(&dev1.path, &link).unwrap();
+    let bridge1 = Bridge::start(&dev1, &host, None);
+    let out = tmp("replug-out");
+    let mut listener = spawn(
+        bin()
+            .args([
+                "listen",
+                &format!("serial:{}", host.path),
+                "--idle",
+                "6",
+                "--timeout",
+                "60",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let device = spawn(
+        bin()
+            .args([
+                "stream", "--masks", "--loop", "--fps", "40", "--count", "280", "--source",
+            ])
+            .arg(&masks_dir)
+            .args(["--sink", &format!("serial:{}", link.display())]),
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    // Unplug: the device's tty hangs up (both ends of its pair close).
+    bridge1.stop();
+    drop(dev1);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Replug: a new tty appears under the same by-id style name.
+    let dev2 = pty();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&dev2.path, &link).unwrap();
+    let bridge2 = Bridge::start(&dev2, &host, None);
+    let device = wait(device, Duration::from_secs(30));
+    let _ = listener.wait();
+    bridge2.stop();
+    assert!(
+        device.status.success(),
+        "device died on unplug: {}",
+        String::from_utf8_lossy(&device.stderr)
+    );
+    let s = device_summary(&device);
+    assert!(s["reconnects"].as_u64().unwrap() >= 1, "no reconnect: {s}");
+    assert!(
+        s["queue_drops"].as_u64().unwrap() > 0,
+        "masks made while unplugged must be counted as drops: {s}"
+    );
+    let msgs = jsonl(&out);
+    let ids: Vec<u64> = of_type(&msgs, "mask")
+        .iter()
+        .map(|m| m["frame_id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ids.iter().any(|&i| i < 60),
+        "no masks before the unplug: {ids:?}"
+    );
+    assert!(
+        ids.iter().any(|&i| i > 160),
+        "no masks after the replug: {ids:?}"
+    );
+    for m in of_type(&msgs, "mask") {
+        let id = m["frame_id"].as_u64().unwrap() as usize;
+        assert_eq!(
+            gray(Path::new(m["file"].as_str().unwrap())),
+            expected[id % expected.len()]
+        );
+    }
+    // The device's Status reports the reconnect to the host.
+    assert!(
+        of_type(&msgs, "status")
+            .iter()
+            .any(|s| s["reconnects"].as_u64() >= Some(1))
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn tcp_host_restart_device_reconnects() {
+    let Some((masks_dir, expected)) = mask_dir(4) else {
+        return;
+    };
+    let port = free_port();
+    let ep = format!("tcp:127.0.0.1:{port}");
+    let (out1, out2) = (tmp("tcp1"), tmp("tcp2"));
+    let l1 = spawn(
+        bin()
+            .args([
+                "listen",
+                &ep,
+                "--count",
+                "10",
+                "--timeout",
+                "20",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out1),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let device = spawn(
+        bin()
+            .args([
+                "stream", "--masks", "--loop", "--fps", "30", "--count", "240", "--source",
+            ])
+            .arg(&masks_dir)
+            .args(["--sink", &ep]),
+    );
+    let l1 = wait(l1, Duration::from_secs(25));
+    assert!(
+        l1.status.success(),
+        "{}",
+        String::from_utf8_lossy(&l1.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let l2 = wait(
+        spawn(
+            bin()
+                .args([
+                    "listen",
+                    &ep,
+                    "--count",
+                    "10",
+                    "--timeout",
+                    "20",
+                    "--quiet",
+                    "--out",
+                ])
+                .arg(&out2),
+        ),
+        Duration::from_secs(25),
+    );
+    let device = wait(device, Duration::from_secs(30));
+    assert!(
+        l2.status.success(),
+        "second listener got nothing: {}",
+        String::from_utf8_lossy(&l2.stderr)
+    );
+    assert!(
+        device.status.success(),
+        "{}",
+        String::from_utf8_lossy(&device.stderr)
+    );
+    assert!(device_summary(&device)["reconnects"].as_u64().unwrap() >= 1);
+    for out in [&out1, &out2] {
+        for m in of_type(&jsonl(out), "mask") {
+            let id = m["frame_id"].as_u64().unwrap() as usize;
+            assert_eq!(
+                gray(Path::new(m["file"].as_str().unwrap())),
+                expected[id % expected.len()]
+            );
+        }
+    }
+}
