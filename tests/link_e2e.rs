@@ -108,7 +108,7 @@ fn copy(
             Ok(n) => {
                 if let Some(k) = corrupt {
                     for b in &mut buf[..n] {
-                        if rng.next() % k == 0 {
+                        if rng.next().is_multiple_of(k) {
                             *b ^= 1 << rng.below(8);
                             damaged.fetch_add(1, Ordering::Relaxed);
                         }

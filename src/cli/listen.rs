@@ -131,10 +131,10 @@ pub fn run(argv: &[String]) -> Result<()> {
             if deadline.is_some_and(|d| Instant::now() >= d) || count.is_some_and(|c| masks >= c) {
                 break 'outer;
             }
-            if let (Some(idle), Some(t)) = (idle, last_byte) {
-                if t.elapsed() >= idle {
-                    break 'outer;
-                }
+            if let (Some(idle), Some(t)) = (idle, last_byte)
+                && t.elapsed() >= idle
+            {
+                break 'outer;
             }
             match reader.read(&mut buf) {
                 Ok(0) => {
@@ -180,10 +180,10 @@ pub fn run(argv: &[String]) -> Result<()> {
         "bytes": s.bytes,
     }))?;
     log.file.flush()?;
-    if let Some(c) = count {
-        if masks < c {
-            bail!("received {masks} of {c} masks from {name} before the stream ended or timed out");
-        }
+    if let Some(c) = count
+        && masks < c
+    {
+        bail!("received {masks} of {c} masks from {name} before the stream ended or timed out");
     }
     Ok(())
 }

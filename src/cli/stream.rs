@@ -83,7 +83,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         bail!("--queue must be at least 1");
     }
     let replay = a.has("masks");
-    let cli_prompt = cli_prompt(&a.all("box"), &a.all("point"))?;
+    let cli_prompt = cli_prompt(a.all("box"), a.all("point"))?;
     if replay && cli_prompt.is_some() {
         bail!("--masks streams masks as they are: --box/--point do not apply");
     }
@@ -248,6 +248,16 @@ pub fn run(argv: &[String]) -> Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
     });
     eprintln!("{j}");
+    if !summary.ever_connected {
+        bail!(
+            "{link_name} never opened ({}); {} mask(s) dropped",
+            summary
+                .last_open_error
+                .as_deref()
+                .unwrap_or("no attempt finished"),
+            summary.queue_drops
+        );
+    }
     Ok(())
 }
 
@@ -266,7 +276,7 @@ fn cli_prompt(boxes: &[String], points: &[String]) -> Result<Option<Prompt>> {
 /// A host Prompt (checked by the link: interactive, with a box or points) as a SAM prompt.
 fn host_to_prompt(p: &PromptMsg) -> Prompt {
     Prompt {
-        bbox: p.has_box().then(|| BoxPrompt {
+        bbox: p.has_box().then_some(BoxPrompt {
             x0: p.bbox.x0 as f32,
             y0: p.bbox.y0 as f32,
             x1: p.bbox.x1 as f32,

@@ -8,6 +8,8 @@ use crate::wire::message::{MaskHeader, Message, ParseError};
 
 /// One thing the receiver learned from the byte stream.
 #[derive(Debug)]
+// Carries a `Message` by value, as above: no allocation per event.
+#[allow(clippy::large_enum_variant)]
 pub enum Received<'a> {
     /// Any message but Mask/MaskData (those arrive as [`Received::Mask`]).
     Message { seq: u16, msg: Message<'static> },

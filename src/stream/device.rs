@@ -59,15 +59,19 @@ impl Default for LinkOptions {
 }
 
 /// Totals at the end of a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkSummary {
     pub masks_sent: u32,
     pub queue_drops: u64,
     pub reconnects: u32,
     pub wire_bytes: u64,
     pub prompts_received: u32,
+    /// Whether the link opened at least once; if not, why the last attempt failed.
+    pub ever_connected: bool,
+    pub last_open_error: Option<String>,
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Control {
     Hello,
     Ack(Ack),
@@ -92,6 +96,8 @@ struct Shared {
     control: Mutex<VecDeque<Control>>,
     prompt: Mutex<Option<PromptMsg>>,
     recycle: Mutex<Vec<Vec<u8>>>,
+    ever_connected: AtomicBool,
+    last_open_error: Mutex<Option<String>>,
     session_id: u32,
     started: Instant,
     info: DeviceInfo,
@@ -136,6 +142,8 @@ impl DeviceLink {
             control: Mutex::new(VecDeque::new()),
             prompt: Mutex::new(None),
             recycle: Mutex::new(Vec::new()),
+            ever_connected: AtomicBool::new(false),
+            last_open_error: Mutex::new(None),
             session_id: session_id(),
             started: Instant::now(),
             info,
@@ -234,6 +242,8 @@ impl DeviceLink {
             reconnects: s.reconnects.load(Ordering::Relaxed),
             wire_bytes: s.wire_bytes.load(Ordering::Relaxed),
             prompts_received: s.prompts.load(Ordering::Relaxed),
+            ever_connected: s.ever_connected.load(Ordering::Relaxed),
+            last_open_error: lock(&s.last_open_error).clone(),
         };
         match r {
             Some(Ok(Err(e))) => Err(e),
@@ -390,6 +400,7 @@ fn link_thread(
                         }
                         log::info!("link {name}: up");
                         ever_connected = true;
+                        s.ever_connected.store(true, Ordering::Relaxed);
                         outage_logged = false;
                         let mut cc = Conn {
                             writer: w,
@@ -407,6 +418,7 @@ fn link_thread(
                     if !transport.reconnects() {
                         return Err(e);
                     }
+                    *lock(&s.last_open_error) = Some(e.to_string());
                     if !outage_logged {
                         log::warn!(
                             "link {name}: cannot open ({e}); retrying every {:?}",
@@ -426,10 +438,10 @@ fn link_thread(
                 Control::Ack(a) => Message::Ack(a),
                 Control::Error(e) => Message::Error(e),
             };
-            if let Some(cc) = conn.as_mut() {
-                if send_msg(&mut tx, cc, &msg, &s).is_err() {
-                    conn = None;
-                }
+            if let Some(cc) = conn.as_mut()
+                && send_msg(&mut tx, cc, &msg, &s).is_err()
+            {
+                conn = None;
             }
         }
         if let Some(cc) = conn.as_mut() {

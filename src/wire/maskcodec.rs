@@ -62,20 +62,54 @@ fn write_varint(mut v: u32, out: &mut [u8; 5]) -> usize {
     }
 }
 
+/// Index of the first nonzero byte, or `s.len()`. Eight bytes per step (SWAR): masks are long
+/// runs, and this scan is most of the sender's work.
+pub fn find_nonzero(s: &[u8]) -> usize {
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        if u64::from_ne_bytes(c.try_into().unwrap()) != 0 {
+            break;
+        }
+        at += 8;
+    }
+    at + s[at..].iter().position(|&p| p != 0).unwrap_or(s.len() - at)
+}
+
+/// Index of the first zero byte, or `s.len()`.
+pub fn find_zero(s: &[u8]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    for c in s.chunks_exact(8) {
+        let v = u64::from_ne_bytes(c.try_into().unwrap());
+        // Nonzero iff some byte of v is zero (the classic has-zero-byte test).
+        if v.wrapping_sub(LO) & !v & HI != 0 {
+            break;
+        }
+        at += 8;
+    }
+    at + s[at..].iter().position(|&p| p == 0).unwrap_or(s.len() - at)
+}
+
+/// Length of the run of `value` pixels at the start of `s`.
+fn run_len(s: &[u8], value: bool) -> usize {
+    if value { find_zero(s) } else { find_nonzero(s) }
+}
+
 /// Calls `f` with each run length (background first) of a one-byte-per-pixel mask.
 fn for_each_run(pixels: &[u8], mut f: impl FnMut(u32)) {
+    let mut pos = 0;
     let mut current = false;
-    let mut run: u32 = 0;
-    for &p in pixels {
-        let v = p != 0;
-        if v != current {
-            f(run);
-            run = 0;
-            current = v;
+    loop {
+        let len = run_len(&pixels[pos..], current);
+        f(len as u32);
+        pos += len;
+        if pos >= pixels.len() {
+            return;
         }
-        run += 1;
+        current = !current;
     }
-    f(run);
 }
 
 /// The RLE size of a one-byte-per-pixel mask.
@@ -173,13 +207,7 @@ impl<'m> MaskEncoder<'m> {
             }
             // Next run: scan while pixels keep the current value.
             let start = self.pos;
-            let rest = &self.pixels[start..];
-            let len = if self.current {
-                rest.iter().position(|&p| p == 0)
-            } else {
-                rest.iter().position(|&p| p != 0)
-            }
-            .unwrap_or(rest.len());
+            let len = run_len(&self.pixels[start..], self.current);
             self.pos = start + len;
             self.current = !self.current;
             self.pending_len = write_varint(len as u32, &mut self.pending);
@@ -357,10 +385,8 @@ mod tests {
         ];
         // A disc (the common case), random noise (worst case for RLE), long runs (> 127, > 16383).
         v.push(
-            (0..64 * 48)
-                .map(|i| {
-                    (((i % 64) as i32 - 30).pow(2) + ((i / 64) as i32 - 20).pow(2) < 200) as u8
-                })
+            (0..64 * 48i32)
+                .map(|i| (((i % 64) - 30).pow(2) + ((i / 64) - 20).pow(2) < 200) as u8)
                 .collect(),
         );
         v.push((0..1001).map(|_| (next() & 1) as u8).collect());
@@ -387,6 +413,35 @@ mod tests {
                         assert_eq!(back, m.iter().map(|&p| (p != 0) as u8).collect::<Vec<_>>());
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn word_scans_match_bytewise() {
+        let mut rng = 99u64;
+        for len in 0..40 {
+            for _ in 0..50 {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let v: Vec<u8> = (0..len)
+                    .map(|i| {
+                        if (rng >> (i % 60)) & 7 == 0 {
+                            (rng >> 3) as u8 | 1
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let w: Vec<u8> = v.iter().map(|&x| if x == 0 { 1 } else { 0 }).collect();
+                assert_eq!(
+                    find_nonzero(&v),
+                    v.iter().position(|&p| p != 0).unwrap_or(len)
+                );
+                assert_eq!(find_zero(&w), w.iter().position(|&p| p == 0).unwrap_or(len));
+                // Values other than 0/1 count as foreground.
+                assert_eq!(find_zero(&v), v.iter().position(|&p| p == 0).unwrap_or(len));
             }
         }
     }

@@ -742,6 +742,9 @@ impl ErrorMsg {
 
 /// Any message, parsed from a frame's type and payload. Mask data borrows the frame.
 #[derive(Clone, Debug, PartialEq)]
+// Messages are plain values (heapless strings inline) so parsing never allocates; boxing the
+// large variants would defeat that.
+#[allow(clippy::large_enum_variant)]
 pub enum Message<'a> {
     Hello(Hello),
     Status(Status),

@@ -1,0 +1,230 @@
+//! `stream` and `listen` refuse bad input with one clear line and exit 1, never a panic.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn sonomask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .env("SONOMASK_LOG", "warn")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+}
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sonomask-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn stream_bad_arguments() {
+    let img = common::sam_tiny().join("input.png");
+    let img = img.to_str().unwrap();
+    fails_with(&sonomask(&["stream", "--sink", "stdout"]), "needs --source");
+    fails_with(&sonomask(&["stream", "--source", img]), "needs --sink");
+    fails_with(
+        &sonomask(&["stream", "--source", img, "--sink", "udp:1.2.3.4:5"]),
+        "unknown endpoint",
+    );
+    fails_with(
+        &sonomask(&["stream", "--source", img, "--sink", "tcp:nohost"]),
+        "not tcp:HOST:PORT",
+    );
+    fails_with(
+        &sonomask(&["stream", "--source", img, "--sink", "serial:/dev/x@fast"]),
+        "baud rate",
+    );
+    fails_with(
+        &sonomask(&[
+            "stream",
+            "--source",
+            "/no/such/dir",
+            "--sink",
+            "stdout",
+            "--masks",
+        ]),
+        "/no/such/dir",
+    );
+    fails_with(
+        &sonomask(&[
+            "stream", "--source", img, "--sink", "stdout", "--masks", "--box", "1,2,3,4",
+        ]),
+        "do not apply",
+    );
+    fails_with(
+        &sonomask(&["stream", "--source", img, "--sink", "stdout"]),
+        "no prompt",
+    );
+    fails_with(
+        &sonomask(&[
+            "stream", "--source", img, "--sink", "stdout", "--masks", "--queue", "0",
+        ]),
+        "--queue",
+    );
+    fails_with(
+        &sonomask(&[
+            "stream", "--source", img, "--sink", "stdout", "--masks", "--fps", "-3",
+        ]),
+        "--fps",
+    );
+    let empty = tmp("empty");
+    fails_with(
+        &sonomask(&[
+            "stream",
+            "--source",
+            empty.to_str().unwrap(),
+            "--sink",
+            "stdout",
+            "--masks",
+        ]),
+        "no PNG or JPEG",
+    );
+    // A box outside the frame is refused before anything is sent.
+    fails_with(
+        &sonomask(&[
+            "stream",
+            "--source",
+            img,
+            "--sink",
+            "file:/dev/null",
+            "--box",
+            "0,0,900,900",
+            "--precision",
+            "fp32",
+            "--models",
+            common::sam_tiny().to_str().unwrap(),
+        ]),
+        "box",
+    );
+}
+
+#[test]
+fn stream_to_an_absent_serial_port_says_so() {
+    // An unplugged cable: the device keeps trying while it has frames, then reports what failed.
+    let img = common::sam_tiny().join("input.png");
+    let out = sonomask(&[
+        "stream",
+        "--masks",
+        "--source",
+        img.to_str().unwrap(),
+        "--count",
+        "2",
+        "--sink",
+        "serial:/dev/ttyNOSUCH0",
+    ]);
+    fails_with(&out, "never opened");
+    fails_with(&out, "/dev/ttyNOSUCH0");
+}
+
+#[test]
+fn stream_skips_an_unreadable_frame_and_goes_on() {
+    let masks = tmp("badframe");
+    let mask = common::fixtures().join("sam_tiny/input.png");
+    std::fs::copy(&mask, masks.join("a1.png")).unwrap();
+    std::fs::write(masks.join("a2.png"), b"not a png").unwrap();
+    std::fs::copy(&mask, masks.join("a3.png")).unwrap();
+    let rec = masks.join("rec.bin");
+    let out = sonomask(&[
+        "stream",
+        "--masks",
+        "--source",
+        masks.to_str().unwrap(),
+        "--sink",
+        &format!("file:{}", rec.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = masks.join("out");
+    let l = sonomask(&[
+        "listen",
+        rec.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(l.status.success());
+    let log = std::fs::read_to_string(dir.join("messages.jsonl")).unwrap();
+    assert_eq!(log.matches("\"type\":\"mask\"").count(), 2, "{log}");
+    assert!(
+        log.contains("\"name\":\"source\""),
+        "the bad frame is reported as an Error: {log}"
+    );
+}
+
+#[test]
+fn listen_bad_arguments_and_garbage() {
+    let out = tmp("listen");
+    let o = out.to_str().unwrap();
+    fails_with(&sonomask(&["listen", "--out", o]), "exactly one ENDPOINT");
+    fails_with(&sonomask(&["listen", "rec.bin"]), "needs --out");
+    fails_with(
+        &sonomask(&["listen", "/no/such/file.bin", "--out", o]),
+        "/no/such/file.bin",
+    );
+    fails_with(
+        &sonomask(&["listen", "udp:1:2", "--out", o]),
+        "unknown endpoint",
+    );
+    fails_with(
+        &sonomask(&["listen", "rec.bin", "--out", o, "--pipeline", "salip"]),
+        "needs --box, --point or --text",
+    );
+    fails_with(
+        &sonomask(&[
+            "listen",
+            "rec.bin",
+            "--out",
+            o,
+            "--pipeline",
+            "magic",
+            "--text",
+            "x",
+        ]),
+        "unknown pipeline",
+    );
+    let too_many: Vec<String> = (0..17)
+        .flat_map(|i| ["--point".to_string(), format!("{i},{i}")])
+        .collect();
+    let mut args = vec!["listen", "rec.bin", "--out", o];
+    args.extend(too_many.iter().map(String::as_str));
+    fails_with(&sonomask(&args), "at most 16");
+    // Garbage in: no mask, no crash; the counts say what happened.
+    let junk = out.join("junk.bin");
+    let mut rng = common::Rng(3);
+    std::fs::write(
+        &junk,
+        (0..200_000).map(|_| rng.next() as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let l = sonomask(&["listen", junk.to_str().unwrap(), "--out", o, "--quiet"]);
+    assert!(l.status.success());
+    let log = std::fs::read_to_string(out.join("messages.jsonl")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["masks"], 0);
+    assert!(summary["frame_errors"].as_u64().unwrap() > 100, "{summary}");
+    fails_with(
+        &sonomask(&[
+            "listen",
+            junk.to_str().unwrap(),
+            "--out",
+            o,
+            "--quiet",
+            "--count",
+            "1",
+        ]),
+        "received 0 of 1 masks",
+    );
+}
