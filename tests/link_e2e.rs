@@ -129,6 +129,29 @@ fn spawn(cmd: &mut Command) -> Child {
         .expect("spawn sonomask")
 }
 
+/// `sonomask listen ENDPOINT --quiet --out OUT` plus `extra` options.
+fn listen(endpoint: &str, out: &Path, extra: &[&str]) -> Child {
+    spawn(
+        bin()
+            .args(["listen", endpoint, "--quiet", "--out"])
+            .arg(out)
+            .args(extra),
+    )
+}
+
+/// `sonomask stream --masks --loop` over the masks in `dir`.
+fn stream_masks(dir: &Path, sink: &str, fps: u32, count: u32) -> Child {
+    let (fps, count) = (fps.to_string(), count.to_string());
+    spawn(
+        bin()
+            .args([
+                "stream", "--masks", "--loop", "--fps", &fps, "--count", &count, "--source",
+            ])
+            .arg(dir)
+            .args(["--sink", sink]),
+    )
+}
+
 fn wait(child: Child, limit: Duration) -> Output {
     let start = Instant::now();
     let child = Arc::new(Mutex::new(child));
@@ -218,21 +241,10 @@ fn serial_both_directions_host_prompt_drives_sam() {
             .arg(&models),
     );
     let listener = wait(
-        spawn(
-            bin()
-                .args([
-                    "listen",
-                    &format!("serial:{}@115200", host.path),
-                    "--box",
-                    "40,30,150,120",
-                    "--count",
-                    "5",
-                    "--timeout",
-                    "60",
-                    "--quiet",
-                    "--out",
-                ])
-                .arg(&out),
+        listen(
+            &format!("serial:{}@115200", host.path),
+            &out,
+            &["--box", "40,30,150,120", "--count", "5", "--timeout", "60"],
         ),
         Duration::from_secs(90),
     );
@@ -283,32 +295,21 @@ fn serial_unsupported_pipeline_gets_an_error_not_a_crash() {
     let (dev, host) = (pty(), pty());
     let bridge = Bridge::start(&dev, &host, None);
     let out = tmp("pipeline");
-    let mut device = spawn(
-        bin()
-            .args([
-                "stream", "--masks", "--loop", "--fps", "20", "--count", "400", "--source",
-            ])
-            .arg(&masks_dir)
-            .args(["--sink", &format!("serial:{}", dev.path)]),
-    );
+    let mut device = stream_masks(&masks_dir, &format!("serial:{}", dev.path), 20, 400);
     let listener = wait(
-        spawn(
-            bin()
-                .args([
-                    "listen",
-                    &format!("serial:{}", host.path),
-                    "--text",
-                    "fetal head",
-                    "--pipeline",
-                    "salip",
-                    "--count",
-                    "6",
-                    "--timeout",
-                    "30",
-                    "--quiet",
-                    "--out",
-                ])
-                .arg(&out),
+        listen(
+            &format!("serial:{}", host.path),
+            &out,
+            &[
+                "--text",
+                "fetal head",
+                "--pipeline",
+                "salip",
+                "--count",
+                "6",
+                "--timeout",
+                "30",
+            ],
         ),
         Duration::from_secs(40),
     );
@@ -341,30 +342,14 @@ fn serial_noisy_line_delivers_only_intact_masks() {
     // About one flipped bit per 3000 bytes: most ~400-byte masks pass, some are hit.
     let bridge = Bridge::start(&dev, &host, Some(3000));
     let out = tmp("noisy");
-    let mut listener = spawn(
-        bin()
-            .args([
-                "listen",
-                &format!("serial:{}", host.path),
-                "--idle",
-                "2",
-                "--timeout",
-                "60",
-                "--quiet",
-                "--out",
-            ])
-            .arg(&out),
+    let mut listener = listen(
+        &format!("serial:{}", host.path),
+        &out,
+        &["--idle", "2", "--timeout", "60"],
     );
     std::thread::sleep(Duration::from_millis(300));
     let device = wait(
-        spawn(
-            bin()
-                .args([
-                    "stream", "--masks", "--loop", "--fps", "100", "--count", "360", "--source",
-                ])
-                .arg(&masks_dir)
-                .args(["--sink", &format!("serial:{}", dev.path)]),
-        ),
+        stream_masks(&masks_dir, &format!("serial:{}", dev.path), 100, 360),
         Duration::from_secs(30),
     );
     let _ = listener.wait();
@@ -415,29 +400,13 @@ fn serial_unplug_and_replug_device_side_resumes() {
     std::os::unix::fs::symlink(&dev1.path, &link).unwrap();
     let bridge1 = Bridge::start(&dev1, &host, None);
     let out = tmp("replug-out");
-    let mut listener = spawn(
-        bin()
-            .args([
-                "listen",
-                &format!("serial:{}", host.path),
-                "--idle",
-                "6",
-                "--timeout",
-                "60",
-                "--quiet",
-                "--out",
-            ])
-            .arg(&out),
+    let mut listener = listen(
+        &format!("serial:{}", host.path),
+        &out,
+        &["--idle", "6", "--timeout", "60"],
     );
     std::thread::sleep(Duration::from_millis(300));
-    let device = spawn(
-        bin()
-            .args([
-                "stream", "--masks", "--loop", "--fps", "40", "--count", "280", "--source",
-            ])
-            .arg(&masks_dir)
-            .args(["--sink", &format!("serial:{}", link.display())]),
-    );
+    let device = stream_masks(&masks_dir, &format!("serial:{}", link.display()), 40, 280);
     std::thread::sleep(Duration::from_millis(2000));
     // Unplug: the device's tty hangs up (both ends of its pair close).
     bridge1.stop();
@@ -506,29 +475,9 @@ fn tcp_host_restart_device_reconnects() {
     let port = free_port();
     let ep = format!("tcp:127.0.0.1:{port}");
     let (out1, out2) = (tmp("tcp1"), tmp("tcp2"));
-    let l1 = spawn(
-        bin()
-            .args([
-                "listen",
-                &ep,
-                "--count",
-                "10",
-                "--timeout",
-                "20",
-                "--quiet",
-                "--out",
-            ])
-            .arg(&out1),
-    );
+    let l1 = listen(&ep, &out1, &["--count", "10", "--timeout", "20"]);
     std::thread::sleep(Duration::from_millis(300));
-    let device = spawn(
-        bin()
-            .args([
-                "stream", "--masks", "--loop", "--fps", "30", "--count", "240", "--source",
-            ])
-            .arg(&masks_dir)
-            .args(["--sink", &ep]),
-    );
+    let device = stream_masks(&masks_dir, &ep, 30, 240);
     let l1 = wait(l1, Duration::from_secs(25));
     assert!(
         l1.status.success(),
@@ -537,20 +486,7 @@ fn tcp_host_restart_device_reconnects() {
     );
     std::thread::sleep(Duration::from_millis(700));
     let l2 = wait(
-        spawn(
-            bin()
-                .args([
-                    "listen",
-                    &ep,
-                    "--count",
-                    "10",
-                    "--timeout",
-                    "20",
-                    "--quiet",
-                    "--out",
-                ])
-                .arg(&out2),
-        ),
+        listen(&ep, &out2, &["--count", "10", "--timeout", "20"]),
         Duration::from_secs(25),
     );
     let device = wait(device, Duration::from_secs(30));

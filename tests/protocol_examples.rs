@@ -19,22 +19,25 @@ fn hex(b: &[u8]) -> String {
         .join("\n")
 }
 
+/// A sender whose next frame carries sequence number `seq`.
+fn sender_at(seq: u16) -> Sender {
+    let mut tx = Sender::new();
+    let ack = Message::Ack(Ack {
+        seq: 0,
+        msg_type: 0,
+        ref_id: 0,
+    });
+    for _ in 0..seq {
+        tx.message(&ack, |_| Ok::<(), ()>(())).unwrap();
+    }
+    tx
+}
+
 /// (name, wire bytes of every frame) for each documented example.
 fn examples() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
     let mut emit = |name, seq: u16, msg: Message<'_>| {
-        let mut tx = Sender::new();
-        for _ in 0..seq {
-            tx.message(
-                &Message::Ack(Ack {
-                    seq: 0,
-                    msg_type: 0,
-                    ref_id: 0,
-                }),
-                |_| Ok::<(), ()>(()),
-            )
-            .unwrap();
-        }
+        let mut tx = sender_at(seq);
         let mut w = Vec::new();
         tx.message(&msg, |b| {
             w.extend_from_slice(b);
@@ -123,18 +126,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             px[y * 16 + x] = 1;
         }
     }
-    let mut tx = Sender::new();
-    for _ in 0..2 {
-        tx.message(
-            &Message::Ack(Ack {
-                seq: 0,
-                msg_type: 0,
-                ref_id: 0,
-            }),
-            |_| Ok::<(), ()>(()),
-        )
-        .unwrap();
-    }
+    let mut tx = sender_at(2);
     let mut w = Vec::new();
     let meta = MaskMeta {
         frame_id: 17,
