@@ -4,6 +4,7 @@
 //! The core (everything but the CLI and I/O edges) is pure and testable without a device.
 
 pub mod cli;
+pub mod dicom;
 pub mod image_io;
 pub mod link;
 pub mod logger;
