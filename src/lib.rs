@@ -3,6 +3,7 @@
 //! Data flows one way: source -> [`preprocess`] -> [`model`] -> prompts -> [`mask`] -> sink.
 //! The core (everything but the CLI and I/O edges) is pure and testable without a device.
 
+pub mod cine;
 pub mod cli;
 pub mod dicom;
 pub mod image_io;
@@ -14,6 +15,7 @@ pub mod overlay;
 pub mod preprocess;
 pub mod prompt;
 pub mod segment;
+pub mod simd;
 pub mod source;
 pub mod stream;
 pub mod timing;

@@ -36,6 +36,9 @@ pub struct Segmentation {
     pub token: usize,
     /// The decoder's predicted IoU for that token.
     pub iou: f32,
+    /// Mask logits at the original image size (thresholded into `mask`); cine mode blends them
+    /// across frames.
+    pub logits: Vec<f32>,
 }
 
 impl SamSession {
@@ -94,15 +97,21 @@ impl SamSession {
         let token = prompt.pick_token(&out.iou);
         let thr = self.manifest.sam.mask_threshold;
         let g = f.geometry;
-        let mask = t.stage("postprocess", || -> Result<Mask> {
+        let (mask, logits) = t.stage("postprocess", || -> Result<(Mask, Vec<f32>)> {
             let logits = upscale_logits(out.plane(token)?, out.low_res_size, &g);
-            Ok(Mask::from_logits(g.orig_w, g.orig_h, &logits, thr))
+            Ok((Mask::from_logits(g.orig_w, g.orig_h, &logits, thr), logits))
         })?;
         Ok(Segmentation {
             mask,
             token,
             iou: out.iou[token],
+            logits,
         })
+    }
+
+    /// The threshold that turns logits into a mask.
+    pub fn mask_threshold(&self) -> f32 {
+        self.manifest.sam.mask_threshold
     }
 
     /// Low-level access for parity tests and benchmarks.

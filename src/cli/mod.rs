@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod cine;
 pub mod common;
 pub mod listen;
 pub mod segment;

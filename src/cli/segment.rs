@@ -5,24 +5,40 @@ use std::path::{Path, PathBuf};
 
 use super::args;
 use super::common::{self, ModelOptions};
+use crate::cine::CineOptions;
+use crate::dicom::DicomFile;
 use crate::image_io::{self, RgbFrame};
 use crate::mask::Mask;
 use crate::overlay;
 use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
 use crate::segment::{SamSession, Segmentation};
+use crate::source::{self, FrameSource};
 use crate::timing::Timings;
 
 pub const USAGE: &str = "\
 sonomask segment IMAGE [--box x0,y0,x1,y1]... [--point x,y[,label]]... [-o mask.png]
                  [--overlay overlay.png] [--json] [--models DIR] [--precision fp32|int8|auto]
                  [--threads N]
+sonomask segment CINE.dcm|DIR|raw:SRC --box ...|--point ... [-o DIR] [--cine-threshold F]
+                 [--reencode-every N] [--smooth W] [--no-reuse] [--max-frames N] [--json] ...
 
   Segments IMAGE (PNG/JPEG) with MobileSAM. Each --box is one object (the masks of several boxes
   are ORed); --point adds foreground (label 1, default) or background (label 0) clicks to every
   box, or prompts on its own. Coordinates are pixels of the original image.
   -o/--out      mask PNG (0/255), default mask.png
   --overlay     image with the mask tinted and outlined, and the box drawn
-  --json        print a JSON summary (areas, IoU predictions, per-stage timings) on stdout";
+  --json        print a JSON summary (areas, IoU predictions, per-stage timings) on stdout
+
+  A multi-frame source (a multi-frame DICOM, a directory of images/DICOM files, or raw:-,
+  raw:FILE, raw:tcp:HOST:PORT in the raw frame format of src/source.rs) runs in cine mode: one
+  prompt for every frame, the encoder re-run only when the frame changed. -o is then a
+  directory (default cine_out) that receives mask_NNNNN.png per frame, frames.jsonl (per frame:
+  encoder ran or not, change, timings), overlay.png (animated PNG) and strip.png.
+  --cine-threshold F  re-encode when the mean luma change exceeds F (0..1, default 0.01)
+  --reencode-every N  re-encode at least every N frames (default 10)
+  --smooth W          blend logits W*new + (1-W)*previous when masks overlap (IoU >= 0.5);
+                      1 turns smoothing off (default 0.6)
+  --no-reuse          run the encoder on every frame (the reference for the speed-up)";
 
 pub fn run(argv: &[String]) -> Result<()> {
     let a = args::parse(
@@ -35,8 +51,12 @@ pub fn run(argv: &[String]) -> Result<()> {
             "models",
             "precision",
             "threads",
+            "cine-threshold",
+            "reencode-every",
+            "smooth",
+            "max-frames",
         ],
-        &["json", "help"],
+        &["json", "help", "no-reuse"],
     )?;
     if a.has("help") {
         println!("{USAGE}");
@@ -59,10 +79,49 @@ pub fn run(argv: &[String]) -> Result<()> {
         bail!("no prompt: give --box and/or --point\n\n{USAGE}");
     }
     let opts = ModelOptions::from_args(&a)?;
+    if let Some(source) = multi_frame_source(image)? {
+        if boxes.len() > 1 {
+            bail!("cine mode takes one --box (one object followed through the frames)");
+        }
+        let prompt = Prompt {
+            bbox: boxes.first().copied(),
+            points: points.clone(),
+        };
+        let mut cine_opts = CineOptions {
+            threshold: a.parse_or("cine-threshold", CineOptions::default().threshold)?,
+            max_reuse: a.parse_or("reencode-every", CineOptions::default().max_reuse)?,
+            smooth: a.parse_or("smooth", CineOptions::default().smooth)?,
+            ..CineOptions::default()
+        };
+        if !(0.0..=1.0).contains(&cine_opts.threshold) || !(0.0..=1.0).contains(&cine_opts.smooth) {
+            bail!("--cine-threshold and --smooth must be between 0 and 1");
+        }
+        if a.has("no-reuse") {
+            cine_opts.threshold = 0.0;
+            cine_opts.max_reuse = 0;
+        }
+        let max_frames = a
+            .get("max-frames")
+            .map(|_| a.parse_or("max-frames", 0u32))
+            .transpose()?;
+        let out = PathBuf::from(a.get("out").unwrap_or("cine_out"));
+        let mut session = opts.load_session()?;
+        return super::cine::run(
+            &mut session,
+            super::cine::CineRun {
+                source,
+                prompt,
+                out: &out,
+                opts: cine_opts,
+                max_frames,
+                json: a.has("json"),
+            },
+        );
+    }
     let out = PathBuf::from(a.get("out").unwrap_or("mask.png"));
 
     let mut t = Timings::default();
-    let frame = t.stage("load_image", || image_io::load_rgb(Path::new(image)))?;
+    let frame = t.stage("load_image", || load_single(Path::new(image)))?;
     let prompts: Vec<Prompt> = if boxes.is_empty() {
         vec![Prompt {
             bbox: None,
@@ -128,6 +187,29 @@ pub fn run(argv: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A source with more than one frame (cine mode), or None for a single image or 1-frame DICOM.
+fn multi_frame_source(spec: &str) -> Result<Option<Box<dyn FrameSource>>> {
+    let path = Path::new(spec);
+    if spec.starts_with("raw:") || path.is_dir() {
+        return source::open(spec).map(Some);
+    }
+    if path.is_file() && source::is_dicom(path) {
+        let d = DicomFile::open(path)?;
+        if d.frame_count() > 1 {
+            return source::open(spec).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// A still image, or the only frame of a DICOM file.
+fn load_single(path: &Path) -> Result<RgbFrame> {
+    if path.is_file() && source::is_dicom(path) {
+        return DicomFile::open(path)?.frame(0);
+    }
+    image_io::load_rgb(path)
 }
 
 /// One encoder pass, one decoder pass per prompt, masks ORed.
