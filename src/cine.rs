@@ -86,6 +86,11 @@ impl Cine {
         }
     }
 
+    /// Forgets the previous mask (a new prompt must not be blended with the old one's masks).
+    pub fn reset_smoothing(&mut self) {
+        self.prev = None;
+    }
+
     /// Mean absolute luma change between `frame` and the last encoded frame.
     fn change(&mut self, frame: &RgbFrame) -> f32 {
         simd::luma_thumbnail(

@@ -131,7 +131,7 @@ pub fn luma_thumbnail(
         }
     }
     for (o, &(s, n)) in out.iter_mut().zip(sums.iter()) {
-        *o = if n > 0 { ((s + n / 2) / n) as u8 } else { 0 };
+        *o = (s + n / 2).checked_div(n).unwrap_or(0) as u8;
     }
 }
 

@@ -1,6 +1,6 @@
 //! Frame sources behind one trait: an image file, a directory (natural order; DICOM files in it
-//! expand to their frames), a DICOM file (every frame), or a raw frame stream (stdin, a file, or
-//! a TCP connection) in the format below.
+//! expand to their frames), a DICOM file (every frame), or a raw frame stream (stdin, a file, a
+//! TCP connection or a serial port) in the format below.
 //!
 //! Raw frame stream, per frame (little endian):
 //!
@@ -48,12 +48,23 @@ pub trait FrameSource {
     fn describe(&self) -> String;
 }
 
-/// Opens `spec`: `raw:-`, `raw:FILE`, `raw:tcp:HOST:PORT`, a DICOM file, an image, or a
-/// directory.
+/// Opens `spec`: `raw:-`, `raw:FILE`, `raw:tcp:HOST:PORT`, `raw:serial:PATH[@BAUD]`, a DICOM
+/// file, an image, or a directory.
 pub fn open(spec: &str) -> Result<Box<dyn FrameSource>> {
     if let Some(rest) = spec.strip_prefix("raw:") {
         let (reader, name): (Box<dyn Read + Send>, String) = if rest == "-" || rest == "stdin" {
             (Box::new(std::io::stdin()), "stdin".into())
+        } else if rest.starts_with("serial:") {
+            let ep = crate::link::Endpoint::parse(rest, false)?;
+            let crate::link::Endpoint::Serial { path, baud } = ep else {
+                unreachable!()
+            };
+            // A live feed: wait up to 10 s for the next bytes before calling the stream stalled.
+            let port = serialport::new(path.to_string_lossy(), baud)
+                .timeout(std::time::Duration::from_secs(10))
+                .open_native()
+                .with_context(|| format!("raw frame source {rest}"))?;
+            (Box::new(port), rest.to_string())
         } else if let Some(addr) = rest.strip_prefix("tcp:") {
             let s = std::net::TcpStream::connect(addr)
                 .with_context(|| format!("raw frame source tcp:{addr}"))?;
@@ -148,6 +159,7 @@ impl Files {
         };
         // A lone DICOM file: open it now so its frame count is known and its errors surface first.
         if s.files.len() == 1 && is_dicom(&s.files[0]) {
+            // An unreadable file is reported by `next_frame`, with the reason.
             if let Ok(d) = DicomFile::open(&s.files[0]) {
                 s.single_dicom_frames = Some(d.frame_count());
                 s.dicom = Some((d, 0, s.files[0].clone()));

@@ -19,6 +19,12 @@ impl Timings {
         out
     }
 
+    /// Records a stage timed elsewhere (a loop head, another thread).
+    pub fn record(&mut self, name: &'static str, ms: f64) {
+        log::info!(target: "sonomask::timing", "{name}: {ms:.1} ms");
+        self.stages.push((name, ms));
+    }
+
     pub fn total_ms(&self) -> f64 {
         self.stages.iter().map(|s| s.1).sum()
     }

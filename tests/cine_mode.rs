@@ -206,7 +206,7 @@ fn segment_on_the_real_cine_dicom_writes_every_frame() {
     let reuse = run(&[]);
     assert_eq!(reuse["frames"], 30);
     let runs = reuse["encoder_runs"].as_u64().unwrap();
-    assert!(runs >= 3 && runs < 30, "encoder runs {runs}");
+    assert!((3..30).contains(&runs), "encoder runs {runs}");
     assert!((reuse["pixel_spacing_mm"][0].as_f64().unwrap() - 0.5104970559477806).abs() < 1e-12);
     let lines = std::fs::read_to_string(out.join("frames.jsonl")).unwrap();
     let frames: Vec<serde_json::Value> = lines
@@ -276,4 +276,67 @@ fn raw_frame_stream_source_and_a_size_change() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("the stream started with 200x150"), "{err}");
+}
+
+/// Runs `segment raw:<spec>` on the tiny models for `n` frames; returns the JSON summary.
+fn segment_raw(spec: &str, n: u32, tag: &str) -> serde_json::Value {
+    let out = std::env::temp_dir().join(format!("sonomask-rawlink-{tag}-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .env("SONOMASK_LOG", "error")
+        .args([
+            "segment",
+            spec,
+            "--box",
+            "40,30,150,120",
+            "--precision",
+            "fp32",
+            "--json",
+            "--max-frames",
+            &n.to_string(),
+            "--models",
+        ])
+        .arg(common::sam_tiny())
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn raw_frames_over_a_serial_link_and_tcp() {
+    use std::io::Write;
+    let a = load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let mut frame = Vec::new();
+    sonomask::source::write_raw_frame(&mut frame, &a).unwrap();
+
+    // Serial: a capture device writes frames into the far end of a pty pair.
+    let (mut master, slave) = serialport::TTYPort::pair().unwrap();
+    let path = serialport::SerialPort::name(&slave).unwrap();
+    let bytes = frame.repeat(4);
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        serialport::SerialPort::set_timeout(&mut master, std::time::Duration::from_secs(5))
+            .unwrap();
+        for c in bytes.chunks(4096) {
+            master.write_all(c).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        drop(slave);
+    });
+    let j = segment_raw(&format!("raw:serial:{path}@921600"), 3, "serial");
+    assert_eq!(j["frames"], 3);
+    writer.join().unwrap();
+
+    // TCP: the device connects to a frame server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&frame.repeat(2)).unwrap();
+    });
+    let j = segment_raw(&format!("raw:tcp:{addr}"), 10, "tcp");
+    assert_eq!(j["frames"], 2, "the stream ended after two frames");
+    server.join().unwrap();
 }

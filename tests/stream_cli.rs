@@ -87,7 +87,7 @@ fn stream_bad_arguments() {
             "stdout",
             "--masks",
         ]),
-        "no PNG or JPEG",
+        "no PNG, JPEG or DICOM",
     );
     // A box outside the frame is refused before anything is sent.
     fails_with(
@@ -227,4 +227,64 @@ fn listen_bad_arguments_and_garbage() {
         ]),
         "received 0 of 1 masks",
     );
+}
+
+#[test]
+fn stream_a_dicom_cine_through_sam_with_embedding_reuse() {
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let dir = tmp("cine-stream");
+    let rec = dir.join("rec.bin");
+    let dcm = shared.join("data/dicom_us/examples_ybr_color.dcm");
+    let models = common::sam_tiny();
+    let out = sonomask(&[
+        "stream",
+        "--source",
+        dcm.to_str().unwrap(),
+        "--box",
+        "100,60,220,180",
+        "--sink",
+        &format!("file:{}", rec.display()),
+        "--models",
+        models.to_str().unwrap(),
+        "--precision",
+        "fp32",
+        "--queue",
+        "64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = sonomask(&[
+        "listen",
+        rec.to_str().unwrap(),
+        "--out",
+        dir.join("out").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(l.status.success());
+    let log = std::fs::read_to_string(dir.join("out/messages.jsonl")).unwrap();
+    let masks: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "mask")
+        .collect();
+    assert_eq!(masks.len(), 30, "one mask per cine frame");
+    assert!(
+        masks
+            .iter()
+            .all(|m| m["width"] == 320 && m["height"] == 240)
+    );
+    // The last Status shows the stages of a frame; with reuse most frames skip the encoder.
+    let status: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "status")
+        .collect();
+    let last = status.last().expect("a Status at the end");
+    assert_eq!(last["frames_in"], 30);
+    assert!(last["stages_us"]["decoder"].as_u64().is_some(), "{last}");
 }

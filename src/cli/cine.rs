@@ -110,7 +110,7 @@ pub fn run(session: &mut SamSession, r: CineRun<'_>) -> Result<()> {
         "seconds": secs,
         "fps": frames as f64 / secs,
         "pixel_spacing_mm": spacing.map(|(a, b)| [a, b]),
-        "cine": {"threshold": r.opts.threshold, "max_reuse": r.opts.max_reuse, "smooth": r.opts.smooth, "gate_iou": r.opts.gate_iou},
+        "cine": {"threshold": tidy(r.opts.threshold), "max_reuse": r.opts.max_reuse, "smooth": tidy(r.opts.smooth), "gate_iou": tidy(r.opts.gate_iou)},
         "precision": session.precision.as_str(),
         "synthetic_weights": s.synthetic,
         "out": r.out,
@@ -132,6 +132,11 @@ pub fn run(session: &mut SamSession, r: CineRun<'_>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An f32 option as the decimal the user typed (0.01, not 0.009999999776).
+fn tidy(v: f32) -> f64 {
+    (v as f64 * 1e6).round() / 1e6
 }
 
 /// Nearest-neighbour downscale so the longest side is at most `side`.

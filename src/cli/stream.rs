@@ -2,12 +2,12 @@
 //! replayed masks), masks go out over a link, prompts come back from the host.
 
 use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::args;
 use super::common::ModelOptions;
-use crate::image_io;
+use crate::cine::{Cine, CineOptions};
 use crate::link::Endpoint;
 use crate::model::manifest::{Precision, Role};
 use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
@@ -19,13 +19,16 @@ use crate::wire::message::{ErrorCode, ModelHash, Pipeline, PromptMsg};
 use crate::wire::send::MaskMeta;
 
 pub const USAGE: &str = "\
-sonomask stream --source IMAGE|DIR --sink ENDPOINT [--box x0,y0,x1,y1] [--point x,y[,label]]...
-                [--masks] [--fps F] [--loop] [--count N] [--queue K] [--board NAME]
+sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0,x1,y1]
+                [--point x,y[,label]]... [--masks] [--fps F] [--loop] [--count N] [--queue K]
+                [--no-reuse] [--board NAME]
                 [--models DIR] [--precision fp32|int8|auto] [--threads N]
 
-  Device side of the link (protocol: docs/PROTOCOL.md). Each frame of the source (an image, or
-  a directory of PNG/JPEG in natural order) is segmented with MobileSAM and its mask sent to the
-  sink; the host can replace the prompt at any time with a Prompt message.
+  Device side of the link (protocol: docs/PROTOCOL.md). Each frame of the source (an image, a
+  directory of PNG/JPEG/DICOM in natural order, a DICOM cine, or a raw frame stream raw:-,
+  raw:FILE, raw:tcp:HOST:PORT, raw:serial:PATH[@BAUD]) is segmented with MobileSAM in cine mode
+  (the encoder re-runs only when the picture changed; --no-reuse runs it on every frame) and its
+  mask sent to the sink; the host can replace the prompt at any time with a Prompt message.
   ENDPOINT      serial:PATH[@BAUD] (UART, USB CDC-ACM; default 921600 baud), tcp:HOST:PORT
                 (connects to `sonomask listen tcp:...`), stdout, or file:PATH
   --box/--point the prompt until the host sends one; without either, frames wait for a host
@@ -54,7 +57,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             "precision",
             "threads",
         ],
-        &["masks", "loop", "help"],
+        &["masks", "loop", "help", "no-reuse"],
     )?;
     if a.has("help") {
         println!("{USAGE}");
@@ -63,12 +66,15 @@ pub fn run(argv: &[String]) -> Result<()> {
     if !a.positional.is_empty() {
         bail!("unexpected argument '{}'\n\n{USAGE}", a.positional[0]);
     }
-    let source_path = PathBuf::from(a.get("source").context("stream needs --source IMAGE|DIR")?);
+    a.get("source")
+        .context("stream needs --source IMAGE|DIR|CINE.dcm|raw:SRC")?;
     let sink = Endpoint::parse(
         a.get("sink").context("stream needs --sink ENDPOINT")?,
         false,
     )?;
-    let files = source::image_files(&source_path)?;
+    let source_spec = a.get("source").unwrap_or_default().to_string();
+    // Open once now so a bad source fails before the link and the models are set up.
+    let mut frames = source::open(&source_spec)?;
     let fps: f64 = a.parse_or("fps", 0.0)?;
     if !(fps >= 0.0 && fps.is_finite()) {
         bail!("--fps must be a positive number");
@@ -130,11 +136,26 @@ pub fn run(argv: &[String]) -> Result<()> {
     let mut skipped = 0u64;
     let mut last_frame = Instant::now();
     let mut rejected_prompt: Option<u16> = None;
+    let mut cine = Cine::new(if a.has("no-reuse") {
+        CineOptions {
+            threshold: 0.0,
+            max_reuse: 0,
+            ..CineOptions::default()
+        }
+    } else {
+        CineOptions::default()
+    });
+    let mut last_prompt_id: Option<u16> = None;
     'frames: loop {
-        for path in &files {
+        loop {
             if count.is_some_and(|c| frame_id as u64 >= c) {
                 break 'frames;
             }
+            let read_started = Instant::now();
+            let Some(item) = frames.next_frame() else {
+                break;
+            };
+            let read_ms = read_started.elapsed().as_secs_f64() * 1e3;
             if fps > 0.0 {
                 let due = started + Duration::from_secs_f64(frame_id as f64 / fps);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -142,9 +163,10 @@ pub fn run(argv: &[String]) -> Result<()> {
                 }
             }
             let mut t = Timings::default();
+            t.record("read_frame", read_ms);
             let timestamp_us = link.now_us();
-            let frame = match t.stage("load_image", || image_io::load_rgb(path)) {
-                Ok(f) => f,
+            let (frame, label) = match item {
+                Ok(f) => (f.image, f.label),
                 Err(e) => {
                     log::error!("{e:#}");
                     link.error(ErrorCode::Source, 0, 0, &format!("{e:#}"));
@@ -182,22 +204,23 @@ pub fn run(argv: &[String]) -> Result<()> {
                             rejected_prompt = Some(p.prompt_id);
                             link.reject_host_prompt(p, &why);
                         }
-                        None => bail!("{}: {why}", path.display()),
+                        None => bail!("{label}: {why}"),
                     }
                     frame_id += 1;
                     continue;
                 }
-                match super::segment::segment_frame(
-                    session,
-                    &frame,
-                    std::slice::from_ref(&prompt),
-                    &mut t,
-                ) {
-                    Ok((mask, results)) => {
+                if last_prompt_id != Some(prompt_id) {
+                    // A new prompt: its masks must not be blended with the old prompt's.
+                    cine.reset_smoothing();
+                    last_prompt_id = Some(prompt_id);
+                }
+                match cine.step(session, &frame, &prompt, &mut t) {
+                    Ok(step) => {
+                        let mask = &step.segmentation.mask;
                         let mut pixels = link.buffer(mask.data.len());
                         pixels.copy_from_slice(&mask.data);
                         MaskJob {
-                            meta: meta(prompt_id, results[0].iou),
+                            meta: meta(prompt_id, step.segmentation.iou),
                             width: mask.width,
                             height: mask.height,
                             pixels,
@@ -232,6 +255,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         if !looping {
             break;
         }
+        frames = source::open(&source_spec)?;
     }
     let summary = link
         .finish(Duration::from_secs(5))
