@@ -3,8 +3,10 @@
 //! Data flows one way: source -> [`preprocess`] -> [`model`] -> prompts -> [`mask`] -> sink.
 //! The core (everything but the CLI and I/O edges) is pure and testable without a device.
 
+pub mod board;
 pub mod cine;
 pub mod cli;
+pub mod cpu;
 pub mod dicom;
 pub mod image_io;
 pub mod link;

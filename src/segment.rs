@@ -15,6 +15,7 @@ use crate::timing::Timings;
 pub struct SamSession {
     pub manifest: Manifest,
     pub precision: Precision,
+    pub decoder_precision: Precision,
     encoder: SamEncoder,
     decoder: SamDecoder,
     norm: Normalize,
@@ -43,6 +44,12 @@ pub struct Segmentation {
 
 impl SamSession {
     pub fn load(models_dir: &Path, precision: Precision) -> Result<Self> {
+        Self::load_mixed(models_dir, precision, precision)
+    }
+
+    /// Encoder and decoder in their own precisions (a board may want an int8 encoder and an
+    /// fp32 decoder). `precision` reports the encoder's.
+    pub fn load_mixed(models_dir: &Path, precision: Precision, decoder_precision: Precision) -> Result<Self> {
         let mut t = Timings::default();
         let manifest = Manifest::load(models_dir)?;
         if manifest.sam.synthetic {
@@ -53,7 +60,7 @@ impl SamSession {
             );
         }
         let encoder = t.stage("load_encoder", || SamEncoder::load(&manifest, precision))?;
-        let decoder = t.stage("load_decoder", || SamDecoder::load(&manifest, precision))?;
+        let decoder = t.stage("load_decoder", || SamDecoder::load(&manifest, decoder_precision))?;
         let s = manifest.sam.image_size as usize;
         let norm = Normalize {
             mean: manifest.sam.pixel_mean,
@@ -62,6 +69,7 @@ impl SamSession {
         Ok(SamSession {
             manifest,
             precision,
+            decoder_precision,
             encoder,
             decoder,
             norm,

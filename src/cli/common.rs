@@ -12,18 +12,14 @@ use crate::timing::Timings;
 pub struct ModelOptions {
     pub models: PathBuf,
     pub precision: Precision,
+    /// `--decoder-precision`, when it differs from `--precision`.
+    pub decoder_precision: Option<Precision>,
 }
 
 /// `auto`: int8 only where tract has a native int8 dot-product kernel (aarch64 with SDOT);
 /// elsewhere (x86 without VNNI, Cortex-A72/A57) tract's int8 is slower than its f32.
 pub fn auto_precision() -> Precision {
-    #[cfg(target_arch = "aarch64")]
-    {
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            return Precision::Int8;
-        }
-    }
-    Precision::Fp32
+    if crate::cpu::CpuFeatures::detect().fast_int8() { Precision::Int8 } else { Precision::Fp32 }
 }
 
 impl ModelOptions {
@@ -37,13 +33,14 @@ impl ModelOptions {
             "auto" => auto_precision(),
             p => Precision::parse(p)?,
         };
+        let decoder_precision = a.get("decoder-precision").map(Precision::parse).transpose()?;
         let threads: usize = a.parse_or("threads", 1)?;
         set_threads(threads)?;
-        Ok(ModelOptions { models, precision })
+        Ok(ModelOptions { models, precision, decoder_precision })
     }
 
     pub fn load_session(&self) -> Result<SamSession> {
-        SamSession::load(&self.models, self.precision)
+        SamSession::load_mixed(&self.models, self.precision, self.decoder_precision.unwrap_or(self.precision))
     }
 }
 

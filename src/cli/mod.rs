@@ -4,7 +4,9 @@ pub mod args;
 pub mod bench;
 pub mod cine;
 pub mod common;
+pub mod doctor;
 pub mod listen;
+pub mod run;
 pub mod segment;
 pub mod stream;
 
@@ -19,7 +21,9 @@ commands:
   segment   segment one image with box/point prompts
   stream    device side: segment frames and stream masks over serial/USB/TCP/stdout
   listen    host side: receive masks (PNG + JSON lines), send prompts
+  run       stream as a board profile says (boards/NAME.toml): the service entry point
   bench     time preprocessing, encoder and decoder on one image (JSON)
+  doctor    CPU features, chosen kernels/precision, model and serial port status
   version   print the version
 
 environment: SONOMASK_LOG=debug|info|warn|error (default info: per-stage timings on stderr),
@@ -34,7 +38,9 @@ pub fn main(argv: &[String]) -> Result<()> {
         "segment" => segment::run(rest),
         "stream" => stream::run(rest),
         "listen" => listen::run(rest),
+        "run" => run::run(rest),
         "bench" => bench::run(rest),
+        "doctor" => doctor::run(rest),
         "version" | "--version" => {
             println!("sonomask {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -38,6 +38,8 @@ sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0
   --loop        repeat the source until --count frames
   --count N     stop after N frames
   --queue K     masks waiting for the link before the oldest is dropped (default 2)
+  --cine-threshold F, --reencode-every N  cine settings (see segment --help)
+  --decoder-precision P                   the decoder's precision when it differs
   Serial and TCP links that fail are reopened every 250 ms; masks produced meanwhile are
   dropped and counted in Status. A summary goes to stderr.";
 
@@ -320,13 +322,13 @@ fn host_to_prompt(p: &PromptMsg) -> Prompt {
 
 fn model_hashes(s: &SamSession) -> Vec<ModelHash> {
     let mut out = Vec::new();
-    for (role, code) in [(Role::SamEncoder, 0u8), (Role::SamDecoder, 1u8)] {
-        if let Ok(e) = s.manifest.entry(role, s.precision) {
+    for (role, code, precision) in [(Role::SamEncoder, 0u8, s.precision), (Role::SamDecoder, 1u8, s.decoder_precision)] {
+        if let Ok(e) = s.manifest.entry(role, precision) {
             let mut sha256 = [0u8; 32];
             if hex_to_bytes(&e.sha256, &mut sha256) {
                 out.push(ModelHash {
                     role: code,
-                    precision: (s.precision == Precision::Int8) as u8,
+                    precision: (precision == Precision::Int8) as u8,
                     sha256,
                 });
             }

@@ -1,0 +1,134 @@
+//! `sonomask doctor`: what this machine offers and what sonomask would do with it; a check to
+//! run on a freshly installed board before connecting it to a scanner.
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use super::args;
+use super::common::auto_precision;
+use crate::cpu::CpuFeatures;
+use crate::model::{Manifest, Precision};
+
+pub const USAGE: &str = "\
+sonomask doctor [--models DIR] [--json]
+
+  Prints CPU features, the kernels and model precision sonomask would use, the model manifest
+  status (files present, sha256, synthetic or real weights), the serial ports present, and
+  warnings. Exit status 0 even with warnings; 1 only if the check itself failed.";
+
+pub fn run(argv: &[String]) -> Result<()> {
+    let a = args::parse(argv, &["models"], &["json", "help"])?;
+    if a.has("help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let models = a
+        .get("models")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("SONOMASK_MODELS").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("models"));
+    let cpu = CpuFeatures::detect();
+    let precision = auto_precision();
+    let mut warnings: Vec<String> = Vec::new();
+    if precision == Precision::Int8 && !cpu.fast_int8() {
+        warnings.push("int8 selected on a core without a dot-product instruction: tract's int8 is slower than fp32 there".into());
+    }
+    let models_json = model_status(&models, &mut warnings);
+    let ports = serial_ports();
+    if ports.is_empty() {
+        warnings.push("no serial ports found (/dev/ttyACM*, ttyUSB*, ttyGS*, ttyAMA*, ttyTHS*, serial*): masks can still go to tcp/stdout/file".into());
+    }
+    let j = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "arch": cpu.arch,
+        "board": board_model(),
+        "threads_available": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_features": cpu.flags.iter().map(|(n, p)| (n.to_string(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
+        "simd_kernel": format!("{:?}", cpu.kernel()),
+        "auto_precision": precision.as_str(),
+        "fast_int8": cpu.fast_int8(),
+        "models": models_json,
+        "serial_ports": ports,
+        "warnings": warnings,
+    });
+    if a.has("json") {
+        println!("{j}");
+        return Ok(());
+    }
+    println!("sonomask {} on {} ({})", env!("CARGO_PKG_VERSION"), j["board"].as_str().unwrap_or("?"), cpu.arch);
+    let present: Vec<&str> = cpu.flags.iter().filter(|f| f.1).map(|f| f.0).collect();
+    let absent: Vec<&str> = cpu.flags.iter().filter(|f| !f.1).map(|f| f.0).collect();
+    println!("cpu features: {} (absent: {})", present.join(" "), if absent.is_empty() { "none".into() } else { absent.join(" ") });
+    println!("threads: {}", j["threads_available"]);
+    println!("simd kernels: {:?}; tract int8 fast here: {}", cpu.kernel(), cpu.fast_int8());
+    println!("--precision auto -> {}", precision.as_str());
+    println!("models ({}): {}", models.display(), j["models"]["summary"].as_str().unwrap_or(""));
+    for m in j["models"]["files"].as_array().into_iter().flatten() {
+        println!("  {} {} {}: {}", m["role"].as_str().unwrap_or(""), m["precision"].as_str().unwrap_or(""), m["file"].as_str().unwrap_or(""), m["status"].as_str().unwrap_or(""));
+    }
+    println!("serial ports: {}", if j["serial_ports"].as_array().is_some_and(|a| a.is_empty()) { "none".to_string() } else { j["serial_ports"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(" ") });
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn model_status(dir: &Path, warnings: &mut Vec<String>) -> serde_json::Value {
+    let m = match Manifest::load(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            warnings.push(format!("{e:#}"));
+            return serde_json::json!({"summary": format!("not usable: {e:#}"), "files": []});
+        }
+    };
+    let mut files = Vec::new();
+    let mut bad = 0;
+    for e in &m.model {
+        let status = match m.read_verified(e) {
+            Ok(_) => "ok (size and sha256 match)".to_string(),
+            Err(err) => {
+                bad += 1;
+                format!("BAD: {err:#}")
+            }
+        };
+        files.push(serde_json::json!({"role": e.role.as_str(), "precision": e.precision.as_str(), "file": e.file, "status": status}));
+    }
+    if m.sam.synthetic {
+        warnings.push("the models have SYNTHETIC weights (seeded random): masks are not segmentations; build with --checkpoint mobile_sam.pt".into());
+    }
+    if bad > 0 {
+        warnings.push(format!("{bad} model file(s) fail their check: rebuild the models"));
+    }
+    serde_json::json!({
+        "summary": format!("{} file(s), {} ok, weights {}", m.model.len(), m.model.len() - bad, if m.sam.synthetic { "SYNTHETIC" } else { "from a checkpoint" }),
+        "synthetic": m.sam.synthetic,
+        "files": files,
+    })
+}
+
+/// Serial devices by the names UARTs and USB CDC-ACM links get on Linux boards.
+pub fn serial_ports() -> Vec<String> {
+    const PREFIXES: &[&str] = &["ttyACM", "ttyUSB", "ttyGS", "ttyAMA", "ttyTHS", "serial"];
+    let mut v: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
+                .map(|n| format!("/dev/{n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(d) = std::fs::read_dir("/dev/serial/by-id") {
+        v.extend(d.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()));
+    }
+    v.sort();
+    v
+}
+
+fn board_model() -> String {
+    std::fs::read_to_string("/proc/device-tree/model")
+        .map(|s| s.trim_end_matches('\0').trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown board (no device tree)".into())
+}

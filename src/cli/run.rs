@@ -1,0 +1,75 @@
+//! `sonomask run --board NAME`: the service entry point. Loads boards/NAME.toml and streams with
+//! its source, sink, models, precisions, threads and pipeline settings; command-line options
+//! after the board name override the profile (they are passed to `stream`).
+
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+use crate::board::Board;
+use crate::cpu::CpuFeatures;
+
+pub const USAGE: &str = "\
+sonomask run --board NAME|FILE.toml [--boards DIR] [--dry-run] [stream options...]
+
+  Runs `sonomask stream` configured by a board profile (boards/NAME.toml; --boards or
+  SONOMASK_BOARDS picks the directory, default ./boards then /opt/sonomask/boards). Options
+  after the board override the profile's, e.g. --sink tcp:10.0.0.2:7000 or --box 1,2,3,4.
+  --dry-run prints the stream command it would run and exits.";
+
+pub fn run(argv: &[String]) -> Result<()> {
+    let mut board_name = None;
+    let mut dir = std::env::var_os("SONOMASK_BOARDS").map(PathBuf::from);
+    let mut dry = false;
+    let mut rest: Vec<String> = Vec::new();
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            "--board" => board_name = it.next().cloned(),
+            "--boards" => dir = it.next().map(PathBuf::from),
+            "--dry-run" => dry = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    let Some(name) = board_name else { bail!("run needs --board NAME\n\n{USAGE}") };
+    let dir = dir.unwrap_or_else(|| {
+        let local = PathBuf::from("boards");
+        if local.is_dir() { local } else { PathBuf::from("/opt/sonomask/boards") }
+    });
+    let b = Board::load(&name, &dir)?;
+    let missing = b.missing_features(&CpuFeatures::detect());
+    if !missing.is_empty() {
+        log::warn!("board {} expects CPU features this CPU lacks: {} (running anyway; check `sonomask doctor`)", b.name, missing.join(", "));
+    }
+    let mut args: Vec<String> = vec![
+        "--source".into(),
+        b.io.source.clone(),
+        "--sink".into(),
+        b.io.sink.clone(),
+        "--models".into(),
+        b.models.dir.display().to_string(),
+        "--precision".into(),
+        b.models.sam_encoder.as_str().into(),
+        "--decoder-precision".into(),
+        b.models.sam_decoder.as_str().into(),
+        "--threads".into(),
+        b.threads.to_string(),
+        "--queue".into(),
+        b.pipeline.queue.to_string(),
+        "--cine-threshold".into(),
+        b.pipeline.cine_threshold.to_string(),
+        "--reencode-every".into(),
+        b.pipeline.reencode_every.to_string(),
+    ];
+    // A later flag wins in the stream parser: overrides go last.
+    args.extend(rest);
+    if dry {
+        println!("sonomask stream {}", args.join(" "));
+        return Ok(());
+    }
+    log::info!("board {} ({}): sonomask stream {}", b.name, b.description, args.join(" "));
+    super::stream::run(&args)
+}

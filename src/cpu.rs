@@ -1,0 +1,57 @@
+//! What this CPU offers, detected at run time (never from /proc/cpuinfo, which qemu-user fakes
+//! with the host's), and what that means for precision and kernels.
+
+use crate::simd::Kernel;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuFeatures {
+    pub arch: &'static str,
+    /// (name, present) in a stable order for printing.
+    pub flags: Vec<(&'static str, bool)>,
+}
+
+impl CpuFeatures {
+    pub fn detect() -> Self {
+        CpuFeatures { arch: std::env::consts::ARCH, flags: detect_flags() }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.flags.iter().any(|(n, p)| *n == name && *p)
+    }
+
+    /// Whether tract has a native int8 dot-product kernel here: SDOT on aarch64. tract 0.23 has
+    /// no VNNI kernels, and without a dot product its int8 is slower than its f32
+    /// (docs/BENCHMARKS.md: 60x on this x86).
+    pub fn fast_int8(&self) -> bool {
+        self.has("dotprod")
+    }
+
+    /// The SIMD kernel family sonomask's own loops use.
+    pub fn kernel(&self) -> Kernel {
+        Kernel::best()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_flags() -> Vec<(&'static str, bool)> {
+    use std::arch::is_x86_feature_detected as d;
+    vec![
+        ("sse4.1", d!("sse4.1")),
+        ("avx2", d!("avx2")),
+        ("fma", d!("fma")),
+        ("avx512f", d!("avx512f")),
+        ("avx512vnni", d!("avx512vnni")),
+        ("avxvnni", d!("avxvnni")),
+    ]
+}
+
+#[cfg(target_arch = "aarch64")]
+fn detect_flags() -> Vec<(&'static str, bool)> {
+    use std::arch::is_aarch64_feature_detected as d;
+    vec![("neon", d!("neon")), ("dotprod", d!("dotprod")), ("fp16", d!("fp16")), ("i8mm", d!("i8mm"))]
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn detect_flags() -> Vec<(&'static str, bool)> {
+    Vec::new()
+}

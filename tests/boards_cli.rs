@@ -1,0 +1,71 @@
+//! `sonomask doctor` and `sonomask run --board` on this machine.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn sonomask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SONOMASK_LOG", "warn")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn doctor_reports_cpu_models_and_warnings() {
+    let tiny = common::sam_tiny();
+    let o = sonomask(&["doctor", "--json", "--models", tiny.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["arch"], std::env::consts::ARCH);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert_eq!(j["cpu_features"]["avx2"], std::arch::is_x86_feature_detected!("avx2"));
+        assert_eq!(j["auto_precision"], "fp32", "no SDOT on x86: auto must be fp32");
+    }
+    assert!(j["models"]["summary"].as_str().unwrap().starts_with("4 file(s), 4 ok"), "{}", j["models"]);
+    let warnings = j["warnings"].to_string();
+    assert!(warnings.contains("SYNTHETIC"), "{warnings}");
+    // A damaged model is reported, not fatal.
+    let scratch = common::scratch_models("doctor");
+    let enc = scratch.join("sam_encoder.fp32.onnx");
+    let mut b = std::fs::read(&enc).unwrap();
+    b[1000] ^= 0xFF;
+    std::fs::write(&enc, b).unwrap();
+    let o = sonomask(&["doctor", "--json", "--models", scratch.to_str().unwrap()]);
+    assert!(o.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["models"]["summary"].as_str().unwrap().contains("3 ok"), "{}", j["models"]);
+    assert!(j["warnings"].to_string().contains("fail their check"));
+    // No models at all: still a report.
+    let o = sonomask(&["doctor", "--models", "/no/such/models"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cannot read model manifest"));
+}
+
+#[test]
+fn run_builds_the_stream_command_from_the_board() {
+    let o = sonomask(&["run", "--board", "rpi5", "--dry-run", "--sink", "stdout"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmd = String::from_utf8_lossy(&o.stdout).to_string();
+    for part in [
+        "--source raw:tcp:127.0.0.1:5600",
+        "--models /opt/sonomask/models",
+        "--precision int8",
+        "--decoder-precision fp32",
+        "--threads 4",
+        "--reencode-every 10",
+    ] {
+        assert!(cmd.contains(part), "{part} missing in: {cmd}");
+    }
+    // The override comes after the board's sink, so it wins.
+    assert!(cmd.find("--sink serial:/dev/ttyGS0@921600").unwrap() < cmd.find("--sink stdout").unwrap());
+    let bad = sonomask(&["run", "--board", "rpi9"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("unknown board 'rpi9'") && err.contains("jetson-nano"), "{err}");
+    let none = sonomask(&["run"]);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("needs --board"));
+}
