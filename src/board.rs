@@ -54,7 +54,10 @@ pub struct BoardPipeline {
     pub queue: usize,
 }
 
-const TARGETS: &[(&str, &str)] = &[("aarch64-unknown-linux-gnu", "aarch64"), ("x86_64-unknown-linux-gnu", "x86_64")];
+const TARGETS: &[(&str, &str)] = &[
+    ("aarch64-unknown-linux-gnu", "aarch64"),
+    ("x86_64-unknown-linux-gnu", "x86_64"),
+];
 const AARCH64_FEATURES: &[&str] = &["neon", "dotprod", "fp16", "i8mm"];
 const X86_FEATURES: &[&str] = &["sse4.1", "avx2", "fma", "avx512f", "avx512vnni", "avxvnni"];
 
@@ -68,7 +71,11 @@ impl Board {
         };
         let text = std::fs::read_to_string(&path).with_context(|| {
             let known = Self::available(dir).join(", ");
-            format!("unknown board '{name_or_path}': cannot read {} (boards in {}: {known})", path.display(), dir.display())
+            format!(
+                "unknown board '{name_or_path}': cannot read {} (boards in {}: {known})",
+                path.display(),
+                dir.display()
+            )
         })?;
         Self::parse(&text).with_context(|| format!("board file {}", path.display()))
     }
@@ -84,7 +91,12 @@ impl Board {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".toml")).map(str::to_string))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".toml"))
+                            .map(str::to_string)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -94,22 +106,44 @@ impl Board {
 
     fn validate(&self) -> Result<()> {
         let Some((_, arch)) = TARGETS.iter().find(|(t, _)| *t == self.target) else {
-            bail!("target '{}' is not one sonomask builds for ({})", self.target, TARGETS.iter().map(|t| t.0).collect::<Vec<_>>().join(", "));
+            bail!(
+                "target '{}' is not one sonomask builds for ({})",
+                self.target,
+                TARGETS.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+            );
         };
-        let known = if *arch == "aarch64" { AARCH64_FEATURES } else { X86_FEATURES };
+        let known = if *arch == "aarch64" {
+            AARCH64_FEATURES
+        } else {
+            X86_FEATURES
+        };
         for f in &self.features {
             if !known.contains(&f.as_str()) {
-                bail!("feature '{f}' does not exist on {arch} (known: {})", known.join(", "));
+                bail!(
+                    "feature '{f}' does not exist on {arch} (known: {})",
+                    known.join(", ")
+                );
             }
         }
-        let x86_cpu = self.target_cpu.starts_with("x86-64") || matches!(self.target_cpu.as_str(), "native" | "haswell" | "skylake" | "alderlake" | "znver2" | "znver3" | "znver4");
+        let x86_cpu = self.target_cpu.starts_with("x86-64")
+            || matches!(
+                self.target_cpu.as_str(),
+                "native" | "haswell" | "skylake" | "alderlake" | "znver2" | "znver3" | "znver4"
+            );
         if (*arch == "x86_64") != x86_cpu {
-            bail!("target_cpu '{}' does not match target {}", self.target_cpu, self.target);
+            bail!(
+                "target_cpu '{}' does not match target {}",
+                self.target_cpu,
+                self.target
+            );
         }
         if self.threads == 0 || self.threads > 256 {
             bail!("threads must be 1..256, not {}", self.threads);
         }
-        let int8 = [("sam_encoder", self.models.sam_encoder), ("sam_decoder", self.models.sam_decoder)];
+        let int8 = [
+            ("sam_encoder", self.models.sam_encoder),
+            ("sam_decoder", self.models.sam_decoder),
+        ];
         for (field, p) in int8 {
             if p == Precision::Int8 && !self.features.iter().any(|f| f == "dotprod") {
                 bail!(
@@ -123,7 +157,10 @@ impl Board {
         }
         match self.pipeline.mode.as_str() {
             "interactive" => {}
-            "medclip-sam" | "salip" => bail!("pipeline.mode '{}' needs the CLIP models, which this build does not have yet", self.pipeline.mode),
+            "medclip-sam" | "salip" => bail!(
+                "pipeline.mode '{}' needs the CLIP models, which this build does not have yet",
+                self.pipeline.mode
+            ),
             m => bail!("pipeline.mode '{m}' is not interactive, medclip-sam or salip"),
         }
         if !(0.0..=1.0).contains(&self.pipeline.cine_threshold) {
@@ -137,10 +174,23 @@ impl Board {
 
     /// Declared features the running CPU lacks (empty on the right board).
     pub fn missing_features(&self, cpu: &crate::cpu::CpuFeatures) -> Vec<String> {
-        if cpu.arch != TARGETS.iter().find(|(t, _)| *t == self.target).map(|t| t.1).unwrap_or("") {
-            return vec![format!("this is {}, the board is {}", cpu.arch, self.target)];
+        if cpu.arch
+            != TARGETS
+                .iter()
+                .find(|(t, _)| *t == self.target)
+                .map(|t| t.1)
+                .unwrap_or("")
+        {
+            return vec![format!(
+                "this is {}, the board is {}",
+                cpu.arch, self.target
+            )];
         }
-        self.features.iter().filter(|f| !cpu.has(f)).cloned().collect()
+        self.features
+            .iter()
+            .filter(|f| !cpu.has(f))
+            .cloned()
+            .collect()
     }
 }
 
@@ -155,7 +205,13 @@ mod tests {
     #[test]
     fn every_board_file_loads() {
         let names = Board::available(&boards_dir());
-        for n in ["rpi4", "rpi5", "jetson-orin-nano", "jetson-nano", "x86-cart"] {
+        for n in [
+            "rpi4",
+            "rpi5",
+            "jetson-orin-nano",
+            "jetson-nano",
+            "x86-cart",
+        ] {
             assert!(names.contains(&n.to_string()), "boards/{n}.toml missing");
         }
         for n in names {
@@ -173,16 +229,39 @@ mod tests {
         };
         assert!(err("threads = 4", "threads = 4\nturbo = true").contains("unknown field `turbo`"));
         assert!(err("threads = 4", "threads = 0").contains("threads must be"));
-        assert!(err("features = [\"neon\", \"dotprod\", \"fp16\"]", "features = [\"neon\"]").contains("without \"dotprod\""));
-        assert!(err("features = [\"neon\", \"dotprod\", \"fp16\"]", "features = [\"neon\", \"avx2\"]").contains("does not exist on aarch64"));
+        assert!(
+            err(
+                "features = [\"neon\", \"dotprod\", \"fp16\"]",
+                "features = [\"neon\"]"
+            )
+            .contains("without \"dotprod\"")
+        );
+        assert!(
+            err(
+                "features = [\"neon\", \"dotprod\", \"fp16\"]",
+                "features = [\"neon\", \"avx2\"]"
+            )
+            .contains("does not exist on aarch64")
+        );
         assert!(err("sam_decoder = \"fp32\"", "sam_decoder = \"fp16\"").contains("fp16"));
-        assert!(err("target_cpu = \"cortex-a76\"", "target_cpu = \"x86-64-v3\"").contains("does not match"));
-        assert!(err("aarch64-unknown-linux-gnu", "riscv64gc-unknown-linux-gnu").contains("not one sonomask builds for"));
+        assert!(
+            err("target_cpu = \"cortex-a76\"", "target_cpu = \"x86-64-v3\"")
+                .contains("does not match")
+        );
+        assert!(
+            err("aarch64-unknown-linux-gnu", "riscv64gc-unknown-linux-gnu")
+                .contains("not one sonomask builds for")
+        );
         assert!(err("serial:/dev/ttyGS0@921600", "serial:/dev/ttyGS0@fast").contains("io.sink"));
-        assert!(err("mode = \"interactive\"", "mode = \"salip\"").contains("needs the CLIP models"));
+        assert!(
+            err("mode = \"interactive\"", "mode = \"salip\"").contains("needs the CLIP models")
+        );
         assert!(err("queue = 2", "queue = 0").contains("queue"));
         assert!(Board::parse("name = ").is_err());
         let e = format!("{:#}", Board::load("rpi9", &boards_dir()).unwrap_err());
-        assert!(e.contains("unknown board 'rpi9'") && e.contains("rpi5"), "{e}");
+        assert!(
+            e.contains("unknown board 'rpi9'") && e.contains("rpi5"),
+            "{e}"
+        );
     }
 }

@@ -12,7 +12,10 @@ pub struct CpuFeatures {
 
 impl CpuFeatures {
     pub fn detect() -> Self {
-        CpuFeatures { arch: std::env::consts::ARCH, flags: detect_flags() }
+        CpuFeatures {
+            arch: std::env::consts::ARCH,
+            flags: detect_flags(),
+        }
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -48,7 +51,12 @@ fn detect_flags() -> Vec<(&'static str, bool)> {
 #[cfg(target_arch = "aarch64")]
 fn detect_flags() -> Vec<(&'static str, bool)> {
     use std::arch::is_aarch64_feature_detected as d;
-    vec![("neon", d!("neon")), ("dotprod", d!("dotprod")), ("fp16", d!("fp16")), ("i8mm", d!("i8mm"))]
+    vec![
+        ("neon", d!("neon")),
+        ("dotprod", d!("dotprod")),
+        ("fp16", d!("fp16")),
+        ("i8mm", d!("i8mm")),
+    ]
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

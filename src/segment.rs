@@ -49,7 +49,11 @@ impl SamSession {
 
     /// Encoder and decoder in their own precisions (a board may want an int8 encoder and an
     /// fp32 decoder). `precision` reports the encoder's.
-    pub fn load_mixed(models_dir: &Path, precision: Precision, decoder_precision: Precision) -> Result<Self> {
+    pub fn load_mixed(
+        models_dir: &Path,
+        precision: Precision,
+        decoder_precision: Precision,
+    ) -> Result<Self> {
         let mut t = Timings::default();
         let manifest = Manifest::load(models_dir)?;
         if manifest.sam.synthetic {
@@ -60,7 +64,9 @@ impl SamSession {
             );
         }
         let encoder = t.stage("load_encoder", || SamEncoder::load(&manifest, precision))?;
-        let decoder = t.stage("load_decoder", || SamDecoder::load(&manifest, decoder_precision))?;
+        let decoder = t.stage("load_decoder", || {
+            SamDecoder::load(&manifest, decoder_precision)
+        })?;
         let s = manifest.sam.image_size as usize;
         let norm = Normalize {
             mean: manifest.sam.pixel_mean,

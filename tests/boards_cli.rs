@@ -22,10 +22,23 @@ fn doctor_reports_cpu_models_and_warnings() {
     assert_eq!(j["arch"], std::env::consts::ARCH);
     #[cfg(target_arch = "x86_64")]
     {
-        assert_eq!(j["cpu_features"]["avx2"], std::arch::is_x86_feature_detected!("avx2"));
-        assert_eq!(j["auto_precision"], "fp32", "no SDOT on x86: auto must be fp32");
+        assert_eq!(
+            j["cpu_features"]["avx2"],
+            std::arch::is_x86_feature_detected!("avx2")
+        );
+        assert_eq!(
+            j["auto_precision"], "fp32",
+            "no SDOT on x86: auto must be fp32"
+        );
     }
-    assert!(j["models"]["summary"].as_str().unwrap().starts_with("4 file(s), 4 ok"), "{}", j["models"]);
+    assert!(
+        j["models"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("4 file(s), 4 ok"),
+        "{}",
+        j["models"]
+    );
     let warnings = j["warnings"].to_string();
     assert!(warnings.contains("SYNTHETIC"), "{warnings}");
     // A damaged model is reported, not fatal.
@@ -37,7 +50,11 @@ fn doctor_reports_cpu_models_and_warnings() {
     let o = sonomask(&["doctor", "--json", "--models", scratch.to_str().unwrap()]);
     assert!(o.status.success());
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(j["models"]["summary"].as_str().unwrap().contains("3 ok"), "{}", j["models"]);
+    assert!(
+        j["models"]["summary"].as_str().unwrap().contains("3 ok"),
+        "{}",
+        j["models"]
+    );
     assert!(j["warnings"].to_string().contains("fail their check"));
     // No models at all: still a report.
     let o = sonomask(&["doctor", "--models", "/no/such/models"]);
@@ -61,11 +78,16 @@ fn run_builds_the_stream_command_from_the_board() {
         assert!(cmd.contains(part), "{part} missing in: {cmd}");
     }
     // The override comes after the board's sink, so it wins.
-    assert!(cmd.find("--sink serial:/dev/ttyGS0@921600").unwrap() < cmd.find("--sink stdout").unwrap());
+    assert!(
+        cmd.find("--sink serial:/dev/ttyGS0@921600").unwrap() < cmd.find("--sink stdout").unwrap()
+    );
     let bad = sonomask(&["run", "--board", "rpi9"]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("unknown board 'rpi9'") && err.contains("jetson-nano"), "{err}");
+    assert!(
+        err.contains("unknown board 'rpi9'") && err.contains("jetson-nano"),
+        "{err}"
+    );
     let none = sonomask(&["run"]);
     assert!(String::from_utf8_lossy(&none.stderr).contains("needs --board"));
 }

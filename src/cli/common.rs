@@ -19,7 +19,11 @@ pub struct ModelOptions {
 /// `auto`: int8 only where tract has a native int8 dot-product kernel (aarch64 with SDOT);
 /// elsewhere (x86 without VNNI, Cortex-A72/A57) tract's int8 is slower than its f32.
 pub fn auto_precision() -> Precision {
-    if crate::cpu::CpuFeatures::detect().fast_int8() { Precision::Int8 } else { Precision::Fp32 }
+    if crate::cpu::CpuFeatures::detect().fast_int8() {
+        Precision::Int8
+    } else {
+        Precision::Fp32
+    }
 }
 
 impl ModelOptions {
@@ -33,14 +37,25 @@ impl ModelOptions {
             "auto" => auto_precision(),
             p => Precision::parse(p)?,
         };
-        let decoder_precision = a.get("decoder-precision").map(Precision::parse).transpose()?;
+        let decoder_precision = a
+            .get("decoder-precision")
+            .map(Precision::parse)
+            .transpose()?;
         let threads: usize = a.parse_or("threads", 1)?;
         set_threads(threads)?;
-        Ok(ModelOptions { models, precision, decoder_precision })
+        Ok(ModelOptions {
+            models,
+            precision,
+            decoder_precision,
+        })
     }
 
     pub fn load_session(&self) -> Result<SamSession> {
-        SamSession::load_mixed(&self.models, self.precision, self.decoder_precision.unwrap_or(self.precision))
+        SamSession::load_mixed(
+            &self.models,
+            self.precision,
+            self.decoder_precision.unwrap_or(self.precision),
+        )
     }
 }
 

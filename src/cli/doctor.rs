@@ -55,18 +55,58 @@ pub fn run(argv: &[String]) -> Result<()> {
         println!("{j}");
         return Ok(());
     }
-    println!("sonomask {} on {} ({})", env!("CARGO_PKG_VERSION"), j["board"].as_str().unwrap_or("?"), cpu.arch);
+    println!(
+        "sonomask {} on {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        j["board"].as_str().unwrap_or("?"),
+        cpu.arch
+    );
     let present: Vec<&str> = cpu.flags.iter().filter(|f| f.1).map(|f| f.0).collect();
     let absent: Vec<&str> = cpu.flags.iter().filter(|f| !f.1).map(|f| f.0).collect();
-    println!("cpu features: {} (absent: {})", present.join(" "), if absent.is_empty() { "none".into() } else { absent.join(" ") });
+    println!(
+        "cpu features: {} (absent: {})",
+        present.join(" "),
+        if absent.is_empty() {
+            "none".into()
+        } else {
+            absent.join(" ")
+        }
+    );
     println!("threads: {}", j["threads_available"]);
-    println!("simd kernels: {:?}; tract int8 fast here: {}", cpu.kernel(), cpu.fast_int8());
+    println!(
+        "simd kernels: {:?}; tract int8 fast here: {}",
+        cpu.kernel(),
+        cpu.fast_int8()
+    );
     println!("--precision auto -> {}", precision.as_str());
-    println!("models ({}): {}", models.display(), j["models"]["summary"].as_str().unwrap_or(""));
+    println!(
+        "models ({}): {}",
+        models.display(),
+        j["models"]["summary"].as_str().unwrap_or("")
+    );
     for m in j["models"]["files"].as_array().into_iter().flatten() {
-        println!("  {} {} {}: {}", m["role"].as_str().unwrap_or(""), m["precision"].as_str().unwrap_or(""), m["file"].as_str().unwrap_or(""), m["status"].as_str().unwrap_or(""));
+        println!(
+            "  {} {} {}: {}",
+            m["role"].as_str().unwrap_or(""),
+            m["precision"].as_str().unwrap_or(""),
+            m["file"].as_str().unwrap_or(""),
+            m["status"].as_str().unwrap_or("")
+        );
     }
-    println!("serial ports: {}", if j["serial_ports"].as_array().is_some_and(|a| a.is_empty()) { "none".to_string() } else { j["serial_ports"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(" ") });
+    println!(
+        "serial ports: {}",
+        if j["serial_ports"].as_array().is_some_and(|a| a.is_empty()) {
+            "none".to_string()
+        } else {
+            j["serial_ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    );
     for w in &warnings {
         println!("warning: {w}");
     }
@@ -97,7 +137,9 @@ fn model_status(dir: &Path, warnings: &mut Vec<String>) -> serde_json::Value {
         warnings.push("the models have SYNTHETIC weights (seeded random): masks are not segmentations; build with --checkpoint mobile_sam.pt".into());
     }
     if bad > 0 {
-        warnings.push(format!("{bad} model file(s) fail their check: rebuild the models"));
+        warnings.push(format!(
+            "{bad} model file(s) fail their check: rebuild the models"
+        ));
     }
     serde_json::json!({
         "summary": format!("{} file(s), {} ok, weights {}", m.model.len(), m.model.len() - bad, if m.sam.synthetic { "SYNTHETIC" } else { "from a checkpoint" }),
@@ -119,7 +161,10 @@ pub fn serial_ports() -> Vec<String> {
         })
         .unwrap_or_default();
     if let Ok(d) = std::fs::read_dir("/dev/serial/by-id") {
-        v.extend(d.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()));
+        v.extend(
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().display().to_string()),
+        );
     }
     v.sort();
     v

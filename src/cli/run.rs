@@ -34,15 +34,25 @@ pub fn run(argv: &[String]) -> Result<()> {
             _ => rest.push(a.clone()),
         }
     }
-    let Some(name) = board_name else { bail!("run needs --board NAME\n\n{USAGE}") };
+    let Some(name) = board_name else {
+        bail!("run needs --board NAME\n\n{USAGE}")
+    };
     let dir = dir.unwrap_or_else(|| {
         let local = PathBuf::from("boards");
-        if local.is_dir() { local } else { PathBuf::from("/opt/sonomask/boards") }
+        if local.is_dir() {
+            local
+        } else {
+            PathBuf::from("/opt/sonomask/boards")
+        }
     });
     let b = Board::load(&name, &dir)?;
     let missing = b.missing_features(&CpuFeatures::detect());
     if !missing.is_empty() {
-        log::warn!("board {} expects CPU features this CPU lacks: {} (running anyway; check `sonomask doctor`)", b.name, missing.join(", "));
+        log::warn!(
+            "board {} expects CPU features this CPU lacks: {} (running anyway; check `sonomask doctor`)",
+            b.name,
+            missing.join(", ")
+        );
     }
     let mut args: Vec<String> = vec![
         "--source".into(),
@@ -70,6 +80,11 @@ pub fn run(argv: &[String]) -> Result<()> {
         println!("sonomask stream {}", args.join(" "));
         return Ok(());
     }
-    log::info!("board {} ({}): sonomask stream {}", b.name, b.description, args.join(" "));
+    log::info!(
+        "board {} ({}): sonomask stream {}",
+        b.name,
+        b.description,
+        args.join(" ")
+    );
     super::stream::run(&args)
 }

@@ -322,7 +322,10 @@ fn host_to_prompt(p: &PromptMsg) -> Prompt {
 
 fn model_hashes(s: &SamSession) -> Vec<ModelHash> {
     let mut out = Vec::new();
-    for (role, code, precision) in [(Role::SamEncoder, 0u8, s.precision), (Role::SamDecoder, 1u8, s.decoder_precision)] {
+    for (role, code, precision) in [
+        (Role::SamEncoder, 0u8, s.precision),
+        (Role::SamDecoder, 1u8, s.decoder_precision),
+    ] {
         if let Ok(e) = s.manifest.entry(role, precision) {
             let mut sha256 = [0u8; 32];
             if hex_to_bytes(&e.sha256, &mut sha256) {
