@@ -11,6 +11,26 @@ use sonomask::segment::SamSession;
 use sonomask::timing::Timings;
 use std::process::Command;
 
+/// `sonomask segment SOURCE --box BOX --json -o OUT` on the tiny fp32 models, plus `extra`.
+fn segment_cine(
+    source: &std::ffi::OsStr,
+    bbox: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .env("SONOMASK_LOG", "error")
+        .arg("segment")
+        .arg(source)
+        .args(["--box", bbox, "--precision", "fp32", "--json", "--models"])
+        .arg(common::sam_tiny())
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn session() -> SamSession {
     SamSession::load(&common::sam_tiny(), Precision::Fp32).unwrap()
 }
@@ -182,24 +202,7 @@ fn segment_on_the_real_cine_dicom_writes_every_frame() {
     let _ = std::fs::remove_dir_all(&out);
     let dcm = shared.join("data/dicom_us/examples_ybr_color.dcm");
     let run = |extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_sonomask"))
-            .env("SONOMASK_LOG", "warn")
-            .arg("segment")
-            .arg(&dcm)
-            .args([
-                "--box",
-                "100,60,220,180",
-                "--precision",
-                "fp32",
-                "--json",
-                "--models",
-            ])
-            .arg(common::sam_tiny())
-            .arg("-o")
-            .arg(&out)
-            .args(extra)
-            .output()
-            .unwrap();
+        let o = segment_cine(dcm.as_os_str(), "100,60,220,180", &out, extra);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
@@ -251,23 +254,12 @@ fn raw_frame_stream_source_and_a_size_change() {
     sonomask::source::write_raw_frame(&mut bytes, &small).unwrap();
     std::fs::write(&raw, &bytes).unwrap();
     let out = dir.join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_sonomask"))
-        .env("SONOMASK_LOG", "error")
-        .args([
-            "segment",
-            &format!("raw:{}", raw.display()),
-            "--box",
-            "40,30,150,120",
-            "--precision",
-            "fp32",
-            "--json",
-            "--models",
-        ])
-        .arg(common::sam_tiny())
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = segment_cine(
+        format!("raw:{}", raw.display()).as_ref(),
+        "40,30,150,120",
+        &out,
+        &[],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
@@ -281,25 +273,12 @@ fn raw_frame_stream_source_and_a_size_change() {
 /// Runs `segment raw:<spec>` on the tiny models for `n` frames; returns the JSON summary.
 fn segment_raw(spec: &str, n: u32, tag: &str) -> serde_json::Value {
     let out = std::env::temp_dir().join(format!("sonomask-rawlink-{tag}-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_sonomask"))
-        .env("SONOMASK_LOG", "error")
-        .args([
-            "segment",
-            spec,
-            "--box",
-            "40,30,150,120",
-            "--precision",
-            "fp32",
-            "--json",
-            "--max-frames",
-            &n.to_string(),
-            "--models",
-        ])
-        .arg(common::sam_tiny())
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = segment_cine(
+        spec.as_ref(),
+        "40,30,150,120",
+        &out,
+        &["--max-frames", &n.to_string()],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
 }
