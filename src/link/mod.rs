@@ -104,11 +104,22 @@ impl Endpoint {
                 Box::new(serial::SerialTransport::new(path.clone(), *baud))
             }
             Endpoint::Tcp(addr) => Box::new(TcpClient { addr: addr.clone() }),
-            Endpoint::Stdio => Box::new(StdoutTransport { opened: false }),
-            Endpoint::File(p) => Box::new(FileSink {
-                path: p.clone(),
-                opened: false,
+            Endpoint::Stdio => OpenOnce::boxed("stdout".into(), || {
+                Ok(Connection {
+                    reader: None,
+                    writer: Some(Box::new(io::stdout())),
+                })
             }),
+            Endpoint::File(p) => {
+                let path = p.clone();
+                OpenOnce::boxed(format!("file:{}", p.display()), move || {
+                    let f = File::create(&path)?;
+                    Ok(Connection {
+                        reader: None,
+                        writer: Some(Box::new(io::BufWriter::new(f))),
+                    })
+                })
+            }
         })
     }
 
@@ -119,23 +130,23 @@ impl Endpoint {
                 Box::new(serial::SerialTransport::new(path.clone(), *baud))
             }
             Endpoint::Tcp(addr) => Box::new(TcpServer::bind(addr)?),
-            Endpoint::Stdio => Box::new(StdinSource { opened: false }),
-            Endpoint::File(p) => Box::new(FileSource {
-                path: p.clone(),
-                opened: false,
+            Endpoint::Stdio => OpenOnce::boxed("stdin".into(), || {
+                Ok(Connection {
+                    reader: Some(Box::new(io::stdin())),
+                    writer: None,
+                })
             }),
+            Endpoint::File(p) => {
+                let path = p.clone();
+                OpenOnce::boxed(format!("file:{}", p.display()), move || {
+                    Ok(Connection {
+                        reader: Some(Box::new(File::open(&path)?)),
+                        writer: None,
+                    })
+                })
+            }
         })
     }
-}
-
-fn once(opened: &mut bool, what: &str) -> io::Result<()> {
-    if std::mem::replace(opened, true) {
-        return Err(io::Error::new(
-            io::ErrorKind::NotConnected,
-            format!("{what} cannot be reopened"),
-        ));
-    }
-    Ok(())
 }
 
 /// Device side of TCP: connects to the host; reconnects when the host restarts.
@@ -218,84 +229,34 @@ impl Transport for TcpServer {
     }
 }
 
-struct StdoutTransport {
-    opened: bool,
+/// stdout, stdin or a file: opened once; a second `open` (after the link failed) is an error,
+/// since reopening cannot bring back what was lost.
+struct OpenOnce<F> {
+    name: String,
+    open: Option<F>,
 }
 
-impl Transport for StdoutTransport {
-    fn open(&mut self) -> io::Result<Connection> {
-        once(&mut self.opened, "stdout")?;
-        Ok(Connection {
-            reader: None,
-            writer: Some(Box::new(io::stdout())),
+impl<F: FnOnce() -> io::Result<Connection> + Send + 'static> OpenOnce<F> {
+    fn boxed(name: String, open: F) -> Box<dyn Transport> {
+        Box::new(OpenOnce {
+            name,
+            open: Some(open),
         })
     }
-    fn describe(&self) -> String {
-        "stdout".into()
-    }
-    fn reconnects(&self) -> bool {
-        false
-    }
 }
 
-struct FileSink {
-    path: PathBuf,
-    opened: bool,
-}
-
-impl Transport for FileSink {
+impl<F: FnOnce() -> io::Result<Connection> + Send> Transport for OpenOnce<F> {
     fn open(&mut self) -> io::Result<Connection> {
-        once(&mut self.opened, "a file sink")?;
-        let f = File::create(&self.path)?;
-        Ok(Connection {
-            reader: None,
-            writer: Some(Box::new(io::BufWriter::new(f))),
-        })
+        match self.open.take() {
+            Some(f) => f(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("{} cannot be reopened", self.name),
+            )),
+        }
     }
     fn describe(&self) -> String {
-        format!("file:{}", self.path.display())
-    }
-    fn reconnects(&self) -> bool {
-        false
-    }
-}
-
-struct StdinSource {
-    opened: bool,
-}
-
-impl Transport for StdinSource {
-    fn open(&mut self) -> io::Result<Connection> {
-        once(&mut self.opened, "stdin")?;
-        Ok(Connection {
-            reader: Some(Box::new(io::stdin())),
-            writer: None,
-        })
-    }
-    fn describe(&self) -> String {
-        "stdin".into()
-    }
-    fn reconnects(&self) -> bool {
-        false
-    }
-}
-
-struct FileSource {
-    path: PathBuf,
-    opened: bool,
-}
-
-impl Transport for FileSource {
-    fn open(&mut self) -> io::Result<Connection> {
-        once(&mut self.opened, "a file")?;
-        let f = File::open(&self.path)?;
-        Ok(Connection {
-            reader: Some(Box::new(f)),
-            writer: None,
-        })
-    }
-    fn describe(&self) -> String {
-        format!("file:{}", self.path.display())
+        self.name.clone()
     }
     fn reconnects(&self) -> bool {
         false
