@@ -411,6 +411,10 @@ fn link_thread(
                             send_msg(&mut tx, &mut cc, &Message::Hello(hello(&s)), &s)
                         });
                         last_hello = now;
+                        if r.is_err() {
+                            // Opened but unwritable (a host that accepts and resets): retry later.
+                            next_retry = now + opts.retry_every;
+                        }
                         conn = r.is_ok().then_some(cc);
                     }
                 }
