@@ -91,3 +91,69 @@ fn run_builds_the_stream_command_from_the_board() {
     let none = sonomask(&["run"]);
     assert!(String::from_utf8_lossy(&none.stderr).contains("needs --board"));
 }
+
+#[test]
+fn run_streams_with_a_board_profile_and_overrides() {
+    // x86-cart (fp32/fp32) pointed at the tiny models and a one-frame source, masks to a file.
+    let dir = std::env::temp_dir().join(format!("sonomask-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = dir.join("rec.bin");
+    let tiny = common::sam_tiny();
+    let image = tiny.join("input.png");
+    let o = sonomask(&[
+        "run",
+        "--board",
+        "x86-cart",
+        "--models",
+        tiny.to_str().unwrap(),
+        "--source",
+        image.to_str().unwrap(),
+        "--sink",
+        &format!("file:{}", rec.display()),
+        "--box",
+        "40,30,150,120",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = sonomask(&[
+        "listen",
+        rec.to_str().unwrap(),
+        "--out",
+        dir.join("out").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(l.status.success());
+    let log = std::fs::read_to_string(dir.join("out/messages.jsonl")).unwrap();
+    assert_eq!(log.matches("\"type\":\"mask\"").count(), 1, "{log}");
+    // The Hello names both models at the board's precisions (fp32 = 0).
+    let hello: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "hello")
+        .unwrap();
+    assert_eq!(hello["models"].as_array().unwrap().len(), 2);
+    assert!(
+        hello["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["precision"] == 0)
+    );
+    // A board whose models are missing for its precision fails with the manifest's words.
+    let o = sonomask(&[
+        "run",
+        "--board",
+        "rpi5",
+        "--models",
+        "/no/such/models",
+        "--source",
+        image.to_str().unwrap(),
+        "--sink",
+        "stdout",
+        "--box",
+        "1,1,20,20",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read model manifest"));
+}

@@ -58,6 +58,9 @@ pub fn run(argv: &[String]) -> Result<()> {
             "models",
             "precision",
             "threads",
+            "decoder-precision",
+            "cine-threshold",
+            "reencode-every",
         ],
         &["masks", "loop", "help", "no-reuse"],
     )?;
@@ -145,7 +148,15 @@ pub fn run(argv: &[String]) -> Result<()> {
             ..CineOptions::default()
         }
     } else {
-        CineOptions::default()
+        let threshold: f32 = a.parse_or("cine-threshold", CineOptions::default().threshold)?;
+        if !(0.0..=1.0).contains(&threshold) {
+            bail!("--cine-threshold must be between 0 and 1");
+        }
+        CineOptions {
+            threshold,
+            max_reuse: a.parse_or("reencode-every", CineOptions::default().max_reuse)?,
+            ..CineOptions::default()
+        }
     });
     let mut last_prompt_id: Option<u16> = None;
     'frames: loop {
