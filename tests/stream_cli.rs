@@ -288,3 +288,51 @@ fn stream_a_dicom_cine_through_sam_with_embedding_reuse() {
     assert_eq!(last["frames_in"], 30);
     assert!(last["stages_us"]["decoder"].as_u64().is_some(), "{last}");
 }
+
+#[test]
+fn stream_waits_for_a_live_frame_feed_that_starts_late() {
+    use std::io::Write;
+    // The capture service comes up 1.5 s after the device: the device waits, then streams.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let img = sonomask::image_io::load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let feeder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = Vec::new();
+        sonomask::source::write_raw_frame(&mut b, &img).unwrap();
+        s.write_all(&b).unwrap();
+    });
+    let dir = tmp("late-feed");
+    let rec = dir.join("rec.bin");
+    let out = sonomask(&[
+        "stream",
+        "--source",
+        &format!("raw:tcp:127.0.0.1:{port}"),
+        "--box",
+        "40,30,150,120",
+        "--sink",
+        &format!("file:{}", rec.display()),
+        "--models",
+        common::sam_tiny().to_str().unwrap(),
+        "--precision",
+        "fp32",
+    ]);
+    feeder.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retrying every second"));
+    let summary = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(summary.contains("\"masks_sent\":1"), "{summary}");
+}

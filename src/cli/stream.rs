@@ -78,8 +78,9 @@ pub fn run(argv: &[String]) -> Result<()> {
         false,
     )?;
     let source_spec = a.get("source").unwrap_or_default().to_string();
-    // Open once now so a bad source fails before the link and the models are set up.
-    let mut frames = source::open(&source_spec)?;
+    // Open now so a bad source fails before the link and the models are set up; a live feed
+    // that is not up yet is waited for.
+    let mut frames = open_source(&source_spec)?;
     let fps: f64 = a.parse_or("fps", 0.0)?;
     if !(fps >= 0.0 && fps.is_finite()) {
         bail!("--fps must be a positive number");
@@ -268,7 +269,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         if !looping {
             break;
         }
-        frames = source::open(&source_spec)?;
+        frames = open_source(&source_spec)?;
     }
     let summary = link
         .finish(Duration::from_secs(5))
@@ -296,6 +297,32 @@ pub fn run(argv: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens the frame source. A live feed (`raw:tcp:`, `raw:serial:`) that is not there yet, or
+/// went away, is retried every second with one log line, as a serial sink is: a cart boots
+/// before its capture service, and the service must not exit (and be restarted) in a loop.
+fn open_source(spec: &str) -> Result<Box<dyn source::FrameSource>> {
+    let live = spec.starts_with("raw:tcp:") || spec.starts_with("raw:serial:");
+    let mut logged = false;
+    loop {
+        match source::open(spec) {
+            Ok(s) => {
+                if logged {
+                    log::info!("source {spec}: up");
+                }
+                return Ok(s);
+            }
+            Err(e) if live => {
+                if !logged {
+                    log::warn!("source {spec}: {e:#}; retrying every second");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn cli_prompt(boxes: &[String], points: &[String]) -> Result<Option<Prompt>> {
