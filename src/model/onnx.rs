@@ -111,6 +111,33 @@ pub fn run(state: &mut State, inputs: TVec<TValue>, file: &Path) -> Result<TVec<
         .with_context(|| format!("running {} failed", file.display()))
 }
 
+/// Time spent per operator type in one run: (op name, total ms, node count), slowest first.
+pub type OpProfile = Vec<(String, f64, usize)>;
+
+/// [`run`], timing every node and summing by operator type (for the speed work: where a model's
+/// time goes, e.g. int8 against fp32).
+pub fn run_profiled(
+    state: &mut State,
+    inputs: TVec<TValue>,
+    file: &Path,
+) -> Result<(TVec<TValue>, OpProfile)> {
+    let mut acc: std::collections::HashMap<String, (f64, usize)> = std::collections::HashMap::new();
+    let out = state
+        .run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
+            let t = Instant::now();
+            let r = tract_core::plan::eval(ctx, op_state, node, inputs);
+            let e = acc.entry(node.op().name().to_string()).or_default();
+            e.0 += t.elapsed().as_secs_f64() * 1e3;
+            e.1 += 1;
+            r
+        })
+        .map_err(flat)
+        .with_context(|| format!("running {} failed", file.display()))?;
+    let mut prof: OpProfile = acc.into_iter().map(|(k, (ms, n))| (k, ms, n)).collect();
+    prof.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok((out, prof))
+}
+
 /// The f32 contents of a plain in-memory tensor.
 pub fn f32s(t: &Tensor) -> Result<&[f32]> {
     t.try_as_plain_ram()

@@ -1,0 +1,71 @@
+//! Where the MobileSAM encoder's time goes in tract, per operator type, fp32 against int8, on
+//! one real BUSI frame (measured in the same run). For the speed work: it names the operators
+//! that make tract's int8 slow on a core without a dot-product instruction.
+//!
+//! Run (after quantize/build_models.sh): `cargo bench --bench op_profile` (prints markdown).
+//! SONOMASK_BENCH_MODELS=DIR picks the models (default models/).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sonomask::image_io::load_rgb;
+use sonomask::model::{Manifest, Precision, SamEncoder};
+use sonomask::preprocess::{Normalize, sam_input_into};
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var("SONOMASK_BENCH_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("models"));
+    let manifest =
+        Manifest::load(&dir).unwrap_or_else(|e| panic!("{e:#} (run quantize/build_models.sh)"));
+    let frame = load_rgb(&root.join("../shared/data/busi/images/benign (1).png"))
+        .expect("../shared/data is needed");
+    let s = &manifest.sam;
+    let norm = Normalize {
+        mean: s.pixel_mean,
+        std: s.pixel_std,
+    };
+    let mut input = vec![0f32; 3 * (s.image_size * s.image_size) as usize];
+    sam_input_into(&frame, s.image_size, &norm, &mut input);
+    let mut profiles: Vec<(Precision, HashMap<String, (f64, usize)>, f64)> = Vec::new();
+    for p in [Precision::Fp32, Precision::Int8] {
+        let mut enc = SamEncoder::load(&manifest, p).unwrap();
+        enc.run(&input).unwrap(); // warm-up: first-run allocations out of the figures
+        let prof = enc.run_profiled(&input).unwrap();
+        let total: f64 = prof.iter().map(|x| x.1).sum();
+        profiles.push((
+            p,
+            prof.into_iter().map(|(k, ms, n)| (k, (ms, n))).collect(),
+            total,
+        ));
+    }
+    let (f, i) = (&profiles[0], &profiles[1]);
+    println!(
+        "Encoder total: fp32 {:.0} ms, int8 {:.0} ms ({:.1}x), synthetic weights {}",
+        f.2,
+        i.2,
+        i.2 / f.2,
+        s.synthetic
+    );
+    println!();
+    println!("| op | fp32 ms | fp32 nodes | int8 ms | int8 nodes | int8 share |");
+    println!("|---|---|---|---|---|---|");
+    let mut names: Vec<&String> = f.1.keys().chain(i.1.keys()).collect();
+    names.sort();
+    names.dedup();
+    names.sort_by(|a, b| {
+        let t = |n: &String| {
+            i.1.get(n).map(|x| x.0).unwrap_or(0.0) + f.1.get(n).map(|x| x.0).unwrap_or(0.0)
+        };
+        t(b).total_cmp(&t(a))
+    });
+    for n in names.iter().take(25) {
+        let (fm, fc) = f.1.get(*n).copied().unwrap_or((0.0, 0));
+        let (im, ic) = i.1.get(*n).copied().unwrap_or((0.0, 0));
+        println!(
+            "| {n} | {fm:.1} | {fc} | {im:.1} | {ic} | {:.1}% |",
+            100.0 * im / i.2
+        );
+    }
+}
