@@ -12,6 +12,9 @@ use sonomask::image_io::load_rgb;
 use sonomask::model::{Manifest, Precision, SamEncoder};
 use sonomask::preprocess::{Normalize, sam_input_into};
 
+/// Operator type -> (total ms, nodes).
+type ByOp = HashMap<String, (f64, usize)>;
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::var("SONOMASK_BENCH_MODELS")
@@ -28,7 +31,7 @@ fn main() {
     };
     let mut input = vec![0f32; 3 * (s.image_size * s.image_size) as usize];
     sam_input_into(&frame, s.image_size, &norm, &mut input);
-    let mut profiles: Vec<(Precision, HashMap<String, (f64, usize)>, f64)> = Vec::new();
+    let mut profiles: Vec<(Precision, ByOp, f64)> = Vec::new();
     for p in [Precision::Fp32, Precision::Int8] {
         let mut enc = SamEncoder::load(&manifest, p).unwrap();
         enc.run(&input).unwrap(); // warm-up: first-run allocations out of the figures
