@@ -126,7 +126,17 @@ pub fn run_profiled(
         .run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
             let t = Instant::now();
             let r = tract_core::plan::eval(ctx, op_state, node, inputs);
-            let e = acc.entry(node.op().name().to_string()).or_default();
+            // Matrix products are keyed by the kernel tract picked ("with [...]" in the op's info).
+            let mut key = node.op().name().to_string();
+            if key.starts_with("OptMatMul")
+                && let Some(k) = node.op().info().ok().and_then(|i| {
+                    i.iter()
+                        .find_map(|l| l.split_once(" with ").map(|x| x.1.to_string()))
+                })
+            {
+                key = format!("{key} {k}");
+            }
+            let e = acc.entry(key).or_default();
             e.0 += t.elapsed().as_secs_f64() * 1e3;
             e.1 += 1;
             r
