@@ -37,6 +37,14 @@ impl CpuFeatures {
     }
 }
 
+/// The board's model string from the device tree (Pi, Jetson); None on a PC.
+pub fn board_model() -> Option<String> {
+    std::fs::read_to_string("/proc/device-tree/model")
+        .map(|s| s.trim_end_matches('\0').trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect_flags() -> Vec<(&'static str, bool)> {
     use std::arch::is_x86_feature_detected as d;

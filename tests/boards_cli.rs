@@ -116,22 +116,10 @@ fn run_streams_with_a_board_profile_and_overrides() {
         "1",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let l = sonomask(&[
-        "listen",
-        rec.to_str().unwrap(),
-        "--out",
-        dir.join("out").to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(l.status.success());
-    let log = std::fs::read_to_string(dir.join("out/messages.jsonl")).unwrap();
-    assert_eq!(log.matches("\"type\":\"mask\"").count(), 1, "{log}");
+    let lines = common::listen_recording(&rec, &dir.join("out"));
+    assert_eq!(common::of_type(&lines, "mask").len(), 1, "{lines:?}");
     // The Hello names both models at the board's precisions (fp32 = 0).
-    let hello: serde_json::Value = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["type"] == "hello")
-        .unwrap();
+    let hello = common::of_type(&lines, "hello")[0];
     assert_eq!(hello["models"].as_array().unwrap().len(), 2);
     assert!(
         hello["models"]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, of_type};
 use serialport::{SerialPort, TTYPort};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -175,10 +175,6 @@ fn jsonl(dir: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn of_type<'a>(v: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
-    v.iter().filter(|j| j["type"] == t).collect()
 }
 
 fn gray(path: &Path) -> Vec<u8> {

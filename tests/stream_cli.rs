@@ -147,17 +147,9 @@ fn stream_skips_an_unreadable_frame_and_goes_on() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = masks.join("out");
-    let l = sonomask(&[
-        "listen",
-        rec.to_str().unwrap(),
-        "--out",
-        dir.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(l.status.success());
-    let log = std::fs::read_to_string(dir.join("messages.jsonl")).unwrap();
-    assert_eq!(log.matches("\"type\":\"mask\"").count(), 2, "{log}");
+    let lines = common::listen_recording(&rec, &masks.join("out"));
+    let log: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    assert_eq!(common::of_type(&lines, "mask").len(), 2, "{log}");
     assert!(
         log.contains("\"name\":\"source\""),
         "the bad frame is reported as an Error: {log}"
@@ -258,20 +250,8 @@ fn stream_a_dicom_cine_through_sam_with_embedding_reuse() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let l = sonomask(&[
-        "listen",
-        rec.to_str().unwrap(),
-        "--out",
-        dir.join("out").to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(l.status.success());
-    let log = std::fs::read_to_string(dir.join("out/messages.jsonl")).unwrap();
-    let masks: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["type"] == "mask")
-        .collect();
+    let lines = common::listen_recording(&rec, &dir.join("out"));
+    let masks = common::of_type(&lines, "mask");
     assert_eq!(masks.len(), 30, "one mask per cine frame");
     assert!(
         masks
@@ -279,11 +259,7 @@ fn stream_a_dicom_cine_through_sam_with_embedding_reuse() {
             .all(|m| m["width"] == 320 && m["height"] == 240)
     );
     // The last Status shows the stages of a frame; with reuse most frames skip the encoder.
-    let status: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["type"] == "status")
-        .collect();
+    let status = common::of_type(&lines, "status");
     let last = status.last().expect("a Status at the end");
     assert_eq!(last["frames_in"], 30);
     assert!(last["stages_us"]["decoder"].as_u64().is_some(), "{last}");

@@ -28,11 +28,7 @@ pub fn auto_precision() -> Precision {
 
 impl ModelOptions {
     pub fn from_args(a: &Args) -> Result<Self> {
-        let models = a
-            .get("models")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("SONOMASK_MODELS").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("models"));
+        let models = models_dir(a);
         let precision = match a.get("precision").unwrap_or("auto") {
             "auto" => auto_precision(),
             p => Precision::parse(p)?,
@@ -57,6 +53,14 @@ impl ModelOptions {
             self.decoder_precision.unwrap_or(self.precision),
         )
     }
+}
+
+/// `--models`, else SONOMASK_MODELS, else ./models.
+pub fn models_dir(a: &Args) -> PathBuf {
+    a.get("models")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("SONOMASK_MODELS").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("models"))
 }
 
 /// tract's matmul thread pool (only with the `multithread-mm` feature).

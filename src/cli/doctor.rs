@@ -2,7 +2,7 @@
 //! run on a freshly installed board before connecting it to a scanner.
 
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::args;
 use super::common::auto_precision;
@@ -22,11 +22,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     }
-    let models = a
-        .get("models")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("SONOMASK_MODELS").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("models"));
+    let models = super::common::models_dir(&a);
     let cpu = CpuFeatures::detect();
     let precision = auto_precision();
     let mut warnings: Vec<String> = Vec::new();
@@ -41,7 +37,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     let j = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "arch": cpu.arch,
-        "board": board_model(),
+        "board": crate::cpu::board_model().unwrap_or_else(|| "unknown board (no device tree)".into()),
         "threads_available": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "cpu_features": cpu.flags.iter().map(|(n, p)| (n.to_string(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
         "simd_kernel": format!("{:?}", cpu.kernel()),
@@ -168,12 +164,4 @@ pub fn serial_ports() -> Vec<String> {
     }
     v.sort();
     v
-}
-
-fn board_model() -> String {
-    std::fs::read_to_string("/proc/device-tree/model")
-        .map(|s| s.trim_end_matches('\0').trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown board (no device tree)".into())
 }

@@ -13,7 +13,8 @@ use super::common;
 use crate::link::{Endpoint, Received, Receiver, is_idle};
 use crate::wire::frame::{MAX_PAYLOAD, VERSION};
 use crate::wire::message::{
-    ErrorCode, Hello, MaskHeader, Message, Pipeline, Point, PromptMsg, Rect, prompt_flags,
+    ErrorCode, Hello, MaskHeader, Message, Pipeline, Point, PromptMsg, Rect, bounded_str,
+    prompt_flags,
 };
 use crate::wire::send::Sender;
 
@@ -283,8 +284,7 @@ fn message_json(seq: u16, m: &Message<'_>) -> Value {
 }
 
 fn host_hello() -> Hello {
-    let mut device = heapless::String::new();
-    let _ = device.push_str("sonomask-listen");
+    let device = bounded_str("sonomask-listen");
     Hello {
         min_version: VERSION,
         max_version: VERSION,

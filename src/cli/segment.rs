@@ -196,9 +196,11 @@ fn multi_frame_source(spec: &str) -> Result<Option<Box<dyn FrameSource>>> {
         return source::open(spec).map(Some);
     }
     if path.is_file() && source::is_dicom(path) {
-        let d = DicomFile::open(path)?;
-        if d.frame_count() > 1 {
-            return source::open(spec).map(Some);
+        // Parsed once here; a damaged file has no frame count and takes the single-image path,
+        // which reports why it cannot be read.
+        let src = source::open(spec)?;
+        if src.len_hint().is_some_and(|n| n > 1) {
+            return Ok(Some(src));
         }
     }
     Ok(None)

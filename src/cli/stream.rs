@@ -2,7 +2,6 @@
 //! replayed masks), masks go out over a link, prompts come back from the host.
 
 use anyhow::{Context, Result, bail};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::args;
@@ -114,10 +113,9 @@ pub fn run(argv: &[String]) -> Result<()> {
     };
     let info = DeviceInfo {
         device: format!("sonomask {}", env!("CARGO_PKG_VERSION")),
-        board: a
-            .get("board")
-            .map(str::to_string)
-            .unwrap_or_else(board_name),
+        board: a.get("board").map(str::to_string).unwrap_or_else(|| {
+            crate::cpu::board_model().unwrap_or_else(|| std::env::consts::ARCH.to_string())
+        }),
         models: session.as_ref().map(model_hashes).unwrap_or_default(),
         pipelines: if replay {
             vec![]
@@ -389,13 +387,4 @@ fn hex_to_bytes(hex: &str, out: &mut [u8; 32]) -> bool {
         }
     }
     true
-}
-
-/// The board's model string (device tree on a Pi or Jetson), else the CPU architecture.
-fn board_name() -> String {
-    std::fs::read_to_string(Path::new("/proc/device-tree/model"))
-        .map(|s| s.trim_end_matches('\0').trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }

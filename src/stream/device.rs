@@ -16,7 +16,7 @@ use crate::link::{Received, Receiver, Transport, is_idle};
 use crate::wire::frame::{MAX_PAYLOAD, VERSION};
 use crate::wire::message::{
     Ack, ErrorCode, ErrorMsg, Hello, Message, ModelHash, MsgType, Pipeline, PromptMsg,
-    StageLatency, Status, caps, prompt_flags,
+    StageLatency, Status, bounded_str, caps, prompt_flags,
 };
 use crate::wire::send::{MaskMeta, SendError, Sender};
 
@@ -276,18 +276,8 @@ fn session_id() -> u32 {
 }
 
 fn hello(s: &Shared) -> Hello {
-    let mut device = heapless::String::new();
-    for c in s.info.device.chars() {
-        if device.push(c).is_err() {
-            break;
-        }
-    }
-    let mut board = heapless::String::new();
-    for c in s.info.board.chars() {
-        if board.push(c).is_err() {
-            break;
-        }
-    }
+    let device = bounded_str(&s.info.device);
+    let board = bounded_str(&s.info.board);
     let mut capabilities = caps::MASK_RLE | caps::MASK_RAW | caps::STATUS;
     for p in &s.info.pipelines {
         capabilities |= match p {
@@ -324,12 +314,7 @@ fn status(s: &Shared, drops: u64) -> Status {
         stages: heapless::Vec::new(),
     };
     for (name, us) in lock(&s.stages).iter() {
-        let mut n = heapless::String::new();
-        for c in name.chars() {
-            if n.push(c).is_err() {
-                break;
-            }
-        }
+        let n = bounded_str(name);
         if st
             .stages
             .push(StageLatency {

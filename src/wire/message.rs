@@ -74,6 +74,18 @@ impl core::fmt::Display for ParseError {
     }
 }
 
+/// `s` cut at a character boundary to fit `N` bytes: how a sender puts a longer name or
+/// message into a bounded field (truncation, not an error: the text is for people).
+pub fn bounded_str<const N: usize>(s: &str) -> String<N> {
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
 /// The output slice is too small for the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EmitError;
@@ -702,13 +714,7 @@ pub struct ErrorMsg {
 
 impl ErrorMsg {
     pub fn new(code: ErrorCode, ref_seq: u16, ref_type: u8, message: &str) -> Self {
-        let mut m = String::new();
-        // Truncate at a char boundary to the limit.
-        for c in message.chars() {
-            if m.push(c).is_err() {
-                break;
-            }
-        }
+        let m = bounded_str(message);
         ErrorMsg {
             code: code as u16,
             ref_seq,

@@ -122,3 +122,31 @@ impl Rng {
         (self.next() % n.max(1) as u64) as usize
     }
 }
+
+/// Runs `sonomask listen REC --out OUT --quiet` on a recorded stream and returns its JSON lines.
+pub fn listen_recording(rec: &Path, out: &Path) -> Vec<serde_json::Value> {
+    let l = std::process::Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .env("SONOMASK_LOG", "warn")
+        .arg("listen")
+        .arg(rec)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        l.status.success(),
+        "listen failed: {}",
+        String::from_utf8_lossy(&l.stderr)
+    );
+    std::fs::read_to_string(out.join("messages.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The lines of `lines` whose "type" is `t`.
+pub fn of_type<'a>(lines: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|v| v["type"] == t).collect()
+}
