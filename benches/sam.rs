@@ -26,7 +26,7 @@ fn models_dir() -> PathBuf {
         root.join("models")
     } else {
         eprintln!("models/ not built: benchmarking the tiny fixtures (harness check only)");
-        root.join("tests/fixtures/sam_tiny")
+        root.join("tests/fixtures/models_tiny")
     }
 }
 
@@ -35,7 +35,7 @@ fn frame() -> RgbFrame {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let busi = root.join("../shared/data/busi/images/benign (1).png");
     load_rgb(&busi)
-        .or_else(|_| load_rgb(&root.join("tests/fixtures/sam_tiny/input.png")))
+        .or_else(|_| load_rgb(&root.join("tests/fixtures/models_tiny/input.png")))
         .expect("bench frame")
 }
 

@@ -1,6 +1,6 @@
 """Regenerate the committed test fixtures (tests/fixtures/). Needs ../shared for calibration frames.
 
-sam_tiny/: the `tiny` config (same graph structure as MobileSAM, reduced widths, 256 px input),
+models_tiny/: the `tiny` config (same graph structure as MobileSAM, reduced widths, 256 px input),
   seeded synthetic weights (NOT trained), exported and quantized by the same code as the full
   models, with onnxruntime reference outputs on a generated input image:
     input.png                      deterministic generated frame (no shared data is copied)
@@ -76,8 +76,8 @@ def save_f32(path: pathlib.Path, a: np.ndarray) -> None:
     path.write_bytes(np.ascontiguousarray(a, dtype="<f4").tobytes())
 
 
-def sam_tiny() -> None:
-    out = FIX / "sam_tiny"
+def models_tiny() -> None:
+    out = FIX / "models_tiny"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -156,7 +156,7 @@ if __name__ == "__main__":
     if not (preprocess.SHARED / "data").is_dir():
         sys.exit(f"{preprocess.SHARED}/data is missing: fixtures are calibrated on shared ultrasound frames")
     FIX.mkdir(parents=True, exist_ok=True)
-    sam_tiny()
+    models_tiny()
     preprocess_reference()
     state_dict_list()
     print("fixtures written to", FIX)

@@ -4,13 +4,19 @@ hash or I/O contract disagrees with it, and says when the weights are synthetic.
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 
 import onnx
 
 import sam_arch
 
-ROLES = {"sam_encoder": "SAM image encoder (TinyViT)", "sam_decoder": "SAM prompt encoder + mask decoder"}
+ROLES = {
+    "sam_encoder": "SAM image encoder (TinyViT)",
+    "sam_decoder": "SAM prompt encoder + mask decoder",
+    "clip_image": "CLIP image encoder (pooled + dense patch embeddings)",
+    "clip_text": "CLIP text encoder",
+}
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -27,6 +33,27 @@ def _shape(vi) -> list[int]:
 
 def _toml_list(xs) -> str:
     return "[" + ", ".join(repr(x) if not isinstance(x, str) else f'"{x}"' for x in xs) + "]"
+
+
+def _clip_section(models_dir: pathlib.Path) -> list[str]:
+    """[clip] from the clip_meta.json that export_clip.py leaves beside the CLIP models."""
+    p = models_dir / "clip_meta.json"
+    if not p.exists():
+        return []
+    m = json.loads(p.read_text())
+    out = ["[clip]"]
+    for k in ("config", "image_size", "patch_size", "grid", "embed_dim", "context_length", "vocab_size",
+              "pixel_mean", "pixel_std", "vocab", "vocab_sha256", "dense", "synthetic", "seed", "source"):
+        v = m[k]
+        if isinstance(v, bool):
+            out.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, list):
+            out.append(f"{k} = {_toml_list(v)}")
+        elif isinstance(v, str):
+            out.append(f'{k} = "{v}"')
+        else:
+            out.append(f"{k} = {v}")
+    return out + [""]
 
 
 def write(models_dir: pathlib.Path, config: str, source: str, synthetic: bool, seed: int | None) -> pathlib.Path:
@@ -50,6 +77,7 @@ def write(models_dir: pathlib.Path, config: str, source: str, synthetic: bool, s
         f'source = "{source}"',
         "",
     ]
+    lines += _clip_section(models_dir)
     for role in ROLES:
         for precision in ("fp32", "int8"):
             f = models_dir / f"{role}.{precision}.onnx"

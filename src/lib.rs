@@ -20,5 +20,6 @@ pub mod segment;
 pub mod simd;
 pub mod source;
 pub mod stream;
+pub mod text;
 pub mod timing;
 pub mod wire;

@@ -15,7 +15,7 @@ fn sonomask(args: &[&str]) -> Output {
 
 #[test]
 fn doctor_reports_cpu_models_and_warnings() {
-    let tiny = common::sam_tiny();
+    let tiny = common::models_tiny();
     let o = sonomask(&["doctor", "--json", "--models", tiny.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -98,7 +98,7 @@ fn run_streams_with_a_board_profile_and_overrides() {
     let dir = std::env::temp_dir().join(format!("sonomask-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let rec = dir.join("rec.bin");
-    let tiny = common::sam_tiny();
+    let tiny = common::models_tiny();
     let image = tiny.join("input.png");
     let o = sonomask(&[
         "run",

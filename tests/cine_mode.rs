@@ -23,7 +23,7 @@ fn segment_cine(
         .arg("segment")
         .arg(source)
         .args(["--box", bbox, "--precision", "fp32", "--json", "--models"])
-        .arg(common::sam_tiny())
+        .arg(common::models_tiny())
         .arg("-o")
         .arg(out)
         .args(extra)
@@ -32,7 +32,7 @@ fn segment_cine(
 }
 
 fn session() -> SamSession {
-    SamSession::load(&common::sam_tiny(), Precision::Fp32).unwrap()
+    SamSession::load(&common::models_tiny(), Precision::Fp32).unwrap()
 }
 
 fn prompt() -> Prompt {
@@ -62,7 +62,7 @@ fn shifted(f: &RgbFrame, dx: u32) -> RgbFrame {
 
 #[test]
 fn encoder_reruns_only_on_change_and_reuse_matches_a_fresh_decode() {
-    let a = load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let b = shifted(&a, 40); // a different view: large change
     let frames = [&a, &a, &a, &b, &b, &a];
     let mut s = session();
@@ -91,7 +91,7 @@ fn encoder_reruns_only_on_change_and_reuse_matches_a_fresh_decode() {
 
 #[test]
 fn reencode_every_n_and_no_reuse() {
-    let a = load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let mut s = session();
     let mut cine = Cine::new(CineOptions {
         max_reuse: 3,
@@ -123,7 +123,7 @@ fn reencode_every_n_and_no_reuse() {
 
 #[test]
 fn smoothing_blends_only_overlapping_masks() {
-    let a = load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let mut s = session();
     let mut cine = Cine::new(CineOptions::default());
     let first = cine
@@ -181,7 +181,7 @@ fn damaged_dicom_is_a_clear_error() {
             "fp32",
             "--models",
         ])
-        .arg(common::sam_tiny())
+        .arg(common::models_tiny())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -242,7 +242,7 @@ fn segment_on_the_real_cine_dicom_writes_every_frame() {
 
 #[test]
 fn raw_frame_stream_source_and_a_size_change() {
-    let a = load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let dir = std::env::temp_dir().join(format!("sonomask-raw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let raw = dir.join("frames.raw");
@@ -286,7 +286,7 @@ fn segment_raw(spec: &str, n: u32, tag: &str) -> serde_json::Value {
 #[test]
 fn raw_frames_over_a_serial_link_and_tcp() {
     use std::io::Write;
-    let a = load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let mut frame = Vec::new();
     sonomask::source::write_raw_frame(&mut frame, &a).unwrap();
 

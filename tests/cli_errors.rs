@@ -29,7 +29,10 @@ fn segment_box(image: &str, bbox: &str, models: &str) -> Output {
 }
 
 fn input() -> String {
-    common::sam_tiny().join("input.png").display().to_string()
+    common::models_tiny()
+        .join("input.png")
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -37,7 +40,7 @@ fn segment_writes_mask_and_overlay() {
     let dir = std::env::temp_dir().join(format!("sonomask-cli-ok-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (m, o) = (dir.join("mask.png"), dir.join("overlay.png"));
-    let models = common::sam_tiny();
+    let models = common::models_tiny();
     for precision in ["fp32", "int8"] {
         let out = sonomask(&[
             "segment",
@@ -75,7 +78,7 @@ fn segment_writes_mask_and_overlay() {
 
 #[test]
 fn bad_images_and_prompts() {
-    let models = common::sam_tiny();
+    let models = common::models_tiny();
     let md = models.to_str().unwrap();
     fails_with(
         &segment_box("/nonexistent.png", "1,1,5,5", md),

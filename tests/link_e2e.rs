@@ -216,8 +216,8 @@ fn serial_both_directions_host_prompt_drives_sam() {
     let (dev, host) = (pty(), pty());
     let bridge = Bridge::start(&dev, &host, None);
     let out = tmp("prompt");
-    let models = common::sam_tiny();
-    let image = common::sam_tiny().join("input.png");
+    let models = common::models_tiny();
+    let image = common::models_tiny().join("input.png");
     // No prompt on the device's command line: it waits for the host's.
     let device = spawn(
         bin()

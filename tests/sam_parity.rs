@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{compare, read_f32, sam_tiny};
+use common::{compare, models_tiny, read_f32};
 use sonomask::image_io::load_rgb;
 use sonomask::mask::upscale_logits;
 use sonomask::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
@@ -22,7 +22,7 @@ use sonomask::prompt::{BoxPrompt, PointPrompt, Prompt};
 use tract_onnx::prelude::*;
 
 fn cases() -> Vec<(&'static str, Prompt)> {
-    let text = std::fs::read_to_string(sam_tiny().join("cases.toml")).unwrap();
+    let text = std::fs::read_to_string(models_tiny().join("cases.toml")).unwrap();
     let t: toml::Table = toml::from_str(&text).unwrap();
     ["box", "point", "box_points"]
         .into_iter()
@@ -81,15 +81,15 @@ fn check(what: &str, p: Precision, got: &[f32], want: &[f32]) {
 }
 
 fn encoder_parity(p: Precision) {
-    let m = Manifest::load(&sam_tiny()).unwrap();
+    let m = Manifest::load(&models_tiny()).unwrap();
     let mut enc = SamEncoder::load(&m, p).unwrap();
-    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
     let s = m.sam.image_size as usize;
     let mut input = vec![0f32; 3 * s * s];
     sam_input_into(&frame, m.sam.image_size, &Normalize::SAM, &mut input);
     let emb = enc.run(&input).unwrap();
-    let want = read_f32(&sam_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
-    let f32_ref = read_f32(&sam_tiny().join("ref_fp32_embedding.f32"));
+    let want = read_f32(&models_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
+    let f32_ref = read_f32(&models_tiny().join("ref_fp32_embedding.f32"));
     let (_, _, cos_ref) = compare(&want, &f32_ref);
     let (_, _, cos_ours) = compare(emb.as_slice().unwrap(), &f32_ref);
     eprintln!(
@@ -114,22 +114,22 @@ fn encoder_parity(p: Precision) {
 }
 
 fn decoder_parity(p: Precision) {
-    let m = Manifest::load(&sam_tiny()).unwrap();
+    let m = Manifest::load(&models_tiny()).unwrap();
     let mut dec = SamDecoder::load(&m, p).unwrap();
     let (c, e) = (m.sam.embed_dim as usize, m.sam.embedding_size as usize);
-    let emb_ref = read_f32(&sam_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
+    let emb_ref = read_f32(&models_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
     let emb = Embedding(
         Tensor::from_shape(&[1, c, e, e], &emb_ref)
             .unwrap()
             .into_tvalue(),
     );
-    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
     let g = Geometry::new(frame.width, frame.height, m.sam.image_size);
     for (name, prompt) in cases() {
         let (mut coords, mut labels) = (vec![], vec![]);
         prompt.encode(&g, &mut coords, &mut labels);
         let out = dec.run(&emb, &coords, &labels).unwrap();
-        let dir = sam_tiny();
+        let dir = models_tiny();
         let low = read_f32(&dir.join(format!("ref_{}_{name}_low_res.f32", p.as_str())));
         let iou = read_f32(&dir.join(format!("ref_{}_{name}_iou.f32", p.as_str())));
         check(
@@ -164,13 +164,13 @@ fn decoder_int8_matches_onnxruntime() {
 
 #[test]
 fn postprocess_matches_official_sam() {
-    let m = Manifest::load(&sam_tiny()).unwrap();
-    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let m = Manifest::load(&models_tiny()).unwrap();
+    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
     let g = Geometry::new(frame.width, frame.height, m.sam.image_size);
-    let low = read_f32(&sam_tiny().join("ref_fp32_box_low_res.f32"));
+    let low = read_f32(&models_tiny().join("ref_fp32_box_low_res.f32"));
     let l = m.sam.low_res_size as usize;
     let up = upscale_logits(&low[..l * l], l, &g);
-    let want = read_f32(&sam_tiny().join("ref_fp32_box_upscaled.f32"));
+    let want = read_f32(&models_tiny().join("ref_fp32_box_upscaled.f32"));
     let (maxd, maxref, _) = compare(&up, &want);
     eprintln!("postprocess: max|diff| {maxd:.3e} (max|ref| {maxref:.3e})");
     // Same arithmetic as torch's kernel: only float rounding may differ.
@@ -182,14 +182,14 @@ fn postprocess_matches_official_sam() {
 
 #[test]
 fn end_to_end_mask_matches_reference_mask() {
-    let mut s = sonomask::segment::SamSession::load(&sam_tiny(), Precision::Fp32).unwrap();
-    let frame = load_rgb(&sam_tiny().join("input.png")).unwrap();
+    let mut s = sonomask::segment::SamSession::load(&models_tiny(), Precision::Fp32).unwrap();
+    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
     let mut t = sonomask::timing::Timings::default();
     let f = s.encode(&frame, &mut t).unwrap();
     let (_, prompt) = cases().into_iter().find(|c| c.0 == "box").unwrap();
     let seg = s.decode(&f, &prompt, &mut t).unwrap();
     assert_eq!(seg.token, 0, "a box alone returns mask token 0");
-    let want = read_f32(&sam_tiny().join("ref_fp32_box_upscaled.f32"));
+    let want = read_f32(&models_tiny().join("ref_fp32_box_upscaled.f32"));
     let want = sonomask::mask::Mask::from_logits(frame.width, frame.height, &want, 0.0);
     let iou = seg.mask.iou(&want);
     eprintln!("end-to-end box mask IoU vs onnxruntime+torch reference: {iou:.5}");

@@ -28,7 +28,7 @@ fn tmp(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn stream_bad_arguments() {
-    let img = common::sam_tiny().join("input.png");
+    let img = common::models_tiny().join("input.png");
     let img = img.to_str().unwrap();
     fails_with(&sonomask(&["stream", "--sink", "stdout"]), "needs --source");
     fails_with(&sonomask(&["stream", "--source", img]), "needs --sink");
@@ -102,7 +102,7 @@ fn stream_bad_arguments() {
             "--precision",
             "fp32",
             "--models",
-            common::sam_tiny().to_str().unwrap(),
+            common::models_tiny().to_str().unwrap(),
         ]),
         "box",
     );
@@ -111,7 +111,7 @@ fn stream_bad_arguments() {
 #[test]
 fn stream_to_an_absent_serial_port_says_so() {
     // An unplugged cable: the device keeps trying while it has frames, then reports what failed.
-    let img = common::sam_tiny().join("input.png");
+    let img = common::models_tiny().join("input.png");
     let out = sonomask(&[
         "stream",
         "--masks",
@@ -129,7 +129,7 @@ fn stream_to_an_absent_serial_port_says_so() {
 #[test]
 fn stream_skips_an_unreadable_frame_and_goes_on() {
     let masks = tmp("badframe");
-    let mask = common::fixtures().join("sam_tiny/input.png");
+    let mask = common::fixtures().join("models_tiny/input.png");
     std::fs::copy(&mask, masks.join("a1.png")).unwrap();
     std::fs::write(masks.join("a2.png"), b"not a png").unwrap();
     std::fs::copy(&mask, masks.join("a3.png")).unwrap();
@@ -229,7 +229,7 @@ fn stream_a_dicom_cine_through_sam_with_embedding_reuse() {
     let dir = tmp("cine-stream");
     let rec = dir.join("rec.bin");
     let dcm = shared.join("data/dicom_us/examples_ybr_color.dcm");
-    let models = common::sam_tiny();
+    let models = common::models_tiny();
     let out = sonomask(&[
         "stream",
         "--source",
@@ -274,7 +274,7 @@ fn stream_waits_for_a_live_frame_feed_that_starts_late() {
         .local_addr()
         .unwrap()
         .port();
-    let img = sonomask::image_io::load_rgb(&common::sam_tiny().join("input.png")).unwrap();
+    let img = sonomask::image_io::load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let feeder = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(1500));
         let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -294,7 +294,7 @@ fn stream_waits_for_a_live_frame_feed_that_starts_late() {
         "--sink",
         &format!("file:{}", rec.display()),
         "--models",
-        common::sam_tiny().to_str().unwrap(),
+        common::models_tiny().to_str().unwrap(),
         "--precision",
         "fp32",
     ]);

@@ -9,8 +9,8 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-pub fn sam_tiny() -> PathBuf {
-    fixtures().join("sam_tiny")
+pub fn models_tiny() -> PathBuf {
+    fixtures().join("models_tiny")
 }
 
 /// ../shared beside the project root. Tests that need it fail with a clear message when it is
@@ -61,7 +61,7 @@ pub fn scratch_models(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sonomask-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(sam_tiny()).unwrap() {
+    for e in std::fs::read_dir(models_tiny()).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
