@@ -151,7 +151,8 @@ def models_fixture(shared: pathlib.Path) -> None:
         txt = ort.InferenceSession(str(TINY_DIR / f"clip_text.{prec}.onnx"), providers=["CPUExecutionProvider"])
         emb = np.concatenate([txt.run(None, {"tokens": toks[i : i + 1]})[0] for i in range(len(CLIP_CASES))])
         emb.astype("<f4").tofile(TINY_DIR / f"clip_ref_{prec}_text.f32")
-    (TINY_DIR / "clip_cases.json").write_text(json.dumps({"texts": CLIP_CASES}, indent=1) + "\n")
+    cases = {"texts": CLIP_CASES, "tokens": [[int(x) for x in row] for row in toks]}
+    (TINY_DIR / "clip_cases.json").write_text(json.dumps(cases) + "\n")
     sam = tomllib.loads((TINY_DIR / "manifest.toml").read_text())["sam"]
     manifest.write(TINY_DIR, sam["config"], sam["source"], sam["synthetic"], sam["seed"])
     (TINY_DIR / export_clip.VOCAB).unlink()  # shared data: never committed

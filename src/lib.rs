@@ -3,9 +3,11 @@
 //! Data flows one way: source -> [`preprocess`] -> [`model`] -> prompts -> [`mask`] -> sink.
 //! The core (everything but the CLI and I/O edges) is pure and testable without a device.
 
+pub mod autoprompt;
 pub mod board;
 pub mod cine;
 pub mod cli;
+pub mod components;
 pub mod cpu;
 pub mod dicom;
 pub mod image_io;
@@ -16,10 +18,12 @@ pub mod model;
 pub mod overlay;
 pub mod preprocess;
 pub mod prompt;
+pub mod saliency;
 pub mod segment;
 pub mod simd;
 pub mod source;
 pub mod stream;
 pub mod text;
+pub mod textseg;
 pub mod timing;
 pub mod wire;

@@ -74,6 +74,31 @@ pub fn render(frame: &RgbFrame, mask: &Mask, bbox: Option<&BoxPrompt>) -> RgbFra
     }
 }
 
+/// A blue-cyan-yellow-red ramp (jet-like) for saliency in [0, 1].
+fn heat(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let ch = |c: f32| ((1.5 - (4.0 * v - c).abs()).clamp(0.0, 1.0) * 255.0) as u8;
+    [ch(3.0), ch(2.0), ch(1.0)]
+}
+
+/// The saliency map as a heat map over the frame (half and half), with the boxes the prompt
+/// rules derived from it drawn on top: the picture that shows *why* SAM was prompted there.
+pub fn heatmap(frame: &RgbFrame, values: &[f32], boxes: &[BoxPrompt]) -> RgbFrame {
+    assert_eq!(values.len(), (frame.width * frame.height) as usize);
+    let mut out = frame.clone();
+    for (p, &v) in out.pixels.chunks_exact_mut(3).zip(values) {
+        let h = heat(v);
+        for c in 0..3 {
+            p[c] = ((p[c] as u16 + h[c] as u16) / 2) as u8;
+        }
+    }
+    let empty = Mask::empty(frame.width, frame.height);
+    for b in boxes {
+        out = render(&out, &empty, Some(b));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +124,14 @@ mod tests {
             y1: 4.0,
         };
         assert_eq!(render(&frame, &m, Some(&b)).pixel(0, 2), BOX);
+    }
+
+    #[test]
+    fn heat_ramp_ends() {
+        assert_eq!(heat(0.0), [0, 0, 127]);
+        assert_eq!(heat(1.0), [127, 0, 0]);
+        let f = RgbFrame::new(2, 1, vec![0; 6]).unwrap();
+        let h = heatmap(&f, &[0.0, 1.0], &[]);
+        assert!(h.pixel(0, 0)[2] > h.pixel(0, 0)[0] && h.pixel(1, 0)[0] > h.pixel(1, 0)[2]);
     }
 }

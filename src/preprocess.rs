@@ -212,6 +212,28 @@ pub fn sam_input_into(
     g
 }
 
+/// CLIP input: the whole frame resized to `SxS` (Pillow bilinear, no crop, so saliency covers
+/// the whole frame), `(v/255 - mean)/std` with the manifest's 0..255-scale constants. Written
+/// into `out` (NCHW, `3*S*S`), reused across frames. quantize/clip_prep.py is the reference.
+pub fn clip_input_into(frame: &RgbFrame, size: u32, norm: &Normalize, out: &mut [f32]) {
+    let s = size as usize;
+    assert_eq!(out.len(), 3 * s * s, "CLIP input buffer size");
+    let resized = resize_bilinear_u8(
+        &frame.pixels,
+        frame.width as usize,
+        frame.height as usize,
+        s,
+        s,
+    );
+    for c in 0..3 {
+        let (m, sd) = (norm.mean[c] / 255.0, norm.std[c] / 255.0);
+        let plane = &mut out[c * s * s..(c + 1) * s * s];
+        for (d, px) in plane.iter_mut().zip(resized.chunks_exact(3)) {
+            *d = (px[c] as f32 / 255.0 - m) / sd;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

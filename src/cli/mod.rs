@@ -9,6 +9,7 @@ pub mod listen;
 pub mod run;
 pub mod segment;
 pub mod stream;
+pub mod textseg;
 
 use anyhow::{Result, bail};
 
@@ -18,7 +19,8 @@ sonomask: edge runtime for prompted medical image segmentation (MobileSAM on tra
 usage: sonomask <command> [options]      (sonomask <command> --help for details)
 
 commands:
-  segment   segment one image with box/point prompts
+  segment   segment one image with box/point prompts or a text prompt (CLIP + SAM)
+  prompt-bank  precompute text-prompt embeddings bound to the text model
   stream    device side: segment frames and stream masks over serial/USB/TCP/stdout
   listen    host side: receive masks (PNG + JSON lines), send prompts
   run       stream as a board profile says (boards/NAME.toml): the service entry point
@@ -36,6 +38,7 @@ pub fn main(argv: &[String]) -> Result<()> {
     };
     match cmd.as_str() {
         "segment" => segment::run(rest),
+        "prompt-bank" => textseg::run_bank(rest),
         "stream" => stream::run(rest),
         "listen" => listen::run(rest),
         "run" => run::run(rest),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::args;
 use super::common::{self, ModelOptions};
+use super::textseg;
 use crate::cine::CineOptions;
 use crate::dicom::DicomFile;
 use crate::image_io::{self, RgbFrame};
@@ -41,30 +42,34 @@ sonomask segment CINE.dcm|DIR|raw:SRC --box ...|--point ... [-o DIR] [--cine-thr
   --no-reuse          run the encoder on every frame (the reference for the speed-up)";
 
 pub fn run(argv: &[String]) -> Result<()> {
-    let a = args::parse(
-        argv,
-        &[
-            "box",
-            "point",
-            "out",
-            "overlay",
-            "models",
-            "precision",
-            "threads",
-            "cine-threshold",
-            "reencode-every",
-            "smooth",
-            "max-frames",
-        ],
-        &["json", "help", "no-reuse"],
-    )?;
+    let mut values = vec![
+        "box",
+        "point",
+        "out",
+        "overlay",
+        "models",
+        "precision",
+        "decoder-precision",
+        "threads",
+        "cine-threshold",
+        "reencode-every",
+        "smooth",
+        "max-frames",
+    ];
+    values.extend_from_slice(textseg::TEXT_VALUES);
+    let a = args::parse(argv, &values, &["json", "help", "no-reuse"])?;
     if a.has("help") {
-        println!("{USAGE}");
+        println!("{USAGE}\n\n{}", textseg::TEXT_USAGE);
         return Ok(());
     }
     let [image] = a.positional.as_slice() else {
         bail!("segment needs exactly one IMAGE\n\n{USAGE}");
     };
+    if textseg::wants_text(&a) {
+        let mut t = Timings::default();
+        let frame = t.stage("load_image", || load_single(Path::new(image)))?;
+        return textseg::run_segment(&a, image, frame, t);
+    }
     let boxes = a
         .all("box")
         .iter()
@@ -76,7 +81,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         .map(|s| PointPrompt::parse(s))
         .collect::<Result<Vec<_>>>()?;
     if boxes.is_empty() && points.is_empty() {
-        bail!("no prompt: give --box and/or --point\n\n{USAGE}");
+        bail!("no prompt: give --box and/or --point, or --text\n\n{USAGE}");
     }
     let opts = ModelOptions::from_args(&a)?;
     if let Some(source) = multi_frame_source(image)? {

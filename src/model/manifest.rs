@@ -36,6 +36,8 @@ impl Precision {
 pub enum Role {
     SamEncoder,
     SamDecoder,
+    ClipImage,
+    ClipText,
 }
 
 impl Role {
@@ -43,6 +45,8 @@ impl Role {
         match self {
             Role::SamEncoder => "sam_encoder",
             Role::SamDecoder => "sam_decoder",
+            Role::ClipImage => "clip_image",
+            Role::ClipText => "clip_text",
         }
     }
 }
@@ -86,11 +90,38 @@ pub struct SamSection {
     pub source: String,
 }
 
+/// The CLIP models (written by quantize/export_clip.py): geometry, normalisation, vocabulary.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipSection {
+    pub config: String,
+    pub image_size: u32,
+    pub patch_size: u32,
+    /// Patches per side: `image_size / patch_size`.
+    pub grid: u32,
+    pub embed_dim: u32,
+    pub context_length: u32,
+    pub vocab_size: u32,
+    /// On the 0..255 scale.
+    pub pixel_mean: [f32; 3],
+    pub pixel_std: [f32; 3],
+    /// BPE merges file name, beside the models.
+    pub vocab: String,
+    pub vocab_sha256: String,
+    /// How the dense patch embeddings are computed (documentation only).
+    pub dense: String,
+    pub synthetic: bool,
+    pub seed: i64,
+    pub source: String,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
     pub sam: SamSection,
+    /// Absent in a SAM-only model set: text prompts are then refused with a clear error.
+    pub clip: Option<ClipSection>,
     #[serde(default)]
     pub model: Vec<ModelEntry>,
     #[serde(skip)]
@@ -137,6 +168,23 @@ impl Manifest {
         if s.pixel_std.iter().any(|&v| v <= 0.0 || !v.is_finite()) {
             bail!("{}: pixel_std must be positive", path.display());
         }
+        if let Some(c) = &m.clip
+            && (c.patch_size == 0
+                || c.grid * c.patch_size != c.image_size
+                || c.embed_dim == 0
+                || c.context_length < 2
+                || c.pixel_std.iter().any(|&v| v <= 0.0 || !v.is_finite()))
+        {
+            bail!(
+                "{}: inconsistent [clip] section (image {}, patch {}, grid {}, dim {}, context {})",
+                path.display(),
+                c.image_size,
+                c.patch_size,
+                c.grid,
+                c.embed_dim,
+                c.context_length
+            );
+        }
         m.dir = dir.to_path_buf();
         Ok(m)
     }
@@ -164,6 +212,16 @@ impl Manifest {
                     }
                 )
             })
+    }
+
+    /// The CLIP section, or an error saying the model set has no CLIP models.
+    pub fn clip(&self) -> Result<&ClipSection> {
+        self.clip.as_ref().with_context(|| {
+            format!(
+                "{} has no CLIP models: text prompts need them (quantize/build_models.sh builds both)",
+                self.dir.join(MANIFEST_FILE).display()
+            )
+        })
     }
 
     pub fn path_of(&self, e: &ModelEntry) -> PathBuf {

@@ -1,9 +1,11 @@
 //! The model layer: manifest, I/O contracts, tract loading, and the models themselves.
 
+pub mod clip;
 pub mod contract;
 pub mod manifest;
 pub mod onnx;
 pub mod sam;
 
+pub use clip::{ClipImageEncoder, ClipTextEncoder};
 pub use manifest::{Manifest, Precision, Role};
 pub use sam::{DecoderOutput, Embedding, SamDecoder, SamEncoder};

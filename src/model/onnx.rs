@@ -52,6 +52,16 @@ impl Parsed {
     /// Pin every input to a concrete f32 shape, type-check, check outputs, optimize, plan.
     /// `shapes[i]` is the concrete shape of input `i`; symbolic contract dims take it from there.
     pub fn plan(&self, shapes: &[Vec<usize>]) -> Result<Plan> {
+        let typed: Vec<(DatumType, Vec<usize>)> = shapes
+            .iter()
+            .map(|s| (f32::datum_type(), s.clone()))
+            .collect();
+        self.plan_typed(&typed)
+    }
+
+    /// [`Parsed::plan`] with an element type per input (token ids are i64).
+    pub fn plan_typed(&self, inputs: &[(DatumType, Vec<usize>)]) -> Result<Plan> {
+        let shapes: Vec<&Vec<usize>> = inputs.iter().map(|(_, s)| s).collect();
         let t = Instant::now();
         let file = &self.file;
         if shapes.len() != self.contract.inputs.len() {
@@ -62,9 +72,9 @@ impl Parsed {
             );
         }
         let mut model = self.model.clone();
-        for (i, s) in shapes.iter().enumerate() {
+        for (i, (dt, s)) in inputs.iter().enumerate() {
             model = model
-                .with_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), s.as_slice()))
+                .with_input_fact(i, InferenceFact::dt_shape(*dt, s.as_slice()))
                 .map_err(flat)
                 .with_context(|| {
                     format!(

@@ -260,12 +260,10 @@ pub fn html_unescape(s: &str) -> String {
         } else {
             let ns = i + 1;
             let mut j = ns;
-            let mut chars = 0;
-            for (off, c) in s[ns..].char_indices() {
+            for (chars, (off, c)) in s[ns..].char_indices().enumerate() {
                 if chars == 32 || matches!(c, '\t' | '\n' | '\x0c' | ' ' | '<' | '&' | '#' | ';') {
                     break;
                 }
-                chars += 1;
                 j = ns + off + c.len_utf8();
             }
             if j > ns {

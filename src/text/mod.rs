@@ -3,6 +3,7 @@
 
 pub mod bpe;
 pub mod clean;
+pub mod prompts;
 
 mod tables;
 

@@ -1,0 +1,116 @@
+//! The MedCLIP-SAM pipeline, gradient-free: text -> CLIP text embedding; frame -> CLIP saliency
+//! -> prompt rules -> SAM (one encoder pass, one decoder pass per box) -> mask.
+
+use anyhow::Result;
+use std::path::Path;
+
+use crate::autoprompt::{AutoPrompt, Rule, prompts_from};
+use crate::image_io::RgbFrame;
+use crate::mask::Mask;
+use crate::model::clip::load_tokenizer;
+use crate::model::{ClipTextEncoder, Precision, Role};
+use crate::saliency::{Method, SaliencyEngine, SaliencyMap};
+use crate::segment::{SamSession, Segmentation};
+use crate::text::prompts::TextEncoder;
+use crate::timing::Timings;
+
+/// SAM, the CLIP image side (saliency) and the CLIP text side, with reusable buffers.
+pub struct TextPipeline {
+    pub sam: SamSession,
+    pub saliency: SaliencyEngine,
+    pub text: TextEncoder,
+    pub clip_precision: Precision,
+    mask_buf: Vec<u8>,
+    labels: Vec<u32>,
+}
+
+/// Everything one text-prompted frame produced (the mask and how it was reached).
+pub struct TextSegmentation {
+    pub mask: Mask,
+    pub saliency: SaliencyMap,
+    pub auto: AutoPrompt,
+    pub segments: Vec<Segmentation>,
+}
+
+impl TextPipeline {
+    /// `scorecam_batch`: CLIP batch planned for ScoreCAM's masked frames (1: none).
+    pub fn load(
+        models: &Path,
+        sam_precision: Precision,
+        decoder_precision: Precision,
+        clip_precision: Precision,
+        scorecam_batch: usize,
+    ) -> Result<Self> {
+        let sam = SamSession::load_mixed(models, sam_precision, decoder_precision)?;
+        let m = &sam.manifest;
+        let mut t = Timings::default();
+        let clip = m.clip()?;
+        if clip.synthetic {
+            log::warn!(
+                "CLIP models in {} have SYNTHETIC weights (seeded random, untrained, seed {}): saliency shows the pipeline runs, not where the anatomy is",
+                models.display(),
+                clip.seed
+            );
+        }
+        let saliency = t.stage("load_clip_image", || {
+            SaliencyEngine::load(m, clip_precision, scorecam_batch)
+        })?;
+        let text = t.stage("load_clip_text", || -> Result<TextEncoder> {
+            let tokenizer = load_tokenizer(m)?;
+            let model = ClipTextEncoder::load(m, clip_precision)?;
+            let sha = m.entry(Role::ClipText, clip_precision)?.sha256.clone();
+            Ok(TextEncoder::new(tokenizer, model, sha))
+        })?;
+        Ok(TextPipeline {
+            sam,
+            saliency,
+            text,
+            clip_precision,
+            mask_buf: Vec::new(),
+            labels: Vec::new(),
+        })
+    }
+
+    /// True when SAM or CLIP weights are synthetic (outputs mean nothing).
+    pub fn synthetic(&self) -> bool {
+        self.sam.manifest.sam.synthetic
+            || self.sam.manifest.clip.as_ref().is_some_and(|c| c.synthetic)
+    }
+
+    /// Text embedding of one description or an ensemble of several.
+    pub fn embed_text(&mut self, texts: &[String], t: &mut Timings) -> Result<Vec<f32>> {
+        t.stage("clip_text", || self.text.embed_ensemble(texts))
+    }
+
+    /// One frame, one (normalised) text embedding -> mask.
+    pub fn segment(
+        &mut self,
+        frame: &RgbFrame,
+        text: &[f32],
+        method: Method,
+        rule: &Rule,
+        t: &mut Timings,
+    ) -> Result<TextSegmentation> {
+        let saliency = self.saliency.compute(frame, text, method, t)?;
+        let auto = t.stage("prompts", || {
+            prompts_from(&saliency, rule, &mut self.mask_buf, &mut self.labels)
+        });
+        if let Some(why) = &auto.fallback {
+            log::warn!("saliency gave no prompt: {why}");
+        }
+        let encoded = self.sam.encode(frame, t)?;
+        let mut mask = Mask::empty(frame.width, frame.height);
+        let mut segments = Vec::with_capacity(auto.prompts.len());
+        for p in &auto.prompts {
+            let s = self.sam.decode(&encoded, p, t)?;
+            mask.union_with(&s.mask);
+            segments.push(s);
+        }
+        Ok(TextSegmentation {
+            mask,
+            saliency,
+            auto,
+            segments,
+        })
+    }
+}
