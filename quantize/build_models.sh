@@ -3,10 +3,14 @@
 #   1. a Python venv (.venv) with the pinned host toolchain (quantize/requirements.txt);
 #   2. export MobileSAM encoder + decoder to ONNX with the official model code (fp32);
 #   3. static int8 (QOperator, Conv+MatMul) calibrated on real ultrasound frames from ../shared;
-#   4. verification report per variant (models/reports/) and models/manifest.toml.
+#   4. export a distilled CLIP (open_clip; default TinyCLIP-ViT-8M-16-Text-3M) to ONNX, int8 the
+#      same way, and copy the CLIP BPE vocabulary beside the models;
+#   5. verification report per variant (models/reports/) and models/manifest.toml.
 #
 # usage: quantize/build_models.sh                       seeded SYNTHETIC weights (untrained; seed 0)
-#        quantize/build_models.sh --checkpoint mobile_sam.pt   the official MobileSAM weights
+#        quantize/build_models.sh --checkpoint mobile_sam.pt [--clip-checkpoint open_clip.pt]
+#                                                       the official weights
+# env:   CLIP_CONFIG=NAME|FILE.json (open_clip ViT config; default TinyCLIP-ViT-8M-16-Text-3M)
 # env:   SEED=N (synthetic seed), FRAMES=N (calibration frames per data set, default 8),
 #        SHARED=DIR (default ../shared beside the project root), OUT=DIR (default models)
 set -euo pipefail
@@ -16,13 +20,22 @@ out="${OUT:-models}"
 frames="${FRAMES:-8}"
 shared="${SHARED:-$root/../shared}"
 checkpoint=""
-if [ "${1:-}" = "--checkpoint" ]; then
-  checkpoint="${2:?--checkpoint needs a path to mobile_sam.pt}"
-  [ -f "$checkpoint" ] || { echo "error: checkpoint $checkpoint not found" >&2; exit 1; }
-  checkpoint="$(cd "$(dirname "$checkpoint")" && pwd)/$(basename "$checkpoint")"
-elif [ -n "${1:-}" ]; then
-  echo "usage: $0 [--checkpoint mobile_sam.pt]" >&2; exit 2
-fi
+clip_checkpoint=""
+clip_config="${CLIP_CONFIG:-TinyCLIP-ViT-8M-16-Text-3M}"
+abspath() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
+while [ -n "${1:-}" ]; do
+  case "$1" in
+    --checkpoint)
+      checkpoint="${2:?--checkpoint needs a path to mobile_sam.pt}"
+      [ -f "$checkpoint" ] || { echo "error: checkpoint $checkpoint not found" >&2; exit 1; }
+      checkpoint="$(abspath "$checkpoint")"; shift 2;;
+    --clip-checkpoint)
+      clip_checkpoint="${2:?--clip-checkpoint needs an open_clip checkpoint}"
+      [ -f "$clip_checkpoint" ] || { echo "error: CLIP checkpoint $clip_checkpoint not found" >&2; exit 1; }
+      clip_checkpoint="$(abspath "$clip_checkpoint")"; shift 2;;
+    *) echo "usage: $0 [--checkpoint mobile_sam.pt] [--clip-checkpoint open_clip.pt]" >&2; exit 2;;
+  esac
+done
 [ -d "$shared/data" ] || { echo "error: $shared/data not found (calibration needs the shared ultrasound frames)" >&2; exit 1; }
 
 if [ ! -x .venv/bin/python ]; then
@@ -47,4 +60,14 @@ fi
 verify_flags=(--models "$out" --shared "$shared" --frames-per-set "$frames" --precision int8)
 [ "$synthetic" = True ] && verify_flags+=(--synthetic)
 "${py[@]}" verify_sam.py "${verify_flags[@]}"
+if [ -n "$clip_checkpoint" ]; then
+  "${py[@]}" export_clip.py --checkpoint "$clip_checkpoint" --config "$clip_config" --out "$out"
+  clip_flags=()
+else
+  echo "NOTE: building SYNTHETIC CLIP weights ($clip_config, seeded random, seed ${SEED:-0}): NOT trained, saliency means nothing" >&2
+  "${py[@]}" export_clip.py --synthetic --seed "${SEED:-0}" --config "$clip_config" --out "$out"
+  clip_flags=(--synthetic)
+fi
+"${py[@]}" quantize_clip.py --models "$out" --shared "$shared" --frames-per-set "$frames" "${clip_flags[@]}" 2>&1 | grep -v "^WARNING:root" || true
+[ -f "$out/clip_image.int8.onnx" ] && [ -f "$out/clip_text.int8.onnx" ] || { echo "error: CLIP quantization failed" >&2; exit 1; }
 "${py[@]}" -c "import manifest, pathlib; print(manifest.write(pathlib.Path('$out'), 'vit_t', '$source', $synthetic, $seed))"

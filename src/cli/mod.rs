@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cine;
 pub mod common;
 pub mod doctor;
+pub mod eval;
 pub mod listen;
 pub mod run;
 pub mod segment;
@@ -24,6 +25,7 @@ commands:
   stream    device side: segment frames and stream masks over serial/USB/TCP/stdout
   listen    host side: receive masks (PNG + JSON lines), send prompts
   run       stream as a board profile says (boards/NAME.toml): the service entry point
+  eval      score a pipeline on a labelled set (pairs.csv): Dice, IoU, NSD; CSV + JSON
   bench     time preprocessing, encoder and decoder on one image (JSON)
   doctor    CPU features, chosen kernels/precision, model and serial port status
   version   print the version
@@ -43,6 +45,7 @@ pub fn main(argv: &[String]) -> Result<()> {
         "listen" => listen::run(rest),
         "run" => run::run(rest),
         "bench" => bench::run(rest),
+        "eval" => eval::run(rest),
         "doctor" => doctor::run(rest),
         "version" | "--version" => {
             println!("sonomask {}", env!("CARGO_PKG_VERSION"));
