@@ -338,21 +338,25 @@ fn threshold_scalar(x: &[f32], t: f32, out: &mut [u8]) {
 #[target_feature(enable = "avx2")]
 unsafe fn threshold_avx2(x: &[f32], t: f32, out: &mut [u8]) {
     use std::arch::x86_64::*;
-    let n = x.len() / 8 * 8;
+    let n = x.len() / 32 * 32;
     let vt = _mm256_set1_ps(t);
+    let one = _mm256_set1_epi32(1);
+    // packs interleave 128-bit lanes; this permutation restores element order
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let mut i = 0;
     while i < n {
-        // SAFETY: i + 8 <= n <= len.
-        let bits = unsafe {
-            _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(
-                _mm256_loadu_ps(x.as_ptr().add(i)),
-                vt,
-            ))
-        };
-        for l in 0..8 {
-            out[i + l] = ((bits >> l) & 1) as u8;
+        // SAFETY: i + 32 <= n <= both lengths; unaligned loads and store.
+        unsafe {
+            let m = |o: usize| {
+                let c = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_loadu_ps(x.as_ptr().add(i + o)), vt);
+                _mm256_and_si256(_mm256_castps_si256(c), one)
+            };
+            let ab = _mm256_packs_epi32(m(0), m(8));
+            let cd = _mm256_packs_epi32(m(16), m(24));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order);
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, bytes);
         }
-        i += 8;
+        i += 32;
     }
     threshold_scalar(&x[n..], t, &mut out[n..]);
 }
