@@ -7,6 +7,9 @@
 
 use crate::preprocess::Geometry;
 
+/// An inclusive pixel box `(x0, y0, x1, y1)`.
+pub type Bbox = (u32, u32, u32, u32);
+
 /// A binary mask, one byte per pixel (0 or 1), row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mask {

@@ -2,7 +2,7 @@
 //! prompt box (if any) outlined in a second colour so the input is visible next to the answer.
 
 use crate::image_io::RgbFrame;
-use crate::mask::Mask;
+use crate::mask::{Bbox, Mask};
 use crate::prompt::BoxPrompt;
 
 const TINT: [u8; 3] = [0, 220, 90];
@@ -99,6 +99,124 @@ pub fn heatmap(frame: &RgbFrame, values: &[f32], boxes: &[BoxPrompt]) -> RgbFram
     out
 }
 
+/// 3x5 glyphs for the labels of the candidate picture (no font files on a device).
+fn glyph(c: char) -> [u8; 5] {
+    match c {
+        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
+        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
+        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
+        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
+        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
+        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
+        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
+        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        '.' => [0, 0, 0, 0, 0b010],
+        '-' => [0, 0, 0b111, 0, 0],
+        '#' => [0b101, 0b111, 0b101, 0b111, 0b101],
+        '*' => [0, 0b101, 0b010, 0b101, 0],
+        _ => [0; 5],
+    }
+}
+
+/// Draw `text` with its top-left at (x, y), each glyph pixel `scale` px, on a dark plate.
+pub fn label(f: &mut RgbFrame, x: u32, y: u32, text: &str, color: [u8; 3], scale: u32) {
+    let (w, h) = (f.width as i64, f.height as i64);
+    let mut put = |px: i64, py: i64, c: [u8; 3]| {
+        if px >= 0 && py >= 0 && px < w && py < h {
+            let i = ((py * w + px) * 3) as usize;
+            f.pixels[i..i + 3].copy_from_slice(&c);
+        }
+    };
+    let n = text.chars().count() as i64;
+    for py in 0..(7 * scale) as i64 {
+        for px in 0..(n * 4 * scale as i64 + scale as i64) {
+            put(x as i64 + px, y as i64 + py, [0, 0, 0]);
+        }
+    }
+    for (k, ch) in text.chars().enumerate() {
+        for (row, bits) in glyph(ch).iter().enumerate() {
+            for col in 0..3 {
+                if bits >> (2 - col) & 1 == 1 {
+                    for dy in 0..scale as i64 {
+                        for dx in 0..scale as i64 {
+                            let gx = x as i64 + (k as i64 * 4 + col + 1) * scale as i64 + dx;
+                            let gy = y as i64 + (row as i64 + 1) * scale as i64 + dy;
+                            put(gx, gy, color);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+const PALETTE: [[u8; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+];
+
+/// SaLIP's candidates: every everything-mode mask outlined in its own colour and labelled
+/// `#index score` (the CLIP score of its crop); the retrieved ones tinted and starred. The
+/// picture a person opens to see why a mask was chosen.
+pub fn candidates(
+    frame: &RgbFrame,
+    masks: &[(&Mask, Bbox)],
+    scores: &[f32],
+    chosen: &[usize],
+) -> RgbFrame {
+    let mut out = frame.clone();
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    for (i, (m, _)) in masks.iter().enumerate() {
+        let c = PALETTE[i % PALETTE.len()];
+        let picked = chosen.contains(&i);
+        for y in 0..h {
+            for x in 0..w {
+                if m.data[y * w + x] == 0 {
+                    continue;
+                }
+                let edge = x == 0
+                    || y == 0
+                    || x + 1 == w
+                    || y + 1 == h
+                    || m.data[y * w + x - 1] == 0
+                    || m.data[y * w + x + 1] == 0
+                    || m.data[(y - 1) * w + x] == 0
+                    || m.data[(y + 1) * w + x] == 0;
+                let p = &mut out.pixels[(y * w + x) * 3..(y * w + x) * 3 + 3];
+                if edge {
+                    p.copy_from_slice(&c);
+                } else if picked {
+                    for k in 0..3 {
+                        p[k] = ((p[k] as u16 * 160 + c[k] as u16 * 96) >> 8) as u8;
+                    }
+                }
+            }
+        }
+    }
+    let scale = thickness(frame.width, frame.height) + 1;
+    for (i, (_, b)) in masks.iter().enumerate() {
+        let star = if chosen.contains(&i) { "*" } else { "" };
+        let s = scores.get(i).map(|s| format!("{s:.2}")).unwrap_or_default();
+        label(
+            &mut out,
+            b.0,
+            b.1,
+            &format!("{star}#{i} {s}"),
+            PALETTE[i % PALETTE.len()],
+            scale,
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +242,25 @@ mod tests {
             y1: 4.0,
         };
         assert_eq!(render(&frame, &m, Some(&b)).pixel(0, 2), BOX);
+    }
+
+    #[test]
+    fn labels_and_candidates_draw() {
+        let mut f = RgbFrame::new(40, 20, vec![128; 40 * 20 * 3]).unwrap();
+        label(&mut f, 0, 0, "1", [255, 0, 0], 1);
+        // '1' = 010/110/010/010/111 at (1..4, 1..6): its top row's middle pixel is set
+        assert_eq!(f.pixel(2, 1), [255, 0, 0]);
+        assert_eq!(f.pixel(1, 1), [0, 0, 0], "plate behind the glyph");
+        let frame = RgbFrame::new(10, 10, vec![100; 300]).unwrap();
+        let mut m = Mask::empty(10, 10);
+        for y in 3..7 {
+            for x in 3..7 {
+                m.data[y * 10 + x] = 1;
+            }
+        }
+        let o = candidates(&frame, &[(&m, (3, 3, 6, 6))], &[0.5], &[0]);
+        assert_eq!(o.pixel(9, 9), [100, 100, 100]);
+        assert_ne!(o.pixel(5, 5), [100, 100, 100], "the chosen mask is tinted");
     }
 
     #[test]

@@ -176,3 +176,41 @@ fn eval_bad_arguments() {
         );
     }
 }
+
+#[test]
+fn salip_eval_on_shared_busi() {
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let d = std::env::temp_dir().join(format!("sonomask-eval-salip-{}", std::process::id()));
+    let models = common::models_tiny();
+    let o = sonomask(&[
+        "eval",
+        "--pairs",
+        shared.join("data/busi/pairs.csv").to_str().unwrap(),
+        "--pipeline",
+        "salip",
+        "--text",
+        "breast tumor",
+        "--points-per-side",
+        "4",
+        "--limit",
+        "2",
+        "--models",
+        models.to_str().unwrap(),
+        "--out-dir",
+        d.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = read_json(&d.join("eval.json"));
+    assert_eq!(j["summary"]["pipeline"], "salip");
+    assert_eq!(j["summary"]["scored"], 2);
+    // with the default filters the synthetic decoder leaves no candidate: reported per image
+    assert_eq!(j["summary"]["fallbacks"], 2);
+    assert!(
+        j["images"][0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("no mask survived")
+    );
+}

@@ -9,19 +9,20 @@ use std::time::Instant;
 
 use super::args;
 use super::common::ModelOptions;
-use super::textseg;
+use super::textseg::{self, Pipeline};
 use crate::dataset::{Pair, load_gt, read_pairs};
 use crate::image_io::RgbFrame;
 use crate::mask::Mask;
 use crate::metrics::{mean_std, score};
 use crate::prompt::{BoxPrompt, Prompt};
+use crate::salip::SalipOptions;
 use crate::segment::SamSession;
 use crate::textseg::TextPipeline;
 use crate::timing::Timings;
 
 pub const USAGE: &str = "\
 sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | --bank B [--class C]
-              | --prompt oracle-box) [--pipeline medclip-sam] [--limit N] [--out-dir DIR]
+              | --prompt oracle-box) [--pipeline medclip-sam|salip] [--limit N] [--out-dir DIR]
               [--nsd-tol PX] [segment's text options: --saliency, --prompt-rule, --threshold, ...]
               [--models DIR] [--precision ...]
 
@@ -30,12 +31,14 @@ sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | -
   image, mean and std over the images with a non-empty ground truth; images with an empty
   ground truth are reported apart (correct when the prediction is empty too).
   --prompt oracle-box  prompt SAM with the ground truth's bounding box: the SAM stage alone
+  --pipeline salip     SaLIP (segment's SaLIP options apply: --points-per-side, --top-k, ...)
   Writes DIR/eval.csv and DIR/eval.json (default DIR eval_out). A failing image is recorded
   with its error and the run goes on.";
 
 enum Predictor {
     OracleBox(Box<SamSession>),
     MedClipSam(Box<TextPipeline>),
+    Salip(Box<TextPipeline>, SalipOptions),
 }
 
 struct Row {
@@ -110,10 +113,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         Some("oracle-box") => true,
         Some(p) => bail!("--prompt '{p}': the only prompt mode is oracle-box"),
     };
-    match a.get("pipeline").unwrap_or("medclip-sam") {
-        "medclip-sam" => {}
-        p => bail!("--pipeline '{p}': expected medclip-sam"),
-    }
+    let pipeline = textseg::pipeline_from(&a)?;
     if !oracle && !textseg::wants_text(&a) {
         bail!(
             "eval needs a text prompt (--text, --prompt-file, --bank) or --prompt oracle-box\n\n{USAGE}"
@@ -121,14 +121,24 @@ pub fn run(argv: &[String]) -> Result<()> {
     }
     let method = textseg::method_from(&a)?;
     let rule = textseg::rule_from(&a)?;
-    let mut predictor = if oracle {
-        Predictor::OracleBox(Box::new(opts.load_session()?))
-    } else {
-        Predictor::MedClipSam(Box::new(textseg::load_pipeline(&a, &opts, method)?))
+    let mut predictor = match (oracle, pipeline) {
+        (true, _) => Predictor::OracleBox(Box::new(opts.load_session()?)),
+        (false, Pipeline::MedClipSam) => {
+            Predictor::MedClipSam(Box::new(textseg::load_pipeline(&a, &opts, method)?))
+        }
+        (false, Pipeline::Salip) => {
+            let so = textseg::salip_from(&a)?;
+            Predictor::Salip(Box::new(textseg::load_pipeline(&a, &opts, method)?), so)
+        }
     };
     let synthetic = match &predictor {
         Predictor::OracleBox(s) => s.manifest.sam.synthetic,
-        Predictor::MedClipSam(p) => p.synthetic(),
+        Predictor::MedClipSam(p) | Predictor::Salip(p, _) => p.synthetic(),
+    };
+    let pipeline_name = match (&predictor, pipeline) {
+        (Predictor::OracleBox(_), _) => "sam",
+        (_, Pipeline::MedClipSam) => "medclip-sam",
+        (_, Pipeline::Salip) => "salip",
     };
     if synthetic {
         eprintln!(
@@ -194,7 +204,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         &csv,
         &rows,
         &a,
-        oracle,
+        pipeline_name,
         synthetic,
         tol,
         method.name(),
@@ -246,20 +256,15 @@ fn eval_one(
             }
         }
         Predictor::MedClipSam(p) => {
-            let per_image = a.get("prompt-file").is_some();
-            let text = match shared_text {
-                Some(s) if !per_image => s.0.clone(),
-                _ => {
-                    let e = textseg::text_embedding(a, p, name, &mut t)?;
-                    let v = e.0.clone();
-                    if !per_image {
-                        *shared_text = Some(e);
-                    }
-                    v
-                }
-            };
+            let text = text_for(a, p, name, shared_text, &mut t)?;
             let r = p.segment(&frame, &text, method, rule, &mut t)?;
             (r.mask, r.auto.fallback)
+        }
+        Predictor::Salip(p, so) => {
+            let text = text_for(a, p, name, shared_text, &mut t)?;
+            let r = crate::salip::segment(p, &frame, &text, so, &mut t)?;
+            let note = (r.status != crate::salip::Status::Ok).then(|| r.status.describe());
+            (r.mask, note)
         }
     };
     let pred_area = mask.area();
@@ -285,6 +290,28 @@ fn eval_one(
     })
 }
 
+/// The text embedding: computed once for a fixed text, per image for per-image prompt files.
+fn text_for(
+    a: &args::Args,
+    p: &mut TextPipeline,
+    name: &str,
+    shared_text: &mut Option<(Vec<f32>, String)>,
+    t: &mut Timings,
+) -> Result<Vec<f32>> {
+    let per_image = a.get("prompt-file").is_some();
+    match shared_text {
+        Some(s) if !per_image => Ok(s.0.clone()),
+        _ => {
+            let e = textseg::text_embedding(a, p, name, t)?;
+            let v = e.0.clone();
+            if !per_image {
+                *shared_text = Some(e);
+            }
+            Ok(v)
+        }
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -299,7 +326,7 @@ fn write_reports(
     pairs: &Path,
     rows: &[Row],
     a: &args::Args,
-    oracle: bool,
+    pipeline: &str,
     synthetic: bool,
     tol: f64,
     method: &str,
@@ -355,17 +382,17 @@ fn write_reports(
         "images": rows.len(),
         "scored": scored.len(),
         "errors": errors,
-        "prompt": if oracle { "oracle-box" } else { "text" },
-        "pipeline": if oracle { "sam" } else { "medclip-sam" },
+        "prompt": if pipeline == "sam" { "oracle-box" } else { "text" },
+        "pipeline": pipeline,
         "text": a.all("text"),
         "prompt_file": a.get("prompt-file"),
-        "saliency_method": (!oracle).then_some(method),
-        "prompt_rule": (!oracle).then(|| a.get("prompt-rule").unwrap_or("v2")),
+        "saliency_method": (pipeline == "medclip-sam").then_some(method),
+        "prompt_rule": (pipeline == "medclip-sam").then(|| a.get("prompt-rule").unwrap_or("v2")),
         "nsd_tolerance_px": tol,
         "dice": stat(|s| s.dice),
         "iou": stat(|s| s.iou),
         "nsd": stat(|s| s.nsd),
-        "saliency_fallbacks": fallbacks,
+        "fallbacks": fallbacks,
         "empty_gt": {
             "images": empty.len(),
             "predicted_empty": empty.iter().filter(|r| r.pred_area == 0).count(),

@@ -59,7 +59,11 @@ pub fn run(argv: &[String]) -> Result<()> {
     values.extend_from_slice(textseg::TEXT_VALUES);
     let a = args::parse(argv, &values, &["json", "help", "no-reuse"])?;
     if a.has("help") {
-        println!("{USAGE}\n\n{}", textseg::TEXT_USAGE);
+        println!(
+            "{USAGE}\n\n{}\n\n{}",
+            textseg::TEXT_USAGE,
+            textseg::SALIP_USAGE
+        );
         return Ok(());
     }
     let [image] = a.positional.as_slice() else {

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use super::args::{self, Args};
 use super::common::{self, ModelOptions};
 use crate::autoprompt::{Output, Rule};
+use crate::everything::EverythingOptions;
 use crate::image_io::RgbFrame;
 use crate::model::{Precision, Role};
 use crate::overlay;
 use crate::saliency::Method;
+use crate::salip::{self, CropMode, SalipOptions};
 use crate::text::prompts::{PromptBank, PromptFile};
 use crate::textseg::TextPipeline;
 use crate::timing::Timings;
@@ -35,6 +37,19 @@ sonomask segment IMAGE --text \"breast tumor\" [--text ...] | --prompt-file F [-
   --threshold     override the binarisation: otsu, kmeans or a fixed value in [0, 1]
   Nothing salient: one whole-frame box is used and reported (\"prompt_fallback\").";
 
+pub const SALIP_USAGE: &str = "\
+sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] | --bank B
+                 [--points-per-side N] [--pred-iou F] [--stability F] [--nms F] [--crop masked|box]
+                 [--top-k K] [--score-floor F] [-o mask.png] [--overlay overlay.png]
+                 [--candidates-out candidates.png] [--json]
+
+  SaLIP: SAM everything mode (an N x N point grid, default 16, on one encoder pass; masks kept
+  with predicted IoU >= --pred-iou (0.88), stability >= --stability (0.95), box NMS --nms (0.7)),
+  each mask's crop (--crop masked: outside the mask blacked out; box: the plain box) scored by
+  CLIP against the text, the top --top-k (1; 2 for lungs) retrieved and SAM re-prompted with
+  their boxes. candidates.png shows every candidate with its CLIP score (* = retrieved). No
+  candidate, or a best score below --score-floor: an empty mask and a status saying why.";
+
 pub const BANK_USAGE: &str = "\
 sonomask prompt-bank (--prompt-file F | --text T [--name N]) [-o bank.json] [--models DIR]
                      [--clip-precision fp32|int8|auto]
@@ -58,7 +73,59 @@ pub const TEXT_VALUES: &[&str] = &[
     "points",
     "clip-precision",
     "saliency-out",
+    "pipeline",
+    "points-per-side",
+    "pred-iou",
+    "stability",
+    "nms",
+    "crop",
+    "score-floor",
+    "candidates-out",
 ];
+
+/// `--pipeline`: medclip-sam (default) or salip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pipeline {
+    MedClipSam,
+    Salip,
+}
+
+pub fn pipeline_from(a: &Args) -> Result<Pipeline> {
+    match a.get("pipeline").unwrap_or("medclip-sam") {
+        "medclip-sam" => Ok(Pipeline::MedClipSam),
+        "salip" => Ok(Pipeline::Salip),
+        p => bail!("--pipeline '{p}': expected medclip-sam or salip"),
+    }
+}
+
+pub fn salip_from(a: &Args) -> Result<SalipOptions> {
+    let d = SalipOptions::default();
+    let e = d.everything;
+    let o = SalipOptions {
+        everything: EverythingOptions {
+            points_per_side: a.parse_or("points-per-side", e.points_per_side)?,
+            pred_iou_thresh: a.parse_or("pred-iou", e.pred_iou_thresh)?,
+            stability_thresh: a.parse_or("stability", e.stability_thresh)?,
+            box_nms_thresh: a.parse_or("nms", e.box_nms_thresh)?,
+            ..e
+        },
+        crop: match a.get("crop").unwrap_or("masked") {
+            "masked" => CropMode::Masked,
+            "box" => CropMode::Box,
+            c => bail!("--crop '{c}': expected masked or box"),
+        },
+        top_k: a.parse_or("top-k", 1usize)?,
+        score_floor: a
+            .get("score-floor")
+            .map(|_| a.parse_or("score-floor", 0f32))
+            .transpose()?,
+    };
+    o.everything.validate()?;
+    if !(1..=8).contains(&o.top_k) {
+        bail!("--top-k must be 1..=8");
+    }
+    Ok(o)
+}
 
 pub fn wants_text(a: &Args) -> bool {
     ["text", "prompt-file", "bank"]
@@ -104,9 +171,10 @@ pub fn method_from(a: &Args) -> Result<Method> {
 }
 
 pub fn load_pipeline(a: &Args, opts: &ModelOptions, method: Method) -> Result<TextPipeline> {
-    let batch = match method {
-        Method::ScoreCam { k } => k.min(8),
-        Method::Similarity => 1,
+    let batch = match (pipeline_from(a)?, method) {
+        (Pipeline::Salip, _) => 8,
+        (_, Method::ScoreCam { k }) => k.min(8),
+        (_, Method::Similarity) => 1,
     };
     TextPipeline::load(
         &opts.models,
@@ -155,19 +223,100 @@ pub fn text_embedding(
     Ok((p.embed_text(&texts, t)?, label))
 }
 
-pub fn run_segment(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<()> {
+pub fn run_segment(a: &Args, image: &str, frame: RgbFrame, t: Timings) -> Result<()> {
     if !a.all("box").is_empty() || !a.all("point").is_empty() {
         bail!("give either a text prompt or --box/--point, not both");
     }
+    match pipeline_from(a)? {
+        Pipeline::MedClipSam => run_medclip(a, image, frame, t),
+        Pipeline::Salip => run_salip(a, image, frame, t),
+    }
+}
+
+fn image_name(image: &str) -> String {
+    Path::new(image)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn run_salip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<()> {
+    let opts = ModelOptions::from_args(a)?;
+    let so = salip_from(a)?;
+    let mut p = load_pipeline(a, &opts, Method::Similarity)?;
+    let (text, label) = text_embedding(a, &mut p, &image_name(image), &mut t)?;
+    let r = salip::segment(&mut p, &frame, &text, &so, &mut t)?;
+    let out = PathBuf::from(a.get("out").unwrap_or("mask.png"));
+    let overlay_path = PathBuf::from(a.get("overlay").unwrap_or("overlay.png"));
+    let cand_path = PathBuf::from(a.get("candidates-out").unwrap_or("candidates.png"));
+    t.stage("write_outputs", || -> Result<()> {
+        common::save_gray(&out, r.mask.width, r.mask.height, &r.mask.to_gray8())?;
+        common::save_rgb(
+            &overlay_path,
+            &overlay::render(&frame, &r.mask, r.boxes.first()),
+        )?;
+        let masks: Vec<_> = r.candidates.iter().map(|c| (&c.mask, c.bbox)).collect();
+        common::save_rgb(
+            &cand_path,
+            &overlay::candidates(&frame, &masks, &r.scores, &r.chosen),
+        )
+    })?;
+    let synthetic = p.synthetic();
+    let f = r.funnel;
+    if a.has("json") {
+        let j = serde_json::json!({
+            "image": image,
+            "width": frame.width,
+            "height": frame.height,
+            "pipeline": "salip",
+            "text": label,
+            "status": r.status.describe(),
+            "funnel": {"prompts": f.prompts, "masks": f.masks, "after_pred_iou": f.after_iou,
+                       "after_stability": f.after_stability, "after_area": f.after_area, "after_nms": f.after_nms},
+            "candidates": r.candidates.iter().zip(&r.scores).enumerate().map(|(i, (c, s))| serde_json::json!({
+                "index": i, "bbox": [c.bbox.0, c.bbox.1, c.bbox.2, c.bbox.3], "area": c.mask.area(),
+                "pred_iou": c.pred_iou, "stability": c.stability, "clip_score": s,
+                "chosen": r.chosen.contains(&i),
+            })).collect::<Vec<_>>(),
+            "boxes": r.boxes.iter().map(|b| [b.x0, b.y0, b.x1, b.y1]).collect::<Vec<_>>(),
+            "precision": p.sam.precision.as_str(),
+            "clip_precision": p.clip_precision.as_str(),
+            "synthetic_weights": synthetic,
+            "mask": out,
+            "overlay": overlay_path,
+            "candidates_picture": cand_path,
+            "area": r.mask.area(),
+            "bbox": r.mask.bbox(),
+            "timings_ms": common::timings_json(&t),
+        });
+        println!("{j}");
+    } else {
+        println!(
+            "{image}: \"{label}\" -> SaLIP: {} grid prompts, {} candidates, chosen {:?} ({}), {} px foreground -> {}, {}, {}{}",
+            f.prompts,
+            r.candidates.len(),
+            r.chosen,
+            r.status.describe(),
+            r.mask.area(),
+            out.display(),
+            overlay_path.display(),
+            cand_path.display(),
+            if synthetic {
+                "  [SYNTHETIC weights: not a real segmentation]"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_medclip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<()> {
     let opts = ModelOptions::from_args(a)?;
     let method = method_from(a)?;
     let rule = rule_from(a)?;
     let mut p = load_pipeline(a, &opts, method)?;
-    let name = Path::new(image)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (text, label) = text_embedding(a, &mut p, &name, &mut t)?;
+    let (text, label) = text_embedding(a, &mut p, &image_name(image), &mut t)?;
     let r = p.segment(&frame, &text, method, &rule, &mut t)?;
     let out = PathBuf::from(a.get("out").unwrap_or("mask.png"));
     let overlay_path = PathBuf::from(a.get("overlay").unwrap_or("overlay.png"));

@@ -148,6 +148,24 @@ impl SaliencyEngine {
         Ok((&self.pooled, &self.patches))
     }
 
+    /// Pooled, L2-normalised CLIP embeddings of several frames (crops), `n * D` values, run in
+    /// batches of the planned batch size.
+    pub fn embed_frames(&mut self, frames: &[RgbFrame], t: &mut Timings) -> Result<Vec<f32>> {
+        let (n, per, d) = (frames.len(), 3 * self.size * self.size, self.dim);
+        self.masked.resize(n * per, 0.0);
+        t.stage("clip_preprocess", || {
+            for (f, buf) in frames.iter().zip(self.masked.chunks_exact_mut(per)) {
+                clip_input_into(f, self.size as u32, &self.norm, buf);
+            }
+        });
+        let mut out = vec![0.0; n * d];
+        t.stage("clip_image", || {
+            self.image.run_batch(&self.masked, n, &mut out)
+        })?;
+        kernels::l2_normalize_rows(self.kernel, &mut out, d);
+        Ok(out)
+    }
+
     /// Saliency of `text` (an L2-normalised text embedding) over `frame`.
     pub fn compute(
         &mut self,

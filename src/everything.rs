@@ -1,0 +1,320 @@
+//! SAM's automatic mask generation ("everything mode") on one image embedding: a grid of single
+//! point prompts, each decoded with the three multimask tokens, filtered by predicted IoU and
+//! stability score, de-duplicated by box NMS, bounded by area. Follows the official
+//! `SamAutomaticMaskGenerator` (no crop layers: `crop_n_layers` > 0 is refused, see below).
+//!
+//! Stability is computed on the low-resolution logits (the decoder's 256x256 grid cropped to the
+//! image), not on logits upscaled to the original size as the official code does: the same
+//! ratio of areas at a 16x smaller cost; only survivors are upscaled.
+
+use anyhow::{Result, bail};
+
+use crate::mask::{Mask, upscale_logits};
+use crate::prompt::{PointPrompt, Prompt};
+use crate::segment::{EncodedFrame, SamSession};
+use crate::timing::Timings;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EverythingOptions {
+    /// Points per side of the prompt grid (points_per_side^2 prompts).
+    pub points_per_side: usize,
+    /// Keep masks whose predicted IoU is at least this.
+    pub pred_iou_thresh: f32,
+    /// Keep masks whose stability score is at least this.
+    pub stability_thresh: f32,
+    /// Logit offset of the stability score (official default 1.0).
+    pub stability_offset: f32,
+    /// Box IoU above which the lower-scored of two masks is dropped.
+    pub box_nms_thresh: f64,
+    /// Area bounds as fractions of the frame (drop specks and the whole-frame mask).
+    pub min_area_frac: f64,
+    pub max_area_frac: f64,
+    /// Crop layers (official `crop_n_layers`): only 0 is supported.
+    pub crop_n_layers: usize,
+}
+
+impl Default for EverythingOptions {
+    fn default() -> Self {
+        EverythingOptions {
+            points_per_side: 16,
+            pred_iou_thresh: 0.88,
+            stability_thresh: 0.95,
+            stability_offset: 1.0,
+            box_nms_thresh: 0.7,
+            min_area_frac: 0.001,
+            max_area_frac: 0.95,
+            crop_n_layers: 0,
+        }
+    }
+}
+
+impl EverythingOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.points_per_side) {
+            bail!(
+                "points per side must be 1..=64, got {}",
+                self.points_per_side
+            );
+        }
+        if self.crop_n_layers != 0 {
+            bail!(
+                "crop layers are not supported (crop_n_layers {}): each crop layer multiplies the encoder passes, which a cart cannot afford",
+                self.crop_n_layers
+            );
+        }
+        if !(0.0..=1.0).contains(&self.min_area_frac)
+            || !(0.0..=1.0).contains(&self.max_area_frac)
+            || self.min_area_frac > self.max_area_frac
+        {
+            bail!("area bounds must satisfy 0 <= min <= max <= 1");
+        }
+        Ok(())
+    }
+}
+
+/// The official point grid: `n x n` points at the centres of an even partition of [0, 1]^2,
+/// row-major (x fastest), as `build_point_grid`.
+pub fn point_grid(n: usize) -> Vec<(f32, f32)> {
+    let off = 1.0 / (2 * n) as f32;
+    let step = |i: usize| off + i as f32 * (1.0 - 2.0 * off) / (n.max(2) - 1) as f32;
+    let coord = |i: usize| if n == 1 { 0.5 } else { step(i) };
+    (0..n)
+        .flat_map(|y| (0..n).map(move |x| (coord(x), coord(y))))
+        .collect()
+}
+
+/// Stability score: IoU of the masks thresholded at `threshold + offset` and at
+/// `threshold - offset` (the first is inside the second). An empty loose mask scores 0.
+pub fn stability_score(logits: &[f32], threshold: f32, offset: f32) -> f32 {
+    let (mut inter, mut union) = (0usize, 0usize);
+    for &v in logits {
+        inter += (v > threshold + offset) as usize;
+        union += (v > threshold - offset) as usize;
+    }
+    if union == 0 {
+        0.0
+    } else {
+        inter as f32 / union as f32
+    }
+}
+
+pub use crate::mask::Bbox;
+
+/// A mask that passed the predicted-IoU and stability filters, before upscaling.
+struct Survivor {
+    low_res: Vec<f32>,
+    iou: f32,
+    stability: f32,
+    point: (f32, f32),
+}
+
+pub fn box_iou(a: Bbox, b: Bbox) -> f64 {
+    let area = |b: Bbox| ((b.2 - b.0 + 1) as f64) * ((b.3 - b.1 + 1) as f64);
+    let (x0, y0, x1, y1) = (a.0.max(b.0), a.1.max(b.1), a.2.min(b.2), a.3.min(b.3));
+    if x1 < x0 || y1 < y0 {
+        return 0.0;
+    }
+    let inter = ((x1 - x0 + 1) as f64) * ((y1 - y0 + 1) as f64);
+    inter / (area(a) + area(b) - inter)
+}
+
+/// Greedy NMS: indices kept, best score first; a box overlapping a kept one by more than
+/// `thresh` is dropped. Ties keep the earlier index (deterministic).
+pub fn nms(boxes: &[Bbox], scores: &[f32], thresh: f64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..boxes.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = Vec::new();
+    for i in order {
+        if keep.iter().all(|&k| box_iou(boxes[i], boxes[k]) <= thresh) {
+            keep.push(i);
+        }
+    }
+    keep
+}
+
+/// One surviving mask of everything mode.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub mask: Mask,
+    pub bbox: Bbox,
+    pub pred_iou: f32,
+    pub stability: f32,
+    /// The grid point that produced it (original-image pixels).
+    pub point: (f32, f32),
+}
+
+/// Counts at each filter, for the report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Funnel {
+    pub prompts: usize,
+    pub masks: usize,
+    pub after_iou: usize,
+    pub after_stability: usize,
+    pub after_area: usize,
+    pub after_nms: usize,
+}
+
+/// Everything mode on an encoded frame: one decoder call per grid point (the exported decoder
+/// has batch 1; a single point and its padding point, N = 2).
+pub fn generate(
+    sam: &mut SamSession,
+    frame: &EncodedFrame,
+    o: &EverythingOptions,
+    t: &mut Timings,
+) -> Result<(Vec<Candidate>, Funnel)> {
+    o.validate()?;
+    let g = frame.geometry;
+    let (w, h) = (g.orig_w as f32, g.orig_h as f32);
+    let thr = sam.mask_threshold();
+    let low = sam.manifest.sam.low_res_size as usize;
+    let s = sam.manifest.sam.image_size as f32;
+    // the part of the low-res grid covering the image (the rest is padding)
+    let (lw, lh) = (
+        ((g.resized_w as f32 * low as f32 / s).ceil() as usize).clamp(1, low),
+        ((g.resized_h as f32 * low as f32 / s).ceil() as usize).clamp(1, low),
+    );
+    let mut f = Funnel::default();
+    let mut kept: Vec<Survivor> = Vec::new();
+    let (mut coords, mut labels) = (Vec::with_capacity(4), Vec::with_capacity(2));
+    let mut crop = vec![0f32; lw * lh];
+    for (px, py) in point_grid(o.points_per_side) {
+        let point = ((px * w).min(w - 1.0), (py * h).min(h - 1.0));
+        let p = Prompt {
+            bbox: None,
+            points: vec![PointPrompt {
+                x: point.0,
+                y: point.1,
+                foreground: true,
+            }],
+        };
+        p.encode(&g, &mut coords, &mut labels);
+        let out = t.stage("decoder", || {
+            sam.decoder_mut().run(&frame.embedding, &coords, &labels)
+        })?;
+        f.prompts += 1;
+        t.stage("everything_filter", || -> Result<()> {
+            for token in 1..4 {
+                f.masks += 1;
+                let iou = out.iou[token];
+                if iou < o.pred_iou_thresh {
+                    continue;
+                }
+                f.after_iou += 1;
+                let plane = out.plane(token)?;
+                for y in 0..lh {
+                    crop[y * lw..(y + 1) * lw].copy_from_slice(&plane[y * low..y * low + lw]);
+                }
+                let st = stability_score(&crop, thr, o.stability_offset);
+                if st < o.stability_thresh {
+                    continue;
+                }
+                f.after_stability += 1;
+                kept.push(Survivor {
+                    low_res: plane.to_vec(),
+                    iou,
+                    stability: st,
+                    point,
+                });
+            }
+            Ok(())
+        })?;
+    }
+    let area = (g.orig_w as f64) * (g.orig_h as f64);
+    let mut cands: Vec<Candidate> = t.stage("postprocess", || {
+        kept.into_iter()
+            .filter_map(|s| {
+                let logits = upscale_logits(&s.low_res, low, &g);
+                let mask = Mask::from_logits(g.orig_w, g.orig_h, &logits, thr);
+                let a = mask.area() as f64;
+                let bbox = mask.bbox()?;
+                (a >= o.min_area_frac * area && a <= o.max_area_frac * area).then_some(Candidate {
+                    mask,
+                    bbox,
+                    pred_iou: s.iou,
+                    stability: s.stability,
+                    point: s.point,
+                })
+            })
+            .collect()
+    });
+    f.after_area = cands.len();
+    let keep = t.stage("everything_nms", || {
+        let boxes: Vec<Bbox> = cands.iter().map(|c| c.bbox).collect();
+        let scores: Vec<f32> = cands.iter().map(|c| c.pred_iou).collect();
+        nms(&boxes, &scores, o.box_nms_thresh)
+    });
+    let mut slots: Vec<Option<Candidate>> = cands.drain(..).map(Some).collect();
+    let out: Vec<Candidate> = keep.into_iter().filter_map(|i| slots[i].take()).collect();
+    f.after_nms = out.len();
+    Ok((out, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_matches_build_point_grid() {
+        // numpy: offset = 1/(2n); linspace(offset, 1-offset, n)
+        let g = point_grid(4);
+        assert_eq!(g.len(), 16);
+        let xs: Vec<f32> = g[..4].iter().map(|p| p.0).collect();
+        for (a, b) in xs.iter().zip([0.125, 0.375, 0.625, 0.875]) {
+            assert!((a - b).abs() < 1e-6, "{xs:?}");
+        }
+        assert_eq!(g[4], (0.125, 0.375), "row-major, x fastest");
+        assert_eq!(point_grid(1), vec![(0.5, 0.5)]);
+        assert_eq!(point_grid(16).len(), 256);
+    }
+
+    #[test]
+    fn stability_known_answers() {
+        // logits: 2 above +1, 2 more above -1, 1 below
+        let l = [3.0, 1.5, 0.5, -0.5, -2.0];
+        assert_eq!(stability_score(&l, 0.0, 1.0), 0.5);
+        assert_eq!(stability_score(&[-5.0; 4], 0.0, 1.0), 0.0);
+        assert_eq!(stability_score(&[5.0; 4], 0.0, 1.0), 1.0);
+    }
+
+    #[test]
+    fn nms_known_answers() {
+        let boxes = [(0, 0, 9, 9), (1, 1, 10, 10), (20, 20, 29, 29), (0, 0, 9, 9)];
+        let scores = [0.9, 0.95, 0.5, 0.9];
+        // box 1 wins; box 0 overlaps it (81/119 = 0.68 > 0.5) and box 3 is box 0
+        assert_eq!(nms(&boxes, &scores, 0.5), vec![1, 2]);
+        // a looser threshold keeps box 0 (0.68 <= 0.7) but never its duplicate 3
+        assert_eq!(nms(&boxes, &scores, 0.7), vec![1, 0, 2]);
+        assert!((box_iou((0, 0, 9, 9), (1, 1, 10, 10)) - 81.0 / 119.0).abs() < 1e-12);
+        assert_eq!(box_iou((0, 0, 1, 1), (5, 5, 6, 6)), 0.0);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert!(EverythingOptions::default().validate().is_ok());
+        assert!(
+            EverythingOptions {
+                crop_n_layers: 1,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            EverythingOptions {
+                points_per_side: 0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            EverythingOptions {
+                min_area_frac: 0.5,
+                max_area_frac: 0.1,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+}
