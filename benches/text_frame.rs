@@ -137,4 +137,83 @@ fn main() {
         }
         println!("| **whole frame** | **{total:.1}** | 100% |");
     }
+    salip(&dir, sp, cp, &images);
+}
+
+/// SaLIP: the whole frame per stage, the grid decoder's prompts/s and CLIP's crops/s. The
+/// filters are opened (predicted IoU and stability 0) because synthetic weights would leave
+/// no candidate to score; NMS and area bounds as by default.
+fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io::RgbFrame]) {
+    use sonomask::everything::EverythingOptions;
+    use sonomask::salip::{self, SalipOptions};
+    let n: usize = std::env::var("SALIP_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let pps: usize = std::env::var("POINTS_PER_SIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let o = SalipOptions {
+        everything: EverythingOptions { points_per_side: pps, pred_iou_thresh: 0.0, stability_thresh: 0.0, ..Default::default() },
+        ..Default::default()
+    };
+    let mut p = TextPipeline::load(dir, sp, sp, cp, 8).expect("pipeline");
+    let texts = vec!["A medical breast ultrasound showing a hypoechoic tumor.".to_string()];
+    let e = p.embed_text(&texts, &mut Timings::default()).unwrap();
+    let mut stages: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let (mut totals, mut cands) = (Vec::new(), Vec::new());
+    for f in images.iter().take(n) {
+        let mut t = Timings::default();
+        let t0 = Instant::now();
+        let r = salip::segment(&mut p, f, &e, &o, &mut t).unwrap();
+        totals.push(t0.elapsed().as_secs_f64() * 1e3);
+        cands.push(r.candidates.len() as f64);
+        let mut per: BTreeMap<&'static str, f64> = BTreeMap::new();
+        for (s, ms) in &t.stages {
+            *per.entry(s).or_default() += ms;
+        }
+        for (s, ms) in per {
+            stages.entry(s).or_default().push(ms);
+        }
+    }
+    let total = median(&mut totals);
+    println!(
+        "\n### SaLIP: SAM {}, CLIP {}, {pps}x{pps} grid, {} BUSI frames (median {} candidates after NMS)\n",
+        sp.as_str(),
+        cp.as_str(),
+        n.min(images.len()),
+        median(&mut cands)
+    );
+    println!("| stage | median ms | share of frame |\n|---|---|---|");
+    for s in ["preprocess", "encoder", "decoder", "everything_filter", "postprocess", "everything_nms", "salip_crops", "clip_preprocess", "clip_image", "salip_scores"] {
+        if let Some(v) = stages.get_mut(s) {
+            let ms = median(v);
+            println!("| {s} | {ms:.1} | {:.1}% |", 100.0 * ms / total);
+        }
+    }
+    println!("| **whole frame** | **{total:.1}** | 100% |");
+    let grid_ms = median(stages.get_mut("decoder").unwrap());
+    println!(
+        "\nGrid decoder: {} prompts in {grid_ms:.0} ms = {:.1} prompts/s (one call per point, batch 1).",
+        pps * pps,
+        (pps * pps) as f64 * 1e3 / grid_ms
+    );
+    // CLIP crop throughput: 16 crops of the frame, batched by 8
+    let f = &images[0];
+    let crops: Vec<_> = (0..16)
+        .map(|i| {
+            let (w, h) = (f.width / 2, f.height / 2);
+            let (x0, y0) = ((i % 4) * f.width / 8, (i / 4) * f.height / 8);
+            let mut px = Vec::with_capacity((w * h * 3) as usize);
+            for y in y0..y0 + h {
+                let s = ((y * f.width + x0) * 3) as usize;
+                px.extend_from_slice(&f.pixels[s..s + (w * 3) as usize]);
+            }
+            sonomask::image_io::RgbFrame::new(w, h, px).unwrap()
+        })
+        .collect();
+    p.saliency.embed_frames(&crops, &mut Timings::default()).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        p.saliency.embed_frames(&crops, &mut Timings::default()).unwrap();
+        runs.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let ms = median(&mut runs);
+    println!("CLIP crops: 16 crops in {ms:.0} ms = {:.1} crops/s (batches of 8, preprocessing included).", 16e3 / ms);
 }

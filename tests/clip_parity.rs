@@ -60,7 +60,7 @@ fn image_encoder_matches_onnxruntime() {
             &read_f32(&models_tiny().join(format!("clip_ref_{}_patches.f32", p.as_str()))),
             p,
         );
-        // the batch plan (5 frames in chunks of 3, last chunk padded) gives the single-frame result
+        // 5 frames: one batch of 3, then 2 single frames; all give the single-frame result
         let batch: Vec<f32> = (0..5).flat_map(|_| input.iter().copied()).collect();
         let mut out = vec![0.0; 5 * d];
         enc.run_batch(&batch, 5, &mut out).unwrap();

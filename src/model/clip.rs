@@ -125,8 +125,9 @@ impl ClipImageEncoder {
         Ok(())
     }
 
-    /// `n` preprocessed frames (`n*3*S*S` values) -> `n` pooled embeddings (`n*D`), in chunks of
-    /// the batch size (the last chunk zero-padded).
+    /// `n` preprocessed frames (`n*3*S*S` values) -> `n` pooled embeddings (`n*D`): full
+    /// chunks through the batch plan, the remainder frame by frame (a zero-padded batch would
+    /// cost a whole batch for one frame).
     pub fn run_batch(&mut self, inputs: &[f32], n: usize, pooled: &mut [f32]) -> Result<()> {
         let per = 3 * self.size * self.size;
         if inputs.len() != n * per || pooled.len() != n * self.dim {
@@ -135,8 +136,8 @@ impl ClipImageEncoder {
         let (b, mut patches_scratch) = (self.batch_size(), Vec::new());
         let mut i = 0;
         while i < n {
-            let take = (n - i).min(b);
-            if b == 1 {
+            let take = if n - i >= b { b } else { 1 };
+            if take == 1 {
                 patches_scratch.resize(self.grid * self.grid * self.dim, 0.0);
                 let (s, e) = (i * per, (i + 1) * per);
                 let mut out = vec![0.0; self.dim];
@@ -144,8 +145,7 @@ impl ClipImageEncoder {
                 pooled[i * self.dim..(i + 1) * self.dim].copy_from_slice(&out);
             } else {
                 self.batch_buf.resize(b * per, 0.0);
-                self.batch_buf[..take * per].copy_from_slice(&inputs[i * per..(i + take) * per]);
-                self.batch_buf[take * per..].fill(0.0);
+                self.batch_buf.copy_from_slice(&inputs[i * per..(i + b) * per]);
                 let t = Tensor::from_shape(&[b, 3, self.size, self.size], &self.batch_buf)?;
                 let state = &mut self.batch.as_mut().expect("b > 1").1;
                 let out = onnx::run(state, tvec!(t.into_tvalue()), &self.file)?;
