@@ -146,10 +146,21 @@ fn main() {
 fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io::RgbFrame]) {
     use sonomask::everything::EverythingOptions;
     use sonomask::salip::{self, SalipOptions};
-    let n: usize = std::env::var("SALIP_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let pps: usize = std::env::var("POINTS_PER_SIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let n: usize = std::env::var("SALIP_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let pps: usize = std::env::var("POINTS_PER_SIDE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let o = SalipOptions {
-        everything: EverythingOptions { points_per_side: pps, pred_iou_thresh: 0.0, stability_thresh: 0.0, ..Default::default() },
+        everything: EverythingOptions {
+            points_per_side: pps,
+            pred_iou_thresh: 0.0,
+            stability_thresh: 0.0,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut p = TextPipeline::load(dir, sp, sp, cp, 8).expect("pipeline");
@@ -180,7 +191,18 @@ fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io:
         median(&mut cands)
     );
     println!("| stage | median ms | share of frame |\n|---|---|---|");
-    for s in ["preprocess", "encoder", "decoder", "everything_filter", "postprocess", "everything_nms", "salip_crops", "clip_preprocess", "clip_image", "salip_scores"] {
+    for s in [
+        "preprocess",
+        "encoder",
+        "decoder",
+        "everything_filter",
+        "postprocess",
+        "everything_nms",
+        "salip_crops",
+        "clip_preprocess",
+        "clip_image",
+        "salip_scores",
+    ] {
         if let Some(v) = stages.get_mut(s) {
             let ms = median(v);
             println!("| {s} | {ms:.1} | {:.1}% |", 100.0 * ms / total);
@@ -207,13 +229,20 @@ fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io:
             sonomask::image_io::RgbFrame::new(w, h, px).unwrap()
         })
         .collect();
-    p.saliency.embed_frames(&crops, &mut Timings::default()).unwrap();
+    p.saliency
+        .embed_frames(&crops, &mut Timings::default())
+        .unwrap();
     let mut runs = Vec::new();
     for _ in 0..3 {
         let t0 = Instant::now();
-        p.saliency.embed_frames(&crops, &mut Timings::default()).unwrap();
+        p.saliency
+            .embed_frames(&crops, &mut Timings::default())
+            .unwrap();
         runs.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let ms = median(&mut runs);
-    println!("CLIP crops: 16 crops in {ms:.0} ms = {:.1} crops/s (batches of 8, preprocessing included).", 16e3 / ms);
+    println!(
+        "CLIP crops: 16 crops in {ms:.0} ms = {:.1} crops/s (batches of 8, preprocessing included).",
+        16e3 / ms
+    );
 }

@@ -251,16 +251,22 @@ mod tests {
         // '1' = 010/110/010/010/111 at (1..4, 1..6): its top row's middle pixel is set
         assert_eq!(f.pixel(2, 1), [255, 0, 0]);
         assert_eq!(f.pixel(1, 1), [0, 0, 0], "plate behind the glyph");
-        let frame = RgbFrame::new(10, 10, vec![100; 300]).unwrap();
-        let mut m = Mask::empty(10, 10);
-        for y in 3..7 {
-            for x in 3..7 {
-                m.data[y * 10 + x] = 1;
+        let frame = RgbFrame::new(60, 60, vec![100; 60 * 60 * 3]).unwrap();
+        let mut m = Mask::empty(60, 60);
+        for y in 30..55 {
+            for x in 30..55 {
+                m.data[y * 60 + x] = 1;
             }
         }
-        let o = candidates(&frame, &[(&m, (3, 3, 6, 6))], &[0.5], &[0]);
-        assert_eq!(o.pixel(9, 9), [100, 100, 100]);
-        assert_ne!(o.pixel(5, 5), [100, 100, 100], "the chosen mask is tinted");
+        let o = candidates(&frame, &[(&m, (30, 30, 54, 54))], &[0.5], &[0]);
+        assert_eq!(o.pixel(5, 5), [100, 100, 100], "outside: untouched");
+        // below the label plate (7 glyph rows of 2 px from y=30), inside the mask
+        assert_ne!(
+            o.pixel(40, 50),
+            [100, 100, 100],
+            "the chosen mask is tinted"
+        );
+        assert_eq!(o.pixel(30, 50), PALETTE[0], "its outline in its colour");
     }
 
     #[test]

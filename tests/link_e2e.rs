@@ -509,3 +509,88 @@ fn tcp_host_restart_device_reconnects() {
         }
     }
 }
+
+#[test]
+fn serial_host_text_prompt_runs_medclip_sam_on_the_device() {
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let (dev, host) = (pty(), pty());
+    let bridge = Bridge::start(&dev, &host, None);
+    let out = tmp("text");
+    let models = common::models_tiny();
+    let image = shared.join("data/busi/images/benign (1).png");
+    let device = spawn(
+        bin()
+            .env(
+                "SONOMASK_CLIP_VOCAB",
+                shared.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
+            )
+            .args(["stream", "--source"])
+            .arg(&image)
+            .args([
+                "--sink",
+                &format!("serial:{}@921600", dev.path),
+                "--loop",
+                "--fps",
+                "10",
+                "--count",
+                "200",
+                "--precision",
+                "fp32",
+                "--models",
+            ])
+            .arg(&models),
+    );
+    let listener = wait(
+        listen(
+            &format!("serial:{}@921600", host.path),
+            &out,
+            &[
+                "--text",
+                "breast tumor",
+                "--pipeline",
+                "medclip-sam",
+                "--count",
+                "3",
+                "--timeout",
+                "60",
+            ],
+        ),
+        Duration::from_secs(90),
+    );
+    let mut device = device;
+    let _ = device.kill();
+    let _ = device.wait();
+    bridge.stop();
+    assert!(
+        listener.status.success(),
+        "listen failed: {}",
+        String::from_utf8_lossy(&listener.stderr)
+    );
+    let msgs = jsonl(&out);
+    let hello = of_type(&msgs, "hello");
+    assert!(!hello.is_empty());
+    assert_eq!(
+        hello[0]["models"].as_array().unwrap().len(),
+        4,
+        "Hello names SAM and CLIP models"
+    );
+    assert!(
+        of_type(&msgs, "ack")
+            .iter()
+            .any(|a| a["ref_id"] == 1 && a["acked_type"] == 0x20)
+    );
+    let masks = of_type(&msgs, "mask");
+    assert!(masks.len() >= 3);
+    for m in &masks {
+        assert_eq!(
+            m["prompt_id"], 1,
+            "mask not made with the host's text prompt"
+        );
+        assert_eq!(
+            (m["width"].as_u64(), m["height"].as_u64()),
+            (Some(562), Some(471))
+        );
+    }
+}

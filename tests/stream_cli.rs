@@ -312,3 +312,86 @@ fn stream_waits_for_a_live_frame_feed_that_starts_late() {
         .to_string();
     assert!(summary.contains("\"masks_sent\":1"), "{summary}");
 }
+
+#[test]
+fn stream_with_a_text_prompt() {
+    let img = common::models_tiny().join("input.png");
+    let models = common::models_tiny();
+    let (i, m) = (img.to_str().unwrap(), models.to_str().unwrap());
+    fails_with(
+        &sonomask(&[
+            "stream", "--source", i, "--sink", "stdout", "--text", "x", "--box", "1,1,9,9",
+            "--models", m,
+        ]),
+        "not both",
+    );
+    fails_with(
+        &sonomask(&[
+            "stream", "--source", i, "--sink", "stdout", "--text", " ", "--models", m,
+        ]),
+        "empty text",
+    );
+    fails_with(
+        &sonomask(&[
+            "stream",
+            "--source",
+            i,
+            "--sink",
+            "stdout",
+            "--text",
+            "x",
+            "--no-text",
+            "--models",
+            m,
+        ]),
+        "drop --no-text",
+    );
+    fails_with(
+        &sonomask(&[
+            "stream",
+            "--source",
+            i,
+            "--sink",
+            "stdout",
+            "--text",
+            "x",
+            "--pipeline",
+            "gsam",
+            "--models",
+            m,
+        ]),
+        "expected medclip-sam or salip",
+    );
+    let Some(shared) = common::shared() else {
+        return;
+    };
+    let d = tmp("text");
+    let rec = d.join("rec.bin");
+    let out = Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .env("SONOMASK_LOG", "warn")
+        .env(
+            "SONOMASK_CLIP_VOCAB",
+            shared.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
+        )
+        .args([
+            "stream",
+            "--source",
+            i,
+            "--sink",
+            &format!("file:{}", rec.display()),
+            "--text",
+            "breast tumor",
+        ])
+        .args(["--count", "2", "--loop", "--models", m])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msgs = common::listen_recording(&rec, &d.join("out"));
+    assert_eq!(common::of_type(&msgs, "mask").len(), 2);
+    let hello = common::of_type(&msgs, "hello");
+    assert_eq!(hello[0]["models"].as_array().unwrap().len(), 4);
+}

@@ -80,6 +80,9 @@ pub fn run(argv: &[String]) -> Result<()> {
         models.display(),
         j["models"]["summary"].as_str().unwrap_or("")
     );
+    if let Some(t) = j["models"]["text_prompts"].as_str() {
+        println!("text prompts: {t}");
+    }
     for m in j["models"]["files"].as_array().into_iter().flatten() {
         println!(
             "  {} {} {}: {}",
@@ -132,6 +135,27 @@ fn model_status(dir: &Path, warnings: &mut Vec<String>) -> serde_json::Value {
     if m.sam.synthetic {
         warnings.push("the models have SYNTHETIC weights (seeded random): masks are not segmentations; build with --checkpoint mobile_sam.pt".into());
     }
+    let text = match &m.clip {
+        None => {
+            warnings.push("no CLIP models: text prompts (MedCLIP-SAM, SaLIP) unavailable".into());
+            "unavailable: no CLIP models".to_string()
+        }
+        Some(c) => match crate::model::clip::load_tokenizer(&m) {
+            Ok(_) => format!(
+                "available ({}, vocabulary ok){}",
+                c.config,
+                if c.synthetic {
+                    ", CLIP weights SYNTHETIC"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => {
+                warnings.push(format!("text prompts unavailable: {e:#}"));
+                format!("unavailable: {e:#}")
+            }
+        },
+    };
     if bad > 0 {
         warnings.push(format!(
             "{bad} model file(s) fail their check: rebuild the models"
@@ -140,6 +164,7 @@ fn model_status(dir: &Path, warnings: &mut Vec<String>) -> serde_json::Value {
     serde_json::json!({
         "summary": format!("{} file(s), {} ok, weights {}", m.model.len(), m.model.len() - bad, if m.sam.synthetic { "SYNTHETIC" } else { "from a checkpoint" }),
         "synthetic": m.sam.synthetic,
+        "text_prompts": text,
         "files": files,
     })
 }

@@ -6,13 +6,17 @@ use std::time::{Duration, Instant};
 
 use super::args;
 use super::common::ModelOptions;
+use crate::autoprompt::Rule;
 use crate::cine::{Cine, CineOptions};
 use crate::link::Endpoint;
 use crate::model::manifest::{Precision, Role};
 use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
+use crate::saliency::Method;
+use crate::salip::SalipOptions;
 use crate::segment::SamSession;
 use crate::source;
 use crate::stream::{DeviceInfo, DeviceLink, LinkOptions, MaskJob};
+use crate::textseg::TextPipeline;
 use crate::timing::Timings;
 use crate::wire::message::{ErrorCode, ModelHash, Pipeline, PromptMsg};
 use crate::wire::send::MaskMeta;
@@ -20,7 +24,7 @@ use crate::wire::send::MaskMeta;
 pub const USAGE: &str = "\
 sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0,x1,y1]
                 [--point x,y[,label]]... [--masks] [--fps F] [--loop] [--count N] [--queue K]
-                [--no-reuse] [--board NAME]
+                [--text T [--pipeline medclip-sam|salip]] [--no-text] [--no-reuse] [--board NAME]
                 [--models DIR] [--precision fp32|int8|auto] [--threads N]
 
   Device side of the link (protocol: docs/PROTOCOL.md). Each frame of the source (an image, a
@@ -32,6 +36,10 @@ sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0
                 (connects to `sonomask listen tcp:...`), stdout, or file:PATH
   --box/--point the prompt until the host sends one; without either, frames wait for a host
                 prompt (needs a two-way link)
+  --text T      a text prompt instead (MedCLIP-SAM, or SaLIP with --pipeline salip); host Prompts
+                may also carry text. Text pipelines run the whole chain on every frame (no
+                embedding reuse). Available when the models include CLIP; --no-text skips
+                loading CLIP (box/point prompts only, less memory)
   --masks       the source holds masks (nonzero = foreground): send them as they are, no models
   --fps F       pace the source at F frames per second (default: as fast as it runs)
   --loop        repeat the source until --count frames
@@ -60,8 +68,10 @@ pub fn run(argv: &[String]) -> Result<()> {
             "decoder-precision",
             "cine-threshold",
             "reencode-every",
+            "text",
+            "pipeline",
         ],
-        &["masks", "loop", "help", "no-reuse"],
+        &["masks", "loop", "help", "no-reuse", "no-text"],
     )?;
     if a.has("help") {
         println!("{USAGE}");
@@ -95,9 +105,30 @@ pub fn run(argv: &[String]) -> Result<()> {
     }
     let replay = a.has("masks");
     let cli_prompt = cli_prompt(a.all("box"), a.all("point"))?;
-    if replay && cli_prompt.is_some() {
-        bail!("--masks streams masks as they are: --box/--point do not apply");
+    if replay && (cli_prompt.is_some() || a.get("text").is_some()) {
+        bail!("--masks streams masks as they are: --box/--point/--text do not apply");
     }
+    let cli_text: Option<(Pipeline, String)> = match a.get("text") {
+        None => None,
+        Some(_) if cli_prompt.is_some() => bail!("give --text or --box/--point, not both"),
+        Some(t) if t.trim().is_empty() => bail!("empty text prompt"),
+        Some(t) => Some((
+            match a.get("pipeline").unwrap_or("medclip-sam") {
+                "medclip-sam" => Pipeline::MedClipSam,
+                "salip" => Pipeline::Salip,
+                p => bail!("--pipeline '{p}': expected medclip-sam or salip"),
+            },
+            t.to_string(),
+        )),
+    };
+    if cli_text.is_some() && a.has("no-text") {
+        bail!("--text needs the CLIP models: drop --no-text");
+    }
+    let cli_prompt: Option<FramePrompt> = match (cli_prompt, cli_text) {
+        (Some(p), _) => Some(FramePrompt::Sam(p)),
+        (None, Some((pipeline, text))) => Some(FramePrompt::Text { pipeline, text }),
+        (None, None) => None,
+    };
     let two_way = matches!(sink, Endpoint::Serial { .. } | Endpoint::Tcp(_));
     if !replay && cli_prompt.is_none() && !two_way {
         bail!(
@@ -109,7 +140,38 @@ pub fn run(argv: &[String]) -> Result<()> {
         None
     } else {
         let opts = ModelOptions::from_args(&a)?;
-        Some(opts.load_session()?)
+        let has_clip = crate::model::Manifest::load(&opts.models)?.clip.is_some();
+        let wants_text = matches!(cli_prompt, Some(FramePrompt::Text { .. }));
+        let text = if has_clip && !a.has("no-text") {
+            let loaded = TextPipeline::load(
+                &opts.models,
+                opts.precision,
+                opts.decoder_precision.unwrap_or(opts.precision),
+                opts.precision,
+                8,
+            );
+            match loaded {
+                Ok(p) => Some(p),
+                // graceful degradation: box/point prompts still work without CLIP
+                Err(e) if !wants_text => {
+                    log::warn!("text pipelines unavailable ({e:#}); box/point prompts only");
+                    None
+                }
+                Err(e) => return Err(e.context("--text needs the CLIP models")),
+            }
+        } else {
+            None
+        };
+        Some(match text {
+            Some(p) => Engine::Text(Box::new(p)),
+            None if wants_text => {
+                bail!(
+                    "--text needs CLIP models, and {} has none",
+                    opts.models.display()
+                )
+            }
+            None => Engine::Sam(Box::new(opts.load_session()?)),
+        })
     };
     let info = DeviceInfo {
         device: format!("sonomask {}", env!("CARGO_PKG_VERSION")),
@@ -117,10 +179,12 @@ pub fn run(argv: &[String]) -> Result<()> {
             crate::cpu::board_model().unwrap_or_else(|| std::env::consts::ARCH.to_string())
         }),
         models: session.as_ref().map(model_hashes).unwrap_or_default(),
-        pipelines: if replay {
-            vec![]
-        } else {
-            vec![Pipeline::Interactive]
+        pipelines: match &session {
+            None => vec![],
+            Some(Engine::Sam(_)) => vec![Pipeline::Interactive],
+            Some(Engine::Text(_)) => {
+                vec![Pipeline::Interactive, Pipeline::MedClipSam, Pipeline::Salip]
+            }
         },
     };
     let transport = sink.device_transport()?;
@@ -198,7 +262,7 @@ pub fn run(argv: &[String]) -> Result<()> {
                     .host_prompt()
                     .filter(|p| Some(p.prompt_id) != rejected_prompt);
                 let (prompt_id, prompt) = match (&host, &cli_prompt) {
-                    (Some(p), _) => (p.prompt_id, host_to_prompt(p)),
+                    (Some(p), _) => (p.prompt_id, host_to_frame_prompt(p)),
                     (None, Some(p)) => (0, p.clone()),
                     (None, None) => {
                         skipped += 1;
@@ -226,13 +290,12 @@ pub fn run(argv: &[String]) -> Result<()> {
                     cine.reset_smoothing();
                     last_prompt_id = Some(prompt_id);
                 }
-                match cine.step(session, &frame, &prompt, &mut t) {
-                    Ok(step) => {
-                        let mask = &step.segmentation.mask;
+                match run_prompt(session, &mut cine, &frame, &prompt, &mut t) {
+                    Ok((mask, score)) => {
                         let mut pixels = link.buffer(mask.data.len());
                         pixels.copy_from_slice(&mask.data);
                         MaskJob {
-                            meta: meta(prompt_id, step.segmentation.iou),
+                            meta: meta(prompt_id, score),
                             width: mask.width,
                             height: mask.height,
                             pixels,
@@ -335,7 +398,86 @@ fn cli_prompt(boxes: &[String], points: &[String]) -> Result<Option<Prompt>> {
     Ok((bbox.is_some() || !points.is_empty()).then_some(Prompt { bbox, points }))
 }
 
-/// A host Prompt (checked by the link: interactive, with a box or points) as a SAM prompt.
+/// What the device runs for a frame: SAM with a box/points, or a text pipeline.
+#[derive(Clone, Debug)]
+enum FramePrompt {
+    Sam(Prompt),
+    Text { pipeline: Pipeline, text: String },
+}
+
+impl FramePrompt {
+    fn validate(&self, w: u32, h: u32) -> Result<()> {
+        match self {
+            FramePrompt::Sam(p) => p.validate(w, h),
+            FramePrompt::Text { .. } => Ok(()),
+        }
+    }
+}
+
+/// The models: SAM alone, or SAM with CLIP (text pipelines available).
+enum Engine {
+    Sam(Box<SamSession>),
+    Text(Box<TextPipeline>),
+}
+
+impl Engine {
+    fn sam(&self) -> &SamSession {
+        match self {
+            Engine::Sam(s) => s,
+            Engine::Text(p) => &p.sam,
+        }
+    }
+}
+
+/// One frame through the prompt's pipeline -> (mask, score): SAM's predicted IoU for box/point
+/// prompts (cine mode), the first box's predicted IoU for MedCLIP-SAM, the retrieved crop's
+/// CLIP score for SaLIP.
+fn run_prompt(
+    engine: &mut Engine,
+    cine: &mut Cine,
+    frame: &crate::image_io::RgbFrame,
+    prompt: &FramePrompt,
+    t: &mut Timings,
+) -> Result<(crate::mask::Mask, f32)> {
+    match (engine, prompt) {
+        (Engine::Sam(s), FramePrompt::Sam(p)) => {
+            let step = cine.step(s, frame, p, t)?;
+            Ok((step.segmentation.mask, step.segmentation.iou))
+        }
+        (Engine::Text(tp), FramePrompt::Sam(p)) => {
+            let step = cine.step(&mut tp.sam, frame, p, t)?;
+            Ok((step.segmentation.mask, step.segmentation.iou))
+        }
+        (Engine::Text(tp), FramePrompt::Text { pipeline, text }) => {
+            let emb = t.stage("clip_text", || tp.text.embed(text))?;
+            if *pipeline == Pipeline::Salip {
+                let r = crate::salip::segment(tp, frame, &emb, &SalipOptions::default(), t)?;
+                let score = r.chosen.first().map_or(f32::NAN, |&i| r.scores[i]);
+                Ok((r.mask, score))
+            } else {
+                let r = tp.segment(frame, &emb, Method::Similarity, &Rule::V2, t)?;
+                let score = r.segments.first().map_or(f32::NAN, |s| s.iou);
+                Ok((r.mask, score))
+            }
+        }
+        (Engine::Sam(_), FramePrompt::Text { .. }) => {
+            bail!("text prompts need the CLIP models (not loaded)")
+        }
+    }
+}
+
+/// A host Prompt (checked by the link against the advertised pipelines).
+fn host_to_frame_prompt(p: &PromptMsg) -> FramePrompt {
+    match p.pipeline {
+        Pipeline::Interactive => FramePrompt::Sam(host_to_prompt(p)),
+        pipeline => FramePrompt::Text {
+            pipeline,
+            text: p.text.to_string(),
+        },
+    }
+}
+
+/// A host Prompt (interactive, with a box or points) as a SAM prompt.
 fn host_to_prompt(p: &PromptMsg) -> Prompt {
     Prompt {
         bbox: p.has_box().then_some(BoxPrompt {
@@ -356,12 +498,18 @@ fn host_to_prompt(p: &PromptMsg) -> Prompt {
     }
 }
 
-fn model_hashes(s: &SamSession) -> Vec<ModelHash> {
+fn model_hashes(e: &Engine) -> Vec<ModelHash> {
     let mut out = Vec::new();
-    for (role, code, precision) in [
+    let s = e.sam();
+    let mut roles = vec![
         (Role::SamEncoder, 0u8, s.precision),
         (Role::SamDecoder, 1u8, s.decoder_precision),
-    ] {
+    ];
+    if let Engine::Text(tp) = e {
+        roles.push((Role::ClipImage, 2, tp.clip_precision));
+        roles.push((Role::ClipText, 3, tp.clip_precision));
+    }
+    for (role, code, precision) in roles {
         if let Ok(e) = s.manifest.entry(role, precision) {
             let mut sha256 = [0u8; 32];
             if hex_to_bytes(&e.sha256, &mut sha256) {

@@ -145,7 +145,8 @@ impl ClipImageEncoder {
                 pooled[i * self.dim..(i + 1) * self.dim].copy_from_slice(&out);
             } else {
                 self.batch_buf.resize(b * per, 0.0);
-                self.batch_buf.copy_from_slice(&inputs[i * per..(i + b) * per]);
+                self.batch_buf
+                    .copy_from_slice(&inputs[i * per..(i + b) * per]);
                 let t = Tensor::from_shape(&[b, 3, self.size, self.size], &self.batch_buf)?;
                 let state = &mut self.batch.as_mut().expect("b > 1").1;
                 let out = onnx::run(state, tvec!(t.into_tvalue()), &self.file)?;
