@@ -27,6 +27,17 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// One frame's stage times (a stage timed several times is summed) appended per stage.
+fn collect_stages(t: &Timings, stages: &mut BTreeMap<&'static str, Vec<f64>>) {
+    let mut per: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for (s, ms) in &t.stages {
+        *per.entry(s).or_default() += ms;
+    }
+    for (s, ms) in per {
+        stages.entry(s).or_default().push(ms);
+    }
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::var("SONOMASK_BENCH_MODELS")
@@ -91,13 +102,7 @@ fn main() {
             p.segment(f, &e, method, &Rule::V2, &mut t).unwrap();
             let total = t1.elapsed().as_secs_f64() * 1e3;
             totals.push(total);
-            let mut per: BTreeMap<&'static str, f64> = BTreeMap::new();
-            for (s, ms) in &t.stages {
-                *per.entry(s).or_default() += ms;
-            }
-            for (s, ms) in per {
-                stages.entry(s).or_default().push(ms);
-            }
+            collect_stages(&t, &mut stages);
         }
         let total = median(&mut totals);
         println!(
@@ -174,13 +179,7 @@ fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io:
         let r = salip::segment(&mut p, f, &e, &o, &mut t).unwrap();
         totals.push(t0.elapsed().as_secs_f64() * 1e3);
         cands.push(r.candidates.len() as f64);
-        let mut per: BTreeMap<&'static str, f64> = BTreeMap::new();
-        for (s, ms) in &t.stages {
-            *per.entry(s).or_default() += ms;
-        }
-        for (s, ms) in per {
-            stages.entry(s).or_default().push(ms);
-        }
+        collect_stages(&t, &mut stages);
     }
     let total = median(&mut totals);
     println!(

@@ -98,14 +98,10 @@ fn text_encoder_matches_onnxruntime() {
 
 #[test]
 fn tokens_from_the_rust_tokenizer_are_the_fixture_tokens() {
-    let Some(shared) = common::shared() else {
+    let Some(vocab) = common::clip_vocab() else {
         return;
     };
-    let tok = sonomask::text::Tokenizer::from_gz_file(
-        &shared.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
-        77,
-    )
-    .unwrap();
+    let tok = sonomask::text::Tokenizer::from_gz_file(&vocab, 77).unwrap();
     let cases: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(models_tiny().join("clip_cases.json")).unwrap(),
     )

@@ -9,7 +9,7 @@ mod common;
 use sonomask::text::Tokenizer;
 
 fn vocab() -> Option<std::path::PathBuf> {
-    let p = common::shared()?.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz");
+    let p = common::clip_vocab()?;
     if p.exists() {
         Some(p)
     } else {

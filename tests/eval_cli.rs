@@ -5,18 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn sonomask(args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sonomask"));
-    c.args(args).env("SONOMASK_LOG", "error");
-    if let Some(s) = common::shared() {
-        c.env(
-            "SONOMASK_CLIP_VOCAB",
-            s.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
-        );
-    }
-    c.output().expect("spawn sonomask")
+    common::sonomask_cmd("error")
+        .args(args)
+        .output()
+        .expect("spawn sonomask")
 }
 
 fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {

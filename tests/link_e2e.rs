@@ -522,10 +522,7 @@ fn serial_host_text_prompt_runs_medclip_sam_on_the_device() {
     let image = shared.join("data/busi/images/benign (1).png");
     let device = spawn(
         bin()
-            .env(
-                "SONOMASK_CLIP_VOCAB",
-                shared.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
-            )
+            .env("SONOMASK_CLIP_VOCAB", common::clip_vocab().unwrap())
             .args(["stream", "--source"])
             .arg(&image)
             .args([

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sonomask::everything::{EverythingOptions, generate};
 use sonomask::image_io::{RgbFrame, load_rgb};
@@ -18,15 +18,10 @@ use sonomask::textseg::TextPipeline;
 use sonomask::timing::Timings;
 
 fn sonomask(args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sonomask"));
-    c.args(args).env("SONOMASK_LOG", "warn");
-    if let Some(s) = common::shared() {
-        c.env(
-            "SONOMASK_CLIP_VOCAB",
-            s.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
-        );
-    }
-    c.output().expect("spawn sonomask")
+    common::sonomask_cmd("warn")
+        .args(args)
+        .output()
+        .expect("spawn sonomask")
 }
 
 fn tmp(tag: &str) -> PathBuf {

@@ -362,17 +362,12 @@ fn stream_with_a_text_prompt() {
         ]),
         "expected medclip-sam or salip",
     );
-    let Some(shared) = common::shared() else {
+    if common::clip_vocab().is_none() {
         return;
-    };
+    }
     let d = tmp("text");
     let rec = d.join("rec.bin");
-    let out = Command::new(env!("CARGO_BIN_EXE_sonomask"))
-        .env("SONOMASK_LOG", "warn")
-        .env(
-            "SONOMASK_CLIP_VOCAB",
-            shared.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
-        )
+    let out = common::sonomask_cmd("warn")
         .args([
             "stream",
             "--source",

@@ -13,21 +13,15 @@ use sonomask::model::{Manifest, Precision};
 use sonomask::saliency::{Method, SaliencyEngine};
 use sonomask::timing::Timings;
 
-fn vocab() -> Option<PathBuf> {
-    Some(common::shared()?.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"))
-}
-
 fn busi() -> Option<PathBuf> {
     Some(common::shared()?.join("data/busi/images/benign (1).png"))
 }
 
 fn sonomask(args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sonomask"));
-    c.args(args).env("SONOMASK_LOG", "warn");
-    if let Some(v) = vocab() {
-        c.env("SONOMASK_CLIP_VOCAB", v);
-    }
-    c.output().expect("spawn sonomask")
+    common::sonomask_cmd("warn")
+        .args(args)
+        .output()
+        .expect("spawn sonomask")
 }
 
 fn tmp(tag: &str) -> PathBuf {
@@ -288,7 +282,7 @@ fn bad_text_inputs_get_clear_errors() {
         &segment_text(&img, &dir, &["--text", ""]),
         "empty text prompt",
     );
-    if vocab().is_some() {
+    if common::clip_vocab().is_some() {
         // only punctuation-free whitespace / control characters: empty after clean-up
         fails_with(
             &segment_text(&img, &dir, &["--text", "\u{7}\u{1b}[0m"]),

@@ -3,12 +3,12 @@
 //! tokenizer bound to the manifest's vocabulary.
 
 use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tract_onnx::prelude::*;
 
 use super::contract::{Contract, Dim, TensorContract};
 use super::manifest::{ClipSection, Manifest, Precision, Role, sha256_hex};
-use super::onnx::{self, Parsed, State, f32s};
+use super::onnx::{self, State, ensure_finite, f32s, parse_role};
 use crate::text::Tokenizer;
 
 /// Overrides where the BPE vocabulary is read from (default: beside the models).
@@ -48,24 +48,6 @@ pub fn text_contract(c: &ClipSection) -> Contract {
     }
 }
 
-fn parse(
-    manifest: &Manifest,
-    role: Role,
-    precision: Precision,
-    contract: Contract,
-) -> Result<Parsed> {
-    let entry = manifest.entry(role, precision)?;
-    let bytes = manifest.read_verified(entry)?;
-    onnx::parse(&manifest.path_of(entry), &bytes, contract)
-}
-
-fn finite(v: &[f32], what: &str, file: &Path) -> Result<()> {
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        bail!("{}: {what} has a non-finite value at {i}", file.display());
-    }
-    Ok(())
-}
-
 /// The image encoder with one plan for single frames and, when asked, one for batches
 /// (ScoreCAM-style saliency runs k masked copies of a frame).
 pub struct ClipImageEncoder {
@@ -83,7 +65,7 @@ impl ClipImageEncoder {
     /// `batch > 1` also plans a `[batch,3,S,S]` variant for [`ClipImageEncoder::run_batch`].
     pub fn load(manifest: &Manifest, precision: Precision, batch: usize) -> Result<Self> {
         let c = manifest.clip()?;
-        let parsed = parse(manifest, Role::ClipImage, precision, image_contract(c))?;
+        let parsed = parse_role(manifest, Role::ClipImage, precision, image_contract(c))?;
         let s = c.image_size as usize;
         let single = onnx::spawn(&parsed.plan(&[vec![1, 3, s, s]])?)?;
         let batch = if batch > 1 {
@@ -118,8 +100,8 @@ impl ClipImageEncoder {
             .context("CLIP input buffer has the wrong size")?;
         let out = onnx::run(&mut self.single, tvec!(t.into_tvalue()), &self.file)?;
         let (p, d) = (f32s(&out[0])?, f32s(&out[1])?);
-        finite(p, "image embedding", &self.file)?;
-        finite(d, "patch embeddings", &self.file)?;
+        ensure_finite(p, "image embedding", &self.file)?;
+        ensure_finite(d, "patch embeddings", &self.file)?;
         pooled.copy_from_slice(p);
         patches.copy_from_slice(d);
         Ok(())
@@ -151,7 +133,7 @@ impl ClipImageEncoder {
                 let state = &mut self.batch.as_mut().expect("b > 1").1;
                 let out = onnx::run(state, tvec!(t.into_tvalue()), &self.file)?;
                 let p = f32s(&out[0])?;
-                finite(&p[..take * self.dim], "image embedding", &self.file)?;
+                ensure_finite(&p[..take * self.dim], "image embedding", &self.file)?;
                 pooled[i * self.dim..(i + take) * self.dim].copy_from_slice(&p[..take * self.dim]);
             }
             i += take;
@@ -170,7 +152,7 @@ pub struct ClipTextEncoder {
 impl ClipTextEncoder {
     pub fn load(manifest: &Manifest, precision: Precision) -> Result<Self> {
         let c = manifest.clip()?;
-        let parsed = parse(manifest, Role::ClipText, precision, text_contract(c))?;
+        let parsed = parse_role(manifest, Role::ClipText, precision, text_contract(c))?;
         let ctx = c.context_length as usize;
         let plan = parsed.plan_typed(&[(i64::datum_type(), vec![1, ctx])])?;
         Ok(ClipTextEncoder {
@@ -187,7 +169,7 @@ impl ClipTextEncoder {
             .context("token buffer has the wrong size")?;
         let out = onnx::run(&mut self.state, tvec!(t.into_tvalue()), &self.file)?;
         let e = f32s(&out[0])?;
-        finite(e, "text embedding", &self.file)?;
+        ensure_finite(e, "text embedding", &self.file)?;
         Ok(e.to_vec())
     }
 }

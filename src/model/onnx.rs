@@ -110,6 +110,30 @@ impl Parsed {
     }
 }
 
+/// Read, verify (manifest size and sha256) and parse the model of `role` in `precision`.
+pub fn parse_role(
+    manifest: &super::Manifest,
+    role: super::Role,
+    precision: super::Precision,
+    contract: Contract,
+) -> Result<Parsed> {
+    let entry = manifest.entry(role, precision)?;
+    let bytes = manifest.read_verified(entry)?;
+    parse(&manifest.path_of(entry), &bytes, contract)
+}
+
+/// Refuse a model output with NaN or infinity (a broken or mismatched model), naming it.
+pub fn ensure_finite(values: &[f32], what: &str, file: &Path) -> Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: {what} contains a non-finite value ({} at index {i}); refusing to use it",
+            file.display(),
+            values[i]
+        );
+    }
+    Ok(())
+}
+
 pub fn spawn(plan: &Plan) -> Result<State> {
     plan.spawn().map_err(flat)
 }

@@ -8,7 +8,7 @@ use tract_onnx::prelude::*;
 
 use super::contract::{Contract, Dim, TensorContract};
 use super::manifest::{Manifest, Precision, Role, SamSection};
-use super::onnx::{self, Parsed, Plan, State, f32s};
+use super::onnx::{self, Parsed, Plan, State, ensure_finite, f32s, parse_role};
 
 pub fn encoder_contract(s: &SamSection) -> Contract {
     let (i, c, e) = (
@@ -50,28 +50,6 @@ pub fn decoder_contract(s: &SamSection) -> Contract {
     }
 }
 
-fn load(
-    manifest: &Manifest,
-    role: Role,
-    precision: Precision,
-    contract: Contract,
-) -> Result<Parsed> {
-    let entry = manifest.entry(role, precision)?;
-    let bytes = manifest.read_verified(entry)?;
-    onnx::parse(&manifest.path_of(entry), &bytes, contract)
-}
-
-fn ensure_finite(values: &[f32], what: &str, file: &std::path::Path) -> Result<()> {
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "{}: {what} contains a non-finite value ({} at index {i}); refusing to use it",
-            file.display(),
-            values[i]
-        );
-    }
-    Ok(())
-}
-
 /// One image embedding `[1, C, E, E]`, kept as a tract value so decoder calls share it without copies.
 #[derive(Clone)]
 pub struct Embedding(pub TValue);
@@ -91,7 +69,7 @@ pub struct SamEncoder {
 impl SamEncoder {
     pub fn load(manifest: &Manifest, precision: Precision) -> Result<Self> {
         let s = &manifest.sam;
-        let parsed = load(manifest, Role::SamEncoder, precision, encoder_contract(s))?;
+        let parsed = parse_role(manifest, Role::SamEncoder, precision, encoder_contract(s))?;
         let n = s.image_size as usize;
         let plan = parsed.plan(&[vec![1, 3, n, n]])?;
         Ok(SamEncoder {
@@ -147,7 +125,7 @@ pub struct SamDecoder {
 impl SamDecoder {
     pub fn load(manifest: &Manifest, precision: Precision) -> Result<Self> {
         let s = &manifest.sam;
-        let parsed = load(manifest, Role::SamDecoder, precision, decoder_contract(s))?;
+        let parsed = parse_role(manifest, Role::SamDecoder, precision, decoder_contract(s))?;
         let (c, e, l) = (
             s.embed_dim as usize,
             s.embedding_size as usize,

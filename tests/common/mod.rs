@@ -150,3 +150,18 @@ pub fn listen_recording(rec: &Path, out: &Path) -> Vec<serde_json::Value> {
 pub fn of_type<'a>(lines: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
     lines.iter().filter(|v| v["type"] == t).collect()
 }
+
+/// The real CLIP vocabulary in ../shared (the fixture models ship without it).
+pub fn clip_vocab() -> Option<PathBuf> {
+    Some(shared()?.join("models/clip_bpe/bpe_simple_vocab_16e6.txt.gz"))
+}
+
+/// The `sonomask` binary at log level `log`, pointed at the CLIP vocabulary in ../shared.
+pub fn sonomask_cmd(log: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sonomask"));
+    c.env("SONOMASK_LOG", log);
+    if let Some(v) = clip_vocab() {
+        c.env("SONOMASK_CLIP_VOCAB", v);
+    }
+    c
+}
