@@ -97,6 +97,30 @@ def export(sam, cfg: sam_arch.SamConfig, out_dir: pathlib.Path) -> tuple[pathlib
     return enc_path, dec_path
 
 
+def export_batch_decoder(sam, cfg: sam_arch.SamConfig, out_dir: pathlib.Path) -> pathlib.Path:
+    """The decoder with a symbolic batch dimension (B prompts per call, N points each), for
+    benches/decoder_batch.rs: measured against one call per prompt, not used by the device."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "sam_decoder.fp32.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            DecoderOnnx(sam),
+            example_decoder_inputs(cfg),
+            str(path),
+            input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+            output_names=["low_res_masks", "iou_predictions"],
+            dynamic_axes={
+                "point_coords": {0: "batch", 1: "num_points"},
+                "point_labels": {0: "batch", 1: "num_points"},
+                "mask_input": {0: "batch"},
+            },
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -105,8 +129,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="vit_t", choices=sorted(sam_arch.CONFIGS))
     ap.add_argument("--out", default="models", type=pathlib.Path)
+    ap.add_argument("--batch-decoder", type=pathlib.Path, help="only export a batch-symbolic decoder into this dir")
     a = ap.parse_args()
     sam = sam_arch.build(a.config, checkpoint=a.checkpoint, seed=a.seed if a.synthetic else None)
+    if a.batch_decoder:
+        print(export_batch_decoder(sam, sam_arch.CONFIGS[a.config], a.batch_decoder))
+        return
     for p in export(sam, sam_arch.CONFIGS[a.config], a.out):
         print(p)
 

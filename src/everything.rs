@@ -1,7 +1,8 @@
 //! SAM's automatic mask generation ("everything mode") on one image embedding: a grid of single
 //! point prompts, each decoded with the three multimask tokens, filtered by predicted IoU and
 //! stability score, de-duplicated by box NMS, bounded by area. Follows the official
-//! `SamAutomaticMaskGenerator` (no crop layers: `crop_n_layers` > 0 is refused, see below).
+//! `SamAutomaticMaskGenerator`, including its optional crop layers (off by default: layer `i`
+//! adds `4^i` overlapping crops, each one more encoder pass and one more grid of decoder calls).
 //!
 //! Stability is computed on the low-resolution logits (the decoder's 256x256 grid cropped to the
 //! image), not on logits upscaled to the original size as the official code does: the same
@@ -29,8 +30,12 @@ pub struct EverythingOptions {
     /// Area bounds as fractions of the frame (drop specks and the whole-frame mask).
     pub min_area_frac: f64,
     pub max_area_frac: f64,
-    /// Crop layers (official `crop_n_layers`): only 0 is supported.
+    /// Crop layers (official `crop_n_layers`, at most 2): 0 = the whole frame only.
     pub crop_n_layers: usize,
+    /// Overlap of neighbouring crops as a fraction of the short side (official 512/1500).
+    pub crop_overlap_ratio: f32,
+    /// Box IoU for NMS across crops (official 0.7).
+    pub crop_nms_thresh: f64,
 }
 
 impl Default for EverythingOptions {
@@ -44,6 +49,8 @@ impl Default for EverythingOptions {
             min_area_frac: 0.001,
             max_area_frac: 0.95,
             crop_n_layers: 0,
+            crop_overlap_ratio: 512.0 / 1500.0,
+            crop_nms_thresh: 0.7,
         }
     }
 }
@@ -56,11 +63,14 @@ impl EverythingOptions {
                 self.points_per_side
             );
         }
-        if self.crop_n_layers != 0 {
+        if self.crop_n_layers > 2 {
             bail!(
-                "crop layers are not supported (crop_n_layers {}): each crop layer multiplies the encoder passes, which a cart cannot afford",
+                "crop layers must be 0..=2, got {} (layer 2 already costs 20 encoder passes)",
                 self.crop_n_layers
             );
+        }
+        if !(0.0..1.0).contains(&self.crop_overlap_ratio) {
+            bail!("crop overlap ratio must be in [0, 1)");
         }
         if !(0.0..=1.0).contains(&self.min_area_frac)
             || !(0.0..=1.0).contains(&self.max_area_frac)
@@ -152,6 +162,115 @@ pub struct Funnel {
     pub after_stability: usize,
     pub after_area: usize,
     pub after_nms: usize,
+}
+
+/// The official `generate_crop_boxes`: the whole frame (layer 0), then for each layer `i`
+/// `2^i x 2^i` crops overlapping by `ratio` of the short side. Boxes are `(x0, y0, x1, y1)`
+/// with exclusive ends, in the official order (x outer, y inner).
+pub fn crop_boxes(
+    w: u32,
+    h: u32,
+    n_layers: usize,
+    ratio: f32,
+) -> Vec<((u32, u32, u32, u32), usize)> {
+    let mut out = vec![((0, 0, w, h), 0)];
+    let short = w.min(h) as f32;
+    let crop_len = |len: u32, n: u32, overlap: u32| {
+        ((overlap * (n - 1) + len) as f32 / n as f32).ceil() as u32
+    };
+    for layer in 0..n_layers {
+        let n = 1u32 << (layer + 1);
+        let overlap = (ratio * short * (2.0 / n as f32)) as u32;
+        let (cw, ch) = (crop_len(w, n, overlap), crop_len(h, n, overlap));
+        for i in 0..n {
+            for j in 0..n {
+                let (x0, y0) = ((cw - overlap) * i, (ch - overlap) * j);
+                out.push(((x0, y0, (x0 + cw).min(w), (y0 + ch).min(h)), layer + 1));
+            }
+        }
+    }
+    out
+}
+
+/// A box touching the crop's edge (within `tol` px) where the crop edge is not the frame's:
+/// the object was cut by the crop, and the whole-frame pass (or another crop) sees it whole.
+pub fn near_crop_edge(b: Bbox, crop: (u32, u32, u32, u32), frame: (u32, u32), tol: u32) -> bool {
+    let close = |a: u32, c: u32| a.abs_diff(c) <= tol;
+    let (cx0, cy0, cx1, cy1) = (crop.0, crop.1, crop.2 - 1, crop.3 - 1);
+    (close(b.0, cx0) && cx0 != 0)
+        || (close(b.1, cy0) && cy0 != 0)
+        || (close(b.2, cx1) && crop.2 != frame.0)
+        || (close(b.3, cy1) && crop.3 != frame.1)
+}
+
+/// Everything mode with crop layers: `full` is the whole frame's encoding (reused); each crop
+/// is encoded, gridded and decoded on its own, its masks moved back into the frame, masks cut
+/// by a crop edge dropped, and NMS run across crops preferring masks from smaller crops (as
+/// the official generator does).
+pub fn generate_layers(
+    sam: &mut SamSession,
+    frame: &crate::image_io::RgbFrame,
+    full: &EncodedFrame,
+    o: &EverythingOptions,
+    t: &mut Timings,
+) -> Result<(Vec<Candidate>, Funnel)> {
+    o.validate()?;
+    let (w, h) = (frame.width, frame.height);
+    let boxes = crop_boxes(w, h, o.crop_n_layers, o.crop_overlap_ratio);
+    let (mut all, mut funnel) = generate(sam, full, o, t)?;
+    if boxes.len() == 1 {
+        return Ok((all, funnel));
+    }
+    let mut crop_area: Vec<f64> = vec![(w as f64) * (h as f64); all.len()];
+    for &(cb, _) in &boxes[1..] {
+        let (cw, ch) = (cb.2 - cb.0, cb.3 - cb.1);
+        let mut px = Vec::with_capacity((cw * ch * 3) as usize);
+        for y in cb.1..cb.3 {
+            let s = ((y * w + cb.0) * 3) as usize;
+            px.extend_from_slice(&frame.pixels[s..s + (cw * 3) as usize]);
+        }
+        let crop = crate::image_io::RgbFrame::new(cw, ch, px)?;
+        let enc = sam.encode(&crop, t)?;
+        let (cands, f) = generate(sam, &enc, o, t)?;
+        funnel.prompts += f.prompts;
+        funnel.masks += f.masks;
+        funnel.after_iou += f.after_iou;
+        funnel.after_stability += f.after_stability;
+        for c in cands {
+            let b = (
+                c.bbox.0 + cb.0,
+                c.bbox.1 + cb.1,
+                c.bbox.2 + cb.0,
+                c.bbox.3 + cb.1,
+            );
+            if near_crop_edge(b, cb, (w, h), 20) {
+                continue;
+            }
+            let mut mask = Mask::empty(w, h);
+            for y in 0..ch as usize {
+                let src = &c.mask.data[y * cw as usize..(y + 1) * cw as usize];
+                let d = (y + cb.1 as usize) * w as usize + cb.0 as usize;
+                mask.data[d..d + cw as usize].copy_from_slice(src);
+            }
+            crop_area.push((cw as f64) * (ch as f64));
+            all.push(Candidate {
+                mask,
+                bbox: b,
+                point: (c.point.0 + cb.0 as f32, c.point.1 + cb.1 as f32),
+                ..c
+            });
+        }
+    }
+    funnel.after_area = all.len();
+    let keep = t.stage("everything_nms", || {
+        let bb: Vec<Bbox> = all.iter().map(|c| c.bbox).collect();
+        let scores: Vec<f32> = crop_area.iter().map(|a| (1.0 / a) as f32).collect();
+        nms(&bb, &scores, o.crop_nms_thresh)
+    });
+    let mut slots: Vec<Option<Candidate>> = all.into_iter().map(Some).collect();
+    let out: Vec<Candidate> = keep.into_iter().filter_map(|i| slots[i].take()).collect();
+    funnel.after_nms = out.len();
+    Ok((out, funnel))
 }
 
 /// Everything mode on an encoded frame: one decoder call per grid point (the exported decoder
@@ -289,15 +408,42 @@ mod tests {
     }
 
     #[test]
+    fn crop_boxes_match_generate_crop_boxes() {
+        // official generate_crop_boxes((600, 800), 1, 512/1500): short 600, overlap
+        // int(0.3413*600*1) = 204, crop_w = ceil((204+800)/2) = 502, crop_h = ceil((204+600)/2) = 402
+        let b = crop_boxes(800, 600, 1, 512.0 / 1500.0);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b[0], ((0, 0, 800, 600), 0));
+        assert_eq!(b[1], ((0, 0, 502, 402), 1));
+        assert_eq!(b[2], ((0, 198, 502, 600), 1), "y varies fastest");
+        assert_eq!(b[3], ((298, 0, 800, 402), 1));
+        assert_eq!(b[4], ((298, 198, 800, 600), 1));
+        assert_eq!(crop_boxes(800, 600, 2, 512.0 / 1500.0).len(), 1 + 4 + 16);
+        // a box touching the crop's inner edge is cut; touching the frame's edge is not
+        let crop = (0, 0, 502, 402);
+        assert!(near_crop_edge((100, 100, 500, 200), crop, (800, 600), 20));
+        assert!(!near_crop_edge((0, 0, 200, 200), crop, (800, 600), 20));
+        assert!(!near_crop_edge((100, 100, 300, 300), crop, (800, 600), 20));
+    }
+
+    #[test]
     fn options_are_checked() {
         assert!(EverythingOptions::default().validate().is_ok());
+        assert!(
+            EverythingOptions {
+                crop_n_layers: 3,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(
             EverythingOptions {
                 crop_n_layers: 1,
                 ..Default::default()
             }
             .validate()
-            .is_err()
+            .is_ok()
         );
         assert!(
             EverythingOptions {

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use crate::everything::{Candidate, EverythingOptions, Funnel, generate};
+use crate::everything::{Candidate, EverythingOptions, Funnel, generate_layers};
 use crate::image_io::RgbFrame;
 use crate::mask::Mask;
 use crate::prompt::{BoxPrompt, Prompt};
@@ -128,7 +128,7 @@ pub fn segment(
     t: &mut Timings,
 ) -> Result<SalipResult> {
     let encoded = p.sam.encode(frame, t)?;
-    let (candidates, funnel) = generate(&mut p.sam, &encoded, &o.everything, t)?;
+    let (candidates, funnel) = generate_layers(&mut p.sam, frame, &encoded, &o.everything, t)?;
     let empty = |candidates, scores, funnel, status| SalipResult {
         mask: Mask::empty(frame.width, frame.height),
         candidates,

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use sonomask::everything::{EverythingOptions, generate};
+use sonomask::everything::{EverythingOptions, generate, generate_layers};
 use sonomask::image_io::{RgbFrame, load_rgb};
 use sonomask::model::Precision;
 use sonomask::salip::{self, SalipOptions, Status};
@@ -239,9 +239,23 @@ fn library_path_and_a_frame_smaller_than_the_clip_input() {
             && f.after_area >= f.after_nms
     );
     assert_eq!(c.len(), f.after_nms);
-    // crop layers are refused with a reason
-    let bad = EverythingOptions {
+    // one crop layer: the frame plus 4 crops, each with its own 3x3 grid
+    let layered = EverythingOptions {
         crop_n_layers: 1,
+        ..o.everything
+    };
+    let (c, f) =
+        generate_layers(&mut p.sam, &small, &enc, &layered, &mut Timings::default()).unwrap();
+    assert_eq!((f.prompts, f.masks), (45, 135));
+    assert_eq!(c.len(), f.after_nms);
+    assert!(
+        c.iter()
+            .all(|c| c.bbox.2 < 40 && c.bbox.3 < 30 && c.mask.width == 40),
+        "masks in frame coordinates"
+    );
+    // more than two layers is refused with a reason
+    let bad = EverythingOptions {
+        crop_n_layers: 3,
         ..Default::default()
     };
     assert!(

@@ -40,7 +40,7 @@ sonomask segment IMAGE --text \"breast tumor\" [--text ...] | --prompt-file F [-
 pub const SALIP_USAGE: &str = "\
 sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] | --bank B
                  [--points-per-side N] [--pred-iou F] [--stability F] [--nms F] [--crop masked|box]
-                 [--top-k K] [--score-floor F] [-o mask.png] [--overlay overlay.png]
+                 [--top-k K] [--score-floor F] [--crop-layers 0|1|2] [-o mask.png] [--overlay overlay.png]
                  [--candidates-out candidates.png] [--json]
 
   SaLIP: SAM everything mode (an N x N point grid, default 16, on one encoder pass; masks kept
@@ -48,7 +48,9 @@ sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] |
   each mask's crop (--crop masked: outside the mask blacked out; box: the plain box) scored by
   CLIP against the text, the top --top-k (1; 2 for lungs) retrieved and SAM re-prompted with
   their boxes. candidates.png shows every candidate with its CLIP score (* = retrieved). No
-  candidate, or a best score below --score-floor: an empty mask and a status saying why.";
+  candidate, or a best score below --score-floor: an empty mask and a status saying why.
+  --crop-layers L adds SAM's crop layers (off by default): layer 1 runs 4 overlapping crops, each
+  one more encoder pass and one more grid of decoder calls (layer 2: 16 more).";
 
 pub const BANK_USAGE: &str = "\
 sonomask prompt-bank (--prompt-file F | --text T [--name N]) [-o bank.json] [--models DIR]
@@ -81,6 +83,7 @@ pub const TEXT_VALUES: &[&str] = &[
     "crop",
     "score-floor",
     "candidates-out",
+    "crop-layers",
 ];
 
 /// `--pipeline`: medclip-sam (default) or salip.
@@ -107,6 +110,7 @@ pub fn salip_from(a: &Args) -> Result<SalipOptions> {
             pred_iou_thresh: a.parse_or("pred-iou", e.pred_iou_thresh)?,
             stability_thresh: a.parse_or("stability", e.stability_thresh)?,
             box_nms_thresh: a.parse_or("nms", e.box_nms_thresh)?,
+            crop_n_layers: a.parse_or("crop-layers", e.crop_n_layers)?,
             ..e
         },
         crop: match a.get("crop").unwrap_or("masked") {
