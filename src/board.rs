@@ -47,8 +47,11 @@ pub struct BoardIo {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BoardPipeline {
-    /// `interactive` today (`medclip-sam` and `salip` once their models exist).
+    /// `interactive` (box/point prompts), `medclip-sam` or `salip` (text prompt `text`).
     pub mode: String,
+    /// The text prompt of the text modes (the host may replace it with a Prompt).
+    #[serde(default)]
+    pub text: Option<String>,
     pub cine_threshold: f32,
     pub reencode_every: u32,
     pub queue: usize,
@@ -156,11 +159,23 @@ impl Board {
             bail!("io.source is empty");
         }
         match self.pipeline.mode.as_str() {
+            "interactive" if self.pipeline.text.is_some() => {
+                bail!("pipeline.text applies to the medclip-sam and salip modes, not interactive")
+            }
             "interactive" => {}
-            "medclip-sam" | "salip" => bail!(
-                "pipeline.mode '{}' needs the CLIP models, which this build does not have yet",
-                self.pipeline.mode
-            ),
+            "medclip-sam" | "salip" => {
+                if self
+                    .pipeline
+                    .text
+                    .as_deref()
+                    .is_none_or(|t| t.trim().is_empty())
+                {
+                    bail!(
+                        "pipeline.mode '{}' needs pipeline.text (e.g. text = \"breast tumor\")",
+                        self.pipeline.mode
+                    );
+                }
+            }
             m => bail!("pipeline.mode '{m}' is not interactive, medclip-sam or salip"),
         }
         if !(0.0..=1.0).contains(&self.pipeline.cine_threshold) {
@@ -253,8 +268,21 @@ mod tests {
                 .contains("not one sonomask builds for")
         );
         assert!(err("serial:/dev/ttyGS0@921600", "serial:/dev/ttyGS0@fast").contains("io.sink"));
+        assert!(err("mode = \"interactive\"", "mode = \"salip\"").contains("needs pipeline.text"));
         assert!(
-            err("mode = \"interactive\"", "mode = \"salip\"").contains("needs the CLIP models")
+            err(
+                "mode = \"interactive\"",
+                "mode = \"interactive\"\ntext = \"x\""
+            )
+            .contains("not interactive")
+        );
+        let text = good.replace(
+            "mode = \"interactive\"",
+            "mode = \"medclip-sam\"\ntext = \"breast tumor\"",
+        );
+        assert_eq!(
+            Board::parse(&text).unwrap().pipeline.text.as_deref(),
+            Some("breast tumor")
         );
         assert!(err("queue = 2", "queue = 0").contains("queue"));
         assert!(Board::parse("name = ").is_err());

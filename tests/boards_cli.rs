@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn sonomask(args: &[&str]) -> Output {
@@ -91,6 +92,23 @@ fn run_builds_the_stream_command_from_the_board() {
     assert!(
         cmd.find("--sink serial:/dev/ttyGS0@921600").unwrap() < cmd.find("--sink stdout").unwrap()
     );
+    // a text-prompted board profile passes its text and pipeline on
+    let rpi5 =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("boards/rpi5.toml"))
+            .unwrap();
+    let text_board =
+        std::env::temp_dir().join(format!("sonomask-textboard-{}.toml", std::process::id()));
+    std::fs::write(
+        &text_board,
+        rpi5.replace(
+            "mode = \"interactive\"",
+            "mode = \"salip\"\ntext = \"fetal head\"",
+        ),
+    )
+    .unwrap();
+    let o = sonomask(&["run", "--board", text_board.to_str().unwrap(), "--dry-run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--text fetal head --pipeline salip"));
     let bad = sonomask(&["run", "--board", "rpi9"]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);

@@ -74,6 +74,14 @@ pub fn run(argv: &[String]) -> Result<()> {
         "--reencode-every".into(),
         b.pipeline.reencode_every.to_string(),
     ];
+    if let Some(text) = &b.pipeline.text {
+        args.extend([
+            "--text".into(),
+            text.clone(),
+            "--pipeline".into(),
+            b.pipeline.mode.clone(),
+        ]);
+    }
     // A later flag wins in the stream parser: overrides go last.
     args.extend(rest);
     if dry {
