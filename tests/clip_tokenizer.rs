@@ -87,3 +87,43 @@ fn truncation_keeps_the_end_token() {
         "a breast tumor "
     );
 }
+
+/// Any text a user can type or a file can hold tokenizes without a panic into a valid row:
+/// start token, ids inside the vocabulary, end token, zero padding.
+#[test]
+fn random_text_never_panics_and_rows_are_well_formed() {
+    let Some(vocab) = vocab() else { return };
+    let tok = Tokenizer::from_gz_file(&vocab, 77).unwrap();
+    let mut rng = common::Rng(0x5eed);
+    let pieces = [
+        "&", "&#", "&amp", ";", "\u{1b}[", "<", "'s", "\r\n", "\u{85}", "\u{301}", " ", "ﬁ", "Ａ",
+    ];
+    for _ in 0..5000 {
+        let mut s = String::new();
+        for _ in 0..rng.below(40) {
+            if rng.below(3) == 0 {
+                s.push_str(pieces[rng.below(pieces.len())]);
+            } else {
+                // any scalar value, weighted toward ASCII and the BMP
+                let cp = match rng.below(4) {
+                    0 => rng.below(0x80) as u32,
+                    1 => rng.below(0x800) as u32,
+                    2 => rng.below(0x10000) as u32,
+                    _ => rng.below(0x110000) as u32,
+                };
+                s.extend(char::from_u32(cp));
+            }
+        }
+        let t = tok.tokenize(&s);
+        assert_eq!(t.ids.len(), 77);
+        assert!(t.len >= 2 && t.len <= 77, "{s:?}");
+        assert_eq!(t.ids[0], tok.sot as i64);
+        assert_eq!(t.ids[t.len - 1], tok.eot as i64);
+        assert!(
+            t.ids[1..t.len - 1]
+                .iter()
+                .all(|&i| (0..tok.vocab_size() as i64).contains(&i))
+        );
+        assert!(t.ids[t.len..].iter().all(|&i| i == 0));
+    }
+}
