@@ -173,3 +173,31 @@ fn run_streams_with_a_board_profile_and_overrides() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read model manifest"));
 }
+
+#[test]
+fn bench_table_times_every_model_in_every_precision() {
+    let tiny = common::models_tiny();
+    let img = tiny.join("input.png");
+    let o = sonomask(&[
+        "bench",
+        img.to_str().unwrap(),
+        "--table",
+        "--models",
+        tiny.to_str().unwrap(),
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for m in ["sam_encoder", "sam_decoder", "clip_image", "clip_text"] {
+        assert!(out.contains(&format!("| {m} |")), "{m} row missing: {out}");
+    }
+    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(j["ms"].as_array().unwrap().len(), 8);
+    for m in ["sam_encoder", "sam_decoder", "clip_image", "clip_text"] {
+        let p = j["faster_here"][m].as_str().unwrap();
+        assert!(p == "fp32" || p == "int8");
+    }
+}

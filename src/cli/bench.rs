@@ -14,9 +14,13 @@ use crate::timing::Timings;
 pub const USAGE: &str = "\
 sonomask bench IMAGE --box x0,y0,x1,y1 [--models DIR] [--precision fp32|int8|auto] [--threads N]
                [--runs N] [--warmup N]
+sonomask bench IMAGE --table [--models DIR] [--threads N] [--runs N] [--warmup N]
 
   Loads the models once, then times preprocessing, the encoder and the box-prompted decoder
-  over --runs runs (after --warmup runs). Prints one JSON object (milliseconds).";
+  over --runs runs (after --warmup runs). Prints one JSON object (milliseconds).
+  --table  on the board itself: every model (SAM encoder and decoder, CLIP image and text) in
+           every precision the manifest has, medians in one run, int8 against fp32, and the
+           faster precision per model for this CPU (a markdown table, then one JSON line).";
 
 fn stats(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
@@ -33,7 +37,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     let a = args::parse(
         argv,
         &["box", "models", "precision", "threads", "runs", "warmup"],
-        &["help"],
+        &["help", "table"],
     )?;
     if a.has("help") {
         println!("{USAGE}");
@@ -42,6 +46,9 @@ pub fn run(argv: &[String]) -> Result<()> {
     let [image] = a.positional.as_slice() else {
         bail!("bench needs one IMAGE\n\n{USAGE}")
     };
+    if a.has("table") {
+        return table(&a, Path::new(image));
+    }
     let Some(b) = a.get("box") else {
         bail!("bench needs --box\n\n{USAGE}")
     };
@@ -91,5 +98,188 @@ pub fn run(argv: &[String]) -> Result<()> {
         "decoder_ms": stats(dec),
     });
     println!("{j}");
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Every model in every precision the manifest has, timed on this CPU in one run.
+fn table(a: &args::Args, image: &Path) -> Result<()> {
+    use crate::model::clip::load_tokenizer;
+    use crate::model::{ClipImageEncoder, ClipTextEncoder, Manifest, Precision, Role, SamDecoder};
+    use crate::preprocess::{Normalize, clip_input_into, sam_input_into};
+
+    let runs: usize = a.parse_or("runs", 3)?;
+    let warmup: usize = a.parse_or("warmup", 1)?;
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let threads: usize = a.parse_or("threads", 1)?;
+    super::common::set_threads(threads)?;
+    let models = super::common::models_dir(a);
+    let m = Manifest::load(&models)?;
+    let frame = image_io::load_rgb(image)?;
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let mut v = Vec::with_capacity(runs);
+        for i in 0..warmup + runs {
+            let t = Instant::now();
+            f()?;
+            if i >= warmup {
+                v.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(median(v))
+    };
+    let s = &m.sam;
+    let n = s.image_size as usize;
+    let mut sam_in = vec![0f32; 3 * n * n];
+    let g = sam_input_into(
+        &frame,
+        s.image_size,
+        &Normalize {
+            mean: s.pixel_mean,
+            std: s.pixel_std,
+        },
+        &mut sam_in,
+    );
+    let mut rows: Vec<(Role, Precision, f64)> = Vec::new();
+    let has = |role: Role, p: Precision| m.entry(role, p).is_ok();
+    for p in [Precision::Fp32, Precision::Int8] {
+        if has(Role::SamEncoder, p) {
+            let mut enc = crate::model::SamEncoder::load(&m, p)?;
+            rows.push((
+                Role::SamEncoder,
+                p,
+                time(&mut || enc.run(&sam_in).map(|_| ()))?,
+            ));
+        }
+        if has(Role::SamDecoder, p) {
+            // the decoder on the fp32 encoder's embedding, a box around the frame's centre
+            let emb = crate::model::SamEncoder::load(&m, Precision::Fp32)?.run(&sam_in)?;
+            let mut dec = SamDecoder::load(&m, p)?;
+            let (w, h) = (frame.width as f32, frame.height as f32);
+            let prompt = Prompt {
+                bbox: Some(BoxPrompt {
+                    x0: 0.3 * w,
+                    y0: 0.3 * h,
+                    x1: 0.6 * w,
+                    y1: 0.6 * h,
+                }),
+                points: vec![],
+            };
+            let (mut c, mut lb) = (Vec::new(), Vec::new());
+            prompt.encode(&g, &mut c, &mut lb);
+            rows.push((
+                Role::SamDecoder,
+                p,
+                time(&mut || dec.run(&emb, &c, &lb).map(|_| ()))?,
+            ));
+        }
+        if let Some(c) = &m.clip {
+            if has(Role::ClipImage, p) {
+                let k = c.image_size as usize;
+                let mut input = vec![0f32; 3 * k * k];
+                clip_input_into(
+                    &frame,
+                    c.image_size,
+                    &Normalize {
+                        mean: c.pixel_mean,
+                        std: c.pixel_std,
+                    },
+                    &mut input,
+                );
+                let mut enc = ClipImageEncoder::load(&m, p, 1)?;
+                let (mut po, mut pa) =
+                    (vec![0.0; enc.dim], vec![0.0; enc.grid * enc.grid * enc.dim]);
+                rows.push((
+                    Role::ClipImage,
+                    p,
+                    time(&mut || enc.run_into(&input, &mut po, &mut pa))?,
+                ));
+            }
+            if has(Role::ClipText, p) {
+                let ids = match load_tokenizer(&m) {
+                    Ok(t) => {
+                        t.tokenize("A medical breast ultrasound showing a hypoechoic tumor.")
+                            .ids
+                    }
+                    // the vocabulary only changes the ids, not the cost: a fixed row times the model
+                    Err(_) => {
+                        let mut v = vec![0i64; c.context_length as usize];
+                        v[0] = 49406;
+                        v[1] = 49407;
+                        v
+                    }
+                };
+                let mut enc = ClipTextEncoder::load(&m, p)?;
+                rows.push((Role::ClipText, p, time(&mut || enc.run(&ids).map(|_| ()))?));
+            }
+        }
+    }
+    let cpu = crate::cpu::CpuFeatures::detect();
+    println!(
+        "CPU: {} ({}), {} thread(s), tract 0.23.9{}; {} run(s) after {} warm-up, medians; weights {}\n",
+        crate::cpu::board_model().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        std::env::consts::ARCH,
+        threads,
+        if cfg!(feature = "multithread-mm") {
+            " multithread-mm"
+        } else {
+            ""
+        },
+        runs,
+        warmup,
+        if m.sam.synthetic {
+            "SYNTHETIC (speed does not depend on them)"
+        } else {
+            "from checkpoints"
+        }
+    );
+    println!("| model | fp32 ms | int8 ms | int8 / fp32 | faster here |\n|---|---|---|---|---|");
+    let mut best = serde_json::Map::new();
+    for role in [
+        Role::SamEncoder,
+        Role::SamDecoder,
+        Role::ClipImage,
+        Role::ClipText,
+    ] {
+        let get = |p| rows.iter().find(|r| r.0 == role && r.1 == p).map(|r| r.2);
+        let (f, i) = (get(Precision::Fp32), get(Precision::Int8));
+        if f.is_none() && i.is_none() {
+            continue;
+        }
+        let pick = match (f, i) {
+            (Some(f), Some(i)) if i < f => Precision::Int8,
+            (None, Some(_)) => Precision::Int8,
+            _ => Precision::Fp32,
+        };
+        best.insert(role.as_str().into(), pick.as_str().into());
+        let fmt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or("-".into());
+        let ratio = match (f, i) {
+            (Some(f), Some(i)) => format!("{:.2}x", i / f),
+            _ => "-".into(),
+        };
+        println!(
+            "| {} | {} | {} | {ratio} | {} |",
+            role.as_str(),
+            fmt(f),
+            fmt(i),
+            pick.as_str()
+        );
+    }
+    println!(
+        "\n{}",
+        serde_json::json!({
+            "arch": std::env::consts::ARCH,
+            "dotprod": cpu.fast_int8(),
+            "auto_precision": super::common::auto_precision().as_str(),
+            "threads": threads,
+            "ms": rows.iter().map(|(r, p, ms)| serde_json::json!({"model": r.as_str(), "precision": p.as_str(), "ms": ms})).collect::<Vec<_>>(),
+            "faster_here": best,
+        })
+    );
     Ok(())
 }
