@@ -71,6 +71,8 @@ pub struct Cine {
     sums: Vec<(u32, u32)>,
     reused: u32,
     prev: Option<(Mask, Vec<f32>)>,
+    /// A decision taken ahead by [`Cine::will_encode`] for the next [`Cine::step`].
+    pending: Option<(bool, f32)>,
 }
 
 impl Cine {
@@ -83,7 +85,30 @@ impl Cine {
             sums: Vec::with_capacity(THUMB * THUMB),
             reused: 0,
             prev: None,
+            pending: None,
         }
+    }
+
+    /// Whether the next [`Cine::step`] on `frame` will run the encoder (the decision is kept
+    /// for that step). Text pipelines use it to recompute their CLIP saliency and box only for
+    /// frames that get a new embedding, and reuse the box otherwise.
+    pub fn will_encode(&mut self, frame: &RgbFrame, t: &mut Timings) -> bool {
+        let d = self.decide(frame, t);
+        self.pending = Some(d);
+        d.0
+    }
+
+    /// (encode, change) for `frame` against the last encoded frame.
+    fn decide(&mut self, frame: &RgbFrame, t: &mut Timings) -> (bool, f32) {
+        let change = t.stage("change", || self.change(frame));
+        let same_size = self
+            .encoded
+            .as_ref()
+            .is_some_and(|e| (e.1, e.2) == (frame.width, frame.height));
+        let change = if same_size { change } else { 1.0 };
+        let encode =
+            !same_size || change > self.opts.threshold || self.reused >= self.opts.max_reuse;
+        (encode, change)
     }
 
     /// Forgets the previous mask (a new prompt must not be blended with the old one's masks).
@@ -112,14 +137,10 @@ impl Cine {
         prompt: &Prompt,
         t: &mut Timings,
     ) -> Result<CineStep> {
-        let change = t.stage("change", || self.change(frame));
-        let same_size = self
-            .encoded
-            .as_ref()
-            .is_some_and(|e| (e.1, e.2) == (frame.width, frame.height));
-        let change = if same_size { change } else { 1.0 };
-        let encode =
-            !same_size || change > self.opts.threshold || self.reused >= self.opts.max_reuse;
+        let (encode, change) = match self.pending.take() {
+            Some(d) => d,
+            None => self.decide(frame, t),
+        };
         if encode {
             let e = session.encode(frame, t)?;
             self.encoded = Some((e, frame.width, frame.height));

@@ -82,6 +82,25 @@ impl TextPipeline {
         t.stage("clip_text", || self.text.embed_ensemble(texts))
     }
 
+    /// Saliency of the text over the frame and the SAM prompts the rule derives from it.
+    pub fn auto_prompts(
+        &mut self,
+        frame: &RgbFrame,
+        text: &[f32],
+        method: Method,
+        rule: &Rule,
+        t: &mut Timings,
+    ) -> Result<(SaliencyMap, AutoPrompt)> {
+        let saliency = self.saliency.compute(frame, text, method, t)?;
+        let auto = t.stage("prompts", || {
+            prompts_from(&saliency, rule, &mut self.mask_buf, &mut self.labels)
+        });
+        if let Some(why) = &auto.fallback {
+            log::warn!("saliency gave no prompt: {why}");
+        }
+        Ok((saliency, auto))
+    }
+
     /// One frame, one (normalised) text embedding -> mask.
     pub fn segment(
         &mut self,
@@ -91,13 +110,7 @@ impl TextPipeline {
         rule: &Rule,
         t: &mut Timings,
     ) -> Result<TextSegmentation> {
-        let saliency = self.saliency.compute(frame, text, method, t)?;
-        let auto = t.stage("prompts", || {
-            prompts_from(&saliency, rule, &mut self.mask_buf, &mut self.labels)
-        });
-        if let Some(why) = &auto.fallback {
-            log::warn!("saliency gave no prompt: {why}");
-        }
+        let (saliency, auto) = self.auto_prompts(frame, text, method, rule, t)?;
         let encoded = self.sam.encode(frame, t)?;
         let mut mask = Mask::empty(frame.width, frame.height);
         let mut segments = Vec::with_capacity(auto.prompts.len());

@@ -89,6 +89,27 @@ fn encoder_reruns_only_on_change_and_reuse_matches_a_fresh_decode() {
     assert_eq!(masks[2], direct);
 }
 
+/// `will_encode` answers ahead what the next `step` does (text pipelines recompute their
+/// saliency box only then), on the same frame sequence.
+#[test]
+fn will_encode_predicts_the_next_step() {
+    let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();
+    let b = shifted(&a, 40);
+    let mut s = session();
+    let mut cine = Cine::new(CineOptions::default());
+    let mut said = Vec::new();
+    let mut ran = Vec::new();
+    for f in [&a, &a, &b, &b, &a] {
+        let mut t = Timings::default();
+        said.push(cine.will_encode(f, &mut t));
+        ran.push(cine.step(&mut s, f, &prompt(), &mut t).unwrap().encoder_ran);
+        // the change was measured once per frame, not again by step
+        assert_eq!(t.stages.iter().filter(|(n, _)| *n == "change").count(), 1);
+    }
+    assert_eq!(said, ran);
+    assert_eq!(ran, vec![true, false, true, false, true]);
+}
+
 #[test]
 fn reencode_every_n_and_no_reuse() {
     let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();

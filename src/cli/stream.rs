@@ -37,9 +37,9 @@ sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0
   --box/--point the prompt until the host sends one; without either, frames wait for a host
                 prompt (needs a two-way link)
   --text T      a text prompt instead (MedCLIP-SAM, or SaLIP with --pipeline salip); host Prompts
-                may also carry text. Text pipelines run the whole chain on every frame (no
-                embedding reuse). Available when the models include CLIP; --no-text skips
-                loading CLIP (box/point prompts only, less memory)
+                may also carry text. MedCLIP-SAM runs in cine mode: CLIP saliency and its box are
+                recomputed only with a new embedding; SaLIP runs whole on every frame. Available
+                when the models include CLIP; --no-text skips loading CLIP (less memory)
   --masks       the source holds masks (nonzero = foreground): send them as they are, no models
   --fps F       pace the source at F frames per second (default: as fast as it runs)
   --loop        repeat the source until --count frames
@@ -222,6 +222,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         }
     });
     let mut last_prompt_id: Option<u16> = None;
+    let mut text_box: TextBox = None;
     'frames: loop {
         loop {
             if count.is_some_and(|c| frame_id as u64 >= c) {
@@ -290,7 +291,7 @@ pub fn run(argv: &[String]) -> Result<()> {
                     cine.reset_smoothing();
                     last_prompt_id = Some(prompt_id);
                 }
-                match run_prompt(session, &mut cine, &frame, &prompt, &mut t) {
+                match run_prompt(session, &mut cine, &mut text_box, &frame, &prompt, &mut t) {
                     Ok((mask, score)) => {
                         let mut pixels = link.buffer(mask.data.len());
                         pixels.copy_from_slice(&mask.data);
@@ -429,12 +430,17 @@ impl Engine {
     }
 }
 
+/// The box MedCLIP-SAM derived for a text, kept while cine mode reuses the embedding.
+type TextBox = Option<(String, Prompt)>;
+
 /// One frame through the prompt's pipeline -> (mask, score): SAM's predicted IoU for box/point
-/// prompts (cine mode), the first box's predicted IoU for MedCLIP-SAM, the retrieved crop's
-/// CLIP score for SaLIP.
+/// prompts (cine mode), the box's predicted IoU for MedCLIP-SAM, the retrieved crop's CLIP score
+/// for SaLIP. MedCLIP-SAM runs in cine mode too: CLIP saliency and the box are recomputed only
+/// for frames that get a new embedding; unchanged frames reuse both (decoder only).
 fn run_prompt(
     engine: &mut Engine,
     cine: &mut Cine,
+    text_box: &mut TextBox,
     frame: &crate::image_io::RgbFrame,
     prompt: &FramePrompt,
     t: &mut Timings,
@@ -453,12 +459,18 @@ fn run_prompt(
             if *pipeline == Pipeline::Salip {
                 let r = crate::salip::segment(tp, frame, &emb, &SalipOptions::default(), t)?;
                 let score = r.chosen.first().map_or(f32::NAN, |&i| r.scores[i]);
-                Ok((r.mask, score))
-            } else {
-                let r = tp.segment(frame, &emb, Method::Similarity, &Rule::V2, t)?;
-                let score = r.segments.first().map_or(f32::NAN, |s| s.iou);
-                Ok((r.mask, score))
+                return Ok((r.mask, score));
             }
+            let fresh = cine.will_encode(frame, t);
+            if fresh || text_box.as_ref().is_none_or(|(s, _)| s != text) {
+                // the default rule (v2) gives one union box
+                let (_, auto) = tp.auto_prompts(frame, &emb, Method::Similarity, &Rule::V2, t)?;
+                let p = auto.prompts.into_iter().next().unwrap_or_default();
+                *text_box = Some((text.clone(), p));
+            }
+            let p = &text_box.as_ref().expect("set above").1;
+            let step = cine.step(&mut tp.sam, frame, p, t)?;
+            Ok((step.segmentation.mask, step.segmentation.iou))
         }
         (Engine::Sam(_), FramePrompt::Text { .. }) => {
             bail!("text prompts need the CLIP models (not loaded)")
