@@ -59,6 +59,18 @@ impl Parsed {
         self.plan_typed(&typed)
     }
 
+    /// [`Parsed::plan`] with tract knobs (kernel-selection settings, `benches/knobs.rs`) set
+    /// for this model's optimisation only.
+    pub fn plan_with_knobs(&self, shapes: &[Vec<usize>], knobs: &[(&str, &str)]) -> Result<Plan> {
+        if knobs.is_empty() {
+            return self.plan(shapes);
+        }
+        let scope = tract_core::knobs::KnobScope::new(knobs.iter().copied())
+            .map_err(flat)
+            .context("internal: bad tract knob")?;
+        scope.enter(|| self.plan(shapes))
+    }
+
     /// [`Parsed::plan`] with an element type per input (token ids are i64).
     pub fn plan_typed(&self, inputs: &[(DatumType, Vec<usize>)]) -> Result<Plan> {
         let shapes: Vec<&Vec<usize>> = inputs.iter().map(|(_, s)| s).collect();
