@@ -3,7 +3,8 @@
 //! that make tract's int8 slow on a core without a dot-product instruction.
 //!
 //! Run (after quantize/build_models.sh): `cargo bench --bench op_profile` (prints markdown).
-//! SONOMASK_BENCH_MODELS=DIR picks the models (default models/).
+//! SONOMASK_BENCH_MODELS=DIR picks the models (default models/). FP32_ONLY=1 profiles the fp32
+//! encoder alone (int8 takes over a minute per pass on x86), its share per operator.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,21 @@ fn main() {
     };
     let mut input = vec![0f32; 3 * (s.image_size * s.image_size) as usize];
     sam_input_into(&frame, s.image_size, &norm, &mut input);
+    if std::env::var("FP32_ONLY").as_deref() == Ok("1") {
+        let mut enc = SamEncoder::load(&manifest, Precision::Fp32).unwrap();
+        enc.run(&input).unwrap();
+        let prof = enc.run_profiled(&input).unwrap();
+        let total: f64 = prof.iter().map(|x| x.1).sum();
+        println!(
+            "fp32 encoder total {total:.0} ms (synthetic weights {})\n",
+            s.synthetic
+        );
+        println!("| op | ms | nodes | share |\n|---|---|---|---|");
+        for (k, ms, n) in prof.iter().take(16) {
+            println!("| {k} | {ms:.1} | {n} | {:.1}% |", 100.0 * ms / total);
+        }
+        return;
+    }
     let mut profiles: Vec<(Precision, ByOp, f64)> = Vec::new();
     for p in [Precision::Fp32, Precision::Int8] {
         let mut enc = SamEncoder::load(&manifest, p).unwrap();
