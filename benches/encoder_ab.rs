@@ -1,0 +1,97 @@
+//! Two MobileSAM encoder files in tract, planned in one process and run interleaved round after
+//! round (the shared machine's slow spells hit both alike): the check for an export-time rewrite
+//! (quantize/graph_rewrites.py) that must keep the function and should save time.
+//!
+//! Run: `A=models/sam_encoder.fp32.onnx B=/tmp/rewritten.onnx ROUNDS=9 cargo bench --bench encoder_ab`
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sonomask::image_io::load_rgb;
+use sonomask::model::Manifest;
+use sonomask::model::onnx::{self, f32s};
+use sonomask::model::sam::encoder_contract;
+use sonomask::preprocess::{Normalize, sam_input_into};
+use tract_onnx::prelude::*;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let m = Manifest::load(&root.join("models")).expect("models/ (quantize/build_models.sh)");
+    let s = &m.sam;
+    let files: Vec<PathBuf> = ["A", "B"]
+        .iter()
+        .map(|k| PathBuf::from(std::env::var(k).expect("A=... B=... encoder files")))
+        .collect();
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let frame =
+        load_rgb(&root.join("../shared/data/busi/images/benign (1).png")).expect("../shared");
+    let n = s.image_size as usize;
+    let mut input = vec![0f32; 3 * n * n];
+    sam_input_into(
+        &frame,
+        s.image_size,
+        &Normalize {
+            mean: s.pixel_mean,
+            std: s.pixel_std,
+        },
+        &mut input,
+    );
+    let x = Tensor::from_shape(&[1, 3, n, n], &input)
+        .unwrap()
+        .into_tvalue();
+    let mut states = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let parsed = onnx::parse(f, &bytes, encoder_contract(s)).unwrap();
+        // the same knobs the runtime plans the encoder with
+        let knobs: &[(&str, &str)] = if cfg!(target_arch = "x86_64") {
+            &[("TRACT_DISABLE_DIRECT_SPATIAL", "1")]
+        } else {
+            &[]
+        };
+        states.push(
+            onnx::spawn(&parsed.plan_with_knobs(&[vec![1, 3, n, n]], knobs).unwrap()).unwrap(),
+        );
+    }
+    let outs: Vec<Vec<f32>> = states
+        .iter_mut()
+        .zip(&files)
+        .map(|(st, f)| {
+            f32s(&onnx::run(st, tvec!(x.clone()), f).unwrap()[0])
+                .unwrap()
+                .to_vec()
+        })
+        .collect();
+    let diff = outs[0]
+        .iter()
+        .zip(&outs[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let mut times = vec![Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, st) in states.iter_mut().enumerate() {
+            let t = Instant::now();
+            onnx::run(st, tvec!(x.clone()), &files[i]).unwrap();
+            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (a, b) = (median(times[0].clone()), median(times[1].clone()));
+    println!("| file | median ms ({rounds} interleaved rounds) |\n|---|---|");
+    println!(
+        "| A {} | {a:.1} |\n| B {} | {b:.1} |",
+        files[0].display(),
+        files[1].display()
+    );
+    println!(
+        "\nB is {:.3}x the speed of A; max |B - A| on the embedding {diff:.2e}",
+        a / b
+    );
+}
