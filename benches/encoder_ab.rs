@@ -75,7 +75,7 @@ fn main() {
         .zip(&outs[1])
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    let mut times = vec![Vec::new(), Vec::new()];
+    let mut times = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for (i, st) in states.iter_mut().enumerate() {
             let t = Instant::now();
