@@ -25,10 +25,7 @@ fn sonomask(args: &[&str]) -> Output {
 }
 
 fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sonomask-salip-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir(&format!("salip-{tag}"))
 }
 
 fn salip_cli(img: &Path, dir: &Path, extra: &[&str]) -> serde_json::Value {

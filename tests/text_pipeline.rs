@@ -25,10 +25,7 @@ fn sonomask(args: &[&str]) -> Output {
 }
 
 fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sonomask-text-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir(&format!("text-{tag}"))
 }
 
 fn fails_with(out: &Output, needle: &str) {

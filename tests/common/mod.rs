@@ -165,3 +165,11 @@ pub fn sonomask_cmd(log: &str) -> std::process::Command {
     }
     c
 }
+
+/// A fresh, empty temp dir `sonomask-<tag>-<pid>` (removed first if a previous run left it).
+pub fn tmp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sonomask-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
