@@ -57,7 +57,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let threads: usize = a.parse_or("threads", 1)?;
+    let threads: usize = a.parse_or("threads", super::common::default_threads())?;
     let opts = ModelOptions::from_args(&a)?;
     let frame = image_io::load_rgb(Path::new(image))?;
     let prompt = Prompt {
@@ -117,7 +117,7 @@ fn table(a: &args::Args, image: &Path) -> Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let threads: usize = a.parse_or("threads", 1)?;
+    let threads: usize = a.parse_or("threads", super::common::default_threads())?;
     super::common::set_threads(threads)?;
     let models = super::common::models_dir(a);
     let m = Manifest::load(&models)?;

@@ -37,7 +37,7 @@ impl ModelOptions {
             .get("decoder-precision")
             .map(Precision::parse)
             .transpose()?;
-        let threads: usize = a.parse_or("threads", 1)?;
+        let threads: usize = a.parse_or("threads", default_threads())?;
         set_threads(threads)?;
         Ok(ModelOptions {
             models,
@@ -61,6 +61,16 @@ pub fn models_dir(a: &Args) -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("SONOMASK_MODELS").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("models"))
+}
+
+/// Threads when `--threads` is not given: every core up to 4 with the `multithread-mm` feature
+/// (the default build), else 1. Board profiles set their own.
+pub fn default_threads() -> usize {
+    if cfg!(feature = "multithread-mm") {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+    } else {
+        1
+    }
 }
 
 /// tract's matmul thread pool (only with the `multithread-mm` feature).
