@@ -156,7 +156,7 @@ def models_fixture(shared: pathlib.Path) -> None:
     sam = tomllib.loads((TINY_DIR / "manifest.toml").read_text())["sam"]
     manifest.write(TINY_DIR, sam["config"], sam["source"], sam["synthetic"], sam["seed"])
     (TINY_DIR / export_clip.VOCAB).unlink()  # shared data: never committed
-    (TINY_DIR / "clip_meta.json").unlink()
+    # clip_meta.json stays: make_fixtures.py rewrites the manifest from it
     for p in (TINY_DIR / "reports").glob("*"):
         p.unlink()
     if (TINY_DIR / "reports").exists():
