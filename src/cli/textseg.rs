@@ -223,7 +223,15 @@ pub fn text_embedding(
             bail!("empty text prompt: give a description such as --text \"breast tumor\"");
         }
     }
-    let label = texts.join(" | ");
+    // a short label for logs and JSON: the text, or the size and start of an ensemble
+    let label = match texts.as_slice() {
+        [one] => one.clone(),
+        [first, ..] => {
+            let head: String = first.chars().take(60).collect();
+            format!("ensemble of {} descriptions: {head}...", texts.len())
+        }
+        [] => String::new(),
+    };
     Ok((p.embed_text(&texts, t)?, label))
 }
 
