@@ -10,7 +10,7 @@ use std::time::Instant;
 use sonomask::image_io::load_rgb;
 use sonomask::model::Manifest;
 use sonomask::model::onnx::{self, f32s};
-use sonomask::model::sam::encoder_contract;
+use sonomask::model::sam::{ENCODER_KNOBS, encoder_contract};
 use sonomask::preprocess::{Normalize, sam_input_into};
 use tract_onnx::prelude::*;
 
@@ -51,14 +51,13 @@ fn main() {
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         let parsed = onnx::parse(f, &bytes, encoder_contract(s)).unwrap();
-        // the same knobs the runtime plans the encoder with
-        let knobs: &[(&str, &str)] = if cfg!(target_arch = "x86_64") {
-            &[("TRACT_DISABLE_DIRECT_SPATIAL", "1")]
-        } else {
-            &[]
-        };
         states.push(
-            onnx::spawn(&parsed.plan_with_knobs(&[vec![1, 3, n, n]], knobs).unwrap()).unwrap(),
+            onnx::spawn(
+                &parsed
+                    .plan_with_knobs(&[vec![1, 3, n, n]], ENCODER_KNOBS)
+                    .unwrap(),
+            )
+            .unwrap(),
         );
     }
     let outs: Vec<Vec<f32>> = states

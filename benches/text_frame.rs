@@ -218,14 +218,8 @@ fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io:
     let f = &images[0];
     let crops: Vec<_> = (0..16)
         .map(|i| {
-            let (w, h) = (f.width / 2, f.height / 2);
             let (x0, y0) = ((i % 4) * f.width / 8, (i / 4) * f.height / 8);
-            let mut px = Vec::with_capacity((w * h * 3) as usize);
-            for y in y0..y0 + h {
-                let s = ((y * f.width + x0) * 3) as usize;
-                px.extend_from_slice(&f.pixels[s..s + (w * 3) as usize]);
-            }
-            sonomask::image_io::RgbFrame::new(w, h, px).unwrap()
+            f.crop(x0, y0, f.width / 2, f.height / 2)
         })
         .collect();
     p.saliency

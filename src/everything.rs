@@ -224,12 +224,7 @@ pub fn generate_layers(
     let mut crop_area: Vec<f64> = vec![(w as f64) * (h as f64); all.len()];
     for &(cb, _) in &boxes[1..] {
         let (cw, ch) = (cb.2 - cb.0, cb.3 - cb.1);
-        let mut px = Vec::with_capacity((cw * ch * 3) as usize);
-        for y in cb.1..cb.3 {
-            let s = ((y * w + cb.0) * 3) as usize;
-            px.extend_from_slice(&frame.pixels[s..s + (cw * 3) as usize]);
-        }
-        let crop = crate::image_io::RgbFrame::new(cw, ch, px)?;
+        let crop = frame.crop(cb.0, cb.1, cw, ch);
         let enc = sam.encode(&crop, t)?;
         let (cands, f) = generate(sam, &enc, o, t)?;
         funnel.prompts += f.prompts;

@@ -42,6 +42,24 @@ impl RgbFrame {
         )
     }
 
+    /// The `w x h` region at (x0, y0), copied row by row. The region must lie in the frame.
+    pub fn crop(&self, x0: u32, y0: u32, w: u32, h: u32) -> RgbFrame {
+        assert!(
+            x0 + w <= self.width && y0 + h <= self.height && w > 0 && h > 0,
+            "crop inside the frame"
+        );
+        let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+        for y in y0..y0 + h {
+            let s = ((y * self.width + x0) * 3) as usize;
+            pixels.extend_from_slice(&self.pixels[s..s + (w * 3) as usize]);
+        }
+        RgbFrame {
+            width: w,
+            height: h,
+            pixels,
+        }
+    }
+
     pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
         let i = (y as usize * self.width as usize + x as usize) * 3;
         [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]

@@ -50,27 +50,35 @@ pub fn render(frame: &RgbFrame, mask: &Mask, bbox: Option<&BoxPrompt>) -> RgbFra
             }
         }
     }
-    if let Some(b) = bbox {
-        let clampx = |v: f32| (v.round().max(0.0) as usize).min(w - 1);
-        let clampy = |v: f32| (v.round().max(0.0) as usize).min(h - 1);
-        let (x0, x1, y0, y1) = (clampx(b.x0), clampx(b.x1), clampy(b.y0), clampy(b.y1));
-        let mut put =
-            |x: usize, y: usize| out[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&BOX);
-        for d in 0..t as usize {
-            for x in x0..=x1 {
-                put(x, (y0 + d).min(h - 1));
-                put(x, y1.saturating_sub(d));
-            }
-            for y in y0..=y1 {
-                put((x0 + d).min(w - 1), y);
-                put(x1.saturating_sub(d), y);
-            }
-        }
-    }
-    RgbFrame {
+    let mut out = RgbFrame {
         width: frame.width,
         height: frame.height,
         pixels: out,
+    };
+    if let Some(b) = bbox {
+        draw_box(&mut out, b);
+    }
+    out
+}
+
+/// The prompt box outlined in its colour, as thick as the mask outline.
+fn draw_box(f: &mut RgbFrame, b: &BoxPrompt) {
+    let (w, h) = (f.width as usize, f.height as usize);
+    let t = thickness(f.width, f.height) as usize;
+    let clampx = |v: f32| (v.round().max(0.0) as usize).min(w - 1);
+    let clampy = |v: f32| (v.round().max(0.0) as usize).min(h - 1);
+    let (x0, x1, y0, y1) = (clampx(b.x0), clampx(b.x1), clampy(b.y0), clampy(b.y1));
+    let mut put =
+        |x: usize, y: usize| f.pixels[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&BOX);
+    for d in 0..t {
+        for x in x0..=x1 {
+            put(x, (y0 + d).min(h - 1));
+            put(x, y1.saturating_sub(d));
+        }
+        for y in y0..=y1 {
+            put((x0 + d).min(w - 1), y);
+            put(x1.saturating_sub(d), y);
+        }
     }
 }
 
@@ -92,9 +100,8 @@ pub fn heatmap(frame: &RgbFrame, values: &[f32], boxes: &[BoxPrompt]) -> RgbFram
             p[c] = ((p[c] as u16 + h[c] as u16) / 2) as u8;
         }
     }
-    let empty = Mask::empty(frame.width, frame.height);
     for b in boxes {
-        out = render(&out, &empty, Some(b));
+        draw_box(&mut out, b);
     }
     out
 }

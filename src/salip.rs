@@ -11,6 +11,7 @@ use crate::everything::{Candidate, EverythingOptions, Funnel, generate_layers};
 use crate::image_io::RgbFrame;
 use crate::mask::Mask;
 use crate::prompt::{BoxPrompt, Prompt};
+use crate::saliency::kernels;
 use crate::segment::Segmentation;
 use crate::textseg::TextPipeline;
 use crate::timing::Timings;
@@ -99,24 +100,18 @@ pub fn retrieve(scores: &[f32], k: usize, floor: Option<f32>) -> Vec<usize> {
 /// The crop CLIP sees for a candidate.
 pub fn crop(frame: &RgbFrame, c: &Candidate, mode: CropMode) -> RgbFrame {
     let (x0, y0, x1, y1) = c.bbox;
-    let (cw, ch) = ((x1 - x0 + 1) as usize, (y1 - y0 + 1) as usize);
-    let fw = frame.width as usize;
-    let mut px = vec![0u8; cw * ch * 3];
-    for y in 0..ch {
-        for x in 0..cw {
-            let (sx, sy) = (x0 as usize + x, y0 as usize + y);
-            let inside = mode == CropMode::Box || c.mask.data[sy * fw + sx] != 0;
-            if inside {
-                let s = (sy * fw + sx) * 3;
-                px[(y * cw + x) * 3..(y * cw + x) * 3 + 3].copy_from_slice(&frame.pixels[s..s + 3]);
+    let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
+    let mut out = frame.crop(x0, y0, cw, ch);
+    if mode == CropMode::Masked {
+        let fw = frame.width as usize;
+        for (i, px) in out.pixels.chunks_exact_mut(3).enumerate() {
+            let (x, y) = (x0 as usize + i % cw as usize, y0 as usize + i / cw as usize);
+            if c.mask.data[y * fw + x] == 0 {
+                px.fill(0);
             }
         }
     }
-    RgbFrame {
-        width: cw as u32,
-        height: ch as u32,
-        pixels: px,
-    }
+    out
 }
 
 /// SaLIP on one frame with an L2-normalised text embedding.
@@ -147,11 +142,9 @@ pub fn segment(
         candidates.iter().map(|c| crop(frame, c, o.crop)).collect()
     });
     let embs = p.saliency.embed_frames(&crops, t)?;
-    let d = text.len();
-    let scores: Vec<f32> = t.stage("salip_scores", || {
-        embs.chunks_exact(d)
-            .map(|e| e.iter().zip(text).map(|(a, b)| a * b).sum())
-            .collect()
+    let mut scores = vec![0f32; candidates.len()];
+    t.stage("salip_scores", || {
+        kernels::dot_rows(p.saliency.kernel, &embs, text, &mut scores)
     });
     let chosen = retrieve(&scores, o.top_k.max(1), o.score_floor);
     if chosen.is_empty() {

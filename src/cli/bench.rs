@@ -145,8 +145,53 @@ fn table(a: &args::Args, image: &Path) -> Result<()> {
         },
         &mut sam_in,
     );
-    let mut rows: Vec<(Role, Precision, f64)> = Vec::new();
     let has = |role: Role, p: Precision| m.entry(role, p).is_ok();
+    // Inputs prepared once for both precisions: the decoder runs on the fp32 encoder's
+    // embedding with a box around the frame's centre; CLIP gets the frame and one prompt.
+    let emb = if has(Role::SamDecoder, Precision::Fp32) || has(Role::SamDecoder, Precision::Int8) {
+        Some(crate::model::SamEncoder::load(&m, Precision::Fp32)?.run(&sam_in)?)
+    } else {
+        None
+    };
+    let (w, h) = (frame.width as f32, frame.height as f32);
+    let prompt = Prompt {
+        bbox: Some(BoxPrompt {
+            x0: 0.3 * w,
+            y0: 0.3 * h,
+            x1: 0.6 * w,
+            y1: 0.6 * h,
+        }),
+        points: vec![],
+    };
+    let (mut coords, mut labels) = (Vec::new(), Vec::new());
+    prompt.encode(&g, &mut coords, &mut labels);
+    let clip_in: Option<(Vec<f32>, Vec<i64>)> = match &m.clip {
+        None => None,
+        Some(c) => {
+            let k = c.image_size as usize;
+            let mut input = vec![0f32; 3 * k * k];
+            let norm = Normalize {
+                mean: c.pixel_mean,
+                std: c.pixel_std,
+            };
+            clip_input_into(&frame, c.image_size, &norm, &mut input);
+            let ids = match load_tokenizer(&m) {
+                Ok(t) => {
+                    t.tokenize("A medical breast ultrasound showing a hypoechoic tumor.")
+                        .ids
+                }
+                // the vocabulary only changes the ids, not the cost: a fixed row times the model
+                Err(_) => {
+                    let mut v = vec![0i64; c.context_length as usize];
+                    v[0] = 49406;
+                    v[1] = 49407;
+                    v
+                }
+            };
+            Some((input, ids))
+        }
+    };
+    let mut rows: Vec<(Role, Precision, f64)> = Vec::new();
     for p in [Precision::Fp32, Precision::Int8] {
         if has(Role::SamEncoder, p) {
             let mut enc = crate::model::SamEncoder::load(&m, p)?;
@@ -156,66 +201,28 @@ fn table(a: &args::Args, image: &Path) -> Result<()> {
                 time(&mut || enc.run(&sam_in).map(|_| ()))?,
             ));
         }
-        if has(Role::SamDecoder, p) {
-            // the decoder on the fp32 encoder's embedding, a box around the frame's centre
-            let emb = crate::model::SamEncoder::load(&m, Precision::Fp32)?.run(&sam_in)?;
+        if let Some(emb) = emb.as_ref().filter(|_| has(Role::SamDecoder, p)) {
             let mut dec = SamDecoder::load(&m, p)?;
-            let (w, h) = (frame.width as f32, frame.height as f32);
-            let prompt = Prompt {
-                bbox: Some(BoxPrompt {
-                    x0: 0.3 * w,
-                    y0: 0.3 * h,
-                    x1: 0.6 * w,
-                    y1: 0.6 * h,
-                }),
-                points: vec![],
-            };
-            let (mut c, mut lb) = (Vec::new(), Vec::new());
-            prompt.encode(&g, &mut c, &mut lb);
             rows.push((
                 Role::SamDecoder,
                 p,
-                time(&mut || dec.run(&emb, &c, &lb).map(|_| ()))?,
+                time(&mut || dec.run(emb, &coords, &labels).map(|_| ()))?,
             ));
         }
-        if let Some(c) = &m.clip {
+        if let Some((input, ids)) = &clip_in {
             if has(Role::ClipImage, p) {
-                let k = c.image_size as usize;
-                let mut input = vec![0f32; 3 * k * k];
-                clip_input_into(
-                    &frame,
-                    c.image_size,
-                    &Normalize {
-                        mean: c.pixel_mean,
-                        std: c.pixel_std,
-                    },
-                    &mut input,
-                );
                 let mut enc = ClipImageEncoder::load(&m, p, 1)?;
                 let (mut po, mut pa) =
                     (vec![0.0; enc.dim], vec![0.0; enc.grid * enc.grid * enc.dim]);
                 rows.push((
                     Role::ClipImage,
                     p,
-                    time(&mut || enc.run_into(&input, &mut po, &mut pa))?,
+                    time(&mut || enc.run_into(input, &mut po, &mut pa))?,
                 ));
             }
             if has(Role::ClipText, p) {
-                let ids = match load_tokenizer(&m) {
-                    Ok(t) => {
-                        t.tokenize("A medical breast ultrasound showing a hypoechoic tumor.")
-                            .ids
-                    }
-                    // the vocabulary only changes the ids, not the cost: a fixed row times the model
-                    Err(_) => {
-                        let mut v = vec![0i64; c.context_length as usize];
-                        v[0] = 49406;
-                        v[1] = 49407;
-                        v
-                    }
-                };
                 let mut enc = ClipTextEncoder::load(&m, p)?;
-                rows.push((Role::ClipText, p, time(&mut || enc.run(&ids).map(|_| ()))?));
+                rows.push((Role::ClipText, p, time(&mut || enc.run(ids).map(|_| ()))?));
             }
         }
     }

@@ -67,7 +67,9 @@ pub fn models_dir(a: &Args) -> PathBuf {
 /// (the default build), else 1. Board profiles set their own.
 pub fn default_threads() -> usize {
     if cfg!(feature = "multithread-mm") {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
     } else {
         1
     }

@@ -65,7 +65,7 @@ impl Embedding {
 /// path for the two 3x3 stride-2 patch-embedding convolutions beats tract's direct spatial
 /// convolution: the whole encoder 4.5-4.6% faster in two runs (2815 -> 2694 ms, 2702 -> 2583
 /// ms), outputs within 9e-6. Not measured on ARM: tract's defaults there.
-const ENCODER_KNOBS: &[(&str, &str)] = if cfg!(target_arch = "x86_64") {
+pub const ENCODER_KNOBS: &[(&str, &str)] = if cfg!(target_arch = "x86_64") {
     &[("TRACT_DISABLE_DIRECT_SPATIAL", "1")]
 } else {
     &[]

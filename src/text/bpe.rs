@@ -26,7 +26,10 @@ pub struct Tokens {
 }
 
 pub struct Tokenizer {
-    byte_char: [char; 256],
+    /// Vocabulary id of each byte's character (`+ 256`: the same character ending a word).
+    byte_id: [u32; 256],
+    /// Byte character -> byte (for decoding).
+    char_byte: HashMap<char, u8>,
     /// Vocabulary string -> id.
     encoder: HashMap<String, u32>,
     /// Id -> vocabulary string (for decoding and logs).
@@ -38,40 +41,23 @@ pub struct Tokenizer {
     pub context_length: usize,
 }
 
-/// GPT-2's reversible byte -> printable character map.
-fn bytes_to_unicode() -> [char; 256] {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+/// GPT-2's reversible byte -> printable character map, in the order open_clip lists the 256
+/// byte characters (its vocabulary's first ids): printable bytes first, then the rest mapped to
+/// U+0100 onwards.
+fn byte_characters() -> Vec<(u8, char)> {
+    let mut out: Vec<(u8, char)> = (b'!'..=b'~')
         .chain(0xA1..=0xAC)
         .chain(0xAE..=0xFF)
+        .map(|b| (b, char::from(b)))
         .collect();
-    let mut cs = bs.clone();
     let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
+    for b in 0..=255u8 {
+        if !out.iter().any(|&(x, _)| x == b) {
+            out.push((b, char::from_u32(256 + n).expect("byte map is in the BMP")));
             n += 1;
         }
     }
-    let mut out = ['\0'; 256];
-    for (b, c) in bs.iter().zip(&cs) {
-        out[*b as usize] = char::from_u32(*c).expect("byte map is in the BMP");
-    }
     out
-}
-
-/// The order in which open_clip lists the 256 byte characters (its vocabulary's first ids).
-fn byte_order() -> Vec<u32> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-        }
-    }
-    bs
 }
 
 impl Tokenizer {
@@ -105,10 +91,12 @@ impl Tokenizer {
                 MERGES + 1
             );
         }
-        let byte_char = bytes_to_unicode();
+        let bytes = byte_characters();
+        let mut byte_id = [0u32; 256];
         let mut decoder: Vec<String> = Vec::with_capacity(49408);
-        for b in byte_order() {
-            decoder.push(byte_char[b as usize].to_string());
+        for (i, &(b, c)) in bytes.iter().enumerate() {
+            byte_id[b as usize] = i as u32;
+            decoder.push(c.to_string());
         }
         for i in 0..256 {
             let s = format!("{}</w>", decoder[i]);
@@ -145,7 +133,8 @@ impl Tokenizer {
             merges.entry((l, r)).or_insert((rank as u32, m));
         }
         Ok(Tokenizer {
-            byte_char,
+            byte_id,
+            char_byte: bytes.iter().map(|&(b, c)| (c, b)).collect(),
             sot: encoder[SOT],
             eot: encoder[EOT],
             encoder,
@@ -199,10 +188,6 @@ impl Tokenizer {
 
     /// The text of a token sequence (for logs): byte characters back to bytes, `</w>` to spaces.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let mut map = HashMap::new();
-        for (b, c) in self.byte_char.iter().enumerate() {
-            map.insert(*c, b as u8);
-        }
         let mut bytes = Vec::new();
         for &id in ids {
             let Some(s) = self.decoder.get(id as usize) else {
@@ -210,7 +195,7 @@ impl Tokenizer {
             };
             let s = s.replace("</w>", " ");
             for c in s.chars() {
-                match map.get(&c) {
+                match self.char_byte.get(&c) {
                     Some(&b) => bytes.push(b),
                     None => bytes.extend(c.to_string().bytes()),
                 }
@@ -220,19 +205,13 @@ impl Tokenizer {
     }
 
     fn bpe(&self, piece: &str, out: &mut Vec<u32>) {
-        // byte-level: every UTF-8 byte becomes one printable character
-        let chars: Vec<char> = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
-        let mut word: Vec<u32> = Vec::with_capacity(chars.len());
-        let mut buf = [0u8; 4];
-        for (i, c) in chars.iter().enumerate() {
-            let s = c.encode_utf8(&mut buf);
-            let id = if i + 1 == chars.len() {
-                self.encoder[&format!("{s}</w>")]
-            } else {
-                self.encoder[&*s]
-            };
-            word.push(id);
-        }
+        // byte-level: every UTF-8 byte is one symbol; the last one ends the word (`</w>`)
+        let n = piece.len();
+        let mut word: Vec<u32> = piece
+            .bytes()
+            .enumerate()
+            .map(|(i, b)| self.byte_id[b as usize] + if i + 1 == n { 256 } else { 0 })
+            .collect();
         loop {
             let best = word
                 .windows(2)
