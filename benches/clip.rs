@@ -18,6 +18,7 @@ use sonomask::simd::Kernel;
 use sonomask::timing::Timings;
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     if std::env::var_os(VOCAB_ENV).is_none() {
         let m = Manifest::load(&models_dir()).expect("manifest");

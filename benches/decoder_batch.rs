@@ -18,6 +18,7 @@ use sonomask::timing::Timings;
 use tract_onnx::prelude::*;
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let file = PathBuf::from(
         std::env::var("BATCH_DECODER").expect("BATCH_DECODER=path of a batch-symbolic decoder"),

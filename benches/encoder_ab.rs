@@ -3,6 +3,10 @@
 //! (quantize/graph_rewrites.py) that must keep the function and should save time.
 //!
 //! Run: `A=models/sam_encoder.fp32.onnx B=/tmp/rewritten.onnx ROUNDS=9 cargo bench --bench encoder_ab`
+//!
+//! Without `B`, file A is planned twice, with tract's stock operators (A) and with sonomask's
+//! own operators (B, `src/model/fast_ops`): the check for an operator replacement.
+//! `THREADS=N` runs both under tract's N-thread executor (default 1).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,13 +24,26 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let m = Manifest::load(&root.join("models")).expect("models/ (quantize/build_models.sh)");
     let s = &m.sam;
-    let files: Vec<PathBuf> = ["A", "B"]
-        .iter()
-        .map(|k| PathBuf::from(std::env::var(k).expect("A=... B=... encoder files")))
-        .collect();
+    let a = PathBuf::from(std::env::var("A").expect("A=... [B=...] encoder files"));
+    let own_ops = std::env::var("B").is_err();
+    let files: Vec<PathBuf> = vec![
+        a.clone(),
+        std::env::var("B").map(PathBuf::from).unwrap_or(a),
+    ];
+    let labels = if own_ops {
+        ["stock ops", "own ops"]
+    } else {
+        ["", ""]
+    };
+    let threads: usize = std::env::var("THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    sonomask::cli::common::set_threads(threads).unwrap();
     let rounds: usize = std::env::var("ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -48,9 +65,11 @@ fn main() {
         .unwrap()
         .into_tvalue();
     let mut states = Vec::new();
-    for f in &files {
+    for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();
-        let parsed = onnx::parse(f, &bytes, encoder_contract(s)).unwrap();
+        let parsed = onnx::parse(f, &bytes, encoder_contract(s))
+            .unwrap()
+            .with_stock_ops(own_ops && i == 0);
         states.push(
             onnx::spawn(
                 &parsed
@@ -83,11 +102,13 @@ fn main() {
         }
     }
     let (a, b) = (median(times[0].clone()), median(times[1].clone()));
-    println!("| file | median ms ({rounds} interleaved rounds) |\n|---|---|");
+    println!("| file | median ms ({rounds} interleaved rounds, {threads} thread(s)) |\n|---|---|");
     println!(
-        "| A {} | {a:.1} |\n| B {} | {b:.1} |",
+        "| A {} {} | {a:.1} |\n| B {} {} | {b:.1} |",
         files[0].display(),
-        files[1].display()
+        labels[0],
+        files[1].display(),
+        labels[1]
     );
     println!(
         "\nB is {:.3}x the speed of A; max |B - A| on the embedding {diff:.2e}",

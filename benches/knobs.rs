@@ -78,6 +78,7 @@ fn plan_all(parsed: &onnx::Parsed, settings: &[Setting], shapes: &[Vec<usize>]) 
 }
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let m = Manifest::load(&root.join("models")).expect("models/ (quantize/build_models.sh)");
     let rounds: usize = std::env::var("ROUNDS")

@@ -5,11 +5,14 @@
 //! Run (after quantize/build_models.sh): `cargo bench --bench op_profile` (prints markdown).
 //! SONOMASK_BENCH_MODELS=DIR picks the models (default models/). FP32_ONLY=1 profiles the fp32
 //! encoder alone (int8 takes over a minute per pass on x86), its share per operator.
+//! NODES=N (with FP32_ONLY=1) also lists the N slowest nodes with their multiply-add rate
+//! (tract's own cost model), which points at the products that run far below the machine's rate.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use sonomask::image_io::load_rgb;
+use sonomask::model::onnx::{NodeTime, by_op};
 use sonomask::model::{Manifest, Precision, SamEncoder};
 use sonomask::preprocess::{Normalize, sam_input_into};
 
@@ -17,6 +20,7 @@ use sonomask::preprocess::{Normalize, sam_input_into};
 type ByOp = HashMap<String, (f64, usize)>;
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::var("SONOMASK_BENCH_MODELS")
         .map(PathBuf::from)
@@ -35,15 +39,22 @@ fn main() {
     if std::env::var("FP32_ONLY").as_deref() == Ok("1") {
         let mut enc = SamEncoder::load(&manifest, Precision::Fp32).unwrap();
         enc.run(&input).unwrap();
-        let prof = enc.run_profiled(&input).unwrap();
+        let nodes = enc.run_profiled(&input).unwrap();
+        let prof = by_op(&nodes);
         let total: f64 = prof.iter().map(|x| x.1).sum();
+        let fma: f64 = nodes.iter().map(|n| n.fma).sum();
         println!(
-            "fp32 encoder total {total:.0} ms (synthetic weights {})\n",
+            "fp32 encoder total {total:.0} ms, {:.1} G multiply-adds, {:.1} GFLOP/s (synthetic weights {})\n",
+            fma / 1e9,
+            2.0 * fma / total / 1e6,
             s.synthetic
         );
         println!("| op | ms | nodes | share |\n|---|---|---|---|");
         for (k, ms, n) in prof.iter().take(16) {
             println!("| {k} | {ms:.1} | {n} | {:.1}% |", 100.0 * ms / total);
+        }
+        if let Some(k) = std::env::var("NODES").ok().and_then(|v| v.parse().ok()) {
+            print_nodes(&nodes, k, total);
         }
         return;
     }
@@ -51,7 +62,7 @@ fn main() {
     for p in [Precision::Fp32, Precision::Int8] {
         let mut enc = SamEncoder::load(&manifest, p).unwrap();
         enc.run(&input).unwrap(); // warm-up: first-run allocations out of the figures
-        let prof = enc.run_profiled(&input).unwrap();
+        let prof = by_op(&enc.run_profiled(&input).unwrap());
         let total: f64 = prof.iter().map(|x| x.1).sum();
         profiles.push((
             p,
@@ -85,6 +96,28 @@ fn main() {
         println!(
             "| {n} | {fm:.1} | {fc} | {im:.1} | {ic} | {:.1}% |",
             100.0 * im / i.2
+        );
+    }
+}
+
+/// The `k` slowest nodes, with their multiply-add rate where tract counts one.
+fn print_nodes(nodes: &[NodeTime], k: usize, total: f64) {
+    let mut v: Vec<&NodeTime> = nodes.iter().collect();
+    v.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    println!("\n| node | op | output | ms | share | GFLOP/s |\n|---|---|---|---|---|---|");
+    for n in v.into_iter().take(k) {
+        let rate = if n.fma > 0.0 {
+            format!("{:.1}", 2.0 * n.fma / n.ms / 1e6)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {} | {} | {:?} | {:.1} | {:.1}% | {rate} |",
+            n.name,
+            n.op,
+            n.out_shape,
+            n.ms,
+            100.0 * n.ms / total
         );
     }
 }

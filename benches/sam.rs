@@ -14,6 +14,7 @@ use sonomask::segment::SamSession;
 use sonomask::timing::Timings;
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     divan::main();
 }
 

@@ -39,6 +39,7 @@ fn collect_stages(t: &Timings, stages: &mut BTreeMap<&'static str, Vec<f64>>) {
 }
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::var("SONOMASK_BENCH_MODELS")
         .map(PathBuf::from)

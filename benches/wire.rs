@@ -66,6 +66,7 @@ fn wire_bytes(m: &M, tx: &mut Sender) -> usize {
 }
 
 fn main() {
+    sonomask::heap::keep_freed_memory();
     let mut all_streams = Vec::new();
     println!(
         "| dataset | masks | mean size | raw bitmap B (mean) | RLE B (mean) | RLE B (min-max) | sent B on the wire (mean, framed) | masks/s @115200 | masks/s @921600 | encode us/mask | decode us/mask |"

@@ -1,8 +1,12 @@
 """Time tract (the sonomask binary) and onnxruntime on the same ONNX files, same thread count, in
 one run, and write the table into docs/BENCHMARKS.md (between the compare-runtimes markers).
 
-usage: .venv/bin/python quantize/compare_runtimes.py [--models models] [--runs 5]
-Builds target/release/sonomask and a multithread-mm build (target/mt) with cargo first.
+usage: .venv/bin/python quantize/compare_runtimes.py [--models models] [--runs 5] [--precisions fp32,int8]
+    [--stock]
+Builds target/release/sonomask with cargo first (multithread-mm is a default feature; --threads
+picks 1 or 2). --stock adds rows for the same binary with tract's stock operators and glibc's
+default allocator (SONOMASK_STOCK_OPS=1 SONOMASK_STOCK_HEAP=1): the before/after of the speed
+work in one run.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import preprocess  # noqa: E402
 from quantize_sam import box_prompt  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ENCODER_GFLOP = 38.2  # per encoder pass (the figure the spine issue fixes for the table)
+# Per encoder pass: 40.9 G multiply-adds by tract's cost model (`FP32_ONLY=1 cargo bench --bench
+# op_profile`), 2 FLOP each.
+ENCODER_GFLOP = 81.8
 IMAGE = "busi/images/benign (1).png"
 MASK = "busi/masks/benign (1)_mask.png"
 
@@ -57,10 +63,17 @@ def ort_times(path, feeds, threads, runs, warmup):
     return ts, out
 
 
-def tract_times(binary, models, image, box, precision, threads, runs, warmup):
+STOCK_ENV = {"SONOMASK_STOCK_OPS": "1", "SONOMASK_STOCK_HEAP": "1"}
+
+
+def tract_times(binary, models, image, box, precision, threads, runs, warmup, stock=False):
     cmd = [str(binary), "bench", str(image), "--box", box, "--models", str(models), "--precision", precision,
            "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SONOMASK_LOG": "warn"})
+    env = {**os.environ, "SONOMASK_LOG": "warn", **(STOCK_ENV if stock else {})}
+    for k in STOCK_ENV:
+        if not stock:
+            env.pop(k, None)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
     return json.loads(r.stdout)
@@ -68,8 +81,7 @@ def tract_times(binary, models, image, box, precision, threads, runs, warmup):
 
 def build():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--features", "multithread-mm", "--target-dir", "target/mt"], cwd=ROOT, check=True)
-    return ROOT / "target/release/sonomask", ROOT / "target/mt/release/sonomask"
+    return ROOT / "target/release/sonomask"
 
 
 def main():
@@ -79,8 +91,10 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--doc", default=ROOT / "docs" / "BENCHMARKS.md", type=pathlib.Path)
+    ap.add_argument("--precisions", default="fp32,int8", help="comma-separated (int8 on x86 takes minutes)")
+    ap.add_argument("--stock", action="store_true", help="also time tract's stock operators and allocator")
     a = ap.parse_args()
-    single, multi = build()
+    binary = build()
     image = a.shared / "data" / IMAGE
     rgb = preprocess.load_rgb(image)
     gt = preprocess.mask_box(preprocess.load_mask([a.shared / "data" / MASK]))
@@ -100,23 +114,27 @@ def main():
         })
         print(json.dumps(rows[-1]), flush=True)
 
-    for precision in ("fp32", "int8"):
+    for precision in a.precisions.split(","):
         enc = a.models / f"sam_encoder.{precision}.onnx"
         dec = a.models / f"sam_decoder.{precision}.onnx"
-        for threads, binary, label in ((1, single, "tract"), (2, multi, "tract multithread-mm")):
+        for threads in (1, 2):
             enc_ms, (emb,) = ort_times(enc, {"image": x}, threads, a.runs, a.warmup)
             coords, labels = box_prompt(gt, rgb.shape[:2], 1024)
             feeds = {"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
                      "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)}
             dec_ms, _ = ort_times(dec, feeds, threads, a.runs, a.warmup)
-            tr = tract_times(binary, a.models, image, box, precision, threads, a.runs, a.warmup)
-            row("encoder", precision, threads, label, enc_ms, tr)
-            row("decoder", precision, threads, label, dec_ms, tr)
+            for stock in (True, False) if a.stock else (False,):
+                tr = tract_times(binary, a.models, image, box, precision, threads, a.runs, a.warmup, stock)
+                label = "tract stock ops + glibc heap" if stock else "sonomask (own ops, heap kept)"
+                row("encoder", precision, threads, label, enc_ms, tr)
+                row("decoder", precision, threads, label, dec_ms, tr)
 
     lines = [
         "<!-- compare-runtimes:begin (written by quantize/compare_runtimes.py) -->",
         f"Machine: {machine()}. onnxruntime {ort.__version__}; tract 0.23.9. Frame: `{IMAGE}` (real BUSI), "
-        f"box prompt from its ground-truth mask; {a.runs} timed runs after {a.warmup} warm-up, same process per runtime.",
+        f"box prompt from its ground-truth mask; {a.runs} timed runs after {a.warmup} warm-up, same process per runtime, "
+        f"medians and means, measured {time.strftime('%Y-%m-%d')} by `.venv/bin/python quantize/compare_runtimes.py "
+        f"--runs {a.runs} --precisions {a.precisions}{' --stock' if a.stock else ''}`. GFLOP/s: 81.8 GFLOP per encoder pass.",
         "Weights: " + ("**synthetic (seeded random, untrained)**; speed does not depend on weight values." if synthetic else "official checkpoint."),
         "",
         "| model | precision | threads | tract build | tract median ms | tract mean ms | onnxruntime median ms | onnxruntime mean ms | tract / onnxruntime | tract GFLOP/s | onnxruntime GFLOP/s |",

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod dataset;
 pub mod dicom;
 pub mod everything;
+pub mod heap;
 pub mod image_io;
 pub mod link;
 pub mod logger;

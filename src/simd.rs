@@ -4,7 +4,7 @@
 //! qemu in CI for the NEON path).
 
 /// An implementation choice for the kernels below.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Scalar,
     Avx2,
@@ -33,6 +33,34 @@ impl Kernel {
         }
         v
     }
+}
+
+/// Runs the path for kernel `$k`: AVX2 or NEON where asked for and present, else scalar.
+macro_rules! dispatch {
+    ($k:expr, $scalar:expr, $avx2:expr, $neon:expr) => {
+        match $k {
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::Kernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
+                // SAFETY: AVX2 presence checked just above.
+                unsafe { $avx2 }
+            }
+            #[cfg(target_arch = "aarch64")]
+            $crate::simd::Kernel::Neon if std::arch::is_aarch64_feature_detected!("neon") => {
+                // SAFETY: NEON presence checked just above.
+                unsafe { $neon }
+            }
+            _ => $scalar,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// Eight partial sums reduced in one fixed order, shared by every path of a kernel that keeps
+/// eight lanes (AVX2 as one register, NEON as two, scalar as an array) so that they agree
+/// bit for bit.
+#[inline]
+pub fn reduce8(l: &[f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
 }
 
 /// Sum of absolute differences of two byte slices of equal length.

@@ -197,3 +197,68 @@ fn end_to_end_mask_matches_reference_mask() {
     assert!(iou >= 0.995, "IoU {iou}");
     assert!(t.stages.iter().any(|s| s.0 == "encoder") && t.stages.iter().any(|s| s.0 == "decoder"));
 }
+
+/// sonomask's own operators (src/model/fast_ops) do go into the encoder's plan, and the plan
+/// with them and the one with tract's stock operators both meet the fp32 parity bar.
+#[test]
+fn own_operators_replace_stock_ones_within_parity() {
+    use sonomask::model::onnx;
+    use sonomask::model::sam::encoder_contract;
+    let m = Manifest::load(&models_tiny()).unwrap();
+    let entry = m
+        .entry(sonomask::model::Role::SamEncoder, Precision::Fp32)
+        .unwrap();
+    let file = m.path_of(entry);
+    let bytes = m.read_verified(entry).unwrap();
+    let s = m.sam.image_size as usize;
+    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
+    let mut input = vec![0f32; 3 * s * s];
+    sam_input_into(&frame, m.sam.image_size, &Normalize::SAM, &mut input);
+    let want = read_f32(&models_tiny().join("ref_fp32_embedding.f32"));
+    let mut outs = Vec::new();
+    for stock in [true, false] {
+        let plan = onnx::parse(&file, &bytes, encoder_contract(&m.sam))
+            .unwrap()
+            .with_stock_ops(stock)
+            .plan(&[vec![1, 3, s, s]])
+            .unwrap();
+        let ops: Vec<String> = plan
+            .model()
+            .nodes
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect();
+        let count = |name: &str| ops.iter().filter(|o| *o == name).count();
+        let ours = count("RowSoftmax") + count("RowPad") + count("Depthwise3x3");
+        if stock {
+            assert_eq!(ours, 0, "stock plan has own operators");
+            assert!(
+                count("Softmax") > 0 && count("DepthWiseConv") > 0,
+                "{ops:?}"
+            );
+        } else {
+            assert_eq!(count("Softmax") + count("DepthWiseConv"), 0, "{ops:?}");
+            assert!(
+                count("RowSoftmax") > 0 && count("Depthwise3x3") > 0,
+                "{ops:?}"
+            );
+        }
+        let mut state = onnx::spawn(&plan).unwrap();
+        let x = Tensor::from_shape(&[1, 3, s, s], &input).unwrap();
+        let out = onnx::run(&mut state, tvec!(x.into_tvalue()), &file).unwrap();
+        let got = onnx::f32s(&out[0]).unwrap().to_vec();
+        check(
+            if stock {
+                "embedding (stock ops)"
+            } else {
+                "embedding (own ops)"
+            },
+            Precision::Fp32,
+            &got,
+            &want,
+        );
+        outs.push(got);
+    }
+    let (d, _, cos) = compare(&outs[0], &outs[1]);
+    eprintln!("own vs stock operators: max|diff| {d:.3e}, cosine {cos:.8}");
+}

@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod contract;
+pub mod fast_ops;
 pub mod manifest;
 pub mod onnx;
 pub mod sam;

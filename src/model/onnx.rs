@@ -7,6 +7,7 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 
 use super::contract::{Contract, check_inputs, check_outputs};
+use super::fast_ops;
 
 pub type Plan = Arc<TypedRunnableModel>;
 pub type State = TypedSimpleState;
@@ -17,6 +18,8 @@ pub struct Parsed {
     pub file: PathBuf,
     model: InferenceModel,
     contract: Contract,
+    /// Plan with tract's operators only (no [`super::fast_ops`] replacements).
+    stock_ops: bool,
 }
 
 /// tract errors come as chains; keep them all in one line for the user.
@@ -45,10 +48,18 @@ pub fn parse(file: &Path, bytes: &[u8], contract: Contract) -> Result<Parsed> {
         file: file.to_path_buf(),
         model,
         contract,
+        stock_ops: fast_ops::stock_ops_requested(),
     })
 }
 
 impl Parsed {
+    /// Plans made from here on use tract's stock operators only (`true`) or sonomask's faster
+    /// replacements where they apply (`false`, the default unless `SONOMASK_STOCK_OPS` is set).
+    pub fn with_stock_ops(mut self, stock: bool) -> Self {
+        self.stock_ops = stock;
+        self
+    }
+
     /// Pin every input to a concrete f32 shape, type-check, check outputs, optimize, plan.
     /// `shapes[i]` is the concrete shape of input `i`; symbolic contract dims take it from there.
     pub fn plan(&self, shapes: &[Vec<usize>]) -> Result<Plan> {
@@ -104,10 +115,7 @@ impl Parsed {
             )
         })?;
         check_outputs(&typed, file, &self.contract)?;
-        let optimized = typed
-            .into_optimized()
-            .map_err(flat)
-            .with_context(|| format!("{}: optimization failed", file.display()))?;
+        let optimized = self.optimize(typed)?;
         let plan = optimized
             .into_runnable()
             .map_err(flat)
@@ -119,6 +127,37 @@ impl Parsed {
             t.elapsed().as_secs_f64() * 1e3
         );
         Ok(plan)
+    }
+}
+
+impl Parsed {
+    /// tract's declutter and code generation, with sonomask's own operators put in where they
+    /// apply (convolutions between the two passes, the rest after) unless stock ops were asked.
+    fn optimize(&self, mut model: TypedModel) -> Result<TypedModel> {
+        let file = &self.file;
+        let failed = || format!("{}: optimization failed", file.display());
+        model.declutter().map_err(flat).with_context(failed)?;
+        if self.stock_ops {
+            model.optimize().map_err(flat).with_context(failed)?;
+            return Ok(model);
+        }
+        let k = crate::simd::Kernel::best();
+        let replace_failed = || format!("{}: operator replacement failed", file.display());
+        let a = fast_ops::substitute_decluttered(&mut model, k)
+            .map_err(flat)
+            .with_context(replace_failed)?;
+        model.optimize().map_err(flat).with_context(failed)?;
+        let b = fast_ops::substitute(&mut model, k)
+            .map_err(flat)
+            .with_context(replace_failed)?;
+        log::debug!(
+            "{}: own operators: {} depthwise, {} softmax, {} pad",
+            file.display(),
+            a.depthwise,
+            b.softmax,
+            b.pad
+        );
+        Ok(model)
     }
 }
 
@@ -160,38 +199,89 @@ pub fn run(state: &mut State, inputs: TVec<TValue>, file: &Path) -> Result<TVec<
 /// Time spent per operator type in one run: (op name, total ms, node count), slowest first.
 pub type OpProfile = Vec<(String, f64, usize)>;
 
-/// [`run`], timing every node and summing by operator type (for the speed work: where a model's
-/// time goes, e.g. int8 against fp32).
+/// One node's share of a profiled run.
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    pub name: String,
+    /// Operator name; matrix products carry the kernel tract picked ("OptMatMul with [...]").
+    pub op: String,
+    pub ms: f64,
+    /// Multiply-adds by tract's own cost model (0 where the op reports none).
+    pub fma: f64,
+    /// Shape of the first output, for telling nodes apart.
+    pub out_shape: Vec<usize>,
+}
+
+/// Sums a node profile by operator: (op, total ms, nodes), slowest first.
+pub fn by_op(nodes: &[NodeTime]) -> OpProfile {
+    let mut acc: std::collections::HashMap<&str, (f64, usize)> = std::collections::HashMap::new();
+    for n in nodes {
+        let e = acc.entry(n.op.as_str()).or_default();
+        e.0 += n.ms;
+        e.1 += 1;
+    }
+    let mut prof: OpProfile = acc
+        .into_iter()
+        .map(|(k, (ms, n))| (k.to_string(), ms, n))
+        .collect();
+    prof.sort_by(|a, b| b.1.total_cmp(&a.1));
+    prof
+}
+
+/// [`run`], timing every node (for the speed work: where a model's time goes, which nodes run far
+/// below the machine's multiply-add rate). Nodes come in execution order.
 pub fn run_profiled(
     state: &mut State,
     inputs: TVec<TValue>,
     file: &Path,
-) -> Result<(TVec<TValue>, OpProfile)> {
-    let mut acc: std::collections::HashMap<String, (f64, usize)> = std::collections::HashMap::new();
+) -> Result<(TVec<TValue>, Vec<NodeTime>)> {
+    let mut nodes = Vec::new();
     let out = state
         .run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
+            let facts: TVec<TypedFact> = inputs
+                .iter()
+                .map(|t| TypedFact::shape_and_dt_of(t))
+                .collect();
             let t = Instant::now();
             let r = tract_core::plan::eval(ctx, op_state, node, inputs);
-            // Matrix products are keyed by the kernel tract picked ("with [...]" in the op's info).
-            let mut key = node.op().name().to_string();
-            if key.starts_with("OptMatMul")
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let mut op = node.op().name().to_string();
+            if op.starts_with("OptMatMul")
                 && let Some(k) = node.op().info().ok().and_then(|i| {
                     i.iter()
                         .find_map(|l| l.split_once(" with ").map(|x| x.1.to_string()))
                 })
             {
-                key = format!("{key} {k}");
+                op = format!("{op} {k}");
             }
-            let e = acc.entry(key).or_default();
-            e.0 += t.elapsed().as_secs_f64() * 1e3;
-            e.1 += 1;
+            let refs: TVec<&TypedFact> = facts.iter().collect();
+            let fma = node
+                .op
+                .cost(&refs)
+                .map(|c| {
+                    c.iter()
+                        .filter(|(k, _)| matches!(k, tract_core::ops::Cost::FMA(_)))
+                        .filter_map(|(_, n)| n.to_i64().ok())
+                        .sum::<i64>() as f64
+                })
+                .unwrap_or(0.0);
+            let out_shape = r
+                .as_ref()
+                .ok()
+                .and_then(|o| o.first().map(|t| t.shape().to_vec()))
+                .unwrap_or_default();
+            nodes.push(NodeTime {
+                name: node.name.clone(),
+                op,
+                ms,
+                fma,
+                out_shape,
+            });
             r
         })
         .map_err(flat)
         .with_context(|| format!("running {} failed", file.display()))?;
-    let mut prof: OpProfile = acc.into_iter().map(|(k, (ms, n))| (k, ms, n)).collect();
-    prof.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok((out, prof))
+    Ok((out, nodes))
 }
 
 /// The f32 contents of a plain in-memory tensor.

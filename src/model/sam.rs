@@ -91,8 +91,8 @@ impl SamEncoder {
     }
 
     /// Run on a preprocessed `[1,3,S,S]` input (see `preprocess::sam_input_into`).
-    /// One run with the time of every operator type (see [`onnx::run_profiled`]).
-    pub fn run_profiled(&mut self, input: &[f32]) -> Result<onnx::OpProfile> {
+    /// One run with the time of every node (see [`onnx::run_profiled`]).
+    pub fn run_profiled(&mut self, input: &[f32]) -> Result<Vec<onnx::NodeTime>> {
         let t = Tensor::from_shape(&self.input_shape, input)
             .context("encoder input buffer has the wrong size")?;
         Ok(onnx::run_profiled(&mut self.state, tvec!(t.into_tvalue()), &self.file)?.1)

@@ -7,31 +7,7 @@
 //! in every path (NEON as two 4-lane halves), reduced in one fixed order. Tests compare with
 //! `==` on random inputs.
 
-use crate::simd::Kernel;
-
-macro_rules! dispatch {
-    ($k:expr, $scalar:expr, $avx2:expr, $neon:expr) => {
-        match $k {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
-                // SAFETY: AVX2 presence checked just above.
-                unsafe { $avx2 }
-            }
-            #[cfg(target_arch = "aarch64")]
-            Kernel::Neon if std::arch::is_aarch64_feature_detected!("neon") => {
-                // SAFETY: NEON presence checked just above.
-                unsafe { $neon }
-            }
-            _ => $scalar,
-        }
-    };
-}
-
-/// Eight partial sums reduced in one fixed order (shared by every path).
-#[inline]
-fn reduce8(l: &[f32; 8]) -> f32 {
-    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
-}
+use crate::simd::{Kernel, dispatch, reduce8};
 
 /// `sum(a[i] * b[i])`.
 pub fn dot(k: Kernel, a: &[f32], b: &[f32]) -> f32 {
