@@ -237,13 +237,8 @@ unsafe fn taps_avx2(out: &mut [f32], bias: f32, src: &[&[f32]; 9], w: &[f32; 9])
         unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), acc) };
         i += 8;
     }
-    for (j, o) in out.iter_mut().enumerate().skip(n) {
-        let mut acc = bias;
-        for t in 0..9 {
-            acc += w[t] * src[t][j];
-        }
-        *o = acc;
-    }
+    let tail: [&[f32]; 9] = std::array::from_fn(|t| &src[t][n..]);
+    taps_scalar(&mut out[n..], bias, &tail, w);
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -265,13 +260,8 @@ unsafe fn taps_neon(out: &mut [f32], bias: f32, src: &[&[f32]; 9], w: &[f32; 9])
         unsafe { vst1q_f32(out.as_mut_ptr().add(i), acc) };
         i += 4;
     }
-    for (j, o) in out.iter_mut().enumerate().skip(n) {
-        let mut acc = bias;
-        for t in 0..9 {
-            acc += w[t] * src[t][j];
-        }
-        *o = acc;
-    }
+    let tail: [&[f32]; 9] = std::array::from_fn(|t| &src[t][n..]);
+    taps_scalar(&mut out[n..], bias, &tail, w);
 }
 
 impl Op for Depthwise3x3 {
