@@ -171,8 +171,8 @@ impl RowCache {
             if self.stride == 1 {
                 b[pl..pl + src.len()].copy_from_slice(src);
             } else {
-                // Padded index p = pl + i goes to even half p/2 or odd half half + p/2.
-                let half = self.width.div_ceil(2) + 1;
+                // Padded index p = pl + i goes to the even or the odd half.
+                let half = odd_start(self.width);
                 for (i, &v) in src.iter().enumerate() {
                     let p = pl + i;
                     b[(p & 1) * half + p / 2] = v;
@@ -187,11 +187,15 @@ impl RowCache {
         let start = if self.stride == 1 {
             kx
         } else {
-            let half = self.width.div_ceil(2) + 1;
-            (kx & 1) * half + kx / 2
+            (kx & 1) * odd_start(self.width) + kx / 2
         };
         &b[start..start + n]
     }
+}
+
+/// Where the odd half of a stride-2 padded row of `width` starts in its buffer.
+fn odd_start(width: usize) -> usize {
+    width.div_ceil(2) + 1
 }
 
 /// `out[i] = bias + sum over taps t (in order) of w[t] * src[t][i]`.
