@@ -7,6 +7,7 @@
 //! encoder alone (int8 takes over a minute per pass on x86), its share per operator.
 //! NODES=N (with FP32_ONLY=1) also lists the N slowest nodes with their multiply-add rate
 //! (tract's own cost model), which points at the products that run far below the machine's rate.
+//! THREADS=N (with FP32_ONLY=1) profiles under tract's N-thread executor (default 1).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,11 @@ fn main() {
     let mut input = vec![0f32; 3 * (s.image_size * s.image_size) as usize];
     sam_input_into(&frame, s.image_size, &norm, &mut input);
     if std::env::var("FP32_ONLY").as_deref() == Ok("1") {
+        let threads: usize = std::env::var("THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        sonomask::cli::common::set_threads(threads).unwrap();
         let mut enc = SamEncoder::load(&manifest, Precision::Fp32).unwrap();
         enc.run(&input).unwrap();
         let nodes = enc.run_profiled(&input).unwrap();

@@ -229,7 +229,11 @@ fn own_operators_replace_stock_ones_within_parity() {
             .map(|n| n.op.name().to_string())
             .collect();
         let count = |name: &str| ops.iter().filter(|o| *o == name).count();
-        let ours = count("RowSoftmax") + count("RowPad") + count("Depthwise3x3");
+        let ours = count("RowSoftmax")
+            + count("RowPad")
+            + count("Depthwise3x3")
+            + count("Conv3x3")
+            + count("Gemm");
         if stock {
             assert_eq!(ours, 0, "stock plan has own operators");
             assert!(
@@ -247,6 +251,10 @@ fn own_operators_replace_stock_ones_within_parity() {
                 count("RowSoftmax") > 0 && count("Depthwise3x3") > 0,
                 "{ops:?}"
             );
+            // Every product is ours (none left as tract's packed matmul), and so is the
+            // RGB patch-embedding convolution.
+            assert!(count("Gemm") > 0 && count("Conv3x3") == 1, "{ops:?}");
+            assert_eq!(count("OptMatMulPack"), 0, "{ops:?}");
         }
         let mut state = onnx::spawn(&plan).unwrap();
         let x = Tensor::from_shape(&[1, 3, s, s], &input).unwrap();

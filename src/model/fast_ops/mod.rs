@@ -7,17 +7,22 @@
 //! This uses tract's extension points (a crate-defined `TypedOp` put into the optimized graph);
 //! tract itself is not patched.
 
-pub mod depthwise;
+pub mod conv3x3;
+pub mod gemm;
 pub mod pad;
 pub mod softmax;
 
 use tract_core::ops::array::Pad;
+use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::Conv;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math::{Add, Mul};
 use tract_core::ops::nn::Softmax;
 use tract_onnx::prelude::*;
 
 use crate::simd::Kernel;
-pub use depthwise::Depthwise3x3;
+pub use conv3x3::Conv3x3;
+pub use gemm::Gemm;
 pub use pad::RowPad;
 pub use softmax::RowSoftmax;
 
@@ -35,19 +40,26 @@ pub struct Replaced {
     pub softmax: usize,
     pub pad: usize,
     pub depthwise: usize,
+    /// Products, and of them those with the following bias `Add` folded in.
+    pub gemm: usize,
+    pub gemm_bias: usize,
 }
 
 impl Replaced {
     pub fn total(&self) -> usize {
-        self.softmax + self.pad + self.depthwise
+        self.softmax + self.pad + self.depthwise + self.gemm
     }
 }
 
-/// Replaces, in a decluttered model (before tract's code generation turns convolutions into
-/// its own kernels), the convolutions one of our operators computes faster.
+/// Replaces, in a decluttered model (before tract's code generation turns convolutions and
+/// products into its own kernels), the convolutions and products our operators compute faster.
 pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replaced> {
     let mut done = Replaced::default();
     for id in 0..model.nodes.len() {
+        if model.nodes[id].op_is::<EinSum>() {
+            substitute_product(model, id, &mut done)?;
+            continue;
+        }
         let node = &model.nodes[id];
         let Some(conv) = node.op.downcast_ref::<Conv>() else {
             continue;
@@ -57,12 +69,81 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
         }
         let x = model.outlet_fact(node.inputs[0])?;
         let k = model.outlet_fact(node.inputs[1])?;
-        if let Some(op) = Depthwise3x3::replacing(conv, x, k, kernel) {
+        if let Some(op) = Conv3x3::replacing(conv, x, k, kernel) {
             model.nodes[id].op = Box::new(op);
             done.depthwise += 1;
         }
     }
     Ok(done)
+}
+
+/// Puts a [`Gemm`] in place of einsum node `id` if it computes it, with what follows folded in
+/// while it is the product's only user: a multiplication by a constant scalar, then an addition
+/// of a constant (the attention's `q.k * scale + bias`, a layer's bias).
+fn substitute_product(model: &mut TypedModel, id: usize, done: &mut Replaced) -> TractResult<()> {
+    let node = &model.nodes[id];
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return Ok(());
+    };
+    if node.inputs.len() != 2 || node.outputs.len() != 1 {
+        return Ok(());
+    }
+    let inputs = [
+        model.outlet_fact(node.inputs[0])?,
+        model.outlet_fact(node.inputs[1])?,
+    ];
+    let Some(mut gemm) = Gemm::replacing(einsum, inputs, &node.outputs[0].fact) else {
+        return Ok(());
+    };
+    done.gemm += 1;
+    let shape = node.outputs[0].fact.shape.clone();
+    let mut tail = id;
+    loop {
+        let succ = &model.nodes[tail].outputs[0].successors;
+        if succ.len() != 1 || model.output_outlets()?.contains(&OutletId::new(tail, 0)) {
+            break;
+        }
+        let next = &model.nodes[succ[0].node];
+        let Some(bin) = next.op_as::<TypedBinOp>() else {
+            break;
+        };
+        if next.inputs.len() != 2
+            || next.outputs[0].fact.datum_type != DatumType::F32
+            || next.outputs[0].fact.shape != shape
+        {
+            break;
+        }
+        let Some(k) = model
+            .outlet_fact(next.inputs[1 - succ[0].slot])?
+            .konst
+            .clone()
+        else {
+            break;
+        };
+        let folded = if bin.0.is::<Mul>() {
+            gemm.fold_scale(&k)
+        } else if bin.0.is::<Add>() {
+            let ok = gemm.fold_bias(&k);
+            done.gemm_bias += ok as usize;
+            ok
+        } else {
+            false
+        };
+        if !folded {
+            break;
+        }
+        tail = next.id;
+    }
+    if tail == id {
+        model.nodes[id].op = Box::new(gemm);
+        return Ok(());
+    }
+    let name = format!("{}.gemm", model.nodes[id].name);
+    let mut patch = TypedModelPatch::default();
+    let taps = patch.taps(model, &model.nodes[id].inputs)?;
+    let out = patch.wire_node(name, gemm, &taps)?;
+    patch.shunt_outside(model, tail.into(), out[0])?;
+    patch.apply(model)
 }
 
 /// Replaces, in an optimized model, every node one of our operators computes faster.

@@ -1,0 +1,760 @@
+//! Matrix products (tract `EinSum` of two f32 tensors, with the constant bias `Add` that follows
+//! it folded in) computed by a cache-blocked, packed sgemm.
+//!
+//! Why: tract's product kernel has no blocking along the reduced axis and packs the activations
+//! of every call without tiling the rest, so the encoder's large products (the stage-3 MLP's
+//! 4096x1280x320, the stage-0 1x1 convolutions over 65536 pixels) stream their operands from
+//! memory and ran at 36-43 GFLOP/s on this machine's AVX2 core, half its best products.
+//! `matrixmultiply` (already compiled in through `ndarray`) is a BLIS-style sgemm: operands are
+//! packed into cache-sized blocks (kc x mc of A in L2, kc x nr panels of B in L1) with runtime
+//! selection of its FMA/AVX/SSE or NEON micro-kernel; on the same shapes it measured 80 GFLOP/s.
+//!
+//! The product geometry is fixed when the op is made (shapes are pinned): each axis of the
+//! einsum is a batch, row (m), column (n) or reduced (k) axis, and each group must be one
+//! strided run in memory so the whole product is `batch x (m x k) . (k x n)` with strides,
+//! without copies. Anything else stays with tract.
+
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+
+/// One group of einsum axes merged into one strided matrix dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Dim {
+    len: usize,
+    /// Element stride of the dimension in input 0, input 1 and the output (0 where absent).
+    stride: [isize; 3],
+}
+
+/// A constant added to the product: `values` read with one stride per batch axis, per row and
+/// per column of the computed `C` (0 along the axes it is broadcast over).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bias {
+    values: Vec<f32>,
+    batch: TVec<isize>,
+    rows: isize,
+    cols: isize,
+}
+
+// Plan equality (tract compares ops to merge duplicates): bias values are compared bit-exactly
+// enough for that; a NaN bias only makes two equal ops look different.
+impl Eq for Bias {}
+
+/// `out[batch] = alpha * A[batch] . B[batch] (+ bias)` for f32 tensors of pinned shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gemm {
+    m: Dim,
+    k: Dim,
+    n: Dim,
+    batch: TVec<Dim>,
+    /// `A` is input 1 and `B` input 0 (chosen so that `C` is written row by row).
+    swap: bool,
+    input_shapes: [TVec<usize>; 2],
+    /// Output axes (size > 1) making up the rows and the columns of C, outermost first.
+    out_axes: [TVec<usize>; 2],
+    /// Output axis of each batch dimension.
+    batch_axes: TVec<usize>,
+    /// A constant scale folded in (the attention's `* scale`).
+    alpha: F32Bits,
+    output_shape: TVec<usize>,
+    bias: Option<Bias>,
+}
+
+/// Row-major element strides of `shape`.
+fn strides(shape: &[usize]) -> TVec<isize> {
+    let mut s: TVec<isize> = tvec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1] as isize;
+    }
+    s
+}
+
+/// The axes of one group (positions per tensor, `None` where absent) merged into one [`Dim`],
+/// in the order given; `None` if they are not one strided run in every tensor holding them.
+fn merge(axes: &[[Option<usize>; 3]], sizes: &[usize], st: &[TVec<isize>; 3]) -> Option<Dim> {
+    let len = sizes.iter().product();
+    let mut stride = [0isize; 3];
+    for t in 0..3 {
+        let Some(last) = axes.last() else { break };
+        let Some(p) = last[t] else { continue };
+        stride[t] = st[t][p];
+        // Outer axes must step over exactly the inner ones.
+        let mut span = st[t][p] * sizes[sizes.len() - 1] as isize;
+        for (ax, &size) in axes.iter().zip(sizes).rev().skip(1) {
+            let q = ax[t]?;
+            if st[t][q] != span {
+                return None;
+            }
+            span *= size as isize;
+        }
+    }
+    Some(Dim { len, stride })
+}
+
+impl Gemm {
+    /// The replacement for `op` (a decluttered f32 two-input einsum) on inputs and output of
+    /// these concrete shapes, if it is a product this op computes.
+    pub fn replacing(op: &EinSum, inputs: [&TypedFact; 2], output: &TypedFact) -> Option<Self> {
+        if op.q_params.is_some()
+            || op.operating_dt != DatumType::F32
+            || inputs.iter().any(|f| f.datum_type != DatumType::F32)
+            || output.datum_type != DatumType::F32
+            || op.axes.input_count() != 2
+            || op.axes.output_count() != 1
+        {
+            return None;
+        }
+        let shapes = [
+            inputs[0].shape.as_concrete()?,
+            inputs[1].shape.as_concrete()?,
+            output.shape.as_concrete()?,
+        ];
+        let st = shapes.map(strides);
+        // Per group: axis positions in (input 0, input 1, output) and sizes.
+        let (mut m, mut k, mut n, mut b) = (vec![], vec![], vec![], vec![]);
+        for axis in op.axes.iter_all_axes() {
+            let lists = [&axis.inputs[0], &axis.inputs[1], &axis.outputs[0]];
+            if lists.iter().any(|l| l.len() > 1) {
+                return None;
+            }
+            let pos = lists.map(|l| l.first().copied());
+            let sizes: Vec<usize> = (0..3)
+                .filter_map(|t| pos[t].map(|p| shapes[t][p]))
+                .collect();
+            let size = sizes[0];
+            if sizes.iter().any(|&s| s != size) {
+                return None;
+            }
+            if size == 1 {
+                continue;
+            }
+            let group = match (pos[0].is_some(), pos[1].is_some(), pos[2].is_some()) {
+                (true, true, true) => &mut b,
+                (true, false, true) => &mut m,
+                (false, true, true) => &mut n,
+                (true, true, false) => &mut k,
+                _ => return None,
+            };
+            group.push((pos, size));
+        }
+        // Rows and columns in output order, the reduced axes in input-0 order.
+        m.sort_by_key(|(p, _)| p[2]);
+        n.sort_by_key(|(p, _)| p[2]);
+        k.sort_by_key(|(p, _)| p[0]);
+        b.sort_by_key(|(p, _)| p[2]);
+        let dim = |g: &[([Option<usize>; 3], usize)]| {
+            let pos: Vec<_> = g.iter().map(|x| x.0).collect();
+            let sizes: Vec<_> = g.iter().map(|x| x.1).collect();
+            merge(&pos, &sizes, &st)
+        };
+        let axes_of = |g: &[([Option<usize>; 3], usize)]| -> TVec<usize> {
+            g.iter().filter_map(|x| x.0[2]).collect()
+        };
+        let mut out_axes = [axes_of(&m), axes_of(&n)];
+        let (m, k, n) = (dim(&m)?, dim(&k)?, dim(&n)?);
+        let batch = b
+            .iter()
+            .map(|(p, size)| Dim {
+                len: *size,
+                stride: [0, 1, 2].map(|t| p[t].map_or(0, |q| st[t][q])),
+            })
+            .collect();
+        // Write C along its contiguous axis: if the output's columns are not it, compute the
+        // transposed product (swap A and B, rows and columns).
+        let swap = n.len > 1 && n.stride[2] != 1 && m.stride[2] == 1;
+        let (m, n) = if swap { (n, m) } else { (m, n) };
+        if swap {
+            out_axes.swap(0, 1);
+        }
+        Some(Gemm {
+            m,
+            k,
+            n,
+            batch,
+            swap,
+            input_shapes: [shapes[0].into(), shapes[1].into()],
+            out_axes,
+            batch_axes: b.iter().filter_map(|(p, _)| p[2]).collect(),
+            alpha: F32Bits(1f32.to_bits()),
+            output_shape: shapes[2].into(),
+            bias: None,
+        })
+    }
+
+    /// Folds `out * scale` into this product, for a constant scalar `scale`, before any bias.
+    /// Returns whether it was folded.
+    pub fn fold_scale(&mut self, scale: &Tensor) -> bool {
+        if self.bias.is_some() || scale.datum_type() != DatumType::F32 || scale.len() != 1 {
+            return false;
+        }
+        let Ok(v) = scale.cast_to_scalar::<f32>() else {
+            return false;
+        };
+        self.alpha = F32Bits((f32::from_bits(self.alpha.0) * v).to_bits());
+        true
+    }
+
+    /// Folds `out + bias` into this product, for a constant `bias` of the output's rank that
+    /// broadcasts to it, if its rows and columns are strided runs (or broadcast) like C's.
+    /// Returns whether it was folded.
+    pub fn fold_bias(&mut self, bias: &Tensor) -> bool {
+        let shape = bias.shape();
+        if self.bias.is_some()
+            || bias.datum_type() != DatumType::F32
+            || shape.len() != self.output_shape.len()
+            || shape
+                .iter()
+                .zip(&self.output_shape)
+                .any(|(&b, &o)| b != 1 && b != o)
+        {
+            return false;
+        }
+        let Ok(plain) = bias.try_as_plain_ram() else {
+            return false;
+        };
+        let Ok(values) = plain.as_slice::<f32>() else {
+            return false;
+        };
+        // Stride of each output axis in the bias; 0 where it is broadcast.
+        let full = strides(shape);
+        let st: TVec<isize> = (0..shape.len())
+            .map(|a| if shape[a] == 1 { 0 } else { full[a] })
+            .collect();
+        let out = &self.output_shape;
+        // One stride for a group of output axes (outermost first), if they are one run.
+        let group = |axes: &[usize]| -> Option<isize> {
+            let Some(&inner) = axes.last() else {
+                return Some(0);
+            };
+            if axes.iter().all(|&a| st[a] == 0) {
+                return Some(0);
+            }
+            let mut span = st[inner] * out[inner] as isize;
+            for &a in axes.iter().rev().skip(1) {
+                if st[a] != span {
+                    return None;
+                }
+                span *= out[a] as isize;
+            }
+            Some(st[inner])
+        };
+        let (Some(rows), Some(cols)) = (group(&self.out_axes[0]), group(&self.out_axes[1])) else {
+            return false;
+        };
+        self.bias = Some(Bias {
+            values: values.to_vec(),
+            batch: self.batch_axes.iter().map(|&a| st[a]).collect(),
+            rows,
+            cols,
+        });
+        true
+    }
+
+    /// Multiply-adds per evaluation.
+    fn fma(&self) -> usize {
+        self.batch.iter().map(|d| d.len).product::<usize>() * self.m.len * self.k.len * self.n.len
+    }
+
+    /// Element offsets of batch `i` in A, B, C and the bias.
+    fn batch_offsets(&self, mut i: usize) -> [isize; 4] {
+        let mut off = [0isize; 4];
+        for (j, d) in self.batch.iter().enumerate().rev() {
+            let idx = (i % d.len) as isize;
+            i /= d.len;
+            for (o, s) in off.iter_mut().zip(d.stride) {
+                *o += idx * s;
+            }
+            if let Some(b) = &self.bias {
+                off[3] += idx * b.batch[j];
+            }
+        }
+        if self.swap {
+            off.swap(0, 1);
+        }
+        off
+    }
+
+    /// (row stride, column stride) of A, B and C in the computed orientation.
+    fn layout(&self) -> [(isize, isize); 3] {
+        let (a, b) = if self.swap { (1, 0) } else { (0, 1) };
+        [
+            (self.m.stride[a], self.k.stride[a]),
+            (self.k.stride[b], self.n.stride[b]),
+            (self.m.stride[2], self.n.stride[2]),
+        ]
+    }
+
+    /// Rows `rows` of batch `bi`'s C, columns `cols`.
+    ///
+    /// # Safety
+    /// `a`, `b`, `c` hold the op's input and output shapes; no other thread writes this block.
+    unsafe fn block(
+        &self,
+        (a, b, c): (*const f32, *const f32, *mut f32),
+        bi: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let [oa, ob, oc, obias] = self.batch_offsets(bi);
+        let [(rsa, csa), (rsb, csb), (rsc, csc)] = self.layout();
+        let (r0, c0) = (rows.start as isize, cols.start as isize);
+        let (m, n) = (rows.len(), cols.len());
+        // SAFETY: every offset below stays inside the tensors (caller's contract on shapes).
+        unsafe {
+            let a = a.offset(oa + r0 * rsa);
+            let b = b.offset(ob + c0 * csb);
+            let c = c.offset(oc + r0 * rsc + c0 * csc);
+            let bias = |i: usize| {
+                obias
+                    + (r0 + i as isize) * self.bias.as_ref().map_or(0, |b| b.rows)
+                    + c0 * self.bias.as_ref().map_or(0, |b| b.cols)
+            };
+            self.multiply((a, rsa, csa), (b, rsb, csb), (c, rsc, csc), (m, n), &bias);
+        }
+    }
+
+    /// `C = alpha A.B (+ bias)` for one block: `m x k` A, `k x n` B, `m x n` C, each (pointer,
+    /// row stride, column stride); `bias(i)` is the bias offset of row `i`, column 0.
+    ///
+    /// # Safety
+    /// The pointers and strides address valid matrices of these sizes.
+    unsafe fn multiply(
+        &self,
+        (a, rsa, csa): (*const f32, isize, isize),
+        (b, rsb, csb): (*const f32, isize, isize),
+        (c, rsc, csc): (*mut f32, isize, isize),
+        (m, n): (usize, usize),
+        bias_row: &dyn Fn(usize) -> isize,
+    ) {
+        // SAFETY: caller's contract.
+        unsafe {
+            let beta = match &self.bias {
+                None => 0.0,
+                Some(bias) => {
+                    for i in 0..m {
+                        let src = bias_row(i);
+                        let dst = c.offset(i as isize * rsc);
+                        match (bias.cols, csc) {
+                            (1, 1) => std::slice::from_raw_parts_mut(dst, n)
+                                .copy_from_slice(&bias.values[src as usize..][..n]),
+                            (0, 1) => std::slice::from_raw_parts_mut(dst, n)
+                                .fill(bias.values[src as usize]),
+                            _ => {
+                                for j in 0..n as isize {
+                                    *dst.offset(j * csc) =
+                                        bias.values[(src + j * bias.cols) as usize];
+                                }
+                            }
+                        }
+                    }
+                    1.0
+                }
+            };
+            if self.k.len == 0 {
+                if beta == 0.0 {
+                    for i in 0..m as isize {
+                        for j in 0..n as isize {
+                            *c.offset(i * rsc + j * csc) = 0.0;
+                        }
+                    }
+                }
+                return;
+            }
+            matrixmultiply::sgemm(
+                m,
+                self.k.len,
+                n,
+                f32::from_bits(self.alpha.0),
+                a,
+                rsa,
+                csa,
+                b,
+                rsb,
+                csb,
+                beta,
+                c,
+                rsc,
+                csc,
+            );
+        }
+    }
+
+    /// How the work is split for threads: whole batches when there are enough of them, else
+    /// bands of rows or columns (multiples of the micro-kernel's 8).
+    /// Returns (batches, bands per batch, band width, whether bands are rows).
+    fn tasks(&self) -> (usize, usize, usize, bool) {
+        let batches = self.batch.iter().map(|d| d.len).product::<usize>();
+        let by_rows = self.m.len >= self.n.len;
+        let len = if by_rows { self.m.len } else { self.n.len };
+        if batches >= 8 {
+            return (batches, 1, len, by_rows);
+        }
+        let band = len.div_ceil(8).next_multiple_of(8).max(8);
+        (batches, len.div_ceil(band), band, by_rows)
+    }
+}
+
+/// An f32 compared and hashed by its bits (ops are compared for equality).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct F32Bits(u32);
+
+/// The operands, shared by the threads writing disjoint blocks of one output.
+#[derive(Clone, Copy)]
+struct Shared(*const f32, *const f32, *mut f32);
+// SAFETY: the threads write disjoint blocks (see `Gemm::tasks`).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Op for Gemm {
+    fn name(&self) -> StaticName {
+        "Gemm".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "batch {} m {} k {} n {} swap {} alpha {} bias {}",
+            self.batch.iter().map(|d| d.len).product::<usize>(),
+            self.m.len,
+            self.k.len,
+            self.n.len,
+            self.swap,
+            f32::from_bits(self.alpha.0),
+            self.bias.is_some()
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Gemm {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 2, "Gemm: {} inputs", inputs.len());
+        for (i, x) in inputs.iter().enumerate() {
+            ensure!(
+                x.datum_type() == DatumType::F32 && x.shape() == &*self.input_shapes[i],
+                "Gemm: input {i} is {:?} {:?}, planned for f32 {:?}",
+                x.datum_type(),
+                x.shape(),
+                self.input_shapes[i]
+            );
+        }
+        let a = inputs[0].try_as_plain_ram()?;
+        let b = inputs[1].try_as_plain_ram()?;
+        let (pa, pb) = (a.as_slice::<f32>()?.as_ptr(), b.as_slice::<f32>()?.as_ptr());
+        let (pa, pb) = if self.swap { (pb, pa) } else { (pa, pb) };
+        // SAFETY: every element is written by the blocks below (bias or product).
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        let mut plain = output.try_as_plain_ram_mut()?;
+        let ptrs = Shared(pa, pb, plain.as_slice_mut::<f32>()?.as_mut_ptr());
+        let (batches, bands, band, by_rows) = self.tasks();
+        let band_of = |len: usize, i: usize| (i * band).min(len)..((i + 1) * band).min(len);
+        let mut ids: Vec<usize> = (0..batches * bands).collect();
+        tract_core::tract_linalg::multithread::par_chunks_mut(
+            &mut ids,
+            1,
+            self.fma(),
+            |_, chunk| {
+                let p = ptrs;
+                for &t in chunk.iter() {
+                    let (bi, band) = (t / bands, t % bands);
+                    let (rows, cols) = if by_rows {
+                        (band_of(self.m.len, band), 0..self.n.len)
+                    } else {
+                        (0..self.m.len, band_of(self.n.len, band))
+                    };
+                    // SAFETY: shapes checked above; tasks cover disjoint blocks.
+                    unsafe { self.block((p.0, p.1, p.2), bi, rows, cols) };
+                }
+                Ok(())
+            },
+        )?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Gemm {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        for (i, f) in inputs.iter().enumerate() {
+            ensure!(
+                f.shape.as_concrete() == Some(&*self.input_shapes[i]),
+                "Gemm: input {i} fact {:?}, planned for {:?}",
+                f.shape,
+                self.input_shapes[i]
+            );
+        }
+        Ok(tvec!(f32::fact(&*self.output_shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        Ok(tvec!((Cost::FMA(DatumType::F32), self.fma().into())))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fast_ops::{Replaced, substitute_decluttered};
+    use crate::model::onnx::f32s;
+    use crate::simd::Kernel;
+
+    fn rand(seed: &mut u64, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn tensor(seed: &mut u64, shape: &[usize]) -> Tensor {
+        Tensor::from_shape(shape, &rand(seed, shape.iter().product())).unwrap()
+    }
+
+    /// A decluttered model `expr(x, w) (+ bias)` with `w` (and the bias) constant unless
+    /// `w_const` is false, then `w` is a second input.
+    fn model(
+        expr: &str,
+        x: &Tensor,
+        w: &Tensor,
+        w_const: bool,
+        (scale, bias): (Option<f32>, Option<&Tensor>),
+    ) -> TypedModel {
+        let mut m = TypedModel::default();
+        let xs = m.add_source("x", f32::fact(x.shape())).unwrap();
+        let ws = if w_const {
+            m.add_const("w", w.clone()).unwrap()
+        } else {
+            m.add_source("w", f32::fact(w.shape())).unwrap()
+        };
+        let op = EinSum::new(expr.parse().unwrap(), DatumType::F32);
+        let mut out = m.wire_node("product", op, &[xs, ws]).unwrap();
+        if let Some(v) = scale {
+            let rank = x.rank().max(w.rank());
+            let k = m
+                .add_const("scale.value", tensor0(v).broadcast_into_rank(rank).unwrap())
+                .unwrap();
+            out = m
+                .wire_node("scale", tract_core::ops::math::mul(), &[out[0], k])
+                .unwrap();
+        }
+        if let Some(b) = bias {
+            let bs = m.add_const("bias.value", b.clone()).unwrap();
+            out = m
+                .wire_node("bias", tract_core::ops::math::add(), &[out[0], bs])
+                .unwrap();
+        }
+        m.select_output_outlets(&out).unwrap();
+        m
+    }
+
+    fn run(m: TypedModel, inputs: TVec<TValue>) -> Vec<f32> {
+        let out = m.into_runnable().unwrap().run(inputs).unwrap();
+        f32s(&out[0]).unwrap().to_vec()
+    }
+
+    /// Runs `expr` through tract alone and through our substitution; returns how many products
+    /// and biases were replaced and the largest difference.
+    fn compare(
+        expr: &str,
+        xs: &[usize],
+        ws: &[usize],
+        w_const: bool,
+        (scale, bias): (Option<f32>, Option<&[usize]>),
+    ) -> (Replaced, f32) {
+        let mut seed = (xs.iter().sum::<usize>() * 31 + ws.len()) as u64;
+        let x = tensor(&mut seed, xs);
+        let w = tensor(&mut seed, ws);
+        let b = bias.map(|s| tensor(&mut seed, s));
+        let inputs = || {
+            let mut v = tvec![x.clone().into_tvalue()];
+            if !w_const {
+                v.push(w.clone().into_tvalue());
+            }
+            v
+        };
+        let stock = model(expr, &x, &w, w_const, (scale, b.as_ref()));
+        let want = run(stock.clone().into_optimized().unwrap(), inputs());
+        let mut ours = stock;
+        ours.declutter().unwrap();
+        let done = substitute_decluttered(&mut ours, Kernel::best()).unwrap();
+        ours.optimize().unwrap();
+        let got = run(ours, inputs());
+        assert_eq!(got.len(), want.len(), "{expr}");
+        let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
+        let diff = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs() / scale)
+            .fold(0f32, f32::max);
+        (done, diff)
+    }
+
+    #[test]
+    fn matches_tract_on_the_models_products() {
+        // (expression, input, weights, weights constant, bias) as they occur in MobileSAM/CLIP
+        // (smaller), with odd sizes to hit every kernel edge.
+        type Case<'a> = (&'a str, &'a [usize], &'a [usize], bool, Option<&'a [usize]>);
+        let cases: &[Case] = &[
+            ("mk,kn->mn", &[37, 29], &[29, 19], true, Some(&[1, 19])),
+            ("mk,kn->mn", &[64, 64], &[64, 3], true, None),
+            (
+                "amk,kn->amn",
+                &[5, 13, 16],
+                &[16, 24],
+                true,
+                Some(&[1, 1, 24]),
+            ),
+            (
+                "ambk,bkn->amn",
+                &[5, 13, 3, 8],
+                &[3, 8, 10],
+                true,
+                Some(&[1, 1, 10]),
+            ),
+            (
+                "ambk,anbk->abmn",
+                &[5, 13, 3, 8],
+                &[5, 11, 3, 8],
+                false,
+                None,
+            ),
+            (
+                "abmk,akbn->ambn",
+                &[5, 3, 13, 11],
+                &[5, 11, 3, 8],
+                false,
+                None,
+            ),
+            (
+                "NIHW,OI->OHW",
+                &[1, 6, 9, 7],
+                &[10, 6],
+                true,
+                Some(&[10, 1, 1]),
+            ),
+            (
+                "IHW,OI->NOHW",
+                &[10, 9, 7],
+                &[6, 10],
+                true,
+                Some(&[1, 6, 1, 1]),
+            ),
+            ("IHW,OI->OHW", &[10, 9, 7], &[12, 10], true, None),
+            (
+                "HWI,OI->OHW",
+                &[9, 7, 10],
+                &[12, 10],
+                true,
+                Some(&[12, 1, 1]),
+            ),
+            (
+                "HWI,OI->NOHW",
+                &[9, 7, 10],
+                &[12, 10],
+                true,
+                Some(&[1, 1, 1, 1]),
+            ),
+            ("mk,nk->mn", &[17, 33], &[9, 33], true, None),
+        ];
+        for &(expr, xs, ws, w_const, bias) in cases {
+            let (done, diff) = compare(expr, xs, ws, w_const, (None, bias));
+            assert_eq!(done.gemm, 1, "{expr} not replaced");
+            assert_eq!(
+                done.gemm_bias,
+                bias.is_some() as usize,
+                "{expr} bias not folded"
+            );
+            assert!(diff < 1e-5, "{expr}: relative difference {diff:e}");
+        }
+    }
+
+    #[test]
+    fn full_bias_is_folded() {
+        // A full [8, 6] bias is a strided run along rows and columns: folded.
+        let (done, diff) = compare("mk,kn->mn", &[8, 5], &[5, 6], true, (None, Some(&[8, 6])));
+        assert_eq!((done.gemm, done.gemm_bias), (1, 1));
+        assert!(diff < 1e-5, "{diff:e}");
+    }
+
+    #[test]
+    fn attention_scale_and_bias_are_folded() {
+        // TinyViT: attn = (q . k^T) * scale + bias[heads, n, n], broadcast over windows.
+        let (done, diff) = compare(
+            "ambk,anbk->abmn",
+            &[5, 13, 3, 8],
+            &[5, 13, 3, 8],
+            false,
+            (Some(0.125), Some(&[1, 3, 13, 13])),
+        );
+        assert_eq!((done.gemm, done.gemm_bias), (1, 1));
+        assert!(diff < 1e-5, "{diff:e}");
+        // A scale alone.
+        let (done, diff) = compare("mk,kn->mn", &[7, 5], &[5, 9], true, (Some(-3.0), None));
+        assert_eq!((done.gemm, done.gemm_bias), (1, 0));
+        assert!(diff < 1e-5, "{diff:e}");
+    }
+
+    #[test]
+    fn bias_broadcast_inside_a_group_stays_an_add() {
+        // Rows are H x W merged; a bias varying along W only is not one run over them.
+        let (done, diff) = compare(
+            "IHW,OI->OHW",
+            &[4, 3, 5],
+            &[6, 4],
+            true,
+            (None, Some(&[1, 1, 5])),
+        );
+        assert_eq!((done.gemm, done.gemm_bias), (1, 0));
+        assert!(diff < 1e-5, "{diff:e}");
+    }
+
+    #[test]
+    fn other_einsums_are_left_to_tract() {
+        let fact = |s: &[usize]| f32::fact(s);
+        let op = |e: &str| EinSum::new(e.parse().unwrap(), DatumType::F32);
+        // A summed axis only one input has.
+        assert!(
+            Gemm::replacing(
+                &op("mk,nj->mn"),
+                [&fact(&[4, 3]), &fact(&[5, 2])],
+                &fact(&[4, 5])
+            )
+            .is_none()
+        );
+        // A diagonal.
+        assert!(
+            Gemm::replacing(
+                &op("mm,mn->mn"),
+                [&fact(&[4, 4]), &fact(&[4, 5])],
+                &fact(&[4, 5])
+            )
+            .is_none()
+        );
+        // Rows that are not one strided run in the first input (m and j interleaved with k).
+        assert!(
+            Gemm::replacing(
+                &op("mkj,kn->mjn"),
+                [&fact(&[4, 3, 2]), &fact(&[3, 5])],
+                &fact(&[4, 2, 5])
+            )
+            .is_none()
+        );
+        // Not f32.
+        let mut q = op("mk,kn->mn");
+        q.operating_dt = DatumType::I32;
+        assert!(Gemm::replacing(&q, [&fact(&[4, 3]), &fact(&[3, 5])], &fact(&[4, 5])).is_none());
+        assert!(
+            Gemm::replacing(
+                &op("mk,kn->mn"),
+                [&fact(&[4, 3]), &fact(&[3, 5])],
+                &fact(&[4, 5])
+            )
+            .is_some()
+        );
+    }
+}
