@@ -39,6 +39,44 @@ pub struct Bias {
 // enough for that; a NaN bias only makes two equal ops look different.
 impl Eq for Bias {}
 
+/// How an input is read: a tensor of `shape` at `offset` with `strides` inside a tensor of shape
+/// `full` (a slice of it, read in place instead of copied by tract's `Slice`).
+#[derive(Debug, Clone)]
+pub struct View {
+    pub shape: TVec<usize>,
+    pub full: TVec<usize>,
+    pub strides: TVec<isize>,
+    pub offset: isize,
+}
+
+impl View {
+    /// A whole contiguous tensor of `shape`.
+    pub fn whole(shape: &[usize]) -> View {
+        View {
+            shape: shape.into(),
+            full: shape.into(),
+            strides: strides(shape),
+            offset: 0,
+        }
+    }
+
+    /// The view `start..end` along `axis` of a contiguous tensor of shape `full`.
+    pub fn slice(full: &[usize], axis: usize, start: usize, end: usize) -> Option<View> {
+        if axis >= full.len() || start > end || end > full[axis] {
+            return None;
+        }
+        let st = strides(full);
+        let mut shape: TVec<usize> = full.into();
+        shape[axis] = end - start;
+        Some(View {
+            shape,
+            full: full.into(),
+            offset: start as isize * st[axis],
+            strides: st,
+        })
+    }
+}
+
 /// `out[batch] = alpha * A[batch] . B[batch] (+ bias)` for f32 tensors of pinned shapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gemm {
@@ -48,7 +86,9 @@ pub struct Gemm {
     batch: TVec<Dim>,
     /// `A` is input 1 and `B` input 0 (chosen so that `C` is written row by row).
     swap: bool,
+    /// Shapes of the tensors the inputs are read from, and where in them each input starts.
     input_shapes: [TVec<usize>; 2],
+    offsets: [isize; 2],
     /// Output axes (size > 1) making up the rows and the columns of C, outermost first.
     out_axes: [TVec<usize>; 2],
     /// Output axis of each batch dimension.
@@ -94,6 +134,20 @@ impl Gemm {
     /// The replacement for `op` (a decluttered f32 two-input einsum) on inputs and output of
     /// these concrete shapes, if it is a product this op computes.
     pub fn replacing(op: &EinSum, inputs: [&TypedFact; 2], output: &TypedFact) -> Option<Self> {
+        let views = [
+            View::whole(inputs[0].shape.as_concrete()?),
+            View::whole(inputs[1].shape.as_concrete()?),
+        ];
+        Self::replacing_views(op, inputs, views, output)
+    }
+
+    /// [`Gemm::replacing`] for inputs read through [`View`]s of larger tensors.
+    pub fn replacing_views(
+        op: &EinSum,
+        inputs: [&TypedFact; 2],
+        views: [View; 2],
+        output: &TypedFact,
+    ) -> Option<Self> {
         if op.q_params.is_some()
             || op.operating_dt != DatumType::F32
             || inputs.iter().any(|f| f.datum_type != DatumType::F32)
@@ -103,12 +157,13 @@ impl Gemm {
         {
             return None;
         }
-        let shapes = [
-            inputs[0].shape.as_concrete()?,
-            inputs[1].shape.as_concrete()?,
-            output.shape.as_concrete()?,
+        let out_shape = output.shape.as_concrete()?;
+        let shapes = [&*views[0].shape, &*views[1].shape, out_shape];
+        let st = [
+            views[0].strides.clone(),
+            views[1].strides.clone(),
+            strides(out_shape),
         ];
-        let st = shapes.map(strides);
         // Per group: axis positions in (input 0, input 1, output) and sizes.
         let (mut m, mut k, mut n, mut b) = (vec![], vec![], vec![], vec![]);
         for axis in op.axes.iter_all_axes() {
@@ -171,7 +226,8 @@ impl Gemm {
             n,
             batch,
             swap,
-            input_shapes: [shapes[0].into(), shapes[1].into()],
+            input_shapes: [views[0].full.clone(), views[1].full.clone()],
+            offsets: [views[0].offset, views[1].offset],
             out_axes,
             batch_axes: b.iter().filter_map(|(p, _)| p[2]).collect(),
             alpha: F32Bits(1f32.to_bits()),
@@ -256,7 +312,7 @@ impl Gemm {
 
     /// Element offsets of batch `i` in A, B, C and the bias.
     fn batch_offsets(&self, mut i: usize) -> [isize; 4] {
-        let mut off = [0isize; 4];
+        let mut off = [self.offsets[0], self.offsets[1], 0, 0];
         for (j, d) in self.batch.iter().enumerate().rev() {
             let idx = (i % d.len) as isize;
             i /= d.len;
@@ -697,6 +753,42 @@ mod tests {
         let (done, diff) = compare("mk,kn->mn", &[7, 5], &[5, 9], true, (Some(-3.0), None));
         assert_eq!((done.gemm, done.gemm_bias), (1, 0));
         assert!(diff < 1e-5, "{diff:e}");
+    }
+
+    #[test]
+    fn sliced_inputs_are_read_in_place() {
+        // TinyViT attention: q and k cut out of one qkv tensor along its last axis.
+        let mut seed = 11;
+        let qkv = tensor(&mut seed, &[5, 13, 3, 24]);
+        let mut m = TypedModel::default();
+        let x = m.add_source("qkv", f32::fact(qkv.shape())).unwrap();
+        let slice = |m: &mut TypedModel, name: &str, r: std::ops::Range<usize>| {
+            let op = tract_core::ops::array::Slice::new(3, r.start, r.end);
+            m.wire_node(name, op, &[x]).unwrap()[0]
+        };
+        let q = slice(&mut m, "q", 0..8);
+        let k = slice(&mut m, "k", 8..16);
+        let op = EinSum::new("ambk,anbk->abmn".parse().unwrap(), DatumType::F32);
+        let out = m.wire_node("attn", op, &[q, k]).unwrap();
+        m.select_output_outlets(&out).unwrap();
+        let want = run(
+            m.clone().into_optimized().unwrap(),
+            tvec![qkv.clone().into_tvalue()],
+        );
+        m.declutter().unwrap();
+        let done = substitute_decluttered(&mut m, Kernel::best()).unwrap();
+        assert_eq!((done.gemm, done.gemm_sliced), (1, 1));
+        m.optimize().unwrap();
+        let slices = m.nodes.iter().filter(|n| n.op.name() == "Slice").count();
+        let got = run(m, tvec![qkv.into_tvalue()]);
+        assert_eq!(got.len(), want.len());
+        let diff = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{diff:e}");
+        assert_eq!(slices, 0, "the slices are no longer computed");
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub mod gemm;
 pub mod pad;
 pub mod softmax;
 
-use tract_core::ops::array::Pad;
+use tract_core::internal::DimLike;
+use tract_core::ops::array::{Pad, Slice};
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
@@ -22,7 +23,7 @@ use tract_onnx::prelude::*;
 
 use crate::simd::Kernel;
 pub use conv3x3::Conv3x3;
-pub use gemm::Gemm;
+pub use gemm::{Gemm, View};
 pub use pad::RowPad;
 pub use softmax::RowSoftmax;
 
@@ -43,6 +44,8 @@ pub struct Replaced {
     /// Products, and of them those with the following bias `Add` folded in.
     pub gemm: usize,
     pub gemm_bias: usize,
+    /// Products reading a sliced input in place.
+    pub gemm_sliced: usize,
 }
 
 impl Replaced {
@@ -92,9 +95,22 @@ fn substitute_product(model: &mut TypedModel, id: usize, done: &mut Replaced) ->
         model.outlet_fact(node.inputs[0])?,
         model.outlet_fact(node.inputs[1])?,
     ];
-    let Some(mut gemm) = Gemm::replacing(einsum, inputs, &node.outputs[0].fact) else {
+    let out = &node.outputs[0].fact;
+    // Inputs cut by a `Slice` (attention's q, k, v out of one qkv product) are read in place.
+    let sliced = [0, 1].map(|i| sliced_view(model, node.inputs[i]));
+    let whole = |i: usize| inputs[i].shape.as_concrete().map(View::whole);
+    let views = [0, 1].map(|i| sliced[i].as_ref().map(|s| s.0.clone()).or_else(|| whole(i)));
+    let [Some(v0), Some(v1)] = views else {
         return Ok(());
     };
+    let Some(mut gemm) = Gemm::replacing_views(einsum, inputs, [v0, v1], out) else {
+        return Ok(());
+    };
+    let wires: TVec<OutletId> = (0..2)
+        .map(|i| sliced[i].as_ref().map_or(node.inputs[i], |s| s.1))
+        .collect();
+    let folded_inputs = *wires != *node.inputs;
+    done.gemm_sliced += folded_inputs as usize;
     done.gemm += 1;
     let shape = node.outputs[0].fact.shape.clone();
     let mut tail = id;
@@ -134,16 +150,30 @@ fn substitute_product(model: &mut TypedModel, id: usize, done: &mut Replaced) ->
         }
         tail = next.id;
     }
-    if tail == id {
+    if tail == id && !folded_inputs {
         model.nodes[id].op = Box::new(gemm);
         return Ok(());
     }
     let name = format!("{}.gemm", model.nodes[id].name);
     let mut patch = TypedModelPatch::default();
-    let taps = patch.taps(model, &model.nodes[id].inputs)?;
+    let taps = patch.taps(model, &wires)?;
     let out = patch.wire_node(name, gemm, &taps)?;
     patch.shunt_outside(model, tail.into(), out[0])?;
     patch.apply(model)
+}
+
+/// The view an input produced by a `Slice` of a concrete f32 tensor reads, and that tensor.
+fn sliced_view(model: &TypedModel, input: OutletId) -> Option<(View, OutletId)> {
+    let node = &model.nodes[input.node];
+    let slice = node.op_as::<Slice>()?;
+    let src = *node.inputs.first()?;
+    let fact = model.outlet_fact(src).ok()?;
+    if fact.datum_type != DatumType::F32 {
+        return None;
+    }
+    let full = fact.shape.as_concrete()?;
+    let (start, end) = (slice.start.to_usize().ok()?, slice.end.to_usize().ok()?);
+    Some((View::slice(full, slice.axis, start, end)?, src))
 }
 
 /// Replaces, in an optimized model, every node one of our operators computes faster.
