@@ -151,9 +151,14 @@ impl Parsed {
             .map_err(flat)
             .with_context(replace_failed)?;
         log::debug!(
-            "{}: own operators: {} depthwise, {} softmax, {} pad",
+            "{}: own operators: {} products ({} with bias, {} reading slices), {} 3x3 convs, \
+             {} layer norms, {} softmax, {} pad",
             file.display(),
+            a.gemm,
+            a.gemm_bias,
+            a.gemm_sliced,
             a.depthwise,
+            a.layer_norm,
             b.softmax,
             b.pad
         );

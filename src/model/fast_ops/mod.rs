@@ -9,6 +9,7 @@
 
 pub mod conv3x3;
 pub mod gemm;
+pub mod layer_norm;
 pub mod pad;
 pub mod softmax;
 
@@ -17,13 +18,15 @@ use tract_core::ops::array::{Pad, Slice};
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::math::{Add, Mul};
+use tract_core::ops::math::{Add, Mul, Sub};
 use tract_core::ops::nn::Softmax;
+use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 use tract_onnx::prelude::*;
 
 use crate::simd::Kernel;
 pub use conv3x3::Conv3x3;
 pub use gemm::{Gemm, View};
+pub use layer_norm::RowLayerNorm;
 pub use pad::RowPad;
 pub use softmax::RowSoftmax;
 
@@ -46,11 +49,12 @@ pub struct Replaced {
     pub gemm_bias: usize,
     /// Products reading a sliced input in place.
     pub gemm_sliced: usize,
+    pub layer_norm: usize,
 }
 
 impl Replaced {
     pub fn total(&self) -> usize {
-        self.softmax + self.pad + self.depthwise + self.gemm
+        self.softmax + self.pad + self.depthwise + self.gemm + self.layer_norm
     }
 }
 
@@ -61,6 +65,10 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
     for id in 0..model.nodes.len() {
         if model.nodes[id].op_is::<EinSum>() {
             substitute_product(model, id, &mut done)?;
+            continue;
+        }
+        if model.nodes[id].op_is::<RmsNorm>() {
+            substitute_layer_norm(model, id, kernel, &mut done)?;
             continue;
         }
         let node = &model.nodes[id];
@@ -160,6 +168,110 @@ fn substitute_product(model: &mut TypedModel, id: usize, done: &mut Replaced) ->
     let out = patch.wire_node(name, gemm, &taps)?;
     patch.shunt_outside(model, tail.into(), out[0])?;
     patch.apply(model)
+}
+
+/// The node that alone reads node `id`'s only output, if there is one.
+fn sole_user(model: &TypedModel, id: usize) -> Option<&TypedNode> {
+    let node = &model.nodes[id];
+    let succ = &node.outputs.first()?.successors;
+    let outputs = model.output_outlets().ok()?;
+    (node.outputs.len() == 1 && succ.len() == 1 && !outputs.contains(&OutletId::new(id, 0)))
+        .then(|| &model.nodes[succ[0].node])
+}
+
+/// Whether `node` is the binary op `B`.
+fn is_bin<B: tract_core::ops::binary::BinMiniOp>(node: &TypedNode) -> bool {
+    node.inputs.len() == 2 && node.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<B>())
+}
+
+/// The constant on input `slot` of `node`.
+fn konst(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<Arc<Tensor>> {
+    model
+        .outlet_fact(*node.inputs.get(slot)?)
+        .ok()?
+        .konst
+        .clone()
+}
+
+/// Puts a [`RowLayerNorm`] in place of the expansion of a last-axis layer norm anchored on
+/// `RmsNorm` node `id`: `Sub(x, Mul(Reduce<Sum>(x), 1/n))` -> `RmsNorm` -> `Mul(gamma)` ->
+/// `Add(beta)`, every intermediate read by the next node only.
+fn substitute_layer_norm(
+    model: &mut TypedModel,
+    id: usize,
+    kernel: Kernel,
+    done: &mut Replaced,
+) -> TractResult<()> {
+    let Some((x, op, tail)) = layer_norm_pattern(model, id, kernel) else {
+        return Ok(());
+    };
+    let name = format!("{}.row_layer_norm", model.nodes[id].name);
+    let mut patch = TypedModelPatch::default();
+    let tap = patch.tap_model(model, x)?;
+    let out = patch.wire_node(name, op, &[tap])?;
+    patch.shunt_outside(model, tail.into(), out[0])?;
+    patch.apply(model)?;
+    done.layer_norm += 1;
+    Ok(())
+}
+
+/// The input, the op and the last node of the layer norm anchored on `RmsNorm` node `id`.
+fn layer_norm_pattern(
+    model: &TypedModel,
+    id: usize,
+    kernel: Kernel,
+) -> Option<(OutletId, RowLayerNorm, usize)> {
+    let rms_node = &model.nodes[id];
+    let rms = rms_node.op_as::<RmsNorm>()?;
+    let fact = model.outlet_fact(rms_node.inputs[0]).ok()?;
+    let len = *fact.shape.as_concrete()?.last()?;
+    if fact.datum_type != DatumType::F32 || rms.axis + 1 != fact.rank() {
+        return None;
+    }
+    // d = x - mean(x), read by the RmsNorm only.
+    let sub = &model.nodes[rms_node.inputs[0].node];
+    if !is_bin::<Sub>(sub) || sole_user(model, sub.id)?.id != id {
+        return None;
+    }
+    let x = sub.inputs[0];
+    let mean = &model.nodes[sub.inputs[1].node];
+    if !is_bin::<Mul>(mean) || sole_user(model, mean.id)?.id != sub.id {
+        return None;
+    }
+    let (sum_slot, recip) = if let Some(k) = konst(model, mean, 1) {
+        (0, k)
+    } else {
+        (1, konst(model, mean, 0)?)
+    };
+    let sum = &model.nodes[mean.inputs[sum_slot].node];
+    let reduce = sum.op_as::<Reduce>()?;
+    let recip = recip.cast_to_scalar::<f32>().ok()?;
+    if reduce.reducer != Reducer::Sum
+        || *reduce.axes != [rms.axis]
+        || sum.inputs[0] != x
+        || sole_user(model, sum.id)?.id != mean.id
+        || (recip * len as f32 - 1.0).abs() > 1e-6
+    {
+        return None;
+    }
+    // * gamma + beta, each read by the next only.
+    let scale = sole_user(model, id)?;
+    let shift = sole_user(model, scale.id)?;
+    if !is_bin::<Mul>(scale) || !is_bin::<Add>(shift) {
+        return None;
+    }
+    let other = |n: &TypedNode, from: usize| {
+        let slot = n.inputs.iter().position(|i| i.node != from)?;
+        konst(model, n, slot)
+    };
+    let (gamma, beta) = (other(scale, id)?, other(shift, scale.id)?);
+    let shape = &shift.outputs[0].fact.shape;
+    if *shape != fact.shape || shift.outputs[0].fact.datum_type != DatumType::F32 {
+        return None;
+    }
+    let eps = rms.eps.cast_to_scalar::<f32>().ok()?;
+    let op = RowLayerNorm::new(kernel, eps, len, &gamma, &beta)?;
+    Some((x, op, shift.id))
 }
 
 /// The view an input produced by a `Slice` of a concrete f32 tensor reads, and that tensor.
