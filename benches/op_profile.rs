@@ -7,7 +7,8 @@
 //! encoder alone (int8 takes over a minute per pass on x86), its share per operator.
 //! NODES=N (with FP32_ONLY=1) also lists the N slowest nodes with their multiply-add rate
 //! (tract's own cost model), which points at the products that run far below the machine's rate.
-//! THREADS=N (with FP32_ONLY=1) profiles under tract's N-thread executor (default 1).
+//! THREADS=N (with FP32_ONLY=1) profiles under tract's N-thread executor (default 1); WARMUP=N
+//! sets the passes run before the profiled one (default 3: the heap needs a few to settle).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,14 @@ fn main() {
             .unwrap_or(1);
         sonomask::cli::common::set_threads(threads).unwrap();
         let mut enc = SamEncoder::load(&manifest, Precision::Fp32).unwrap();
-        enc.run(&input).unwrap();
+        // Warm-up passes: the heap settles (freed blocks reused) after a few frames.
+        let warmup: usize = std::env::var("WARMUP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        for _ in 0..warmup {
+            enc.run(&input).unwrap();
+        }
         let nodes = enc.run_profiled(&input).unwrap();
         let prof = by_op(&nodes);
         let total: f64 = prof.iter().map(|x| x.1).sum();
