@@ -17,6 +17,9 @@
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
+use super::softmax::softmax_rows;
+use crate::simd::Kernel;
+
 /// One group of einsum axes merged into one strided matrix dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Dim {
@@ -95,6 +98,9 @@ pub struct Gemm {
     batch_axes: TVec<usize>,
     /// A constant scale folded in (the attention's `* scale`).
     alpha: F32Bits,
+    /// A softmax over the output's last axis, applied to each row of C after the bias (the
+    /// attention's): rows are then computed whole and normalised while still in cache.
+    softmax: Option<Kernel>,
     output_shape: TVec<usize>,
     bias: Option<Bias>,
 }
@@ -231,15 +237,31 @@ impl Gemm {
             out_axes,
             batch_axes: b.iter().filter_map(|(p, _)| p[2]).collect(),
             alpha: F32Bits(1f32.to_bits()),
+            softmax: None,
             output_shape: shapes[2].into(),
             bias: None,
         })
     }
 
+    /// Folds a softmax over the output's last axis into this product, if C's columns are exactly
+    /// that axis, stored contiguously. Returns whether it was folded.
+    pub fn fold_softmax(&mut self, kernel: Kernel) -> bool {
+        let last = self.output_shape.len().saturating_sub(1);
+        if self.softmax.is_some() || *self.out_axes[1] != [last] || self.layout()[2].1 != 1 {
+            return false;
+        }
+        self.softmax = Some(kernel);
+        true
+    }
+
     /// Folds `out * scale` into this product, for a constant scalar `scale`, before any bias.
     /// Returns whether it was folded.
     pub fn fold_scale(&mut self, scale: &Tensor) -> bool {
-        if self.bias.is_some() || scale.datum_type() != DatumType::F32 || scale.len() != 1 {
+        if self.bias.is_some()
+            || self.softmax.is_some()
+            || scale.datum_type() != DatumType::F32
+            || scale.len() != 1
+        {
             return false;
         }
         let Ok(v) = scale.cast_to_scalar::<f32>() else {
@@ -255,6 +277,7 @@ impl Gemm {
     pub fn fold_bias(&mut self, bias: &Tensor) -> bool {
         let shape = bias.shape();
         if self.bias.is_some()
+            || self.softmax.is_some()
             || bias.datum_type() != DatumType::F32
             || shape.len() != self.output_shape.len()
             || shape
@@ -431,6 +454,13 @@ impl Gemm {
                 rsc,
                 csc,
             );
+            if let Some(kernel) = self.softmax {
+                // fold_softmax: columns are the whole, contiguous last axis.
+                for i in 0..m as isize {
+                    let row = std::slice::from_raw_parts_mut(c.offset(i * rsc), n);
+                    softmax_rows(kernel, row, n);
+                }
+            }
         }
     }
 
@@ -439,7 +469,8 @@ impl Gemm {
     /// Returns (batches, bands per batch, band width, whether bands are rows).
     fn tasks(&self) -> (usize, usize, usize, bool) {
         let batches = self.batch.iter().map(|d| d.len).product::<usize>();
-        let by_rows = self.m.len >= self.n.len;
+        // A folded softmax needs whole rows.
+        let by_rows = self.m.len >= self.n.len || self.softmax.is_some();
         let len = if by_rows { self.m.len } else { self.n.len };
         if batches >= 8 {
             return (batches, 1, len, by_rows);
@@ -467,14 +498,15 @@ impl Op for Gemm {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "batch {} m {} k {} n {} swap {} alpha {} bias {}",
+            "batch {} m {} k {} n {} swap {} alpha {} bias {} softmax {}",
             self.batch.iter().map(|d| d.len).product::<usize>(),
             self.m.len,
             self.k.len,
             self.n.len,
             self.swap,
             f32::from_bits(self.alpha.0),
-            self.bias.is_some()
+            self.bias.is_some(),
+            self.softmax.is_some()
         )])
     }
 
@@ -753,6 +785,45 @@ mod tests {
         let (done, diff) = compare("mk,kn->mn", &[7, 5], &[5, 9], true, (Some(-3.0), None));
         assert_eq!((done.gemm, done.gemm_bias), (1, 0));
         assert!(diff < 1e-5, "{diff:e}");
+    }
+
+    #[test]
+    fn attention_softmax_is_folded() {
+        use tract_core::ops::nn::{Softmax, SoftmaxKind};
+        // softmax(q . k^T * scale + bias) over the last axis, per window and head.
+        let mut seed = 21;
+        let (q, k) = (
+            tensor(&mut seed, &[9, 13, 3, 8]),
+            tensor(&mut seed, &[9, 13, 3, 8]),
+        );
+        let bias = tensor(&mut seed, &[1, 3, 13, 13]);
+        let mut m = model("ambk,anbk->abmn", &q, &k, false, (Some(0.35), Some(&bias)));
+        let last = m.output_outlets().unwrap()[0];
+        let sm = Softmax {
+            axes: tvec![3],
+            quant_output_dt: None,
+            kind: SoftmaxKind::Softmax,
+        };
+        let out = m.wire_node("softmax", sm, &[last]).unwrap();
+        m.select_output_outlets(&out).unwrap();
+        let inputs = || tvec![q.clone().into_tvalue(), k.clone().into_tvalue()];
+        let want = run(m.clone().into_optimized().unwrap(), inputs());
+        m.declutter().unwrap();
+        let done = substitute_decluttered(&mut m, Kernel::best()).unwrap();
+        assert_eq!((done.gemm, done.gemm_bias, done.gemm_softmax), (1, 1, 1));
+        m.optimize().unwrap();
+        assert!(!m.nodes.iter().any(|n| n.op.name().contains("Softmax")));
+        let got = run(m, inputs());
+        let diff = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-6, "{diff:e}");
+        // Rows of a softmax sum to one.
+        for row in got.chunks(13) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
     }
 
     #[test]

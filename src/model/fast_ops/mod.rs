@@ -49,6 +49,8 @@ pub struct Replaced {
     pub gemm_bias: usize,
     /// Products reading a sliced input in place.
     pub gemm_sliced: usize,
+    /// Products with the softmax after them folded in.
+    pub gemm_softmax: usize,
     pub layer_norm: usize,
 }
 
@@ -64,7 +66,7 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
     let mut done = Replaced::default();
     for id in 0..model.nodes.len() {
         if model.nodes[id].op_is::<EinSum>() {
-            substitute_product(model, id, &mut done)?;
+            substitute_product(model, id, kernel, &mut done)?;
             continue;
         }
         if model.nodes[id].op_is::<RmsNorm>() {
@@ -89,9 +91,15 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
 }
 
 /// Puts a [`Gemm`] in place of einsum node `id` if it computes it, with what follows folded in
-/// while it is the product's only user: a multiplication by a constant scalar, then an addition
-/// of a constant (the attention's `q.k * scale + bias`, a layer's bias).
-fn substitute_product(model: &mut TypedModel, id: usize, done: &mut Replaced) -> TractResult<()> {
+/// while it is the product's only user: a multiplication by a constant scalar, an addition of a
+/// constant, then a last-axis softmax (the attention's `softmax(q.k * scale + bias)`, a layer's
+/// bias).
+fn substitute_product(
+    model: &mut TypedModel,
+    id: usize,
+    kernel: Kernel,
+    done: &mut Replaced,
+) -> TractResult<()> {
     let node = &model.nodes[id];
     let Some(einsum) = node.op_as::<EinSum>() else {
         return Ok(());
@@ -128,6 +136,17 @@ fn substitute_product(model: &mut TypedModel, id: usize, done: &mut Replaced) ->
             break;
         }
         let next = &model.nodes[succ[0].node];
+        if let Some(sm) = next.op_as::<Softmax>() {
+            let fact = &next.outputs[0].fact;
+            if fact.shape == shape
+                && RowSoftmax::replacing(sm, fact.datum_type, fact.rank(), kernel).is_some()
+                && gemm.fold_softmax(kernel)
+            {
+                done.gemm_softmax += 1;
+                tail = next.id;
+            }
+            break;
+        }
         let Some(bin) = next.op_as::<TypedBinOp>() else {
             break;
         };
