@@ -17,6 +17,7 @@
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
+use super::pointwise::{self, NR, PackedWeights};
 use super::softmax::softmax_rows;
 use crate::simd::Kernel;
 
@@ -98,6 +99,9 @@ pub struct Gemm {
     batch_axes: TVec<usize>,
     /// A constant scale folded in (the attention's `* scale`).
     alpha: F32Bits,
+    /// A 1x1 convolution over channels-first activations, computed by [`pointwise`] with the
+    /// constant weights packed at load (see [`Gemm::pack_direct`]).
+    direct: Option<Direct>,
     /// A softmax over the output's last axis, applied to each row of C after the bias (the
     /// attention's): rows are then computed whole and normalised while still in cache.
     softmax: Option<Kernel>,
@@ -238,9 +242,59 @@ impl Gemm {
             batch_axes: b.iter().filter_map(|(p, _)| p[2]).collect(),
             alpha: F32Bits(1f32.to_bits()),
             softmax: None,
+            direct: None,
             output_shape: shapes[2].into(),
             bias: None,
         })
+    }
+
+    /// Computes this product with [`pointwise`] (weights `a`, the constant A operand, packed
+    /// now) if it is one: a single product whose B rows and C rows are contiguous (a
+    /// channels-first 1x1 convolution), with no scale or softmax and at most a per-row bias.
+    /// Call after the folds. Returns whether it will.
+    pub fn pack_direct(&mut self, a: &Tensor, kernel: Kernel) -> bool {
+        let batches: usize = self.batch.iter().map(|d| d.len).product();
+        let [(rsa, csa), (rsb, csb), (rsc, csc)] = self.layout();
+        let plain_a = self.offsets == [0, 0]
+            && a.datum_type() == DatumType::F32
+            && a.shape() == &*self.input_shapes[self.swap as usize];
+        if batches != 1
+            || !plain_a
+            || f32::from_bits(self.alpha.0) != 1.0
+            || self.softmax.is_some()
+            || csb != 1
+            || csc != 1
+            || rsa < 0
+            || csa < 0
+            || rsb <= 0
+            || rsc <= 0
+            || self.k.len == 0
+            || self.n.len < 16 * NR
+        {
+            return false;
+        }
+        let bias = match &self.bias {
+            None => None,
+            Some(b) if b.cols == 0 && b.batch.iter().all(|&s| s == 0) => Some(
+                (0..self.m.len)
+                    .map(|i| b.values[(i as isize * b.rows) as usize])
+                    .collect(),
+            ),
+            Some(_) => return false,
+        };
+        let Ok(plain) = a.try_as_plain_ram() else {
+            return false;
+        };
+        let Ok(w) = plain.as_slice::<f32>() else {
+            return false;
+        };
+        let weights = PackedWeights::pack(w, self.m.len, self.k.len, (rsa as usize, csa as usize));
+        self.direct = Some(Direct {
+            kernel,
+            weights,
+            bias,
+        });
+        true
     }
 
     /// Folds a softmax over the output's last axis into this product, if C's columns are exactly
@@ -328,6 +382,11 @@ impl Gemm {
         true
     }
 
+    /// Whether A is input 1 (and B input 0).
+    pub fn swapped(&self) -> bool {
+        self.swap
+    }
+
     /// Multiply-adds per evaluation.
     fn fma(&self) -> usize {
         self.batch.iter().map(|d| d.len).product::<usize>() * self.m.len * self.k.len * self.n.len
@@ -375,6 +434,21 @@ impl Gemm {
     ) {
         let [oa, ob, oc, obias] = self.batch_offsets(bi);
         let [(rsa, csa), (rsb, csb), (rsc, csc)] = self.layout();
+        if let Some(d) = &self.direct {
+            // pack_direct: one batch, all rows, B and C rows contiguous.
+            // SAFETY: caller's contract on shapes and disjoint columns.
+            unsafe {
+                pointwise::multiply(
+                    d.kernel,
+                    &d.weights,
+                    (b.offset(ob), rsb as usize),
+                    (c.offset(oc), rsc as usize),
+                    cols,
+                    d.bias.as_deref(),
+                )
+            };
+            return;
+        }
         let (r0, c0) = (rows.start as isize, cols.start as isize);
         let (m, n) = (rows.len(), cols.len());
         // SAFETY: every offset below stays inside the tensors (caller's contract on shapes).
@@ -469,16 +543,28 @@ impl Gemm {
     /// Returns (batches, bands per batch, band width, whether bands are rows).
     fn tasks(&self) -> (usize, usize, usize, bool) {
         let batches = self.batch.iter().map(|d| d.len).product::<usize>();
-        // A folded softmax needs whole rows.
-        let by_rows = self.m.len >= self.n.len || self.softmax.is_some();
+        // A folded softmax needs whole rows; the direct path whole columns.
+        let by_rows = (self.m.len >= self.n.len || self.softmax.is_some()) && self.direct.is_none();
         let len = if by_rows { self.m.len } else { self.n.len };
         if batches >= 8 {
             return (batches, 1, len, by_rows);
         }
-        let band = len.div_ceil(8).next_multiple_of(8).max(8);
+        // Multiples of the micro-kernels' widths (matrixmultiply's 8, pointwise's 16).
+        let band = len.div_ceil(8).next_multiple_of(16).max(16);
         (batches, len.div_ceil(band), band, by_rows)
     }
 }
+
+/// The packed weights (A) and per-row bias of a product computed by [`pointwise`].
+#[derive(Debug, Clone, PartialEq)]
+struct Direct {
+    kernel: Kernel,
+    weights: PackedWeights,
+    bias: Option<Vec<f32>>,
+}
+
+// Plan equality only (tract compares ops to merge duplicates).
+impl Eq for Direct {}
 
 /// An f32 compared and hashed by its bits (ops are compared for equality).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -498,7 +584,7 @@ impl Op for Gemm {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "batch {} m {} k {} n {} swap {} alpha {} bias {} softmax {}",
+            "batch {} m {} k {} n {} swap {} alpha {} bias {} softmax {} direct {}",
             self.batch.iter().map(|d| d.len).product::<usize>(),
             self.m.len,
             self.k.len,
@@ -506,7 +592,8 @@ impl Op for Gemm {
             self.swap,
             f32::from_bits(self.alpha.0),
             self.bias.is_some(),
-            self.softmax.is_some()
+            self.softmax.is_some(),
+            self.direct.is_some()
         )])
     }
 
@@ -823,6 +910,29 @@ mod tests {
         // Rows of a softmax sum to one.
         for row in got.chunks(13) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn channels_first_1x1_convolutions_take_the_direct_kernel() {
+        // Wide enough (>= 256 pixels) for the direct path; 13 output channels (two blocks of 6
+        // and a partial one), 390 pixels (a partial 16-wide tile), with and without a bias.
+        for (xs, ws, bias) in [
+            (
+                &[1usize, 20, 15, 26][..],
+                &[13usize, 20][..],
+                Some(&[13usize, 1, 1][..]),
+            ),
+            (&[20, 15, 26][..], &[13, 20][..], None),
+        ] {
+            let expr = if xs.len() == 4 {
+                "NIHW,OI->OHW"
+            } else {
+                "IHW,OI->OHW"
+            };
+            let (done, diff) = compare(expr, xs, ws, true, (None, bias));
+            assert_eq!((done.gemm, done.gemm_direct), (1, 1), "{expr}");
+            assert!(diff < 1e-5, "{expr}: {diff:e}");
         }
     }
 

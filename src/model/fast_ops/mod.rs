@@ -11,6 +11,7 @@ pub mod conv3x3;
 pub mod gemm;
 pub mod layer_norm;
 pub mod pad;
+pub mod pointwise;
 pub mod softmax;
 
 use tract_core::internal::DimLike;
@@ -51,6 +52,8 @@ pub struct Replaced {
     pub gemm_sliced: usize,
     /// Products with the softmax after them folded in.
     pub gemm_softmax: usize,
+    /// Products computed by the 1x1-convolution kernel (`pointwise`).
+    pub gemm_direct: usize,
     pub layer_norm: usize,
 }
 
@@ -176,6 +179,13 @@ fn substitute_product(
             break;
         }
         tail = next.id;
+    }
+    // A constant A operand: a 1x1 convolution's weights, packed once for the direct kernel.
+    let a_input = if gemm.swapped() { 1 } else { 0 };
+    if let Some(w) = model.outlet_fact(wires[a_input])?.konst.clone()
+        && gemm.pack_direct(&w, kernel)
+    {
+        done.gemm_direct += 1;
     }
     if tail == id && !folded_inputs {
         model.nodes[id].op = Box::new(gemm);
