@@ -470,16 +470,7 @@ mod tests {
     use crate::model::onnx::f32s;
     use tract_core::ops::cnn::PoolSpec;
 
-    fn rand(seed: &mut u64, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::model::fast_ops::test_values as rand;
 
     fn conv(c: usize, stride: usize, pad: [(usize, usize); 2], fmt: DataFormat) -> Conv {
         dense_conv(c, c, c, stride, pad, fmt)

@@ -675,16 +675,7 @@ mod tests {
     use crate::model::onnx::f32s;
     use crate::simd::Kernel;
 
-    fn rand(seed: &mut u64, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::model::fast_ops::test_values as rand;
 
     fn tensor(seed: &mut u64, shape: &[usize]) -> Tensor {
         Tensor::from_shape(shape, &rand(seed, shape.iter().product())).unwrap()

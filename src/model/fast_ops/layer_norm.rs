@@ -177,15 +177,10 @@ mod tests {
     use tract_core::ops::math;
     use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
+    /// Values in [-1, 3): a mean away from zero, as activations have.
     fn rand(seed: &mut u64, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (*seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 1.0
-            })
-            .collect()
+        let v = crate::model::fast_ops::test_values(seed, n);
+        v.into_iter().map(|x| x * 4.0 + 1.0).collect()
     }
 
     /// tract's expansion of an ONNX LayerNormalization over the last axis of `[rows, len]`, as

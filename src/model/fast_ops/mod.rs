@@ -31,6 +31,20 @@ pub use layer_norm::RowLayerNorm;
 pub use pad::RowPad;
 pub use softmax::RowSoftmax;
 
+/// Seeded values in [-0.5, 0.5) for the operators' tests (one LCG, so every test's data is
+/// reproducible).
+#[cfg(test)]
+pub(crate) fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 

@@ -241,16 +241,7 @@ unsafe fn tile_neon(a: &[f32], k: usize, init: &[f32; MR], t: &Tile) {
 mod tests {
     use super::*;
 
-    fn rand(seed: &mut u64, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::model::fast_ops::test_values as rand;
 
     fn run(kernel: Kernel, (m, k, n): (usize, usize, usize), seed: u64) -> Vec<f32> {
         let mut s = seed;

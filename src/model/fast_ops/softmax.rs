@@ -317,14 +317,8 @@ mod tests {
     use crate::model::onnx::f32s;
 
     fn rand_row(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-            })
-            .collect()
+        let v = crate::model::fast_ops::test_values(seed, n);
+        v.into_iter().map(|x| x * scale).collect()
     }
 
     #[test]
