@@ -115,6 +115,13 @@ pub unsafe fn multiply(
         }
         j += n;
     }
+    // The streaming stores are weakly ordered: make them visible before another thread (the next
+    // node's) reads C.
+    #[cfg(target_arch = "x86_64")]
+    if fma.is_some() {
+        // SAFETY: SSE is part of x86-64.
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
 }
 
 /// The vector path `kernel` can take here (AVX2 needs FMA too), if any.
