@@ -456,17 +456,16 @@ impl Gemm {
             let a = a.offset(oa + r0 * rsa);
             let b = b.offset(ob + c0 * csb);
             let c = c.offset(oc + r0 * rsc + c0 * csc);
-            let bias = |i: usize| {
-                obias
-                    + (r0 + i as isize) * self.bias.as_ref().map_or(0, |b| b.rows)
-                    + c0 * self.bias.as_ref().map_or(0, |b| b.cols)
-            };
-            self.multiply((a, rsa, csa), (b, rsb, csb), (c, rsc, csc), (m, n), &bias);
+            let bias_at = self
+                .bias
+                .as_ref()
+                .map_or(0, |b| obias + r0 * b.rows + c0 * b.cols);
+            self.multiply((a, rsa, csa), (b, rsb, csb), (c, rsc, csc), (m, n), bias_at);
         }
     }
 
     /// `C = alpha A.B (+ bias)` for one block: `m x k` A, `k x n` B, `m x n` C, each (pointer,
-    /// row stride, column stride); `bias(i)` is the bias offset of row `i`, column 0.
+    /// row stride, column stride); `bias_at` is where the block's first element is in the bias.
     ///
     /// # Safety
     /// The pointers and strides address valid matrices of these sizes.
@@ -476,7 +475,7 @@ impl Gemm {
         (b, rsb, csb): (*const f32, isize, isize),
         (c, rsc, csc): (*mut f32, isize, isize),
         (m, n): (usize, usize),
-        bias_row: &dyn Fn(usize) -> isize,
+        bias_at: isize,
     ) {
         // SAFETY: caller's contract.
         unsafe {
@@ -484,7 +483,7 @@ impl Gemm {
                 None => 0.0,
                 Some(bias) => {
                     for i in 0..m {
-                        let src = bias_row(i);
+                        let src = bias_at + i as isize * bias.rows;
                         let dst = c.offset(i as isize * rsc);
                         match (bias.cols, csc) {
                             (1, 1) => std::slice::from_raw_parts_mut(dst, n)

@@ -147,16 +147,13 @@ fn substitute_product(
     done.gemm += 1;
     let shape = node.outputs[0].fact.shape.clone();
     let mut tail = id;
-    loop {
-        let succ = &model.nodes[tail].outputs[0].successors;
-        if succ.len() != 1 || model.output_outlets()?.contains(&OutletId::new(tail, 0)) {
+    while let Some(next) = sole_user(model, tail) {
+        let fact = &next.outputs[0].fact;
+        if fact.datum_type != DatumType::F32 || fact.shape != shape {
             break;
         }
-        let next = &model.nodes[succ[0].node];
         if let Some(sm) = next.op_as::<Softmax>() {
-            let fact = &next.outputs[0].fact;
-            if fact.shape == shape
-                && RowSoftmax::replacing(sm, fact.datum_type, fact.rank(), kernel).is_some()
+            if RowSoftmax::replacing(sm, fact.datum_type, fact.rank(), kernel).is_some()
                 && gemm.fold_softmax(kernel)
             {
                 done.gemm_softmax += 1;
@@ -164,25 +161,12 @@ fn substitute_product(
             }
             break;
         }
-        let Some(bin) = next.op_as::<TypedBinOp>() else {
+        let Some(k) = other_konst(model, next, tail) else {
             break;
         };
-        if next.inputs.len() != 2
-            || next.outputs[0].fact.datum_type != DatumType::F32
-            || next.outputs[0].fact.shape != shape
-        {
-            break;
-        }
-        let Some(k) = model
-            .outlet_fact(next.inputs[1 - succ[0].slot])?
-            .konst
-            .clone()
-        else {
-            break;
-        };
-        let folded = if bin.0.is::<Mul>() {
+        let folded = if is_bin::<Mul>(next) {
             gemm.fold_scale(&k)
-        } else if bin.0.is::<Add>() {
+        } else if is_bin::<Add>(next) {
             let ok = gemm.fold_bias(&k);
             done.gemm_bias += ok as usize;
             ok
@@ -206,9 +190,21 @@ fn substitute_product(
         return Ok(());
     }
     let name = format!("{}.gemm", model.nodes[id].name);
+    replace_span(model, &wires, name, gemm, tail)
+}
+
+/// Wires `op` on `inputs` and makes it produce what node `tail` produced; the nodes it stands
+/// for are left unread (tract drops them).
+fn replace_span(
+    model: &mut TypedModel,
+    inputs: &[OutletId],
+    name: String,
+    op: impl Into<Box<dyn TypedOp>>,
+    tail: usize,
+) -> TractResult<()> {
     let mut patch = TypedModelPatch::default();
-    let taps = patch.taps(model, &wires)?;
-    let out = patch.wire_node(name, gemm, &taps)?;
+    let taps = patch.taps(model, inputs)?;
+    let out = patch.wire_node(name, op, &taps)?;
     patch.shunt_outside(model, tail.into(), out[0])?;
     patch.apply(model)
 }
@@ -236,6 +232,12 @@ fn konst(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<Arc<Tensor
         .clone()
 }
 
+/// The constant on the input of binary `node` that does not come from node `from`.
+fn other_konst(model: &TypedModel, node: &TypedNode, from: usize) -> Option<Arc<Tensor>> {
+    let slot = node.inputs.iter().position(|i| i.node != from)?;
+    konst(model, node, slot)
+}
+
 /// Puts a [`RowLayerNorm`] in place of the expansion of a last-axis layer norm anchored on
 /// `RmsNorm` node `id`: `Sub(x, Mul(Reduce<Sum>(x), 1/n))` -> `RmsNorm` -> `Mul(gamma)` ->
 /// `Add(beta)`, every intermediate read by the next node only.
@@ -249,11 +251,7 @@ fn substitute_layer_norm(
         return Ok(());
     };
     let name = format!("{}.row_layer_norm", model.nodes[id].name);
-    let mut patch = TypedModelPatch::default();
-    let tap = patch.tap_model(model, x)?;
-    let out = patch.wire_node(name, op, &[tap])?;
-    patch.shunt_outside(model, tail.into(), out[0])?;
-    patch.apply(model)?;
+    replace_span(model, &[x], name, op, tail)?;
     done.layer_norm += 1;
     Ok(())
 }
@@ -303,11 +301,10 @@ fn layer_norm_pattern(
     if !is_bin::<Mul>(scale) || !is_bin::<Add>(shift) {
         return None;
     }
-    let other = |n: &TypedNode, from: usize| {
-        let slot = n.inputs.iter().position(|i| i.node != from)?;
-        konst(model, n, slot)
-    };
-    let (gamma, beta) = (other(scale, id)?, other(shift, scale.id)?);
+    let (gamma, beta) = (
+        other_konst(model, scale, id)?,
+        other_konst(model, shift, scale.id)?,
+    );
     let shape = &shift.outputs[0].fact.shape;
     if *shape != fact.shape || shift.outputs[0].fact.datum_type != DatumType::F32 {
         return None;
