@@ -9,13 +9,15 @@
 //! (tract's own cost model), which points at the products that run far below the machine's rate.
 //! THREADS=N (with FP32_ONLY=1) profiles under tract's N-thread executor (default 1); WARMUP=N
 //! sets the passes run before the profiled one (default 3: the heap needs a few to settle).
+//! DECODER=1 profiles the fp32 decoder instead (a box prompt on the frame's embedding), per-node
+//! times summed over RUNS=N passes (default 20) and divided by N.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use sonomask::image_io::load_rgb;
 use sonomask::model::onnx::{NodeTime, by_op};
-use sonomask::model::{Manifest, Precision, SamEncoder};
+use sonomask::model::{Manifest, Precision, SamDecoder, SamEncoder};
 use sonomask::preprocess::{Normalize, sam_input_into};
 
 /// Operator type -> (total ms, nodes).
@@ -38,20 +40,53 @@ fn main() {
     };
     let mut input = vec![0f32; 3 * (s.image_size * s.image_size) as usize];
     sam_input_into(&frame, s.image_size, &norm, &mut input);
-    if std::env::var("FP32_ONLY").as_deref() == Ok("1") {
-        let threads: usize = std::env::var("THREADS")
+    let env = |k: &str, d: usize| -> usize {
+        std::env::var(k)
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+            .unwrap_or(d)
+    };
+    if std::env::var("DECODER").as_deref() == Ok("1") {
+        sonomask::cli::common::set_threads(env("THREADS", 1)).unwrap();
+        let emb = SamEncoder::load(&manifest, Precision::Fp32)
+            .and_then(|mut e| e.run(&input))
+            .unwrap();
+        let mut dec = SamDecoder::load(&manifest, Precision::Fp32).unwrap();
+        let (coords, labels) = ([300f32, 300., 600., 600.], [2f32, 3.]);
+        for _ in 0..env("WARMUP", 5) {
+            dec.run(&emb, &coords, &labels).unwrap();
+        }
+        let runs = env("RUNS", 20).max(1);
+        let mut nodes = dec.run_profiled(&emb, &coords, &labels).unwrap();
+        for _ in 1..runs {
+            let more = dec.run_profiled(&emb, &coords, &labels).unwrap();
+            for (a, b) in nodes.iter_mut().zip(more) {
+                a.ms += b.ms;
+            }
+        }
+        nodes.iter_mut().for_each(|n| n.ms /= runs as f64);
+        let prof = by_op(&nodes);
+        let total: f64 = prof.iter().map(|x| x.1).sum();
+        println!(
+            "fp32 decoder (box) mean of {runs}: {total:.1} ms, synthetic weights {}\n",
+            s.synthetic
+        );
+        println!("| op | ms | nodes | share |\n|---|---|---|---|");
+        for (k, ms, n) in prof.iter().take(20) {
+            println!("| {k} | {ms:.2} | {n} | {:.1}% |", 100.0 * ms / total);
+        }
+        print_nodes(&nodes, env("NODES", 25), total);
+        return;
+    }
+    if std::env::var("FP32_ONLY").as_deref() == Ok("1") {
+        let threads = env("THREADS", 1);
         sonomask::cli::common::set_threads(threads).unwrap();
         let mut enc = SamEncoder::load(&manifest, Precision::Fp32).unwrap();
-        // Warm-up passes: the heap settles (freed blocks reused) after a few frames.
-        let warmup: usize = std::env::var("WARMUP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3);
-        for _ in 0..warmup {
-            enc.run(&input).unwrap();
+        // Warm-up passes: the heap settles (freed blocks reused) after a few frames. They are
+        // profiled runs too, so that the measured pass allocates as they did (a plain run
+        // leaves another heap layout, and the profiled pass then faults fresh pages in).
+        for _ in 0..env("WARMUP", 3) {
+            enc.run_profiled(&input).unwrap();
         }
         let nodes = enc.run_profiled(&input).unwrap();
         let prof = by_op(&nodes);

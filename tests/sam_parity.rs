@@ -234,7 +234,7 @@ fn own_operators_replace_stock_ones_within_parity() {
             + count("Depthwise3x3")
             + count("Conv3x3")
             + count("Gemm")
-            + count("RowLayerNorm");
+            + count("AxisLayerNorm");
         if stock {
             assert_eq!(ours, 0, "stock plan has own operators");
             assert!(
@@ -263,7 +263,9 @@ fn own_operators_replace_stock_ones_within_parity() {
             // Every product is ours (none left as tract's packed matmul), and so is the
             // RGB patch-embedding convolution.
             assert!(count("Gemm") > 0 && count("Conv3x3") == 1, "{ops:?}");
-            assert!(count("RowLayerNorm") > 0, "{ops:?}");
+            // Every layer norm is ours (the neck's channel-axis ones too).
+            assert!(count("AxisLayerNorm") > 0, "{ops:?}");
+            assert_eq!(count("RmsNorm"), 0, "{ops:?}");
             assert_eq!(count("OptMatMulPack"), 0, "{ops:?}");
         }
         let mut state = onnx::spawn(&plan).unwrap();

@@ -170,13 +170,7 @@ impl SamDecoder {
         Ok(&mut self.states.get_mut(&n).expect("inserted above").1)
     }
 
-    /// `coords` is `[N*2]` in the model input frame, `labels` `[N]` (see `Prompt::encode`).
-    pub fn run(
-        &mut self,
-        emb: &Embedding,
-        coords: &[f32],
-        labels: &[f32],
-    ) -> Result<DecoderOutput> {
+    fn inputs(&self, emb: &Embedding, coords: &[f32], labels: &[f32]) -> Result<TVec<TValue>> {
         let n = labels.len();
         if n == 0 || coords.len() != 2 * n {
             bail!(
@@ -185,15 +179,38 @@ impl SamDecoder {
                 coords.len()
             );
         }
-        let inputs = tvec!(
+        Ok(tvec!(
             emb.0.clone(),
             Tensor::from_shape(&[1, n, 2], coords)?.into_tvalue(),
             Tensor::from_shape(&[1, n], labels)?.into_tvalue(),
             self.mask_input.clone().into_tvalue(),
             self.has_mask.clone().into_tvalue(),
-        );
+        ))
+    }
+
+    /// One run with the time of every node (see [`onnx::run_profiled`]).
+    pub fn run_profiled(
+        &mut self,
+        emb: &Embedding,
+        coords: &[f32],
+        labels: &[f32],
+    ) -> Result<Vec<onnx::NodeTime>> {
+        let inputs = self.inputs(emb, coords, labels)?;
         let file = self.parsed.file.clone();
-        let state = self.state_for(n)?;
+        let state = self.state_for(labels.len())?;
+        Ok(onnx::run_profiled(state, inputs, &file)?.1)
+    }
+
+    /// `coords` is `[N*2]` in the model input frame, `labels` `[N]` (see `Prompt::encode`).
+    pub fn run(
+        &mut self,
+        emb: &Embedding,
+        coords: &[f32],
+        labels: &[f32],
+    ) -> Result<DecoderOutput> {
+        let inputs = self.inputs(emb, coords, labels)?;
+        let file = self.parsed.file.clone();
+        let state = self.state_for(labels.len())?;
         let mut out = onnx::run(state, inputs, &file)?;
         let iou_t = out.remove(1);
         let masks = out.remove(0).into_tensor();

@@ -1,46 +1,67 @@
-//! Layer normalisation over the last axis (`(x - mean) / sqrt(var + eps) * gamma + beta`) in one
-//! pass per row, in place of the six nodes tract's ONNX front end expands it into.
+//! Layer normalisation over one axis (`(x - mean) / sqrt(var + eps) * gamma + beta`), in place
+//! of the six nodes tract's ONNX front end expands it into.
 //!
 //! Why: tract runs the expansion (`Reduce<Sum>`, scale, `Sub`, `RmsNorm`, `Mul`, `Add`) as
 //! separate passes over the activations, each allocating its output, and the reduction and
-//! broadcast ops run on one thread: ~75 ms of the encoder's 22 layer norms on one core. A
-//! TinyViT row (128-320 values) stays in L1, so one read and one write of the tensor suffice.
+//! broadcast ops run on one thread: ~75 ms of the encoder's 22 layer norms on one core, ~17 ms
+//! of the decoder's (its channel-axis `LayerNorm2d` and the transformer's norms over a
+//! non-last axis). One read and one write of the tensor suffice:
+//! - over the last axis (a TinyViT row of 128-320 values stays in L1) one row at a time;
+//! - over an inner axis (`[outer, len, inner]`, e.g. channels of an NCHW map) a block of
+//!   [`COLS`] columns at a time, its running sums in eight-lane arrays the compiler vectorises
+//!   across columns (each column's sum taken over the axis in order).
 //!
-//! The row kernel is written once over eight-lane arrays (partial sums reduced in one fixed
-//! order by [`reduce8`]) and compiled for AVX2, NEON and the baseline: the paths are the same
-//! operations in the same order, so they agree bit for bit (tested with `==`). Against tract's
-//! expansion the sums are taken in another order: tested to 1e-5.
+//! The kernels are written once and compiled for AVX2, NEON and the baseline: the paths are the
+//! same operations in the same order, so they agree bit for bit (tested with `==`). Against
+//! tract's expansion the sums are taken in another order: tested to 1e-5.
 
 use tract_core::internal::*;
 
 use crate::simd::{Kernel, dispatch, reduce8};
 
-/// Layer norm over the last axis of an f32 tensor, with constant per-channel scale and shift.
+/// Columns normalised together on the strided path: 64 f32 sums (a few registers' worth per
+/// pass), and a `len x COLS` block of at most 80 KiB for a 320-channel axis (L2-resident
+/// across the three passes).
+const COLS: usize = 64;
+
+/// Layer norm over one axis of an f32 tensor seen as `[outer, len, inner]`, with constant
+/// per-channel scale and shift.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RowLayerNorm {
+pub struct AxisLayerNorm {
     pub kernel: Kernel,
     pub eps: f32,
+    /// The input shape planned for.
+    pub shape: Vec<usize>,
+    /// Elements after the normalised axis (1: it is the last).
+    pub inner: usize,
     pub gamma: Vec<f32>,
     pub beta: Vec<f32>,
 }
 
 // Plan equality only (tract compares ops to merge duplicates): a NaN parameter just makes two
 // equal ops look different.
-impl Eq for RowLayerNorm {}
+impl Eq for AxisLayerNorm {}
 
-impl RowLayerNorm {
-    /// The op for rows of `len` with `gamma` and `beta` broadcast along the last axis (a tensor of
-    /// ones but the last axis, or a scalar), if they are.
+impl AxisLayerNorm {
+    /// The op normalising axis `axis` of `shape`, with `gamma` and `beta` broadcast along that
+    /// axis (ones elsewhere, numpy-aligned from the right, or a scalar), if they are.
     pub fn new(
         kernel: Kernel,
         eps: f32,
-        len: usize,
+        shape: &[usize],
+        axis: usize,
         gamma: &Tensor,
         beta: &Tensor,
     ) -> Option<Self> {
-        let along_last = |t: &Tensor| -> Option<Vec<f32>> {
+        let len = *shape.get(axis)?;
+        let along_axis = |t: &Tensor| -> Option<Vec<f32>> {
             let s = t.shape();
-            if t.datum_type() != DatumType::F32 || s.iter().rev().skip(1).any(|&d| d != 1) {
+            let lead = shape.len().checked_sub(s.len())?;
+            let others_one = s
+                .iter()
+                .enumerate()
+                .all(|(i, &d)| d == 1 || i + lead == axis);
+            if t.datum_type() != DatumType::F32 || !others_one {
                 return None;
             }
             let plain = t.try_as_plain_ram().ok()?;
@@ -51,14 +72,55 @@ impl RowLayerNorm {
                 _ => None,
             }
         };
-        Some(RowLayerNorm {
+        Some(AxisLayerNorm {
             kernel,
             eps,
-            gamma: along_last(gamma)?,
-            beta: along_last(beta)?,
+            shape: shape.to_vec(),
+            inner: shape[axis + 1..].iter().product(),
+            gamma: along_axis(gamma)?,
+            beta: along_axis(beta)?,
+        })
+    }
+
+    /// Normalises `data` (`[outer, len, inner]`) in place, on tract's threads.
+    fn apply(&self, data: &mut [f32]) -> TractResult<()> {
+        let (len, inner) = (self.gamma.len(), self.inner);
+        let total = data.len();
+        if len == 0 || total == 0 {
+            return Ok(());
+        }
+        use tract_core::tract_linalg::multithread::par_chunks_mut as par;
+        if inner == 1 {
+            return par(data, len, total, |_, rows: &mut [f32]| {
+                for row in rows.chunks_exact_mut(len) {
+                    norm_row(self.kernel, row, self.eps, &self.gamma, &self.beta);
+                }
+                Ok(())
+            });
+        }
+        let blocks = inner.div_ceil(COLS);
+        let mut ids: Vec<usize> = (0..total / (len * inner) * blocks).collect();
+        let base = Base(data.as_mut_ptr());
+        par(&mut ids, 1, total, |_, chunk| {
+            let b = base;
+            for &t in chunk.iter() {
+                let (o, c0) = (t / blocks, t % blocks * COLS);
+                let w = COLS.min(inner - c0);
+                // SAFETY: block (o, c0) lies inside `data` (ids cover `outer x blocks`) and no
+                // two tasks share a column.
+                let x = unsafe { b.0.add(o * len * inner + c0) };
+                unsafe { norm_cols(self.kernel, x, inner, w, self.eps, &self.gamma, &self.beta) };
+            }
+            Ok(())
         })
     }
 }
+
+#[derive(Clone, Copy)]
+struct Base(*mut f32);
+// SAFETY: the threads write disjoint column blocks (see `AxisLayerNorm::apply`).
+unsafe impl Send for Base {}
+unsafe impl Sync for Base {}
 
 /// One row, in place.
 fn norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
@@ -116,16 +178,82 @@ fn norm_generic(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
     }
 }
 
-impl Op for RowLayerNorm {
+/// Columns `0..w` (`w <= COLS`) of `[len, stride]` at `x`, in place, each over the `len` rows.
+///
+/// # Safety
+/// `x` must point at `len` rows of `stride >= w` f32 each, readable and writable.
+unsafe fn norm_cols(
+    k: Kernel,
+    x: *mut f32,
+    stride: usize,
+    w: usize,
+    eps: f32,
+    gamma: &[f32],
+    beta: &[f32],
+) {
+    assert!(w <= COLS && w <= stride && gamma.len() == beta.len());
+    dispatch!(
+        k,
+        // SAFETY: the caller's contract.
+        unsafe { cols_generic(x, stride, w, eps, gamma, beta) },
+        cols_avx2(x, stride, w, eps, gamma, beta),
+        cols_neon(x, stride, w, eps, gamma, beta)
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn cols_avx2(x: *mut f32, stride: usize, w: usize, eps: f32, g: &[f32], b: &[f32]) {
+    unsafe { cols_generic(x, stride, w, eps, g, b) }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn cols_neon(x: *mut f32, stride: usize, w: usize, eps: f32, g: &[f32], b: &[f32]) {
+    unsafe { cols_generic(x, stride, w, eps, g, b) }
+}
+
+#[inline(always)]
+unsafe fn cols_generic(x: *mut f32, stride: usize, w: usize, eps: f32, g: &[f32], b: &[f32]) {
+    let len = g.len();
+    let n = len as f32;
+    // SAFETY (all rows below): row `c < len` is `w` f32 at `x + c * stride`, per the contract.
+    let row = |c: usize| unsafe { std::slice::from_raw_parts_mut(x.add(c * stride), w) };
+    let mut mean = [0f32; COLS];
+    let mut inv = [0f32; COLS];
+    let (mean, inv) = (&mut mean[..w], &mut inv[..w]);
+    for c in 0..len {
+        for (m, v) in mean.iter_mut().zip(row(c).iter()) {
+            *m += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    for c in 0..len {
+        for ((s, m), v) in inv.iter_mut().zip(mean.iter()).zip(row(c).iter()) {
+            *s += (v - m) * (v - m);
+        }
+    }
+    inv.iter_mut()
+        .for_each(|s| *s = 1.0 / (*s / n + eps).sqrt());
+    for c in 0..len {
+        let (gc, bc) = (g[c], b[c]);
+        for ((v, m), i) in row(c).iter_mut().zip(mean.iter()).zip(inv.iter()) {
+            *v = (*v - m) * i * gc + bc;
+        }
+    }
+}
+
+impl Op for AxisLayerNorm {
     fn name(&self) -> StaticName {
-        "RowLayerNorm".into()
+        "AxisLayerNorm".into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "eps {} len {} kernel {:?}",
+            "eps {} len {} inner {} kernel {:?}",
             self.eps,
             self.gamma.len(),
+            self.inner,
             self.kernel
         )])
     }
@@ -133,35 +261,25 @@ impl Op for RowLayerNorm {
     op_as_typed_op!();
 }
 
-impl EvalOp for RowLayerNorm {
+impl EvalOp for AxisLayerNorm {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        let len = self.gamma.len();
         ensure!(
-            x.datum_type() == DatumType::F32 && x.shape().last() == Some(&len),
-            "RowLayerNorm: input {:?} {:?}, rows of {len} f32 expected",
+            x.datum_type() == DatumType::F32 && x.shape() == &*self.shape,
+            "AxisLayerNorm: input {:?} {:?}, planned for f32 {:?}",
             x.datum_type(),
-            x.shape()
+            x.shape(),
+            self.shape
         );
         let mut t = x.into_tensor();
-        if len > 0 {
-            let mut plain = t.try_as_plain_ram_mut()?;
-            let data = plain.as_slice_mut::<f32>()?;
-            let total = data.len();
-            tract_core::tract_linalg::multithread::par_chunks_mut(data, len, total, |_, rows| {
-                for row in rows.chunks_exact_mut(len) {
-                    norm_row(self.kernel, row, self.eps, &self.gamma, &self.beta);
-                }
-                Ok(())
-            })?;
-        }
+        self.apply(t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
         Ok(tvec!(t.into_tvalue()))
     }
 }
 
-impl TypedOp for RowLayerNorm {
+impl TypedOp for AxisLayerNorm {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
@@ -183,14 +301,15 @@ mod tests {
         v.into_iter().map(|x| x * 4.0 + 1.0).collect()
     }
 
-    /// tract's expansion of an ONNX LayerNormalization over the last axis of `[rows, len]`, as
+    /// tract's expansion of an ONNX LayerNormalization over axis 1 of `[outer, len, inner]`, as
     /// it stands after declutter; `recip` is the constant the sum is scaled by.
-    fn expanded(rows: usize, len: usize, recip: f32, seed: &mut u64) -> TypedModel {
+    fn expanded(shape: [usize; 3], recip: f32, seed: &mut u64) -> TypedModel {
+        let [_, len, _] = shape;
         let mut m = TypedModel::default();
-        let x = m.add_source("x", f32::fact([rows, len])).unwrap();
+        let x = m.add_source("x", f32::fact(shape)).unwrap();
         let sum = Reduce::new(tvec![1], Reducer::Sum);
         let s = m.wire_node("sum", sum, &[x]).unwrap()[0];
-        let r = m.add_const("recip", tensor2(&[[recip]])).unwrap();
+        let r = m.add_const("recip", tensor3(&[[[recip]]])).unwrap();
         let mean = m.wire_node("mean", math::mul(), &[s, r]).unwrap()[0];
         let d = m.wire_node("d", math::sub(), &[x, mean]).unwrap()[0];
         let rms = RmsNorm {
@@ -198,10 +317,10 @@ mod tests {
             eps: Arc::new(tensor0(1e-5f32)),
         };
         let n = m.wire_node("rms", rms, &[d]).unwrap()[0];
-        let g = Tensor::from_shape(&[1, len], &rand(seed, len)).unwrap();
+        let g = Tensor::from_shape(&[1, len, 1], &rand(seed, len)).unwrap();
         let g = m.add_const("gamma", g).unwrap();
         let scaled = m.wire_node("scale", math::mul(), &[n, g]).unwrap()[0];
-        let b = Tensor::from_shape(&[1, len], &rand(seed, len)).unwrap();
+        let b = Tensor::from_shape(&[1, len, 1], &rand(seed, len)).unwrap();
         let b = m.add_const("beta", b).unwrap();
         let y = m.wire_node("shift", math::add(), &[scaled, b]).unwrap();
         m.select_output_outlets(&y).unwrap();
@@ -219,35 +338,60 @@ mod tests {
 
     #[test]
     fn replaces_the_expansion_and_matches_it() {
-        for (rows, len) in [(7, 128), (3, 13), (1, 320), (5, 2)] {
-            let mut seed = (rows * 100 + len) as u64;
-            let m = expanded(rows, len, 1.0 / len as f32, &mut seed);
-            let x = Tensor::from_shape(&[rows, len], &rand(&mut seed, rows * len)).unwrap();
+        // Last axis (inner 1) and inner axes: an NCHW map's channels, partial column blocks.
+        let shapes = [
+            [7, 128, 1],
+            [3, 13, 1],
+            [1, 320, 1],
+            [5, 2, 1],
+            [1, 64, 300],
+            [2, 16, 64],
+            [1, 256, 70],
+            [3, 5, 1],
+            [1, 3, 7],
+        ];
+        for shape in shapes {
+            let [outer, len, inner] = shape;
+            let mut seed = (outer * 1000 + len * 10 + inner) as u64;
+            let m = expanded(shape, 1.0 / len as f32, &mut seed);
+            let x = Tensor::from_shape(&shape, &rand(&mut seed, outer * len * inner)).unwrap();
             let want = run(m.clone().into_optimized().unwrap(), &x);
             let mut ours = m;
             ours.declutter().unwrap();
             let done = substitute_decluttered(&mut ours, Kernel::best()).unwrap();
-            assert_eq!(done.layer_norm, 1, "{rows}x{len}");
+            assert_eq!(done.layer_norm, 1, "{shape:?}");
             ours.optimize().unwrap();
             let names: Vec<_> = ours.nodes.iter().map(|n| n.op.name().to_string()).collect();
             assert!(!names.iter().any(|n| n.contains("RmsNorm")), "{names:?}");
+            assert!(names.iter().any(|n| n == "AxisLayerNorm"), "{names:?}");
             let got = run(ours, &x);
             let diff = want
                 .iter()
                 .zip(&got)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(diff < 1e-5, "{rows}x{len}: {diff:e}");
+            assert!(diff < 1e-5, "{shape:?}: {diff:e}");
         }
     }
 
     #[test]
     fn a_scale_that_is_not_the_mean_stays_with_tract() {
         let mut seed = 5;
-        let mut m = expanded(4, 16, 1.0 / 15.0, &mut seed);
+        let mut m = expanded([4, 16, 3], 1.0 / 15.0, &mut seed);
         m.declutter().unwrap();
         let done = substitute_decluttered(&mut m, Kernel::best()).unwrap();
         assert_eq!(done.layer_norm, 0);
+    }
+
+    #[test]
+    fn parameters_that_vary_off_the_axis_are_refused() {
+        let g = Tensor::from_shape(&[1, 4, 2], &[1f32; 8]).unwrap();
+        let b = Tensor::from_shape(&[4, 1], &[0f32; 4]).unwrap();
+        assert!(AxisLayerNorm::new(Kernel::Scalar, 1e-5, &[2, 4, 2], 1, &g, &b).is_none());
+        let g = Tensor::from_shape(&[4, 1], &[1f32; 4]).unwrap();
+        let op = AxisLayerNorm::new(Kernel::Scalar, 1e-5, &[2, 4, 2], 1, &g, &b).unwrap();
+        assert_eq!((op.inner, op.gamma.len()), (2, 4));
+        assert!(AxisLayerNorm::new(Kernel::Scalar, 1e-5, &[2, 4, 2], 2, &g, &b).is_none());
     }
 
     #[test]
@@ -262,6 +406,19 @@ mod tests {
                 let mut got = x.clone();
                 norm_row(k, &mut got, 1e-5, &g, &b);
                 assert_eq!(got, want, "{k:?} n {n}");
+            }
+        }
+        // Column blocks: full, partial, single; rows longer than the block.
+        for (len, stride, w) in [(64, 64, 64), (5, 100, 37), (256, 70, 6), (3, 9, 1)] {
+            let x = rand(&mut seed, len * stride);
+            let (g, b) = (rand(&mut seed, len), rand(&mut seed, len));
+            let mut want = x.clone();
+            unsafe { norm_cols(Kernel::Scalar, want.as_mut_ptr(), stride, w, 1e-5, &g, &b) };
+            assert_eq!(want[w..stride], x[w..stride], "columns past w untouched");
+            for k in Kernel::available() {
+                let mut got = x.clone();
+                unsafe { norm_cols(k, got.as_mut_ptr(), stride, w, 1e-5, &g, &b) };
+                assert_eq!(got, want, "{k:?} len {len} w {w}");
             }
         }
     }

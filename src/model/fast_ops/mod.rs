@@ -27,7 +27,7 @@ use tract_onnx::prelude::*;
 use crate::simd::Kernel;
 pub use conv3x3::Conv3x3;
 pub use gemm::{Gemm, View};
-pub use layer_norm::RowLayerNorm;
+pub use layer_norm::AxisLayerNorm;
 pub use pad::RowPad;
 pub use softmax::RowSoftmax;
 
@@ -238,9 +238,10 @@ fn other_konst(model: &TypedModel, node: &TypedNode, from: usize) -> Option<Arc<
     konst(model, node, slot)
 }
 
-/// Puts a [`RowLayerNorm`] in place of the expansion of a last-axis layer norm anchored on
-/// `RmsNorm` node `id`: `Sub(x, Mul(Reduce<Sum>(x), 1/n))` -> `RmsNorm` -> `Mul(gamma)` ->
-/// `Add(beta)`, every intermediate read by the next node only.
+/// Puts an [`AxisLayerNorm`] in place of the expansion of a layer norm anchored on `RmsNorm`
+/// node `id`: `Sub(x, Mul(Reduce<Sum>(x), 1/n))` -> `RmsNorm` -> `Mul(gamma)` -> `Add(beta)`,
+/// every intermediate read by the next node only, all over one axis (a transformer's last one,
+/// an NCHW map's channels).
 fn substitute_layer_norm(
     model: &mut TypedModel,
     id: usize,
@@ -250,7 +251,7 @@ fn substitute_layer_norm(
     let Some((x, op, tail)) = layer_norm_pattern(model, id, kernel) else {
         return Ok(());
     };
-    let name = format!("{}.row_layer_norm", model.nodes[id].name);
+    let name = format!("{}.layer_norm", model.nodes[id].name);
     replace_span(model, &[x], name, op, tail)?;
     done.layer_norm += 1;
     Ok(())
@@ -261,12 +262,13 @@ fn layer_norm_pattern(
     model: &TypedModel,
     id: usize,
     kernel: Kernel,
-) -> Option<(OutletId, RowLayerNorm, usize)> {
+) -> Option<(OutletId, AxisLayerNorm, usize)> {
     let rms_node = &model.nodes[id];
     let rms = rms_node.op_as::<RmsNorm>()?;
     let fact = model.outlet_fact(rms_node.inputs[0]).ok()?;
-    let len = *fact.shape.as_concrete()?.last()?;
-    if fact.datum_type != DatumType::F32 || rms.axis + 1 != fact.rank() {
+    let full = fact.shape.as_concrete()?;
+    let len = *full.get(rms.axis)?;
+    if fact.datum_type != DatumType::F32 {
         return None;
     }
     // d = x - mean(x), read by the RmsNorm only.
@@ -310,7 +312,7 @@ fn layer_norm_pattern(
         return None;
     }
     let eps = rms.eps.cast_to_scalar::<f32>().ok()?;
-    let op = RowLayerNorm::new(kernel, eps, len, &gamma, &beta)?;
+    let op = AxisLayerNorm::new(kernel, eps, full, rms.axis, &gamma, &beta)?;
     Some((x, op, shift.id))
 }
 
