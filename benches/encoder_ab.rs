@@ -6,6 +6,8 @@
 //!
 //! Without `B`, file A is planned twice, with tract's stock operators (A) and with sonomask's
 //! own operators (B, `src/model/fast_ops`): the check for an operator replacement.
+//! `OFF=kind[,kind]` (without `B`) plans A with own operators too, but without those kinds
+//! (`SONOMASK_OWN_OPS_OFF`, see `fast_ops`): the check for one replacement on its own.
 //! `THREADS=N` runs both under tract's N-thread executor (default 1).
 
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::time::Instant;
 
 use sonomask::image_io::load_rgb;
 use sonomask::model::Manifest;
+use sonomask::model::fast_ops::OWN_OPS_OFF_ENV;
 use sonomask::model::onnx::{self, f32s};
 use sonomask::model::sam::{ENCODER_KNOBS, encoder_contract};
 use sonomask::preprocess::{Normalize, sam_input_into};
@@ -34,7 +37,9 @@ fn main() {
         a.clone(),
         std::env::var("B").map(PathBuf::from).unwrap_or(a),
     ];
-    let labels = if own_ops {
+    let labels = if own_ops && std::env::var("OFF").is_ok() {
+        ["own ops less OFF", "own ops"]
+    } else if own_ops {
         ["stock ops", "own ops"]
     } else {
         ["", ""]
@@ -64,12 +69,18 @@ fn main() {
     let x = Tensor::from_shape(&[1, 3, n, n], &input)
         .unwrap()
         .into_tvalue();
+    let off = std::env::var("OFF").ok().filter(|_| own_ops);
     let mut states = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();
+        // SAFETY (set_var): nothing else runs yet; the variable is read while planning only.
+        match (&off, i) {
+            (Some(kinds), 0) => unsafe { std::env::set_var(OWN_OPS_OFF_ENV, kinds) },
+            _ => unsafe { std::env::remove_var(OWN_OPS_OFF_ENV) },
+        }
         let parsed = onnx::parse(f, &bytes, encoder_contract(s))
             .unwrap()
-            .with_stock_ops(own_ops && i == 0);
+            .with_stock_ops(own_ops && i == 0 && off.is_none());
         states.push(
             onnx::spawn(
                 &parsed

@@ -234,7 +234,8 @@ fn own_operators_replace_stock_ones_within_parity() {
             + count("Depthwise3x3")
             + count("Conv3x3")
             + count("Gemm")
-            + count("AxisLayerNorm");
+            + count("AxisLayerNorm")
+            + count("DepthwiseNhwc3x3");
         if stock {
             assert_eq!(ours, 0, "stock plan has own operators");
             assert!(
@@ -266,6 +267,8 @@ fn own_operators_replace_stock_ones_within_parity() {
             // Every layer norm is ours (the neck's channel-axis ones too).
             assert!(count("AxisLayerNorm") > 0, "{ops:?}");
             assert_eq!(count("RmsNorm"), 0, "{ops:?}");
+            // TinyViT's local convolutions run channels-last, without the transposes around.
+            assert!(count("DepthwiseNhwc3x3") > 0, "{ops:?}");
             assert_eq!(count("OptMatMulPack"), 0, "{ops:?}");
         }
         let mut state = onnx::spawn(&plan).unwrap();

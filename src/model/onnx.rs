@@ -152,12 +152,13 @@ impl Parsed {
             .with_context(replace_failed)?;
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices), {} 3x3 convs, \
-             {} layer norms, {} softmax, {} pad",
+             {} channels-last depthwise, {} layer norms, {} softmax, {} pad",
             file.display(),
             a.gemm,
             a.gemm_bias,
             a.gemm_sliced,
             a.depthwise,
+            a.depthwise_nhwc,
             a.layer_norm,
             b.softmax,
             b.pad

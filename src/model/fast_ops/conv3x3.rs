@@ -103,14 +103,18 @@ impl Conv3x3 {
         (o(h, self.pad[0]), o(w, self.pad[1]))
     }
 
-    /// Output planes `first..` (as many as `out` holds) of a dense conv over `N / 9` input
-    /// planes `x` of `h` x `w`; `weights` are `[C_out, N / 9, 3, 3]`.
-    fn dense_planes<const N: usize>(
+    /// Output rows `oys` of every output plane of a dense conv over `N / 9` input planes `x` of
+    /// `h` x `w`; `weights` are `[C_out, N / 9, 3, 3]`. Split by rows rather than planes so
+    /// that each thread gathers its input rows once for all output channels.
+    ///
+    /// # Safety
+    /// `out` addresses `C_out` output planes; no one else writes these rows of them.
+    unsafe fn dense_rows<const N: usize>(
         &self,
         (x, h, w): (&[f32], usize, usize),
         (weights, bias): (&[f32], &dyn Fn(usize) -> f32),
-        first: usize,
-        out: &mut [f32],
+        oys: std::ops::Range<usize>,
+        (out, co): (*mut f32, usize),
     ) {
         let (oh, ow) = self.out_hw(h, w);
         let plane = oh * ow;
@@ -120,7 +124,7 @@ impl Conv3x3 {
         for r in rows.iter_mut() {
             r.reset(pl + w + 1, self.stride);
         }
-        for oy in 0..oh {
+        for oy in oys {
             for (ic, r) in rows.iter_mut().enumerate() {
                 let x = &x[ic * h * w..(ic + 1) * h * w];
                 for ky in 0..3 {
@@ -131,16 +135,12 @@ impl Conv3x3 {
                 }
             }
             let srcs: [&[f32]; N] = std::array::from_fn(|t| rows[t / 9].tap(t % 9 / 3, t % 3, ow));
-            for (j, dst) in out.chunks_exact_mut(plane).enumerate() {
-                let oc = first + j;
+            for oc in 0..co {
                 let taps: &[f32; N] = weights[oc * N..(oc + 1) * N].try_into().expect("N taps");
-                taps_rows(
-                    self.kernel,
-                    &mut dst[oy * ow..(oy + 1) * ow],
-                    bias(oc),
-                    &srcs,
-                    taps,
-                );
+                // SAFETY: row oy < oh of plane oc < co, ours alone (caller's contract).
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.add(oc * plane + oy * ow), ow) };
+                taps_rows(self.kernel, dst, bias(oc), &srcs, taps);
             }
         }
     }
@@ -400,40 +400,66 @@ impl EvalOp for Conv3x3 {
         let plane = oh * ow;
         if plane > 0 {
             let total = xs.len() + data.len();
-            tract_core::tract_linalg::multithread::par_chunks_mut(
-                data,
-                plane,
-                total,
-                |first, chunk| {
-                    if self.dense.is_some() {
-                        let x = (xs, h, w);
-                        match ci {
-                            1 => self.dense_planes::<9>(x, (ks, &bias), first, chunk),
-                            2 => self.dense_planes::<18>(x, (ks, &bias), first, chunk),
-                            3 => self.dense_planes::<27>(x, (ks, &bias), first, chunk),
-                            4 => self.dense_planes::<36>(x, (ks, &bias), first, chunk),
-                            _ => bail!("Conv3x3: {ci} input channels"),
+            if self.dense.is_some() {
+                let out = OutRows(data.as_mut_ptr());
+                let mut oys: Vec<usize> = (0..oh).collect();
+                let x = (xs, h, w);
+                tract_core::tract_linalg::multithread::par_chunks_mut(
+                    &mut oys,
+                    1,
+                    total,
+                    |_, band| {
+                        let o = out;
+                        let (Some(&a), Some(&b)) = (band.first(), band.last()) else {
+                            return Ok(());
+                        };
+                        let (k, rows) = ((ks, &bias as &dyn Fn(usize) -> f32), a..b + 1);
+                        // SAFETY: the output holds co planes; bands are disjoint rows.
+                        unsafe {
+                            match ci {
+                                1 => self.dense_rows::<9>(x, k, rows, (o.0, co)),
+                                2 => self.dense_rows::<18>(x, k, rows, (o.0, co)),
+                                3 => self.dense_rows::<27>(x, k, rows, (o.0, co)),
+                                4 => self.dense_rows::<36>(x, k, rows, (o.0, co)),
+                                _ => bail!("Conv3x3: {ci} input channels"),
+                            }
                         }
-                        return Ok(());
-                    }
-                    let mut rows = RowCache::new();
-                    for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
-                        let ch = first + i;
-                        let taps: &[f32; 9] = ks[ch * 9..ch * 9 + 9].try_into().expect("9 taps");
-                        self.plane(
-                            (&xs[ch * h * w..(ch + 1) * h * w], h, w),
-                            (taps, bias(ch)),
-                            out,
-                            &mut rows,
-                        );
-                    }
-                    Ok(())
-                },
-            )?;
+                        Ok(())
+                    },
+                )?;
+            } else {
+                tract_core::tract_linalg::multithread::par_chunks_mut(
+                    data,
+                    plane,
+                    total,
+                    |first, chunk| {
+                        let mut rows = RowCache::new();
+                        for (i, out) in chunk.chunks_exact_mut(plane).enumerate() {
+                            let ch = first + i;
+                            let taps: &[f32; 9] =
+                                ks[ch * 9..ch * 9 + 9].try_into().expect("9 taps");
+                            self.plane(
+                                (&xs[ch * h * w..(ch + 1) * h * w], h, w),
+                                (taps, bias(ch)),
+                                out,
+                                &mut rows,
+                            );
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
         }
         Ok(tvec!(output.into_tvalue()))
     }
 }
+
+/// The output planes, shared by the threads writing disjoint row bands of them.
+#[derive(Clone, Copy)]
+struct OutRows(*mut f32);
+// SAFETY: the threads write disjoint rows (see the dense path of `Conv3x3::eval`).
+unsafe impl Send for OutRows {}
+unsafe impl Sync for OutRows {}
 
 impl TypedOp for Conv3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -665,5 +691,44 @@ mod tests {
             )
             .is_none()
         );
+    }
+}
+
+#[cfg(test)]
+mod band_tests {
+    use super::*;
+    use crate::model::fast_ops::test_values as rand;
+
+    /// The dense path split into row bands (as threads run it) writes what one band does.
+    #[test]
+    fn dense_row_bands_equal_one_pass() {
+        for stride in [1, 2] {
+            let op = Conv3x3 {
+                kernel: Kernel::best(),
+                dense: Some([3, 5]),
+                stride,
+                pad: [(1, 1), (1, 1)],
+                batch_axis: true,
+            };
+            let (h, w, co) = (11, 9, 5);
+            let (oh, ow) = op.out_hw(h, w);
+            let mut seed = 21;
+            let x = rand(&mut seed, 3 * h * w);
+            let weights = rand(&mut seed, co * 27);
+            let bias = |c: usize| c as f32 * 0.1;
+            let run = |bands: &[std::ops::Range<usize>]| {
+                let mut out = vec![f32::NAN; co * oh * ow];
+                for b in bands {
+                    let k = (&weights[..], &bias as &dyn Fn(usize) -> f32);
+                    unsafe {
+                        op.dense_rows::<27>((&x, h, w), k, b.clone(), (out.as_mut_ptr(), co))
+                    };
+                }
+                out
+            };
+            let one = run(std::slice::from_ref(&(0..oh)));
+            assert!(one.iter().all(|v| v.is_finite()));
+            assert_eq!(run(&[0..2, 2..3, 3..oh]), one, "stride {stride}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! tract itself is not patched.
 
 pub mod conv3x3;
+pub mod depthwise_nhwc;
 pub mod gemm;
 pub mod layer_norm;
 pub mod pad;
@@ -17,6 +18,7 @@ pub mod softmax;
 use tract_core::internal::DimLike;
 use tract_core::ops::array::{Pad, Slice};
 use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::change_axes::AxisOp;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::{Add, Mul, Sub};
@@ -26,6 +28,7 @@ use tract_onnx::prelude::*;
 
 use crate::simd::Kernel;
 pub use conv3x3::Conv3x3;
+pub use depthwise_nhwc::DepthwiseNhwc3x3;
 pub use gemm::{Gemm, View};
 pub use layer_norm::AxisLayerNorm;
 pub use pad::RowPad;
@@ -48,6 +51,16 @@ pub(crate) fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
+/// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
+/// `softmax_fold`, `layer_norm`, `conv3x3`, `nhwc`, `softmax`, `pad`): for measuring one
+/// replacement against the plan without it in the same process (`benches/encoder_ab.rs`).
+pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
+
+/// Whether replacement `kind` is left out by [`OWN_OPS_OFF_ENV`].
+fn off(kind: &str) -> bool {
+    std::env::var(OWN_OPS_OFF_ENV).is_ok_and(|v| v.split(',').any(|k| k.trim() == kind))
+}
+
 /// Whether the environment asks for tract's stock operators only.
 pub fn stock_ops_requested() -> bool {
     std::env::var(STOCK_OPS_ENV).is_ok_and(|v| v != "0" && !v.is_empty())
@@ -59,6 +72,8 @@ pub struct Replaced {
     pub softmax: usize,
     pub pad: usize,
     pub depthwise: usize,
+    /// Channels-last depthwise convolutions, with the two transposes around them.
+    pub depthwise_nhwc: usize,
     /// Products, and of them those with the following bias `Add` folded in.
     pub gemm: usize,
     pub gemm_bias: usize,
@@ -73,7 +88,7 @@ pub struct Replaced {
 
 impl Replaced {
     pub fn total(&self) -> usize {
-        self.softmax + self.pad + self.depthwise + self.gemm + self.layer_norm
+        self.softmax + self.pad + self.depthwise + self.depthwise_nhwc + self.gemm + self.layer_norm
     }
 }
 
@@ -83,11 +98,15 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
     let mut done = Replaced::default();
     for id in 0..model.nodes.len() {
         if model.nodes[id].op_is::<EinSum>() {
-            substitute_product(model, id, kernel, &mut done)?;
+            if !off("gemm") {
+                substitute_product(model, id, kernel, &mut done)?;
+            }
             continue;
         }
         if model.nodes[id].op_is::<RmsNorm>() {
-            substitute_layer_norm(model, id, kernel, &mut done)?;
+            if !off("layer_norm") {
+                substitute_layer_norm(model, id, kernel, &mut done)?;
+            }
             continue;
         }
         let node = &model.nodes[id];
@@ -97,9 +116,18 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
         if node.inputs.len() != 3 {
             continue;
         }
+        let nhwc = (!off("nhwc"))
+            .then(|| channels_last_depthwise(model, id, conv, kernel))
+            .flatten();
+        if let Some((x, op, tail)) = nhwc {
+            let name = format!("{}.nhwc", model.nodes[id].name);
+            replace_span(model, &[x], name, op, tail)?;
+            done.depthwise_nhwc += 1;
+            continue;
+        }
         let x = model.outlet_fact(node.inputs[0])?;
         let k = model.outlet_fact(node.inputs[1])?;
-        if let Some(op) = Conv3x3::replacing(conv, x, k, kernel) {
+        if let Some(op) = Conv3x3::replacing(conv, x, k, kernel).filter(|_| !off("conv3x3")) {
             model.nodes[id].op = Box::new(op);
             done.depthwise += 1;
         }
@@ -154,6 +182,7 @@ fn substitute_product(
         }
         if let Some(sm) = next.op_as::<Softmax>() {
             if RowSoftmax::replacing(sm, fact.datum_type, fact.rank(), kernel).is_some()
+                && !off("softmax_fold")
                 && gemm.fold_softmax(kernel)
             {
                 done.gemm_softmax += 1;
@@ -181,6 +210,7 @@ fn substitute_product(
     // A constant A operand: a 1x1 convolution's weights, packed once for the direct kernel.
     let a_input = if gemm.swapped() { 1 } else { 0 };
     if let Some(w) = model.outlet_fact(wires[a_input])?.konst.clone()
+        && !off("direct")
         && gemm.pack_direct(&w, kernel)
     {
         done.gemm_direct += 1;
@@ -316,6 +346,66 @@ fn layer_norm_pattern(
     Some((x, op, shift.id))
 }
 
+/// The tokens, the op and the last node of a depthwise 3x3 convolution (stride 1, padding 1)
+/// `id` run channels-first between two transposes of channels-last tokens:
+/// `[h*w, c]` -> `Move(0, 1)` -> reshape `[c, h, w]` -> conv -> reshape `[c, h*w]` -> `Move(0, 1)`
+/// (TinyViT's `local_conv`), each intermediate read by the next node only.
+fn channels_last_depthwise(
+    model: &TypedModel,
+    id: usize,
+    conv: &Conv,
+    kernel: Kernel,
+) -> Option<(OutletId, DepthwiseNhwc3x3, usize)> {
+    let node = &model.nodes[id];
+    let x = model.outlet_fact(node.inputs[0]).ok()?;
+    let k = model.outlet_fact(node.inputs[1]).ok()?;
+    let plain = Conv3x3::replacing(conv, x, k, kernel)?;
+    if plain.dense.is_some()
+        || plain.stride != 1
+        || plain.pad != [(1, 1), (1, 1)]
+        || plain.batch_axis
+    {
+        return None;
+    }
+    let &[c, h, w] = x.shape.as_concrete()? else {
+        return None;
+    };
+    let is_axis = |n: &TypedNode, shape: &[usize]| {
+        n.op_is::<AxisOp>() && n.outputs[0].fact.shape.as_concrete() == Some(shape)
+    };
+    let moved = |n: &TypedNode| n.op_as::<AxisOp>() == Some(&AxisOp::Move(0, 1));
+    // In: tokens -> Move(0, 1) -> reshape to the map.
+    let r_in = &model.nodes[node.inputs[0].node];
+    let t_in = &model.nodes[r_in.inputs.first()?.node];
+    if !is_axis(r_in, &[c, h, w])
+        || !is_axis(t_in, &[c, h * w])
+        || !moved(t_in)
+        || sole_user(model, r_in.id)?.id != id
+        || sole_user(model, t_in.id)?.id != r_in.id
+    {
+        return None;
+    }
+    // Out: reshape to [c, h*w] -> Move(0, 1).
+    let r_out = sole_user(model, id)?;
+    let t_out = sole_user(model, r_out.id)?;
+    if !is_axis(r_out, &[c, h * w]) || !is_axis(t_out, &[h * w, c]) || !moved(t_out) {
+        return None;
+    }
+    let weights = konst(model, node, 1)?;
+    let bias = konst(model, node, 2)?;
+    let (weights, bias) = (
+        weights.try_as_plain_ram().ok()?,
+        bias.try_as_plain_ram().ok()?,
+    );
+    let op = DepthwiseNhwc3x3::new(
+        kernel,
+        (h, w, c),
+        weights.as_slice::<f32>().ok()?,
+        bias.as_slice::<f32>().ok()?,
+    )?;
+    Some((*t_in.inputs.first()?, op, t_out.id))
+}
+
 /// The view an input produced by a `Slice` of a concrete f32 tensor reads, and that tensor.
 fn sliced_view(model: &TypedModel, input: OutletId) -> Option<(View, OutletId)> {
     let node = &model.nodes[input.node];
@@ -341,12 +431,14 @@ pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replace
         let fact = model.outlet_fact(*input)?;
         let (dt, rank) = (fact.datum_type, fact.rank());
         let new: Option<Box<dyn TypedOp>> = if let Some(op) = node.op.downcast_ref::<Softmax>() {
-            RowSoftmax::replacing(op, dt, rank, kernel).map(|o| {
-                done.softmax += 1;
-                Box::new(o) as _
-            })
+            RowSoftmax::replacing(op, dt, rank, kernel)
+                .filter(|_| !off("softmax"))
+                .map(|o| {
+                    done.softmax += 1;
+                    Box::new(o) as _
+                })
         } else if let Some(op) = node.op.downcast_ref::<Pad>() {
-            RowPad::replacing(op, dt).map(|o| {
+            RowPad::replacing(op, dt).filter(|_| !off("pad")).map(|o| {
                 done.pad += 1;
                 Box::new(o) as _
             })
