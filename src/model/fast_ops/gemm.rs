@@ -441,7 +441,10 @@ impl Gemm {
                 pointwise::multiply(
                     d.kernel,
                     &d.weights,
-                    (b.offset(ob), rsb as usize),
+                    &pointwise::Rows {
+                        x: b.offset(ob),
+                        rs: rsb as usize,
+                    },
                     (c.offset(oc), rsc as usize),
                     cols,
                     d.bias.as_deref(),

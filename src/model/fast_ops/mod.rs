@@ -8,6 +8,7 @@
 //! tract itself is not patched.
 
 pub mod conv3x3;
+pub mod conv_packed;
 pub mod depthwise_nhwc;
 pub mod gemm;
 pub mod layer_norm;
@@ -27,6 +28,7 @@ use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 use tract_onnx::prelude::*;
 
 use crate::simd::Kernel;
+pub use conv_packed::Conv3x3Packed;
 pub use conv3x3::Conv3x3;
 pub use depthwise_nhwc::DepthwiseNhwc3x3;
 pub use gemm::{Gemm, View};
@@ -52,7 +54,7 @@ pub(crate) fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `layer_norm`, `conv3x3`, `nhwc`, `softmax`, `pad`): for measuring one
+/// `softmax_fold`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`): for measuring one
 /// replacement against the plan without it in the same process (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
 
@@ -74,6 +76,8 @@ pub struct Replaced {
     pub depthwise: usize,
     /// Channels-last depthwise convolutions, with the two transposes around them.
     pub depthwise_nhwc: usize,
+    /// Dense 3x3 convolutions over phase-split inputs (`conv_packed`).
+    pub conv_packed: usize,
     /// Products, and of them those with the following bias `Add` folded in.
     pub gemm: usize,
     pub gemm_bias: usize,
@@ -130,6 +134,14 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
         if let Some(op) = Conv3x3::replacing(conv, x, k, kernel).filter(|_| !off("conv3x3")) {
             model.nodes[id].op = Box::new(op);
             done.depthwise += 1;
+            continue;
+        }
+        let b = model.outlet_fact(node.inputs[2])?;
+        if let Some(op) =
+            Conv3x3Packed::replacing(conv, x, k, b, kernel).filter(|_| !off("conv_packed"))
+        {
+            model.nodes[id].op = Box::new(op);
+            done.conv_packed += 1;
         }
     }
     Ok(done)

@@ -56,15 +56,40 @@ impl PackedWeights {
     }
 }
 
+/// Where the `k` rows of X come from: row `p` at column `j`, contiguous for
+/// [`Columns::run_from`] columns.
+pub trait Columns {
+    /// Address of X's row `p`, column `j` (may be computed past the end: only read when in range).
+    fn at(&self, p: usize, j: usize) -> *const f32;
+    /// How many columns from `j` on are contiguous in every row (at least 1).
+    fn run_from(&self, j: usize) -> usize;
+}
+
+/// X as `k` rows `rs` apart (a channels-first 1x1 convolution's activations).
+pub struct Rows {
+    pub x: *const f32,
+    pub rs: usize,
+}
+
+impl Columns for Rows {
+    fn at(&self, p: usize, j: usize) -> *const f32 {
+        self.x.wrapping_add(p * self.rs + j)
+    }
+
+    fn run_from(&self, _: usize) -> usize {
+        usize::MAX
+    }
+}
+
 /// `C[i][j] = bias[i] + sum_p W[i][p] X[p][j]` for every row `i` and the columns `cols`.
 ///
 /// # Safety
-/// `x` addresses `k` rows of at least `cols.end` values, `rs_x` apart; `c` addresses `m` rows
-/// of at least `cols.end` values, `rs_c` apart; no one else writes those columns of C.
+/// `x` addresses `k` rows of at least `cols.end` values (see [`Columns`]); `c` addresses `m`
+/// rows of at least `cols.end` values, `rs_c` apart; no one else writes those columns of C.
 pub unsafe fn multiply(
     kernel: Kernel,
     w: &PackedWeights,
-    (x, rs_x): (*const f32, usize),
+    x: &impl Columns,
     (c, rs_c): (*mut f32, usize),
     cols: std::ops::Range<usize>,
     bias: Option<&[f32]>,
@@ -75,17 +100,17 @@ pub unsafe fn multiply(
     let mut tile = vec![0f32; w.k * NR];
     let mut j = cols.start;
     while j < cols.end {
-        let n = NR.min(cols.end - j);
+        let n = NR.min(cols.end - j).min(x.run_from(j));
         for p in 0..w.k {
-            // SAFETY: caller's contract: row p has values up to cols.end.
-            let src = unsafe { std::slice::from_raw_parts(x.add(p * rs_x + j), n) };
+            // SAFETY: caller's contract: row p has n contiguous values from column j.
+            let src = unsafe { std::slice::from_raw_parts(x.at(p, j), n) };
             tile[p * NR..p * NR + n].copy_from_slice(src);
             // Too many rows for the hardware prefetcher to follow: ask for the tile after next.
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a prefetch does not fault; the address is only computed.
             unsafe {
                 use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(p * rs_x + j + 2 * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(x.at(p, j + 2 * NR) as *const i8);
             }
         }
         for b in 0..w.m.div_ceil(MR) {
@@ -265,7 +290,10 @@ mod tests {
                 multiply(
                     kernel,
                     &packed,
-                    (x.as_ptr(), n),
+                    &Rows {
+                        x: x.as_ptr(),
+                        rs: n,
+                    },
                     (c.as_mut_ptr(), n),
                     cols,
                     Some(&bias),
