@@ -18,8 +18,8 @@ use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
 use super::pointwise::{self, NR, PackedWeights};
-use super::softmax::softmax_rows;
-use crate::simd::Kernel;
+use super::softmax::{exp_scalar, softmax_rows};
+use crate::simd::{Kernel, dispatch, reduce8};
 
 /// One group of einsum axes merged into one strided matrix dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -514,23 +514,23 @@ impl Gemm {
                 }
                 return;
             }
-            matrixmultiply::sgemm(
-                m,
-                self.k.len,
-                n,
-                f32::from_bits(self.alpha.0),
-                a,
-                rsa,
-                csa,
-                b,
-                rsb,
-                csb,
-                beta,
-                c,
-                rsc,
-                csc,
-            );
-            if let Some(kernel) = self.softmax {
+            let alpha = f32::from_bits(self.alpha.0);
+            let is_narrow = n <= NARROW && self.k.len <= NARROW_K;
+            if is_narrow {
+                let dims = (m, self.k.len, n);
+                narrow(
+                    Kernel::best(),
+                    (dims, alpha, beta, self.softmax.is_some()),
+                    (a, rsa, csa),
+                    (b, rsb, csb),
+                    (c, rsc, csc),
+                );
+            } else {
+                matrixmultiply::sgemm(
+                    m, self.k.len, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                );
+            }
+            if let Some(kernel) = self.softmax.filter(|_| !is_narrow) {
                 // fold_softmax: columns are the whole, contiguous last axis.
                 for i in 0..m as isize {
                     let row = std::slice::from_raw_parts_mut(c.offset(i * rsc), n);
@@ -554,6 +554,132 @@ impl Gemm {
         // Multiples of the micro-kernels' widths (matrixmultiply's 8, pointwise's 16).
         let band = len.div_ceil(8).next_multiple_of(16).max(16);
         (batches, len.div_ceil(band), band, by_rows)
+    }
+}
+
+/// Widest C computed by [`narrow`]: one 8-lane vector per row.
+const NARROW: usize = 8;
+/// Longest reduction [`narrow`] takes (B's packed copy lives on the stack).
+const NARROW_K: usize = 64;
+
+/// How a [`narrow`] product is taken: dimensions `(m, k, n)`, alpha, beta, and whether each
+/// row of C is then put through a softmax.
+type NarrowSpec = ((usize, usize, usize), f32, f32, bool);
+
+/// `C = alpha A.B + beta C` (then a softmax per row if asked) for C at most [`NARROW`] columns
+/// wide: the decoder's attention of 4096 image tokens over 7 prompt tokens. B is copied once
+/// into `k` zero-padded 8-lane rows, then each row of C is one vector accumulated over `k`, and
+/// its softmax taken in registers. A packed sgemm ran these through its partial-tile path, and
+/// the separate softmax paid a call per 7-long row. The softmax is [`softmax_rows`]'s scalar
+/// path operation for operation (so equal to every path of it).
+///
+/// # Safety
+/// The pointers and strides address valid matrices of these sizes; `n <= NARROW`,
+/// `k <= NARROW_K`; `beta` is 0 (C not read) or 1.
+unsafe fn narrow(
+    kernel: Kernel,
+    spec: NarrowSpec,
+    a: (*const f32, isize, isize),
+    b: (*const f32, isize, isize),
+    c: (*mut f32, isize, isize),
+) {
+    let ((_, k, n), ..) = spec;
+    let dims = spec.0;
+    assert!(n <= NARROW && k <= NARROW_K, "narrow product {dims:?}");
+    let mut bp = [[0f32; NARROW]; NARROW_K];
+    for (p, row) in bp.iter_mut().enumerate().take(k) {
+        for (j, v) in row.iter_mut().enumerate().take(n) {
+            // SAFETY: element (p, j) of B (caller's contract).
+            *v = unsafe { *b.0.offset(p as isize * b.1 + j as isize * b.2) };
+        }
+    }
+    let bp = &bp[..k];
+    // SAFETY (each path): the caller's contract.
+    dispatch!(
+        kernel,
+        unsafe { narrow_rows(spec, a, bp, c) },
+        narrow_avx2(spec, a, bp, c),
+        narrow_neon(spec, a, bp, c)
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn narrow_avx2(
+    spec: NarrowSpec,
+    a: (*const f32, isize, isize),
+    bp: &[[f32; NARROW]],
+    c: (*mut f32, isize, isize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { narrow_rows(spec, a, bp, c) }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn narrow_neon(
+    spec: NarrowSpec,
+    a: (*const f32, isize, isize),
+    bp: &[[f32; NARROW]],
+    c: (*mut f32, isize, isize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { narrow_rows(spec, a, bp, c) }
+}
+
+/// The rows of [`narrow`]: no FMA (a multiply, then an add), so every path rounds alike.
+#[inline(always)]
+unsafe fn narrow_rows(
+    ((m, _, n), alpha, beta, softmax): NarrowSpec,
+    (a, rsa, csa): (*const f32, isize, isize),
+    bp: &[[f32; NARROW]],
+    (c, rsc, csc): (*mut f32, isize, isize),
+) {
+    for i in 0..m as isize {
+        let mut acc = [0f32; NARROW];
+        let mut ap = a.wrapping_offset(i * rsa);
+        for row in bp {
+            // SAFETY: element (i, p) of A, p < k.
+            let av = unsafe { *ap };
+            ap = ap.wrapping_offset(csa);
+            for (s, &bv) in acc.iter_mut().zip(row) {
+                *s += av * bv;
+            }
+        }
+        let at = |j: usize| c.wrapping_offset(i * rsc + j as isize * csc);
+        let mut v = [0f32; NARROW];
+        for (j, (v, &s)) in v.iter_mut().zip(&acc).enumerate().take(n) {
+            // SAFETY: element (i, j) of C, read only when beta is 1 (then it holds the bias).
+            *v = if beta == 0.0 {
+                alpha * s
+            } else {
+                alpha * s + unsafe { *at(j) }
+            };
+        }
+        if softmax && n > 0 {
+            // `softmax_rows`' scalar path on a row shorter than 8: max, exp, sum, scale.
+            let mut mx = v[0];
+            for &x in &v[..n] {
+                mx = if x > mx { x } else { mx };
+            }
+            let mut e = [0f32; NARROW];
+            for (e, &x) in e.iter_mut().zip(&v) {
+                *e = exp_scalar(x - mx);
+            }
+            // Whole 8-lane chunks are summed lane-wise and reduced, the rest in order.
+            let mut sum = if n == 8 { reduce8(&e) } else { 0.0 };
+            for &x in &e[n / 8 * 8..n] {
+                sum += x;
+            }
+            let inv = 1.0 / sum;
+            for (v, &x) in v.iter_mut().zip(&e).take(n) {
+                *v = x * inv;
+            }
+        }
+        for (j, &x) in v.iter().enumerate().take(n) {
+            // SAFETY: element (i, j) of C.
+            unsafe { *at(j) = x };
+        }
     }
 }
 
@@ -1022,5 +1148,95 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    /// The narrow path against a packed sgemm (1e-5) on the decoder's shapes and edges, with
+    /// transposed operands and C; every kernel equals scalar bit for bit.
+    #[test]
+    fn narrow_products_match_sgemm_and_every_kernel_equals_scalar() {
+        let mut seed = 5;
+        for (m, k, n) in [
+            (4096, 16, 7),
+            (13, 7, 8),
+            (1, 1, 1),
+            (9, NARROW_K, 3),
+            (6, 0, 2),
+        ] {
+            let a = rand(&mut seed, m * k);
+            let b = rand(&mut seed, k * n);
+            let c0 = rand(&mut seed, m * n);
+            for (alpha, beta) in [(1.0f32, 0.0f32), (0.25, 1.0)] {
+                // A row-major, B transposed (as k is read inside the token tensor), C either way.
+                let (pa, pb) = ((a.as_ptr(), k as isize, 1), (b.as_ptr(), 1, k as isize));
+                let mut want = c0.clone();
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        alpha,
+                        pa.0,
+                        pa.1,
+                        pa.2,
+                        pb.0,
+                        pb.1,
+                        pb.2,
+                        beta,
+                        want.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                };
+                let run = |kernel, ct: bool, softmax: bool| {
+                    let (rsc, csc) = if ct { (1, m as isize) } else { (n as isize, 1) };
+                    let mut c = vec![0f32; m * n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            c[i * rsc as usize + j * csc as usize] = c0[i * n + j];
+                        }
+                    }
+                    unsafe {
+                        narrow(
+                            kernel,
+                            ((m, k, n), alpha, beta, softmax),
+                            pa,
+                            pb,
+                            (c.as_mut_ptr(), rsc, csc),
+                        )
+                    };
+                    let mut out = vec![0f32; m * n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            out[i * n + j] = c[i * rsc as usize + j * csc as usize];
+                        }
+                    }
+                    out
+                };
+                let scalar = run(Kernel::Scalar, false, false);
+                let diff = scalar
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-5, "{m}x{k}x{n}: {diff:e}");
+                // The folded softmax is softmax_rows' result exactly, for every kernel of it.
+                let mut soft = scalar.clone();
+                if n > 0 {
+                    softmax_rows(Kernel::Scalar, &mut soft, n);
+                }
+                for kern in Kernel::available() {
+                    let mut other = scalar.clone();
+                    if n > 0 {
+                        softmax_rows(kern, &mut other, n);
+                    }
+                    assert_eq!(other, soft, "{kern:?} softmax_rows");
+                    for ct in [false, true] {
+                        let what = format!("{kern:?} {m}x{k}x{n} C transposed {ct}");
+                        assert_eq!(run(kern, ct, false), scalar, "{what}");
+                        assert_eq!(run(kern, ct, true), soft, "{what} softmax");
+                    }
+                }
+            }
+        }
     }
 }

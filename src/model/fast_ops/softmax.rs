@@ -152,9 +152,20 @@ unsafe fn row_avx2(row: &mut [f32]) {
     let mut l = [0f32; 8];
     unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
     let mut sum = reduce8(&l);
-    for x in &mut row[n..] {
-        *x = exp_scalar(*x - m);
-        sum += *x;
+    // The tail's exponentials in one vector (padded with the max: exp(0), dropped), summed in
+    // the scalar order: short rows (the decoder's 7 tokens) are all tail.
+    if n < row.len() {
+        let mut t = [m; 8];
+        t[..row.len() - n].copy_from_slice(&row[n..]);
+        // SAFETY: t holds 8 values.
+        unsafe {
+            let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(t.as_ptr()), vmax));
+            _mm256_storeu_ps(t.as_mut_ptr(), e);
+        }
+        for (x, &e) in row[n..].iter_mut().zip(&t) {
+            *x = e;
+            sum += e;
+        }
     }
     let inv = 1.0 / sum;
     let vinv = _mm256_set1_ps(inv);
@@ -225,9 +236,22 @@ unsafe fn row_neon(row: &mut [f32]) {
         vst1q_f32(l.as_mut_ptr().add(4), b);
     }
     let mut sum = reduce8(&l);
-    for x in &mut row[n..] {
-        *x = exp_scalar(*x - m);
-        sum += *x;
+    // The tail's exponentials in two vectors, as in `row_avx2`.
+    if n < row.len() {
+        let mut t = [m; 8];
+        t[..row.len() - n].copy_from_slice(&row[n..]);
+        // SAFETY: t holds 8 values.
+        unsafe {
+            let tp = t.as_mut_ptr();
+            let ea = exp_neon(vsubq_f32(vld1q_f32(tp), vmax));
+            let eb = exp_neon(vsubq_f32(vld1q_f32(tp.add(4)), vmax));
+            vst1q_f32(tp, ea);
+            vst1q_f32(tp.add(4), eb);
+        }
+        for (x, &e) in row[n..].iter_mut().zip(&t) {
+            *x = e;
+            sum += e;
+        }
     }
     let inv = 1.0 / sum;
     let vinv = vdupq_n_f32(inv);
