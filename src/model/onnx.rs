@@ -152,7 +152,7 @@ impl Parsed {
             .with_context(replace_failed)?;
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices), {} 3x3 convs, \
-             {} channels-last depthwise, {} layer norms, {} softmax, {} pad",
+             {} channels-last depthwise, {} layer norms, {} softmax, {} pad, {} gelu",
             file.display(),
             a.gemm,
             a.gemm_bias,
@@ -161,7 +161,8 @@ impl Parsed {
             a.depthwise_nhwc,
             a.layer_norm,
             b.softmax,
-            b.pad
+            b.pad,
+            b.gelu
         );
         Ok(model)
     }

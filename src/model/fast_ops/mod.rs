@@ -10,6 +10,7 @@
 pub mod conv3x3;
 pub mod conv_packed;
 pub mod depthwise_nhwc;
+pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
 pub mod pad;
@@ -22,6 +23,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::change_axes::AxisOp;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
+use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::math::{Add, Mul, Sub};
 use tract_core::ops::nn::Softmax;
 use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
@@ -31,6 +33,7 @@ use crate::simd::Kernel;
 pub use conv_packed::Conv3x3Packed;
 pub use conv3x3::Conv3x3;
 pub use depthwise_nhwc::DepthwiseNhwc3x3;
+pub use gelu::Gelu;
 pub use gemm::{Gemm, View};
 pub use layer_norm::AxisLayerNorm;
 pub use pad::RowPad;
@@ -54,7 +57,7 @@ pub(crate) fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`): for measuring one
+/// `softmax_fold`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`): for measuring one
 /// replacement against the plan without it in the same process (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
 
@@ -88,6 +91,7 @@ pub struct Replaced {
     /// Products computed by the 1x1-convolution kernel (`pointwise`).
     pub gemm_direct: usize,
     pub layer_norm: usize,
+    pub gelu: usize,
 }
 
 impl Replaced {
@@ -447,6 +451,13 @@ pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replace
                 .filter(|_| !off("softmax"))
                 .map(|o| {
                     done.softmax += 1;
+                    Box::new(o) as _
+                })
+        } else if let Some(op) = node.op.downcast_ref::<ElementWiseOp>() {
+            Gelu::replacing(op, dt, kernel)
+                .filter(|_| !off("gelu"))
+                .map(|o| {
+                    done.gelu += 1;
                     Box::new(o) as _
                 })
         } else if let Some(op) = node.op.downcast_ref::<Pad>() {

@@ -150,7 +150,7 @@ pub unsafe fn multiply(
 }
 
 /// The vector path `kernel` can take here (AVX2 needs FMA too), if any.
-fn kernel_has_fma(kernel: Kernel) -> Option<Kernel> {
+pub(crate) fn kernel_has_fma(kernel: Kernel) -> Option<Kernel> {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2
