@@ -493,6 +493,7 @@ impl TypedOp for Conv3x3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fast_ops::max_abs_diff;
     use crate::model::onnx::f32s;
     use tract_core::ops::cnn::PoolSpec;
 
@@ -602,11 +603,7 @@ mod tests {
                             continue;
                         }
                         let (want, got) = both(kind, h, w, stride, pad);
-                        let diff = want
-                            .iter()
-                            .zip(&got)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0f32, f32::max);
+                        let diff = max_abs_diff(&want, &got);
                         assert!(diff < 1e-5, "{kind:?} {h}x{w} s{stride} {pad:?}: {diff:e}");
                     }
                 }

@@ -312,8 +312,8 @@ impl TypedOp for Conv3x3Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::substitute_decluttered;
     use crate::model::fast_ops::test_values as rand;
+    use crate::model::fast_ops::{max_abs_diff, substitute_decluttered};
     use crate::model::onnx::f32s;
     use tract_core::ops::cnn::PoolSpec;
 
@@ -383,12 +383,7 @@ mod tests {
             ours.optimize().unwrap();
             let got = run(ours);
             assert_eq!(got.0, want.0, "case {i}");
-            let diff = want
-                .1
-                .iter()
-                .zip(&got.1)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = max_abs_diff(&want.1, &got.1);
             assert!(diff < 1e-5, "case {i}: {diff:e}");
         }
     }

@@ -214,9 +214,8 @@ impl TypedOp for DepthwiseNhwc3x3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::substitute_decluttered;
     use crate::model::fast_ops::test_values as rand;
-    use crate::model::onnx::f32s;
+    use crate::model::fast_ops::{max_abs_diff, run_one, substitute_decluttered};
     use tract_core::ops::change_axes::AxisOp;
     use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::nn::DataFormat;
@@ -258,15 +257,6 @@ mod tests {
         m
     }
 
-    fn run(m: TypedModel, x: &Tensor) -> Vec<f32> {
-        let out = m
-            .into_runnable()
-            .unwrap()
-            .run(tvec!(x.clone().into_tvalue()))
-            .unwrap();
-        f32s(&out[0]).unwrap().to_vec()
-    }
-
     #[test]
     fn replaces_the_transposed_convolution_and_matches_it() {
         // TinyViT's stage shapes (scaled down in h, w) and the edges: one row, one column.
@@ -280,7 +270,7 @@ mod tests {
             let mut seed = (h * 1000 + w * 10 + c) as u64;
             let m = exported(h, w, c, &mut seed);
             let x = Tensor::from_shape(&[h * w, c], &rand(&mut seed, h * w * c)).unwrap();
-            let want = run(m.clone().into_optimized().unwrap(), &x);
+            let want = run_one(m.clone().into_optimized().unwrap(), &x);
             let mut ours = m;
             ours.declutter().unwrap();
             let done = substitute_decluttered(&mut ours, Kernel::best()).unwrap();
@@ -288,12 +278,8 @@ mod tests {
             ours.optimize().unwrap();
             let names: Vec<_> = ours.nodes.iter().map(|n| n.op.name().to_string()).collect();
             assert!(!names.iter().any(|n| n == "MoveAxis"), "{names:?}");
-            let got = run(ours, &x);
-            let diff = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let got = run_one(ours, &x);
+            let diff = max_abs_diff(&want, &got);
             assert!(diff < 1e-5, "{h}x{w}x{c}: {diff:e}");
         }
     }

@@ -290,8 +290,7 @@ impl TypedOp for AxisLayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::substitute_decluttered;
-    use crate::model::onnx::f32s;
+    use crate::model::fast_ops::{max_abs_diff, run_one, substitute_decluttered};
     use tract_core::ops::math;
     use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
@@ -327,15 +326,6 @@ mod tests {
         m
     }
 
-    fn run(m: TypedModel, x: &Tensor) -> Vec<f32> {
-        let out = m
-            .into_runnable()
-            .unwrap()
-            .run(tvec!(x.clone().into_tvalue()))
-            .unwrap();
-        f32s(&out[0]).unwrap().to_vec()
-    }
-
     #[test]
     fn replaces_the_expansion_and_matches_it() {
         // Last axis (inner 1) and inner axes: an NCHW map's channels, partial column blocks.
@@ -355,7 +345,7 @@ mod tests {
             let mut seed = (outer * 1000 + len * 10 + inner) as u64;
             let m = expanded(shape, 1.0 / len as f32, &mut seed);
             let x = Tensor::from_shape(&shape, &rand(&mut seed, outer * len * inner)).unwrap();
-            let want = run(m.clone().into_optimized().unwrap(), &x);
+            let want = run_one(m.clone().into_optimized().unwrap(), &x);
             let mut ours = m;
             ours.declutter().unwrap();
             let done = substitute_decluttered(&mut ours, Kernel::best()).unwrap();
@@ -364,12 +354,8 @@ mod tests {
             let names: Vec<_> = ours.nodes.iter().map(|n| n.op.name().to_string()).collect();
             assert!(!names.iter().any(|n| n.contains("RmsNorm")), "{names:?}");
             assert!(names.iter().any(|n| n == "AxisLayerNorm"), "{names:?}");
-            let got = run(ours, &x);
-            let diff = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let got = run_one(ours, &x);
+            let diff = max_abs_diff(&want, &got);
             assert!(diff < 1e-5, "{shape:?}: {diff:e}");
         }
     }

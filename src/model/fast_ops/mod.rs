@@ -53,6 +53,28 @@ pub(crate) fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Largest `|a - b|` over two equally long value lists (the operators' tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared lists differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// Runs a one-input f32 model on `x` and returns its first output's values (the operators'
+/// tests).
+#[cfg(test)]
+pub(crate) fn run_one(m: TypedModel, x: &Tensor) -> Vec<f32> {
+    let out = m
+        .into_runnable()
+        .unwrap()
+        .run(tvec!(x.clone().into_tvalue()))
+        .unwrap();
+    crate::model::onnx::f32s(&out[0]).unwrap().to_vec()
+}
+
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
