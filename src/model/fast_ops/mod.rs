@@ -79,8 +79,9 @@ pub(crate) fn run_one(m: TypedModel, x: &Tensor) -> Vec<f32> {
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`): for measuring one
-/// replacement against the plan without it in the same process (`benches/encoder_ab.rs`).
+/// `softmax_fold`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// for measuring one replacement against the plan without it in the same process
+/// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
 
 /// Whether replacement `kind` is left out by [`OWN_OPS_OFF_ENV`].
