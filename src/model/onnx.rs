@@ -82,8 +82,30 @@ impl Parsed {
         scope.enter(|| self.plan(shapes))
     }
 
+    /// [`Parsed::plan`] with some inputs fixed to constant values (`(input index, value)`): they
+    /// are no longer inputs of the plan, and tract folds what depends on them alone at load.
+    pub fn plan_with_constants(
+        &self,
+        shapes: &[Vec<usize>],
+        constants: Vec<(usize, Tensor)>,
+    ) -> Result<Plan> {
+        let typed: Vec<(DatumType, Vec<usize>)> = shapes
+            .iter()
+            .map(|s| (f32::datum_type(), s.clone()))
+            .collect();
+        self.plan_inner(&typed, constants)
+    }
+
     /// [`Parsed::plan`] with an element type per input (token ids are i64).
     pub fn plan_typed(&self, inputs: &[(DatumType, Vec<usize>)]) -> Result<Plan> {
+        self.plan_inner(inputs, Vec::new())
+    }
+
+    fn plan_inner(
+        &self,
+        inputs: &[(DatumType, Vec<usize>)],
+        constants: Vec<(usize, Tensor)>,
+    ) -> Result<Plan> {
         let shapes: Vec<&Vec<usize>> = inputs.iter().map(|(_, s)| s).collect();
         let t = Instant::now();
         let file = &self.file;
@@ -115,6 +137,7 @@ impl Parsed {
             )
         })?;
         check_outputs(&typed, file, &self.contract)?;
+        let typed = pin_inputs(typed, constants, file, &self.contract)?;
         let optimized = self.optimize(typed)?;
         let plan = optimized
             .into_runnable()
@@ -166,6 +189,48 @@ impl Parsed {
         );
         Ok(model)
     }
+}
+
+/// `model` with inputs `constants` (index in the contract, value) replaced by constants and
+/// dropped from its inputs.
+fn pin_inputs(
+    mut model: TypedModel,
+    constants: Vec<(usize, Tensor)>,
+    file: &Path,
+    contract: &Contract,
+) -> Result<TypedModel> {
+    if constants.is_empty() {
+        return Ok(model);
+    }
+    let inputs = model.input_outlets().map_err(flat)?.to_vec();
+    let mut pinned = Vec::new();
+    for (i, value) in constants {
+        let (Some(&outlet), Some(c)) = (inputs.get(i), contract.inputs.get(i)) else {
+            bail!("internal: no input {i} to pin in {}", file.display());
+        };
+        let fact = model.outlet_fact(outlet).map_err(flat)?;
+        if fact.datum_type != value.datum_type() || fact.shape.as_concrete() != Some(value.shape())
+        {
+            bail!(
+                "internal: {}: input '{}' is {:?}, cannot pin it to {:?} {:?}",
+                file.display(),
+                c.name,
+                fact,
+                value.datum_type(),
+                value.shape()
+            );
+        }
+        let mut patch = TypedModelPatch::default();
+        let k = patch
+            .add_const(format!("{}.pinned", c.name), value)
+            .map_err(flat)?;
+        patch.shunt_outside(&model, outlet, k).map_err(flat)?;
+        patch.apply(&mut model).map_err(flat)?;
+        pinned.push(outlet);
+    }
+    let keep: Vec<OutletId> = inputs.into_iter().filter(|o| !pinned.contains(o)).collect();
+    model.set_input_outlets(&keep).map_err(flat)?;
+    Ok(model)
 }
 
 /// Read, verify (manifest size and sha256) and parse the model of `role` in `precision`.
@@ -297,4 +362,41 @@ pub fn f32s(t: &Tensor) -> Result<&[f32]> {
         .map_err(flat)?
         .as_slice::<f32>()
         .map_err(flat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::contract::TensorContract;
+
+    /// `out = a + b` with `b` pinned: one input left, and the constant is what gets added.
+    #[test]
+    fn pinned_inputs_become_constants() {
+        let mut m = TypedModel::default();
+        let a = m.add_source("a", f32::fact([2])).unwrap();
+        let b = m.add_source("b", f32::fact([2])).unwrap();
+        let y = m
+            .wire_node("sum", tract_core::ops::math::add(), &[a, b])
+            .unwrap();
+        m.select_output_outlets(&y).unwrap();
+        let contract = Contract {
+            inputs: vec![
+                TensorContract::fixed("a", &[2]),
+                TensorContract::fixed("b", &[2]),
+            ],
+            outputs: vec![TensorContract::fixed("sum", &[2])],
+        };
+        let file = Path::new("test.onnx");
+        let b_value = tensor1(&[10f32, 20.0]);
+        let pinned = pin_inputs(m.clone(), vec![(1, b_value)], file, &contract).unwrap();
+        assert_eq!(pinned.input_outlets().unwrap().len(), 1);
+        let plan = pinned.into_optimized().unwrap().into_runnable().unwrap();
+        let out = plan
+            .run(tvec!(tensor1(&[1f32, 2.0]).into_tvalue()))
+            .unwrap();
+        assert_eq!(f32s(&out[0]).unwrap(), &[11.0, 22.0]);
+        // A value of the wrong shape is refused with the input's name.
+        let err = pin_inputs(m, vec![(1, tensor1(&[1f32]))], file, &contract).unwrap_err();
+        assert!(format!("{err:#}").contains("'b'"), "{err:#}");
+    }
 }

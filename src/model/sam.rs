@@ -127,10 +127,11 @@ pub struct SamDecoder {
     embed: [usize; 4],
     low_res: usize,
     /// One optimized plan and state per prompt-token count (the model's symbolic N), built on
-    /// first use; a box (N=2) is planned at load.
+    /// first use; a box (N=2) is planned at load. The mask prompt (`mask_input`,
+    /// `has_mask_input`) is pinned to "none" in every plan: sonomask prompts with points and
+    /// boxes only, and tract then folds the mask branch (`mask_downscaling`: three convolutions
+    /// over a 256x256 plane, two layer norms, the blend) into a constant at load.
     states: HashMap<usize, (Plan, State)>,
-    mask_input: Tensor,
-    has_mask: Tensor,
 }
 
 impl SamDecoder {
@@ -147,8 +148,6 @@ impl SamDecoder {
             embed: [1, c, e, e],
             low_res: l,
             states: HashMap::new(),
-            mask_input: Tensor::zero::<f32>(&[1, 1, l, l])?,
-            has_mask: Tensor::zero::<f32>(&[1])?,
         };
         d.state_for(2)?;
         Ok(d)
@@ -157,13 +156,18 @@ impl SamDecoder {
     fn state_for(&mut self, n: usize) -> Result<&mut State> {
         if !self.states.contains_key(&n) {
             let l = self.low_res;
-            let plan = self.parsed.plan(&[
+            let no_mask = vec![
+                (3, Tensor::zero::<f32>(&[1, 1, l, l])?),
+                (4, Tensor::zero::<f32>(&[1])?),
+            ];
+            let shapes = [
                 self.embed.to_vec(),
                 vec![1, n, 2],
                 vec![1, n],
                 vec![1, 1, l, l],
                 vec![1],
-            ])?;
+            ];
+            let plan = self.parsed.plan_with_constants(&shapes, no_mask)?;
             let state = onnx::spawn(&plan)?;
             self.states.insert(n, (plan, state));
         }
@@ -183,8 +187,6 @@ impl SamDecoder {
             emb.0.clone(),
             Tensor::from_shape(&[1, n, 2], coords)?.into_tvalue(),
             Tensor::from_shape(&[1, n], labels)?.into_tvalue(),
-            self.mask_input.clone().into_tvalue(),
-            self.has_mask.clone().into_tvalue(),
         ))
     }
 
