@@ -35,15 +35,20 @@ pub struct Conv3x3 {
     pub batch_axis: bool,
 }
 
-impl Conv3x3 {
-    /// The replacement for `conv` reading an input of `input` (decluttered model), if it is one
-    /// this op computes.
-    pub fn replacing(
-        conv: &Conv,
-        input: &TypedFact,
-        weights: &TypedFact,
-        kernel: Kernel,
-    ) -> Option<Self> {
+/// What every own 3x3 convolution requires of a decluttered f32 [`Conv`]: OIHW 3x3 kernel,
+/// no dilation, stride 1 or 2 on both axes, padding 0 or 1 per side, no quantization, and an
+/// input `[1, C, H, W]` (NCHW) or `[C, H, W]` (CHW) of concrete shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry3x3 {
+    pub batch_axis: bool,
+    pub stride: usize,
+    /// Padding before and after, rows then columns.
+    pub pad: [(usize, usize); 2],
+}
+
+impl Geometry3x3 {
+    /// The geometry of `conv` over `input`, if it is one of these.
+    pub fn of(conv: &Conv, input: &TypedFact) -> Option<Self> {
         let ps = &conv.pool_spec;
         let batch_axis = match ps.data_format {
             DataFormat::NCHW => true,
@@ -51,14 +56,6 @@ impl Conv3x3 {
             _ => return None,
         };
         let shape = input.shape.as_concrete()?;
-        let (c, co) = (ps.input_channels, ps.output_channels);
-        let dense = if conv.group == c && co == c && c > 1 {
-            None
-        } else if conv.group == 1 && (1..=MAX_DENSE_INPUTS).contains(&c) {
-            Some([c, co])
-        } else {
-            return None;
-        };
         let ok = input.datum_type == DatumType::F32
             && conv.q_params.is_none()
             && conv.kernel_fmt == KernelFormat::OIHW
@@ -69,8 +66,7 @@ impl Conv3x3 {
                 .is_none_or(|d| d.iter().all(|&x| x == 1))
             && shape.len() == if batch_axis { 4 } else { 3 }
             && (!batch_axis || shape[0] == 1)
-            && weights.konst.is_some()
-            && weights.shape.as_concrete() == Some(&[co, dense.map_or(1, |d| d[0]), 3, 3][..]);
+            && shape[shape.len() - 3] == ps.input_channels;
         if !ok {
             return None;
         }
@@ -88,12 +84,41 @@ impl Conv3x3 {
         if before.len() != 2 || after.len() != 2 || before.iter().chain(&after).any(|&p| p > 1) {
             return None;
         }
-        Some(Conv3x3 {
-            kernel,
-            dense,
+        Some(Geometry3x3 {
+            batch_axis,
             stride: strides[0],
             pad: [(before[0], after[0]), (before[1], after[1])],
-            batch_axis,
+        })
+    }
+}
+
+impl Conv3x3 {
+    /// The replacement for `conv` reading an input of `input` (decluttered model), if it is one
+    /// this op computes.
+    pub fn replacing(
+        conv: &Conv,
+        input: &TypedFact,
+        weights: &TypedFact,
+        kernel: Kernel,
+    ) -> Option<Self> {
+        let g = Geometry3x3::of(conv, input)?;
+        let ps = &conv.pool_spec;
+        let (c, co) = (ps.input_channels, ps.output_channels);
+        let dense = if conv.group == c && co == c && c > 1 {
+            None
+        } else if conv.group == 1 && (1..=MAX_DENSE_INPUTS).contains(&c) {
+            Some([c, co])
+        } else {
+            return None;
+        };
+        let ok = weights.konst.is_some()
+            && weights.shape.as_concrete() == Some(&[co, dense.map_or(1, |d| d[0]), 3, 3][..]);
+        ok.then_some(Conv3x3 {
+            kernel,
+            dense,
+            stride: g.stride,
+            pad: g.pad,
+            batch_axis: g.batch_axis,
         })
     }
 

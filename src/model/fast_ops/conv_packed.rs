@@ -12,9 +12,9 @@
 //! 2304-long convolution runs at 80 GFLOP/s in tract and stays there).
 
 use tract_core::internal::*;
-use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
-use tract_core::ops::nn::DataFormat;
+use tract_core::ops::cnn::Conv;
 
+use super::conv3x3::Geometry3x3;
 use super::pointwise::{self, Columns, NR, PackedWeights};
 use crate::simd::Kernel;
 
@@ -48,50 +48,21 @@ impl Conv3x3Packed {
         bias: &TypedFact,
         kernel: Kernel,
     ) -> Option<Self> {
+        let g = Geometry3x3::of(conv, x)?;
         let ps = &conv.pool_spec;
         let shape = x.shape.as_concrete()?;
         let (c, co) = (ps.input_channels, ps.output_channels);
-        let layout_ok = match (ps.data_format, shape.len()) {
-            (DataFormat::NCHW, 4) => shape[0] == 1,
-            (DataFormat::CHW, 3) => true,
-            _ => false,
-        };
-        if !layout_ok {
-            return None;
-        }
         let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
-        let stride = match ps.strides.as_deref() {
-            None => 1,
-            Some([a, b]) if a == b && (1..=2).contains(a) => *a,
-            _ => return None,
-        };
-        let (before, after) = match &ps.padding {
-            PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false) => {
-                (b.clone(), a.clone())
-            }
-            PaddingSpec::Valid => (tvec![0, 0], tvec![0, 0]),
-            _ => return None,
-        };
-        let ok = x.datum_type == DatumType::F32
-            && conv.q_params.is_none()
-            && conv.group == 1
-            && conv.kernel_fmt == KernelFormat::OIHW
-            && ps.kernel_shape.as_slice() == [3, 3]
-            && ps
-                .dilations
-                .as_ref()
-                .is_none_or(|d| d.iter().all(|&x| x == 1))
-            && shape[shape.len() - 3] == c
+        let ok = conv.group == 1
             && (1..=MAX_K).contains(&(9 * c))
-            && before.len() == 2
-            && after.len() == 2
-            && before.iter().chain(&after).all(|&p| p <= 1)
             && weights.shape.as_concrete() == Some(&[co, c, 3, 3][..]);
         if !ok {
             return None;
         }
+        let stride = g.stride;
+        let [(pt, pb), (pl, pr)] = g.pad;
         let out = |n: usize, a: usize, b: usize| (n + a + b).checked_sub(3).map(|v| v / stride + 1);
-        let (oh, ow) = (out(h, before[0], after[0])?, out(w, before[1], after[1])?);
+        let (oh, ow) = (out(h, pt, pb)?, out(w, pl, pr)?);
         let wk = weights.konst.as_ref()?;
         let wk = wk.try_as_plain_ram().ok()?;
         let wk = wk.as_slice::<f32>().ok()?;
@@ -111,7 +82,7 @@ impl Conv3x3Packed {
         Some(Conv3x3Packed {
             kernel,
             stride,
-            pad: (before[0], before[1]),
+            pad: (pt, pl),
             input_shape: shape.into(),
             output_shape,
             // OIHW is [C_out][C_in * 9]: row-major, K = (c, ky, kx).
@@ -315,7 +286,8 @@ mod tests {
     use crate::model::fast_ops::test_values as rand;
     use crate::model::fast_ops::{max_abs_diff, substitute_decluttered};
     use crate::model::onnx::f32s;
-    use tract_core::ops::cnn::PoolSpec;
+    use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+    use tract_core::ops::nn::DataFormat;
 
     fn model(
         (c, co, h, w): (usize, usize, usize, usize),
