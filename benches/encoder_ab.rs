@@ -9,6 +9,9 @@
 //! `OFF=kind[,kind]` (without `B`) plans A with own operators too, but without those kinds
 //! (`SONOMASK_OWN_OPS_OFF`, see `fast_ops`): the check for one replacement on its own.
 //! `THREADS=N` runs both under tract's N-thread executor (default 1).
+//! `DECODER=1` (without `B`) compares two decoder plans the same way instead (stock against own
+//! operators, or own less `OFF`), on a box prompt over the frame's embedding, `ROUNDS x 10` calls
+//! each.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,8 +19,10 @@ use std::time::Instant;
 use sonomask::image_io::load_rgb;
 use sonomask::model::Manifest;
 use sonomask::model::fast_ops::OWN_OPS_OFF_ENV;
+use sonomask::model::fast_ops::STOCK_OPS_ENV;
 use sonomask::model::onnx::{self, f32s};
 use sonomask::model::sam::{ENCODER_KNOBS, encoder_contract};
+use sonomask::model::{Embedding, Precision, SamDecoder};
 use sonomask::preprocess::{Normalize, sam_input_into};
 use tract_onnx::prelude::*;
 
@@ -104,6 +109,16 @@ fn main() {
         .zip(&outs[1])
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
+    if own_ops && std::env::var("DECODER").as_deref() == Ok("1") {
+        let e = s.embedding_size as usize;
+        let emb = Embedding(
+            Tensor::from_shape(&[1, s.embed_dim as usize, e, e], &outs[1])
+                .unwrap()
+                .into_tvalue(),
+        );
+        decoder_ab(&m, &emb, off.as_deref(), rounds * 10, labels);
+        return;
+    }
     let mut times = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for (i, st) in states.iter_mut().enumerate() {
@@ -123,6 +138,57 @@ fn main() {
     );
     println!(
         "\nB is {:.3}x the speed of A; max |B - A| on the embedding {diff:.2e}",
+        a / b
+    );
+}
+
+/// Two fp32 decoders (A: stock operators, or own less `off`; B: own operators) on one
+/// embedding and box prompt, `calls` interleaved calls each.
+fn decoder_ab(m: &Manifest, emb: &Embedding, off: Option<&str>, calls: usize, labels: [&str; 2]) {
+    let mut decs = Vec::new();
+    for i in 0..2 {
+        // SAFETY (set_var): single-threaded here; the variables are read while planning only.
+        unsafe {
+            std::env::remove_var(OWN_OPS_OFF_ENV);
+            std::env::remove_var(STOCK_OPS_ENV);
+            match (off, i) {
+                (Some(kinds), 0) => std::env::set_var(OWN_OPS_OFF_ENV, kinds),
+                (None, 0) => std::env::set_var(STOCK_OPS_ENV, "1"),
+                _ => {}
+            }
+        }
+        decs.push(SamDecoder::load(m, Precision::Fp32).unwrap());
+    }
+    unsafe {
+        std::env::remove_var(OWN_OPS_OFF_ENV);
+        std::env::remove_var(STOCK_OPS_ENV);
+    }
+    let (coords, labels_in) = ([300f32, 300., 600., 600.], [2f32, 3.]);
+    let outs: Vec<Vec<f32>> = decs
+        .iter_mut()
+        .map(|d| {
+            let o = d.run(emb, &coords, &labels_in).unwrap();
+            f32s(&o.low_res).unwrap().to_vec()
+        })
+        .collect();
+    let diff = outs[0]
+        .iter()
+        .zip(&outs[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..calls {
+        for (i, d) in decs.iter_mut().enumerate() {
+            let t = Instant::now();
+            d.run(emb, &coords, &labels_in).unwrap();
+            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (a, b) = (median(times[0].clone()), median(times[1].clone()));
+    println!("| decoder | median ms ({calls} interleaved calls) |\n|---|---|");
+    println!("| A {} | {a:.2} |\n| B {} | {b:.2} |", labels[0], labels[1]);
+    println!(
+        "\nB is {:.3}x the speed of A; max |B - A| on the low-res masks {diff:.2e}",
         a / b
     );
 }
