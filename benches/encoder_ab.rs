@@ -26,6 +26,14 @@ use sonomask::model::{Embedding, Precision, SamDecoder};
 use sonomask::preprocess::{Normalize, sam_input_into};
 use tract_onnx::prelude::*;
 
+/// Largest `|a - b|` of two outputs.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -104,11 +112,7 @@ fn main() {
                 .to_vec()
         })
         .collect();
-    let diff = outs[0]
-        .iter()
-        .zip(&outs[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let diff = max_abs_diff(&outs[0], &outs[1]);
     if own_ops && std::env::var("DECODER").as_deref() == Ok("1") {
         let e = s.embedding_size as usize;
         let emb = Embedding(
@@ -171,11 +175,7 @@ fn decoder_ab(m: &Manifest, emb: &Embedding, off: Option<&str>, calls: usize, la
             f32s(&o.low_res).unwrap().to_vec()
         })
         .collect();
-    let diff = outs[0]
-        .iter()
-        .zip(&outs[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let diff = max_abs_diff(&outs[0], &outs[1]);
     let mut times = [Vec::new(), Vec::new()];
     for _ in 0..calls {
         for (i, d) in decs.iter_mut().enumerate() {
