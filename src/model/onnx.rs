@@ -63,11 +63,7 @@ impl Parsed {
     /// Pin every input to a concrete f32 shape, type-check, check outputs, optimize, plan.
     /// `shapes[i]` is the concrete shape of input `i`; symbolic contract dims take it from there.
     pub fn plan(&self, shapes: &[Vec<usize>]) -> Result<Plan> {
-        let typed: Vec<(DatumType, Vec<usize>)> = shapes
-            .iter()
-            .map(|s| (f32::datum_type(), s.clone()))
-            .collect();
-        self.plan_typed(&typed)
+        self.plan_with_constants(shapes, Vec::new())
     }
 
     /// [`Parsed::plan`] with tract knobs (kernel-selection settings, `benches/knobs.rs`) set

@@ -18,6 +18,7 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_core::ops::nn::DataFormat;
 
+use super::SharedMut;
 use crate::simd::{Kernel, dispatch};
 
 /// Replaces a decluttered f32 [`Conv`] that is 3x3 with constant weights, depthwise or dense
@@ -426,7 +427,7 @@ impl EvalOp for Conv3x3 {
         if plane > 0 {
             let total = xs.len() + data.len();
             if self.dense.is_some() {
-                let out = OutRows(data.as_mut_ptr());
+                let out = SharedMut(data.as_mut_ptr());
                 let mut oys: Vec<usize> = (0..oh).collect();
                 let x = (xs, h, w);
                 tract_core::tract_linalg::multithread::par_chunks_mut(
@@ -434,7 +435,7 @@ impl EvalOp for Conv3x3 {
                     1,
                     total,
                     |_, band| {
-                        let o = out;
+                        let o = out.get();
                         let (Some(&a), Some(&b)) = (band.first(), band.last()) else {
                             return Ok(());
                         };
@@ -442,10 +443,10 @@ impl EvalOp for Conv3x3 {
                         // SAFETY: the output holds co planes; bands are disjoint rows.
                         unsafe {
                             match ci {
-                                1 => self.dense_rows::<9>(x, k, rows, (o.0, co)),
-                                2 => self.dense_rows::<18>(x, k, rows, (o.0, co)),
-                                3 => self.dense_rows::<27>(x, k, rows, (o.0, co)),
-                                4 => self.dense_rows::<36>(x, k, rows, (o.0, co)),
+                                1 => self.dense_rows::<9>(x, k, rows, (o, co)),
+                                2 => self.dense_rows::<18>(x, k, rows, (o, co)),
+                                3 => self.dense_rows::<27>(x, k, rows, (o, co)),
+                                4 => self.dense_rows::<36>(x, k, rows, (o, co)),
                                 _ => bail!("Conv3x3: {ci} input channels"),
                             }
                         }
@@ -478,13 +479,6 @@ impl EvalOp for Conv3x3 {
         Ok(tvec!(output.into_tvalue()))
     }
 }
-
-/// The output planes, shared by the threads writing disjoint row bands of them.
-#[derive(Clone, Copy)]
-struct OutRows(*mut f32);
-// SAFETY: the threads write disjoint rows (see the dense path of `Conv3x3::eval`).
-unsafe impl Send for OutRows {}
-unsafe impl Sync for OutRows {}
 
 impl TypedOp for Conv3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {

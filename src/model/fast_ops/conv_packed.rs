@@ -16,6 +16,7 @@ use tract_core::ops::cnn::Conv;
 
 use super::conv3x3::Geometry3x3;
 use super::pointwise::{self, Columns, NR, PackedWeights};
+use super::{SharedMut, par_tasks};
 use crate::simd::Kernel;
 
 /// The longest reduction taken: a `K x 16` tile of 32 KiB.
@@ -168,12 +169,6 @@ impl Columns for Taps {
     }
 }
 
-/// The output, shared by the threads writing disjoint column bands.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: the threads write disjoint columns (output pixels) of every output channel.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
 // SAFETY: read-only pointers into one phase buffer that outlives the threads.
 unsafe impl Sync for Taps {}
 
@@ -225,35 +220,25 @@ impl EvalOp for Conv3x3Packed {
         // SAFETY: every output element is written (all channels of every pixel band).
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
         let mut plain = output.try_as_plain_ram_mut()?;
-        let out = Out(plain.as_slice_mut::<f32>()?.as_mut_ptr());
+        let out = SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr());
         let pixels = oh * ow;
         // Bands of whole 16-pixel tiles, eight of them.
         let band = pixels.div_ceil(8).next_multiple_of(NR).max(NR);
-        let mut ids: Vec<usize> = (0..pixels.div_ceil(band)).collect();
-        tract_core::tract_linalg::multithread::par_chunks_mut(
-            &mut ids,
-            1,
-            co * pixels * 9 * c,
-            |_, chunk| {
-                let o = out;
-                for &i in chunk.iter() {
-                    let cols = i * band..((i + 1) * band).min(pixels);
-                    // SAFETY: X's taps lie inside `q` for every output pixel (phase planes
-                    // cover oh + 2 / s rows and ow + 2 / s columns); C is co x pixels.
-                    unsafe {
-                        pointwise::multiply(
-                            self.kernel,
-                            &self.weights,
-                            &taps,
-                            (o.0, pixels),
-                            cols,
-                            Some(&self.bias),
-                        )
-                    };
-                }
-                Ok(())
-            },
-        )?;
+        par_tasks(pixels.div_ceil(band), co * pixels * 9 * c, |i| {
+            let cols = i * band..((i + 1) * band).min(pixels);
+            // SAFETY: X's taps lie inside `q` for every output pixel (phase planes cover
+            // oh + 2 / s rows and ow + 2 / s columns); C is co x pixels; bands are disjoint.
+            unsafe {
+                pointwise::multiply(
+                    self.kernel,
+                    &self.weights,
+                    &taps,
+                    (out.get(), pixels),
+                    cols,
+                    Some(&self.bias),
+                )
+            };
+        })?;
         Ok(tvec!(output.into_tvalue()))
     }
 }

@@ -16,6 +16,7 @@ use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::GeluExact;
 
 use super::pointwise::kernel_has_fma;
+use super::{SharedMut, par_tasks};
 use crate::simd::Kernel;
 
 const A: [f32; 6] = [
@@ -116,28 +117,16 @@ impl EvalOp for Gelu {
         }
         // Tasks of 16 Ki values: big enough to amortise a task, small enough to balance.
         const CHUNK: usize = 16 * 1024;
-        let base = Values(data.as_mut_ptr());
-        let mut ids: Vec<usize> = (0..total.div_ceil(CHUNK)).collect();
-        tract_core::tract_linalg::multithread::par_chunks_mut(&mut ids, 1, total, |_, chunk| {
-            let b = base;
-            for &i in chunk.iter() {
-                let len = CHUNK.min(total - i * CHUNK);
-                // SAFETY: task i owns values i * CHUNK .. + len of `data`, alone.
-                let xs = unsafe { std::slice::from_raw_parts_mut(b.0.add(i * CHUNK), len) };
-                gelu_slice(self.kernel, xs);
-            }
-            Ok(())
+        let base = SharedMut(data.as_mut_ptr());
+        par_tasks(total.div_ceil(CHUNK), total, |i| {
+            let len = CHUNK.min(total - i * CHUNK);
+            // SAFETY: task i owns values i * CHUNK .. + len of `data`, alone.
+            let xs = unsafe { std::slice::from_raw_parts_mut(base.get().add(i * CHUNK), len) };
+            gelu_slice(self.kernel, xs);
         })?;
         Ok(tvec!(t.into_tvalue()))
     }
 }
-
-/// The values, shared by the threads transforming disjoint chunks of them.
-#[derive(Clone, Copy)]
-struct Values(*mut f32);
-// SAFETY: each task writes its own chunk (see `Gelu::eval`).
-unsafe impl Send for Values {}
-unsafe impl Sync for Values {}
 
 impl TypedOp for Gelu {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {

@@ -17,6 +17,7 @@
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
+use super::par_tasks;
 use super::pointwise::{self, NR, PackedWeights};
 use super::softmax::{exp_scalar, softmax_rows};
 use crate::simd::{Kernel, dispatch, reduce8};
@@ -701,6 +702,13 @@ struct F32Bits(u32);
 /// The operands, shared by the threads writing disjoint blocks of one output.
 #[derive(Clone, Copy)]
 struct Shared(*const f32, *const f32, *mut f32);
+
+impl Shared {
+    /// The pointers (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> (*const f32, *const f32, *mut f32) {
+        (self.0, self.1, self.2)
+    }
+}
 // SAFETY: the threads write disjoint blocks (see `Gemm::tasks`).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
@@ -752,26 +760,17 @@ impl EvalOp for Gemm {
         let ptrs = Shared(pa, pb, plain.as_slice_mut::<f32>()?.as_mut_ptr());
         let (batches, bands, band, by_rows) = self.tasks();
         let band_of = |len: usize, i: usize| (i * band).min(len)..((i + 1) * band).min(len);
-        let mut ids: Vec<usize> = (0..batches * bands).collect();
-        tract_core::tract_linalg::multithread::par_chunks_mut(
-            &mut ids,
-            1,
-            self.fma(),
-            |_, chunk| {
-                let p = ptrs;
-                for &t in chunk.iter() {
-                    let (bi, band) = (t / bands, t % bands);
-                    let (rows, cols) = if by_rows {
-                        (band_of(self.m.len, band), 0..self.n.len)
-                    } else {
-                        (0..self.m.len, band_of(self.n.len, band))
-                    };
-                    // SAFETY: shapes checked above; tasks cover disjoint blocks.
-                    unsafe { self.block((p.0, p.1, p.2), bi, rows, cols) };
-                }
-                Ok(())
-            },
-        )?;
+        par_tasks(batches * bands, self.fma(), |t| {
+            let p = ptrs.get();
+            let (bi, band) = (t / bands, t % bands);
+            let (rows, cols) = if by_rows {
+                (band_of(self.m.len, band), 0..self.n.len)
+            } else {
+                (0..self.m.len, band_of(self.n.len, band))
+            };
+            // SAFETY: shapes checked above; tasks cover disjoint blocks.
+            unsafe { self.block(p, bi, rows, cols) };
+        })?;
         Ok(tvec!(output.into_tvalue()))
     }
 }

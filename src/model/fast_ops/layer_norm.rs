@@ -17,6 +17,7 @@
 
 use tract_core::internal::*;
 
+use super::{SharedMut, par_tasks};
 use crate::simd::{Kernel, dispatch, reduce8};
 
 /// Columns normalised together on the strided path: 64 f32 sums (a few registers' worth per
@@ -99,28 +100,17 @@ impl AxisLayerNorm {
             });
         }
         let blocks = inner.div_ceil(COLS);
-        let mut ids: Vec<usize> = (0..total / (len * inner) * blocks).collect();
-        let base = Base(data.as_mut_ptr());
-        par(&mut ids, 1, total, |_, chunk| {
-            let b = base;
-            for &t in chunk.iter() {
-                let (o, c0) = (t / blocks, t % blocks * COLS);
-                let w = COLS.min(inner - c0);
-                // SAFETY: block (o, c0) lies inside `data` (ids cover `outer x blocks`) and no
-                // two tasks share a column.
-                let x = unsafe { b.0.add(o * len * inner + c0) };
-                unsafe { norm_cols(self.kernel, x, inner, w, self.eps, &self.gamma, &self.beta) };
-            }
-            Ok(())
+        let base = SharedMut(data.as_mut_ptr());
+        par_tasks(total / (len * inner) * blocks, total, |t| {
+            let (o, c0) = (t / blocks, t % blocks * COLS);
+            let w = COLS.min(inner - c0);
+            // SAFETY: block (o, c0) lies inside `data` (ids cover `outer x blocks`) and no two
+            // tasks share a column.
+            let x = unsafe { base.get().add(o * len * inner + c0) };
+            unsafe { norm_cols(self.kernel, x, inner, w, self.eps, &self.gamma, &self.beta) };
         })
     }
 }
-
-#[derive(Clone, Copy)]
-struct Base(*mut f32);
-// SAFETY: the threads write disjoint column blocks (see `AxisLayerNorm::apply`).
-unsafe impl Send for Base {}
-unsafe impl Sync for Base {}
 
 /// One row, in place.
 fn norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {

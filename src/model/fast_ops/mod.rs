@@ -75,6 +75,34 @@ pub(crate) fn run_one(m: TypedModel, x: &Tensor) -> Vec<f32> {
     crate::model::onnx::f32s(&out[0]).unwrap().to_vec()
 }
 
+/// An output buffer shared by the threads of one operator, each writing its own disjoint part.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+// SAFETY: the operators hand each task a disjoint part of the buffer (see their `eval`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Runs `task(i)` for every `i < n` on tract's threads (runs of consecutive ids per thread);
+/// `cost` is the work in elements, below tract's threshold everything runs inline.
+pub(crate) fn par_tasks(
+    n: usize,
+    cost: usize,
+    task: impl Fn(usize) + Send + Sync,
+) -> TractResult<()> {
+    let mut ids: Vec<usize> = (0..n).collect();
+    tract_core::tract_linalg::multithread::par_chunks_mut(&mut ids, 1, cost, |_, chunk| {
+        chunk.iter().for_each(|&i| task(i));
+        Ok(())
+    })
+}
+
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
