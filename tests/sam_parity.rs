@@ -235,7 +235,8 @@ fn own_operators_replace_stock_ones_within_parity() {
             + count("Conv3x3")
             + count("Gemm")
             + count("AxisLayerNorm")
-            + count("DepthwiseNhwc3x3");
+            + count("DepthwiseNhwc3x3")
+            + count("Attention");
         if stock {
             assert_eq!(ours, 0, "stock plan has own operators");
             assert!(
@@ -249,7 +250,8 @@ fn own_operators_replace_stock_ones_within_parity() {
             if cfg!(target_arch = "x86_64") {
                 assert_eq!(count("DepthWiseConv"), 0, "{ops:?}");
             }
-            // The attention softmaxes are folded into the products before them.
+            // The attention softmaxes are folded into the products before them, and the
+            // window attentions (scores, softmax, values) are fused into one op each.
             let folded_softmax = plan
                 .model()
                 .nodes
@@ -257,8 +259,10 @@ fn own_operators_replace_stock_ones_within_parity() {
                 .filter(|n| n.op.name() == "Gemm")
                 .filter(|n| n.op.info().unwrap().concat().contains("softmax true"))
                 .count();
+            assert!(count("Attention") > 0, "{ops:?}");
             assert!(
-                count("RowSoftmax") + folded_softmax > 0 && count("Depthwise3x3") > 0,
+                count("RowSoftmax") + folded_softmax + count("Attention") > 0
+                    && count("Depthwise3x3") > 0,
                 "{ops:?}"
             );
             // Every product is ours (none left as tract's packed matmul), and so is the

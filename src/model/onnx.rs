@@ -170,12 +170,14 @@ impl Parsed {
             .map_err(flat)
             .with_context(replace_failed)?;
         log::debug!(
-            "{}: own operators: {} products ({} with bias, {} reading slices), {} 3x3 convs, \
-             {} channels-last depthwise, {} layer norms, {} softmax, {} pad, {} gelu",
+            "{}: own operators: {} products ({} with bias, {} reading slices, {} attention pairs \
+             fused), {} 3x3 convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
+             {} gelu",
             file.display(),
             a.gemm,
             a.gemm_bias,
             a.gemm_sliced,
+            a.attention,
             a.depthwise,
             a.depthwise_nhwc,
             a.layer_norm,

@@ -24,20 +24,20 @@ use crate::simd::{Kernel, dispatch, reduce8};
 
 /// One group of einsum axes merged into one strided matrix dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Dim {
-    len: usize,
+pub(super) struct Dim {
+    pub(super) len: usize,
     /// Element stride of the dimension in input 0, input 1 and the output (0 where absent).
-    stride: [isize; 3],
+    pub(super) stride: [isize; 3],
 }
 
 /// A constant added to the product: `values` read with one stride per batch axis, per row and
 /// per column of the computed `C` (0 along the axes it is broadcast over).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bias {
-    values: Vec<f32>,
-    batch: TVec<isize>,
-    rows: isize,
-    cols: isize,
+    pub(super) values: Vec<f32>,
+    pub(super) batch: TVec<isize>,
+    pub(super) rows: isize,
+    pub(super) cols: isize,
 }
 
 // Plan equality (tract compares ops to merge duplicates): bias values are compared bit-exactly
@@ -85,29 +85,29 @@ impl View {
 /// `out[batch] = alpha * A[batch] . B[batch] (+ bias)` for f32 tensors of pinned shapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gemm {
-    m: Dim,
-    k: Dim,
-    n: Dim,
-    batch: TVec<Dim>,
+    pub(super) m: Dim,
+    pub(super) k: Dim,
+    pub(super) n: Dim,
+    pub(super) batch: TVec<Dim>,
     /// `A` is input 1 and `B` input 0 (chosen so that `C` is written row by row).
-    swap: bool,
+    pub(super) swap: bool,
     /// Shapes of the tensors the inputs are read from, and where in them each input starts.
-    input_shapes: [TVec<usize>; 2],
-    offsets: [isize; 2],
+    pub(super) input_shapes: [TVec<usize>; 2],
+    pub(super) offsets: [isize; 2],
     /// Output axes (size > 1) making up the rows and the columns of C, outermost first.
     out_axes: [TVec<usize>; 2],
     /// Output axis of each batch dimension.
     batch_axes: TVec<usize>,
     /// A constant scale folded in (the attention's `* scale`).
-    alpha: F32Bits,
+    pub(super) alpha: F32Bits,
     /// A 1x1 convolution over channels-first activations, computed by [`pointwise`] with the
     /// constant weights packed at load (see [`Gemm::pack_direct`]).
-    direct: Option<Direct>,
+    pub(super) direct: Option<Direct>,
     /// A softmax over the output's last axis, applied to each row of C after the bias (the
     /// attention's): rows are then computed whole and normalised while still in cache.
-    softmax: Option<Kernel>,
-    output_shape: TVec<usize>,
-    bias: Option<Bias>,
+    pub(super) softmax: Option<Kernel>,
+    pub(super) output_shape: TVec<usize>,
+    pub(super) bias: Option<Bias>,
 }
 
 /// Row-major element strides of `shape`.
@@ -394,7 +394,7 @@ impl Gemm {
     }
 
     /// Element offsets of batch `i` in A, B, C and the bias.
-    fn batch_offsets(&self, mut i: usize) -> [isize; 4] {
+    pub(super) fn batch_offsets(&self, mut i: usize) -> [isize; 4] {
         let mut off = [self.offsets[0], self.offsets[1], 0, 0];
         for (j, d) in self.batch.iter().enumerate().rev() {
             let idx = (i % d.len) as isize;
@@ -413,7 +413,7 @@ impl Gemm {
     }
 
     /// (row stride, column stride) of A, B and C in the computed orientation.
-    fn layout(&self) -> [(isize, isize); 3] {
+    pub(super) fn layout(&self) -> [(isize, isize); 3] {
         let (a, b) = if self.swap { (1, 0) } else { (0, 1) };
         [
             (self.m.stride[a], self.k.stride[a]),
@@ -686,7 +686,7 @@ unsafe fn narrow_rows(
 
 /// The packed weights (A) and per-row bias of a product computed by [`pointwise`].
 #[derive(Debug, Clone, PartialEq)]
-struct Direct {
+pub(super) struct Direct {
     kernel: Kernel,
     weights: PackedWeights,
     bias: Option<Vec<f32>>,
@@ -697,7 +697,7 @@ impl Eq for Direct {}
 
 /// An f32 compared and hashed by its bits (ops are compared for equality).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct F32Bits(u32);
+pub(super) struct F32Bits(pub(super) u32);
 
 /// The operands, shared by the threads writing disjoint blocks of one output.
 #[derive(Clone, Copy)]

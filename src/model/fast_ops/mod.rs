@@ -7,6 +7,7 @@
 //! This uses tract's extension points (a crate-defined `TypedOp` put into the optimized graph);
 //! tract itself is not patched.
 
+pub mod attention;
 pub mod conv3x3;
 pub mod conv_packed;
 pub mod depthwise_nhwc;
@@ -30,6 +31,7 @@ use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 use tract_onnx::prelude::*;
 
 use crate::simd::Kernel;
+pub use attention::Attention;
 pub use conv_packed::Conv3x3Packed;
 pub use conv3x3::Conv3x3;
 pub use depthwise_nhwc::DepthwiseNhwc3x3;
@@ -107,7 +109,7 @@ pub(crate) fn par_tasks(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `softmax_fold`, `attention`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -141,6 +143,8 @@ pub struct Replaced {
     pub gemm_softmax: usize,
     /// Products computed by the 1x1-convolution kernel (`pointwise`).
     pub gemm_direct: usize,
+    /// Pairs of products (scores with a softmax, then values) fused into one [`Attention`].
+    pub attention: usize,
     pub layer_norm: usize,
     pub gelu: usize,
 }
@@ -199,7 +203,46 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
             done.conv_packed += 1;
         }
     }
+    if !off("attention") {
+        fuse_attention(model, kernel, &mut done)?;
+    }
     Ok(done)
+}
+
+/// Puts an [`Attention`] in place of each [`Gemm`] with a folded softmax whose output only the
+/// A side of another [`Gemm`] reads (an attention's scores, then the product with V).
+fn fuse_attention(model: &mut TypedModel, kernel: Kernel, done: &mut Replaced) -> TractResult<()> {
+    for id in 0..model.nodes.len() {
+        let Some(scores) = model.nodes[id].op_as::<Gemm>() else {
+            continue;
+        };
+        let Some(next) = sole_user(model, id) else {
+            continue;
+        };
+        let Some(values) = next.op_as::<Gemm>() else {
+            continue;
+        };
+        let a = values.swapped() as usize;
+        let from_scores = OutletId::new(id, 0);
+        if next.inputs.len() != 2
+            || next.inputs[a] != from_scores
+            || next.inputs[1 - a] == from_scores
+        {
+            continue;
+        }
+        let Some(op) = Attention::fusing(scores, values, kernel) else {
+            continue;
+        };
+        let inputs = [
+            model.nodes[id].inputs[0],
+            model.nodes[id].inputs[1],
+            next.inputs[1 - a],
+        ];
+        let (name, tail) = (format!("{}.attention", model.nodes[id].name), next.id);
+        replace_span(model, &inputs, name, op, tail)?;
+        done.attention += 1;
+    }
+    Ok(())
 }
 
 /// Puts a [`Gemm`] in place of einsum node `id` if it computes it, with what follows folded in

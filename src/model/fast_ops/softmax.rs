@@ -89,7 +89,7 @@ fn row_scalar(row: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+pub(super) unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let x = _mm256_max_ps(x, _mm256_set1_ps(X_LO));
     let x = _mm256_min_ps(x, _mm256_set1_ps(X_HI));
@@ -181,7 +181,9 @@ unsafe fn row_avx2(row: &mut [f32]) {
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn exp_neon(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
+pub(super) unsafe fn exp_neon(
+    x: std::arch::aarch64::float32x4_t,
+) -> std::arch::aarch64::float32x4_t {
     use std::arch::aarch64::*;
     // vmaxq/vminq equal the scalar comparisons for the finite values softmax sees.
     let x = vmaxq_f32(x, vdupq_n_f32(X_LO));
