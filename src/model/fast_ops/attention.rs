@@ -27,7 +27,7 @@ use tract_core::internal::*;
 
 use super::gemm::Gemm;
 use super::pointwise::kernel_has_fma;
-use super::softmax::exp_scalar;
+use super::softmax::{LN2_HI, LN2_LO, LOG2E, P, X_HI, X_LO};
 use super::{SharedMut, par_tasks};
 use crate::simd::{Kernel, dispatch, reduce8};
 
@@ -196,24 +196,14 @@ impl Attention {
         } else {
             (ins[0], ins[1])
         };
+        if bi + 1 < self.batches() {
+            self.prefetch(ins, bi + 1);
+        }
         // SAFETY (whole body): the offsets and strides come from the two products' geometry
         // over the checked input and output shapes.
         unsafe {
             let (qa, kb) = (qa.offset(oa), kb.offset(ob));
-            // K^T (k rows of the scores' n columns), zero-padded to whole vectors; 8 columns at
-            // a time, so that the 8 rows of K read stay in L1 (K's rows are far apart: one
-            // column of K^T at a time made a pass over all of K per row of K^T).
-            for j0 in (0..npad).step_by(8) {
-                let cols = 8.min(n.saturating_sub(j0));
-                for (p, row) in kt.chunks_exact_mut(npad).enumerate() {
-                    let src = kb.offset(p as isize * rsb + j0 as isize * csb);
-                    let dst = &mut row[j0..j0 + 8];
-                    for (j, x) in dst[..cols].iter_mut().enumerate() {
-                        *x = *src.offset(j as isize * csb);
-                    }
-                    dst[cols..].fill(0.0);
-                }
-            }
+            pack_kt(self.kernel, kb, (rsb, csb), (k, n), kt);
             max.fill(f32::NEG_INFINITY);
             let epilogue = Epilogue::Scores {
                 alpha: f32::from_bits(s.alpha.0),
@@ -247,6 +237,148 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// Asks for the q, k and v rows of batch `bi` (the next one) while this one computes: they
+    /// are strided rows of a tensor just written by the qkv product and mostly out of cache,
+    /// and K^T's gather otherwise waited on each of its lines.
+    fn prefetch(&self, ins: [*const f32; 3], bi: usize) {
+        let (s, v) = (&self.scores, &self.values);
+        let [oa, ob, ..] = s.batch_offsets(bi);
+        let [(rsa, csa), (rsb, csb), _] = s.layout();
+        let (qa, kb) = if s.swap {
+            (ins[1], ins[0])
+        } else {
+            (ins[0], ins[1])
+        };
+        let [_, ov, ..] = v.batch_offsets(bi);
+        let [_, (rsv, _), _] = v.layout();
+        if csa == 1 {
+            prefetch_rows(qa.wrapping_offset(oa), s.m.len, rsa, s.k.len);
+        }
+        if rsb == 1 {
+            prefetch_rows(kb.wrapping_offset(ob), s.n.len, csb, s.k.len);
+        }
+        prefetch_rows(ins[2].wrapping_offset(ov), v.k.len, rsv, v.n.len);
+    }
+}
+
+/// Prefetches `rows` runs of `len` contiguous floats, `stride` apart, from `p` on (a hint: the
+/// addresses are not read).
+fn prefetch_rows(p: *const f32, rows: usize, stride: isize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in 0..rows as isize {
+        let row = p.wrapping_offset(i * stride);
+        for j in (0..len).step_by(16).chain(std::iter::once(len - 1)) {
+            // SAFETY: a prefetch does not fault; the address is only computed.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(j) as *const i8);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, rows, stride, len);
+}
+
+/// K^T (`k` rows of the scores' `n` columns, `kt`'s rows whole vectors wide) from K at `kb`,
+/// its element `(p, j)` at `p rsb + j csb`, zero-padded; 8 columns at a time, so that the 8
+/// rows of K read stay in L1 (one column of K^T at a time made a pass over all of K per row of
+/// K^T). Where K's rows are contiguous, AVX2 transposes 8 x 8 tiles in registers. A copy: every
+/// path gives the same values.
+///
+/// # Safety
+/// `kb` addresses K of `k x n` elements with these strides; `kt` holds `k` rows.
+unsafe fn pack_kt(
+    kernel: Kernel,
+    kb: *const f32,
+    (rsb, csb): (isize, isize),
+    (k, n): (usize, usize),
+    kt: &mut [f32],
+) {
+    let npad = n.next_multiple_of(8);
+    #[allow(unused_mut)]
+    let mut j0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx2
+        && std::arch::is_x86_feature_detected!("avx2")
+        && rsb == 1
+        && k.is_multiple_of(8)
+    {
+        while j0 + 8 <= n {
+            for p0 in (0..k).step_by(8) {
+                // SAFETY: rows j0..j0 + 8 of K hold columns p0..p0 + 8; kt rows p0..p0 + 8
+                // hold columns j0..j0 + 8.
+                unsafe {
+                    transpose8_avx2(
+                        kb.offset(j0 as isize * csb + p0 as isize),
+                        csb,
+                        kt.as_mut_ptr().add(p0 * npad + j0),
+                        npad,
+                    )
+                };
+            }
+            j0 += 8;
+        }
+    }
+    let _ = kernel;
+    for j0 in (j0..npad).step_by(8) {
+        let cols = 8.min(n.saturating_sub(j0));
+        for (p, row) in kt.chunks_exact_mut(npad).take(k).enumerate() {
+            let src = kb.wrapping_offset(p as isize * rsb + j0 as isize * csb);
+            let dst = &mut row[j0..j0 + 8];
+            for (j, x) in dst[..cols].iter_mut().enumerate() {
+                // SAFETY: element (p, j0 + j) of K, j0 + j < n.
+                *x = unsafe { *src.offset(j as isize * csb) };
+            }
+            dst[cols..].fill(0.0);
+        }
+    }
+}
+
+/// The 8 x 8 tile at `src` (rows `rs` apart) transposed into `dst` (rows `rd` apart).
+///
+/// # Safety
+/// Both address 8 rows of 8 floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8_avx2(src: *const f32, rs: isize, dst: *mut f32, rd: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: caller's contract.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.offset(i as isize * rs)));
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        for i in 0..4 {
+            _mm256_storeu_ps(
+                dst.add(i * rd),
+                _mm256_permute2f128_ps::<0x20>(u[i], u[i + 4]),
+            );
+            _mm256_storeu_ps(
+                dst.add((i + 4) * rd),
+                _mm256_permute2f128_ps::<0x31>(u[i], u[i + 4]),
+            );
+        }
+    }
+}
+
 /// Floats of scratch one window and head needs: the scores (columns rounded up to 8), K^T
 /// packed as wide, 8 lanes of running maximum and one `1 / sum` per row.
 fn scratch_len(m: usize, k: usize, n: usize) -> usize {
@@ -269,6 +401,24 @@ fn lanes_max(l: &[f32]) -> f32 {
     l[1..8].iter().fold(l[0], |m, &x| if x > m { x } else { m })
 }
 
+/// `exp(x)` as [`softmax`](super::softmax)'s (same range reduction and polynomial, ~2 ulp), by
+/// fused multiply-adds: a shorter dependency chain than its multiply-then-add, the same
+/// operations as [`exp8_avx2`] and [`exp4_neon`].
+#[inline]
+fn exp_fma(x: f32) -> f32 {
+    let x = if x > X_LO { x } else { X_LO };
+    let x = if x < X_HI { x } else { X_HI };
+    let n = x.mul_add(LOG2E, 0.5).floor();
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = p.mul_add(r, *c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
 fn exponentials_scalar(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &mut [f32]) {
     for ((row, mx), inv) in sc
         .chunks_exact_mut(npad)
@@ -279,7 +429,7 @@ fn exponentials_scalar(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &mut [f
         let mut acc = [0f32; 8];
         for c in row.chunks_exact_mut(8) {
             for (x, a) in c.iter_mut().zip(&mut acc) {
-                *x = exp_scalar(*x - mx);
+                *x = exp_fma(*x - mx);
                 *a += *x;
             }
         }
@@ -288,9 +438,36 @@ fn exponentials_scalar(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &mut [f
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
+fn exp8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_max_ps(x, _mm256_set1_ps(X_LO));
+    let x = _mm256_min_ps(x, _mm256_set1_ps(X_HI));
+    let n = _mm256_floor_ps(_mm256_fmadd_ps(
+        x,
+        _mm256_set1_ps(LOG2E),
+        _mm256_set1_ps(0.5),
+    ));
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+    let mut p = _mm256_set1_ps(P[0]);
+    for c in &P[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+    }
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn exponentials_avx2(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &mut [f32]) {
-    use super::softmax::exp_avx2;
     use std::arch::x86_64::*;
     for ((row, mx), inv) in sc
         .chunks_exact_mut(npad)
@@ -302,7 +479,7 @@ unsafe fn exponentials_avx2(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &m
         for c in row.chunks_exact_mut(8) {
             // SAFETY: c holds 8 values.
             unsafe {
-                let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mx));
+                let e = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mx));
                 _mm256_storeu_ps(c.as_mut_ptr(), e);
                 acc = _mm256_add_ps(acc, e);
             }
@@ -316,8 +493,26 @@ unsafe fn exponentials_avx2(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &m
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
+fn exp4_neon(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
+    use std::arch::aarch64::*;
+    // vmaxq/vminq equal the scalar comparisons for the finite values softmax sees.
+    let x = vmaxq_f32(x, vdupq_n_f32(X_LO));
+    let x = vminq_f32(x, vdupq_n_f32(X_HI));
+    let n = vrndmq_f32(vfmaq_f32(vdupq_n_f32(0.5), x, vdupq_n_f32(LOG2E)));
+    let r = vfmaq_f32(x, n, vdupq_n_f32(-LN2_HI));
+    let r = vfmaq_f32(r, n, vdupq_n_f32(-LN2_LO));
+    let mut p = vdupq_n_f32(P[0]);
+    for c in &P[1..] {
+        p = vfmaq_f32(vdupq_n_f32(*c), p, r);
+    }
+    let y = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0));
+    let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+    vmulq_f32(y, vreinterpretq_f32_s32(e))
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
 unsafe fn exponentials_neon(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &mut [f32]) {
-    use super::softmax::exp_neon;
     use std::arch::aarch64::*;
     for ((row, mx), inv) in sc
         .chunks_exact_mut(npad)
@@ -331,7 +526,7 @@ unsafe fn exponentials_neon(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &m
             unsafe {
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let p = c.as_mut_ptr().add(4 * h);
-                    let e = exp_neon(vsubq_f32(vld1q_f32(p), mx));
+                    let e = exp4_neon(vsubq_f32(vld1q_f32(p), mx));
                     vst1q_f32(p, e);
                     *acc = vaddq_f32(*acc, e);
                 }

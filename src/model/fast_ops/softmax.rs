@@ -16,12 +16,12 @@ use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
 use crate::simd::{Kernel, dispatch, reduce8};
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two (Cody-Waite) so that `x - n ln2` stays exact for the `n` used here.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(super) const LN2_HI: f32 = 0.693_359_4;
+pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
 /// Cephes `expf` minimax polynomial for `exp(r)` on `|r| <= ln2/2`, highest power first.
-const P: [f32; 6] = [
+pub(super) const P: [f32; 6] = [
     1.987_569_1e-4,
     1.398_199_9e-3,
     8.333_452e-3,
@@ -32,8 +32,8 @@ const P: [f32; 6] = [
 /// Inputs are clamped to where `2^n` stays a normal number: `exp(-87.33)` is the smallest
 /// normal f32 (an underflowing softmax term is ~1e-38 instead of 0, far below rounding of a
 /// sum that is at least 1), `exp(88)` is finite.
-const X_LO: f32 = -87.33;
-const X_HI: f32 = 88.0;
+pub(super) const X_LO: f32 = -87.33;
+pub(super) const X_HI: f32 = 88.0;
 
 /// `exp(x)` to ~2 ulp for `x` in `[X_LO, X_HI]`, clamped outside. The reference for every path.
 #[inline]
@@ -89,7 +89,7 @@ fn row_scalar(row: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let x = _mm256_max_ps(x, _mm256_set1_ps(X_LO));
     let x = _mm256_min_ps(x, _mm256_set1_ps(X_HI));
@@ -181,9 +181,7 @@ unsafe fn row_avx2(row: &mut [f32]) {
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn exp_neon(
-    x: std::arch::aarch64::float32x4_t,
-) -> std::arch::aarch64::float32x4_t {
+unsafe fn exp_neon(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
     use std::arch::aarch64::*;
     // vmaxq/vminq equal the scalar comparisons for the finite values softmax sees.
     let x = vmaxq_f32(x, vdupq_n_f32(X_LO));
