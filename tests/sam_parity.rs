@@ -236,7 +236,8 @@ fn own_operators_replace_stock_ones_within_parity() {
             + count("Gemm")
             + count("AxisLayerNorm")
             + count("DepthwiseNhwc3x3")
-            + count("Attention");
+            + count("Attention")
+            + count("MoveRuns");
         if stock {
             assert_eq!(ours, 0, "stock plan has own operators");
             assert!(
@@ -274,6 +275,9 @@ fn own_operators_replace_stock_ones_within_parity() {
             // TinyViT's local convolutions run channels-last, without the transposes around.
             assert!(count("DepthwiseNhwc3x3") > 0, "{ops:?}");
             assert_eq!(count("OptMatMulPack"), 0, "{ops:?}");
+            // The window partitions and reverses (pads, transposes, crops, residual adds) are
+            // copies of runs.
+            assert!(count("MoveRuns") > 0 && count("Pad") == 0, "{ops:?}");
         }
         let mut state = onnx::spawn(&plan).unwrap();
         let x = Tensor::from_shape(&[1, 3, s, s], &input).unwrap();

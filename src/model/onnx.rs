@@ -172,7 +172,7 @@ impl Parsed {
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices, {} attention pairs \
              fused), {} 3x3 convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
-             {} gelu",
+             {} gelu, {} movement chains ({} with their add)",
             file.display(),
             a.gemm,
             a.gemm_bias,
@@ -183,7 +183,9 @@ impl Parsed {
             a.layer_norm,
             b.softmax,
             b.pad,
-            b.gelu
+            b.gelu,
+            b.movement,
+            b.movement_add
         );
         Ok(model)
     }

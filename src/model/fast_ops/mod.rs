@@ -14,13 +14,14 @@ pub mod depthwise_nhwc;
 pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
+pub mod movement;
 pub mod pad;
 pub mod pointwise;
 pub mod softmax;
 
 use tract_core::internal::DimLike;
 use tract_core::ops::array::{Pad, Slice};
-use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::binary::{OptBinUnicast, TypedBinOp};
 use tract_core::ops::change_axes::AxisOp;
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
@@ -38,6 +39,7 @@ pub use depthwise_nhwc::DepthwiseNhwc3x3;
 pub use gelu::Gelu;
 pub use gemm::{Gemm, View};
 pub use layer_norm::AxisLayerNorm;
+pub use movement::MoveRuns;
 pub use pad::RowPad;
 pub use softmax::RowSoftmax;
 
@@ -109,7 +111,7 @@ pub(crate) fn par_tasks(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `attention`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `softmax_fold`, `attention`, `movement`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -147,6 +149,10 @@ pub struct Replaced {
     pub attention: usize,
     pub layer_norm: usize,
     pub gelu: usize,
+    /// Chains of data movement made one [`MoveRuns`], and of them those with the `Add` after
+    /// them folded in.
+    pub movement: usize,
+    pub movement_add: usize,
 }
 
 impl Replaced {
@@ -533,6 +539,9 @@ fn sliced_view(model: &TypedModel, input: OutletId) -> Option<(View, OutletId)> 
 /// Replaces, in an optimized model, every node one of our operators computes faster.
 pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replaced> {
     let mut done = Replaced::default();
+    if !off("movement") {
+        fuse_movements(model, &mut done)?;
+    }
     for id in 0..model.nodes.len() {
         let node = &model.nodes[id];
         let Some(input) = node.inputs.first() else {
@@ -567,4 +576,80 @@ pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replace
         }
     }
     Ok(done)
+}
+
+/// Puts a [`MoveRuns`] in place of each chain of data-movement nodes (each the sole reader of
+/// the one before) that copies something, with the unicast `Add` reading it folded in.
+fn fuse_movements(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
+    let moves = |model: &TypedModel, id: usize| {
+        let node = &model.nodes[id];
+        node.inputs.len() == 1
+            && node.outputs.len() == 1
+            && node.outputs[0].fact.datum_type == DatumType::F32
+            && model
+                .outlet_fact(node.inputs[0])
+                .is_ok_and(|f| movement::is_movement(node.op.as_ref(), f.rank()))
+    };
+    let before = done.movement;
+    for id in 0..model.nodes.len() {
+        if !moves(model, id) {
+            continue;
+        }
+        // Only chain starts: not the sole reader of a movement node.
+        let prev = model.nodes[id].inputs[0].node;
+        if moves(model, prev) && sole_user(model, prev).is_some_and(|n| n.id == id) {
+            continue;
+        }
+        let mut chain = vec![id];
+        while let Some(next) = sole_user(model, chain[chain.len() - 1]) {
+            if !moves(model, next.id) {
+                break;
+            }
+            chain.push(next.id);
+        }
+        if !chain
+            .iter()
+            .any(|&i| movement::copies(model.nodes[i].op.as_ref()))
+        {
+            continue;
+        }
+        let last = chain[chain.len() - 1];
+        let out_shape = &model.nodes[last].outputs[0].fact.shape;
+        // The unicast residual `Add` reading the chain's result, if any: its other input.
+        let residual = sole_user(model, last).and_then(|add| {
+            let is_add = add
+                .op_as::<OptBinUnicast>()
+                .is_some_and(|b| b.binop.is::<Add>())
+                || is_bin::<Add>(add);
+            let other = *add.inputs.iter().find(|i| i.node != last)?;
+            let fact = model.outlet_fact(other).ok()?;
+            (is_add
+                && add.inputs.len() == 2
+                && fact.datum_type == DatumType::F32
+                && fact.shape == *out_shape
+                && add.outputs[0].fact.shape == *out_shape)
+                .then_some((add.id, other))
+        });
+        let x = model.nodes[id].inputs[0];
+        let Some(shape) = model.outlet_fact(x)?.shape.as_concrete().map(TVec::from) else {
+            continue;
+        };
+        let ops: Vec<Box<dyn TypedOp>> = chain.iter().map(|&i| model.nodes[i].op.clone()).collect();
+        let Some(op) = MoveRuns::of_chain(&shape, &ops, residual.is_some())? else {
+            continue;
+        };
+        let name = format!("{}.moves", model.nodes[last].name);
+        match residual {
+            Some((add, other)) => {
+                replace_span(model, &[x, other], name, op, add)?;
+                done.movement_add += 1;
+            }
+            None => replace_span(model, &[x], name, op, last)?,
+        }
+        done.movement += 1;
+    }
+    if done.movement > before {
+        model.compact()?;
+    }
+    Ok(())
 }
