@@ -189,20 +189,14 @@ impl Attention {
         let (kt, rest) = rest.split_at_mut(k * npad);
         let (max, rest) = rest.split_at_mut(m * 8);
         let inv = &mut rest[..m];
-        let [oa, ob, ..] = s.batch_offsets(bi);
         let [(rsa, csa), (rsb, csb), _] = s.layout();
-        let (qa, kb) = if s.swap {
-            (ins[1], ins[0])
-        } else {
-            (ins[0], ins[1])
-        };
+        let [qa, kb, vb] = self.operands(ins, bi);
         if bi + 1 < self.batches() {
             self.prefetch(ins, bi + 1);
         }
         // SAFETY (whole body): the offsets and strides come from the two products' geometry
         // over the checked input and output shapes.
         unsafe {
-            let (qa, kb) = (qa.offset(oa), kb.offset(ob));
             pack_kt(self.kernel, kb, (rsb, csb), (k, n), kt);
             max.fill(f32::NEG_INFINITY);
             let epilogue = Epilogue::Scores {
@@ -221,13 +215,13 @@ impl Attention {
                 epilogue,
             );
             exponentials(self.kernel, sc, npad, max, inv);
-            let [_, ov, oc, _] = v.batch_offsets(bi);
+            let [.., oc, _] = v.batch_offsets(bi);
             let [_, (rsv, _), (rsc, _)] = v.layout();
             product(
                 self.kernel,
                 (sc.as_ptr(), npad as isize, 1),
                 m,
-                (ins[2].offset(ov), rsv),
+                (vb, rsv),
                 n,
                 (out.offset(oc), rsc),
                 v.n.len / 8,
@@ -243,22 +237,34 @@ impl Attention {
     /// and K^T's gather otherwise waited on each of its lines.
     fn prefetch(&self, ins: [*const f32; 3], bi: usize) {
         let (s, v) = (&self.scores, &self.values);
-        let [oa, ob, ..] = s.batch_offsets(bi);
         let [(rsa, csa), (rsb, csb), _] = s.layout();
+        let [_, (rsv, _), _] = v.layout();
+        let [q, k, vb] = self.operands(ins, bi);
+        if csa == 1 {
+            prefetch_rows(q, s.m.len, rsa, s.k.len);
+        }
+        if rsb == 1 {
+            prefetch_rows(k, s.n.len, csb, s.k.len);
+        }
+        prefetch_rows(vb, v.k.len, rsv, v.n.len);
+    }
+
+    /// Where batch `bi`'s Q, K and V start in the inputs (computed, not read: the addresses
+    /// are valid for batches of the op).
+    fn operands(&self, ins: [*const f32; 3], bi: usize) -> [*const f32; 3] {
+        let (s, v) = (&self.scores, &self.values);
+        let [oa, ob, ..] = s.batch_offsets(bi);
         let (qa, kb) = if s.swap {
             (ins[1], ins[0])
         } else {
             (ins[0], ins[1])
         };
         let [_, ov, ..] = v.batch_offsets(bi);
-        let [_, (rsv, _), _] = v.layout();
-        if csa == 1 {
-            prefetch_rows(qa.wrapping_offset(oa), s.m.len, rsa, s.k.len);
-        }
-        if rsb == 1 {
-            prefetch_rows(kb.wrapping_offset(ob), s.n.len, csb, s.k.len);
-        }
-        prefetch_rows(ins[2].wrapping_offset(ov), v.k.len, rsv, v.n.len);
+        [
+            qa.wrapping_offset(oa),
+            kb.wrapping_offset(ob),
+            ins[2].wrapping_offset(ov),
+        ]
     }
 }
 
