@@ -237,7 +237,8 @@ fn own_operators_replace_stock_ones_within_parity() {
             + count("AxisLayerNorm")
             + count("DepthwiseNhwc3x3")
             + count("Attention")
-            + count("MoveRuns");
+            + count("MoveRuns")
+            + count("MbConv");
         if stock {
             assert_eq!(ours, 0, "stock plan has own operators");
             assert!(
@@ -278,6 +279,8 @@ fn own_operators_replace_stock_ones_within_parity() {
             // The window partitions and reverses (pads, transposes, crops, residual adds) are
             // copies of runs.
             assert!(count("MoveRuns") > 0 && count("Pad") == 0, "{ops:?}");
+            // Stage 0's inverted-residual blocks run fused, row by row.
+            assert!(count("MbConv") > 0, "{ops:?}");
         }
         let mut state = onnx::spawn(&plan).unwrap();
         let x = Tensor::from_shape(&[1, 3, s, s], &input).unwrap();

@@ -172,7 +172,7 @@ impl Parsed {
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices, {} attention pairs \
              fused), {} 3x3 convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
-             {} gelu, {} movement chains ({} with their add)",
+             {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks",
             file.display(),
             a.gemm,
             a.gemm_bias,
@@ -185,7 +185,8 @@ impl Parsed {
             b.pad,
             b.gelu,
             b.movement,
-            b.movement_add
+            b.movement_add,
+            b.mbconv
         );
         Ok(model)
     }

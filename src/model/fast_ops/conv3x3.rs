@@ -282,7 +282,7 @@ fn odd_start(width: usize) -> usize {
 }
 
 /// `out[i] = bias + sum over taps t (in order) of w[t] * src[t][i]`.
-fn taps_rows<const N: usize>(
+pub(super) fn taps_rows<const N: usize>(
     k: Kernel,
     out: &mut [f32],
     bias: f32,

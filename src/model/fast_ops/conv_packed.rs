@@ -236,6 +236,7 @@ impl EvalOp for Conv3x3Packed {
                     (out.get(), pixels),
                     cols,
                     Some(&self.bias),
+                    true,
                 )
             };
         })?;

@@ -449,6 +449,7 @@ impl Gemm {
                     (c.offset(oc), rsc as usize),
                     cols,
                     d.bias.as_deref(),
+                    true,
                 )
             };
             return;
@@ -687,9 +688,9 @@ unsafe fn narrow_rows(
 /// The packed weights (A) and per-row bias of a product computed by [`pointwise`].
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Direct {
-    kernel: Kernel,
-    weights: PackedWeights,
-    bias: Option<Vec<f32>>,
+    pub(super) kernel: Kernel,
+    pub(super) weights: PackedWeights,
+    pub(super) bias: Option<Vec<f32>>,
 }
 
 // Plan equality only (tract compares ops to merge duplicates).

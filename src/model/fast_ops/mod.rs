@@ -14,6 +14,7 @@ pub mod depthwise_nhwc;
 pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
+pub mod mbconv;
 pub mod movement;
 pub mod pad;
 pub mod pointwise;
@@ -39,6 +40,7 @@ pub use depthwise_nhwc::DepthwiseNhwc3x3;
 pub use gelu::Gelu;
 pub use gemm::{Gemm, View};
 pub use layer_norm::AxisLayerNorm;
+pub use mbconv::MbConv;
 pub use movement::MoveRuns;
 pub use pad::RowPad;
 pub use softmax::RowSoftmax;
@@ -107,11 +109,25 @@ pub(crate) fn par_tasks(
     })
 }
 
+/// Runs `task` over runs of consecutive ids covering `0..n` on tract's threads (a few runs per
+/// thread, each run one call): for operators that carry state from one id to the next.
+pub(crate) fn par_ranges(
+    n: usize,
+    cost: usize,
+    task: impl Fn(std::ops::Range<usize>) + Send + Sync,
+) -> TractResult<()> {
+    let mut ids: Vec<usize> = (0..n).collect();
+    tract_core::tract_linalg::multithread::par_chunks_mut(&mut ids, 1, cost, |first, chunk| {
+        task(first..first + chunk.len());
+        Ok(())
+    })
+}
+
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `attention`, `movement`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `softmax_fold`, `attention`, `movement`, `mbconv`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -153,6 +169,8 @@ pub struct Replaced {
     /// them folded in.
     pub movement: usize,
     pub movement_add: usize,
+    /// Inverted-residual blocks (1x1, GELU, depthwise, GELU, 1x1, add, GELU) made one [`MbConv`].
+    pub mbconv: usize,
 }
 
 impl Replaced {
@@ -538,6 +556,17 @@ fn sliced_view(model: &TypedModel, input: OutletId) -> Option<(View, OutletId)> 
 
 /// Replaces, in an optimized model, every node one of our operators computes faster.
 pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replaced> {
+    substitute_except(model, kernel, &[])
+}
+
+/// [`substitute`] without the replacement kinds in `except` (tests compare plans with and
+/// without one, as [`OWN_OPS_OFF_ENV`] does for benchmarks).
+pub(crate) fn substitute_except(
+    model: &mut TypedModel,
+    kernel: Kernel,
+    except: &[&str],
+) -> TractResult<Replaced> {
+    let off = |kind: &str| off(kind) || except.contains(&kind);
     let mut done = Replaced::default();
     if !off("movement") {
         fuse_movements(model, &mut done)?;
@@ -575,7 +604,74 @@ pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replace
             model.nodes[id].op = op;
         }
     }
+    if !off("mbconv") {
+        fuse_mbconv(model, &mut done)?;
+    }
     Ok(done)
+}
+
+/// Puts an [`MbConv`] in place of each chain `x -> Gemm (1x1) -> Gelu -> Conv3x3 (depthwise)
+/// -> Gelu -> Gemm (1x1) -> Add x -> Gelu`, each node the sole reader of the one before.
+fn fuse_mbconv(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
+    let before = done.mbconv;
+    for id in 0..model.nodes.len() {
+        let Some(expand) = model.nodes[id].op_as::<Gemm>() else {
+            continue;
+        };
+        let x = model.nodes[id].inputs[1 - expand.swapped() as usize];
+        // The chain's nodes, each the sole reader of the previous one's output.
+        let mut chain = vec![id];
+        for _ in 0..6 {
+            match sole_user(model, chain[chain.len() - 1]) {
+                Some(next) => chain.push(next.id),
+                None => break,
+            }
+        }
+        let [_, g1, dw, g2, project, add, g3] = chain[..] else {
+            continue;
+        };
+        let node = |i: usize| &model.nodes[i];
+        let is_gelu = |i: usize| node(i).op_is::<Gelu>();
+        let Some(conv) = node(dw).op_as::<Conv3x3>() else {
+            continue;
+        };
+        let Some(proj) = node(project).op_as::<Gemm>() else {
+            continue;
+        };
+        let is_add = node(add)
+            .op_as::<OptBinUnicast>()
+            .is_some_and(|b| b.binop.is::<Add>())
+            || is_bin::<Add>(node(add));
+        let chained = node(dw).inputs.first() == Some(&g1.into())
+            && node(project).inputs[1 - proj.swapped() as usize] == g2.into()
+            && node(add).inputs.len() == 2
+            && node(add).inputs.contains(&project.into())
+            && node(add).inputs.contains(&x);
+        if !(is_gelu(g1) && is_gelu(g2) && is_gelu(g3) && is_add && chained) {
+            continue;
+        }
+        let (Some(taps), Some(bias)) = (konst(model, node(dw), 1), konst(model, node(dw), 2))
+        else {
+            continue;
+        };
+        let fact = model.outlet_fact(x)?;
+        let Some(shape) = fact.shape.as_concrete().map(TVec::from) else {
+            continue;
+        };
+        if fact.datum_type != DatumType::F32 || node(g3).outputs[0].fact.shape != fact.shape {
+            continue;
+        }
+        let Some(op) = MbConv::fusing(expand, (conv, &taps, &bias), proj, &shape) else {
+            continue;
+        };
+        let name = format!("{}.mbconv", model.nodes[id].name);
+        replace_span(model, &[x], name, op, g3)?;
+        done.mbconv += 1;
+    }
+    if done.mbconv > before {
+        model.compact()?;
+    }
+    Ok(())
 }
 
 /// Puts a [`MoveRuns`] in place of each chain of data-movement nodes (each the sole reader of

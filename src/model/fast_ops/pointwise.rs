@@ -82,6 +82,8 @@ impl Columns for Rows {
 }
 
 /// `C[i][j] = bias[i] + sum_p W[i][p] X[p][j]` for every row `i` and the columns `cols`.
+/// `stream`: aligned rows of C are stored around the cache (C is big and read from memory by
+/// the next layer); without it C stays in cache (a small block its caller reads right away).
 ///
 /// # Safety
 /// `x` addresses `k` rows of at least `cols.end` values (see [`Columns`]); `c` addresses `m`
@@ -93,6 +95,7 @@ pub unsafe fn multiply(
     (c, rs_c): (*mut f32, usize),
     cols: std::ops::Range<usize>,
     bias: Option<&[f32]>,
+    stream: bool,
 ) {
     let fma = kernel_has_fma(kernel);
     // The tile's input rows are a power of two apart in the big activations (one cache set):
@@ -128,6 +131,7 @@ pub unsafe fn multiply(
                     c: c.add(b * MR * rs_c + j),
                     rs_c,
                     rows,
+                    stream,
                 };
                 match fma {
                     #[cfg(target_arch = "x86_64")]
@@ -143,7 +147,7 @@ pub unsafe fn multiply(
     // The streaming stores are weakly ordered: make them visible before another thread (the next
     // node's) reads C.
     #[cfg(target_arch = "x86_64")]
-    if fma.is_some() {
+    if stream && fma.is_some() {
         // SAFETY: SSE is part of x86-64.
         unsafe { std::arch::x86_64::_mm_sfence() };
     }
@@ -172,6 +176,8 @@ struct Tile {
     c: *mut f32,
     rs_c: usize,
     rows: usize,
+    /// Store aligned rows around the cache.
+    stream: bool,
 }
 
 /// # Safety
@@ -223,7 +229,7 @@ unsafe fn tile_avx2(a: &[f32], k: usize, init: &[f32; MR], t: &Tile) {
             let cp = t.c.add(r * t.rs_c);
             // C is written once and read by the next layer from memory: aligned rows go around
             // the cache (no read-for-ownership of lines that are overwritten whole).
-            if (cp as usize).is_multiple_of(32) {
+            if t.stream && (cp as usize).is_multiple_of(32) {
                 _mm256_stream_ps(cp, acc[0]);
                 _mm256_stream_ps(cp.add(8), acc[1]);
             } else {
@@ -297,6 +303,7 @@ mod tests {
                     (c.as_mut_ptr(), n),
                     cols,
                     Some(&bias),
+                    true,
                 )
             };
         }
