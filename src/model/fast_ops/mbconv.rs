@@ -1,18 +1,24 @@
-//! TinyViT's stage-0 MBConv block in one pass over the image, row by row: `GELU(x +
-//! conv3(GELU(dw3x3(GELU(conv1(x))))))`, the expanded activations never leaving the cache.
+//! TinyViT's convolution blocks in one pass over the image, row by row, the expanded
+//! activations never leaving the cache: `1x1 -> GELU -> depthwise 3x3 -> GELU -> 1x1`, then
+//! either `+ x -> GELU` (stage 0's MBConv, the inverted residual) or, for a stride-2 depthwise
+//! (the patch merging after stage 0), the result as is, channels-first or as tokens
+//! (`[pixels, channels]`, the transpose after it folded in).
 //!
-//! Why: at stage 0 the block expands 64 channels of a 256x256 map to 256 (a 64 MiB tensor),
+//! Why: at stage 0 the MBConv expands 64 channels of a 256x256 map to 256 (a 64 MiB tensor),
 //! and each of its five nodes reads and writes such a tensor from memory: the two 1x1
 //! convolutions ran at 33-36 GFLOP/s (half the products' rate elsewhere), the depthwise pass
 //! and the two GELUs are memory-bound, together ~200 ms per block at 1 thread (of 82 GFLOP,
-//! these 4.4 take over a quarter of the encoder). Here each thread walks a run of output rows
+//! these 4.4 took over a quarter of the encoder). Here each thread walks a run of output rows
 //! keeping three expanded rows in a ring (the depthwise window): per output row it expands the
-//! next input row (GELU applied while it is in cache), runs the depthwise taps and GELU into
-//! one row of 256 channels, projects that back to 64 channels, adds the input and applies the
-//! last GELU. Rows above and below a thread's run are expanded twice (once by each thread).
-//! Measured (same process, interleaved, against the unfused plan): 1.087x the whole encoder
-//! at 1 thread, 1.143x at 2; a block 90 ms, of which the two products take 28 ms each (77
-//! GFLOP/s), the GELUs ~20, the depthwise taps ~8.
+//! next input row or two (GELU applied while it is in cache), runs the depthwise taps and GELU
+//! into one row of all expanded channels, projects that back, and finishes the row (residual
+//! and GELU, or the store). Rows above and below a thread's run are expanded twice (once by
+//! each thread). Measured (same process, interleaved, against the unfused plan): the MBConv
+//! fusion 1.087x the whole encoder at 1 thread, 1.143x at 2; a block 90 ms, of which the two
+//! products take 28 ms each (77 GFLOP/s), the GELUs ~20, the depthwise taps ~8. The patch
+//! merging after stage 0 (64 -> 128 -> 128 channels, 256x256 -> 128x128 tokens): 1.025x at 1
+//! thread, 1.081x at 2 (its unfused expansion scaled poorly and its transpose ran on one
+//! thread); 48 -> ~35 ms at 1 thread.
 //!
 //! The kernels are the unfused ops' own ([`pointwise::multiply`], [`taps_rows`],
 //! [`gelu_slice`]) in the same order per value, so the result equals the unfused plan bit for
@@ -35,62 +41,93 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A fused inverted-residual block over a `[1, c, h, w]` (or `[c, h, w]`) f32 map.
+/// What follows the projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tail {
+    /// `GELU(x + ...)`, channels-first (an inverted residual: stride 1, as many channels out
+    /// as in).
+    Residual,
+    /// Nothing: the `[c_out, oh, ow]` map.
+    Planar,
+    /// Nothing, stored as `[oh * ow, c_out]` tokens.
+    Tokens,
+}
+
+/// A fused convolution block over a `[1, c, h, w]` (or `[c, h, w]`) f32 map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MbConv {
     kernel: Kernel,
-    /// Block channels (in and out), expanded channels, height, width.
+    /// Input channels, expanded channels, output channels; input height and width.
     c: usize,
     e: usize,
+    c_out: usize,
     h: usize,
     w: usize,
+    /// The depthwise convolution's stride (1 or 2; padding 1).
+    stride: usize,
+    tail: Tail,
     /// The 1x1 expansion `[e, c]` and its bias.
     expand: PackedWeights,
     expand_bias: Vec<f32>,
     /// The depthwise 3x3 taps (`[e, 9]`, row-major) and bias.
     taps: Vec<f32>,
     dw_bias: Vec<f32>,
-    /// The 1x1 projection `[c, e]` and its bias.
+    /// The 1x1 projection `[c_out, e]` and its bias.
     project: PackedWeights,
     project_bias: Vec<f32>,
-    shape: TVec<usize>,
+    in_shape: TVec<usize>,
+    out_shape: TVec<usize>,
 }
 
 // Plan equality only (tract compares ops to merge duplicates).
 impl Eq for MbConv {}
 
 impl MbConv {
-    /// The fused block for `expand` (a direct 1x1 product over a map of `shape`), depthwise
-    /// `dw` with constant `taps` and `bias`, and `project` (a direct 1x1 product back to the
-    /// map's channels), if their geometries chain: stride 1, padding 1, the same `h x w`.
+    /// The fused block for `expand` (a direct 1x1 product over a map of `in_shape`), depthwise
+    /// `dw` with constant `taps` and `bias`, `project` (a direct 1x1 product) and `tail`,
+    /// producing `out_shape`, if their geometries chain: padding 1, each stage's plane the one
+    /// the next reads.
     pub fn fusing(
         expand: &Gemm,
         (dw, taps, bias): (&Conv3x3, &Tensor, &Tensor),
         project: &Gemm,
-        shape: &[usize],
+        (tail, in_shape, out_shape): (Tail, &[usize], &[usize]),
     ) -> Option<Self> {
         let (de, dp) = (expand.direct.as_ref()?, project.direct.as_ref()?);
-        let r = shape.len();
-        if !(3..=4).contains(&r) || (r == 4 && shape[0] != 1) {
+        let r = in_shape.len();
+        if !(3..=4).contains(&r) || (r == 4 && in_shape[0] != 1) {
             return None;
         }
-        let (c, h, w) = (shape[r - 3], shape[r - 2], shape[r - 1]);
-        let e = de.weights.m;
-        let plane = (h * w) as isize;
+        let (c, h, w) = (in_shape[r - 3], in_shape[r - 2], in_shape[r - 1]);
+        let (e, c_out, stride) = (de.weights.m, dp.weights.m, dw.stride);
+        let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
         // Each 1x1 reads its input's channels and writes its output's as contiguous planes.
-        let planar = |g: &Gemm| {
+        let planar = |g: &Gemm, pixels: usize| {
             let [_, (rsb, csb), (rsc, csc)] = g.layout();
+            let plane = pixels as isize;
             g.batch.iter().all(|d| d.len == 1)
-                && g.n.len == h * w
+                && g.n.len == pixels
                 && (rsb, csb, rsc, csc) == (plane, 1, plane, 1)
         };
-        let ok = planar(expand)
-            && planar(project)
+        let out_ok = match tail {
+            Tail::Residual => stride == 1 && c_out == c && out_shape == in_shape,
+            Tail::Planar => out_shape.iter().product::<usize>() == c_out * oh * ow,
+            Tail::Tokens => {
+                let n = out_shape.len();
+                n >= 2
+                    && out_shape[n - 2..] == [oh * ow, c_out]
+                    && out_shape[..n - 2].iter().all(|&d| d == 1)
+            }
+        };
+        let ok = h > 0
+            && w > 0
+            && (1..=2).contains(&stride)
+            && out_ok
+            && planar(expand, h * w)
+            && planar(project, oh * ow)
             && de.weights.k == c
-            && dp.weights.m == c
             && dp.weights.k == e
             && dw.dense.is_none()
-            && dw.stride == 1
             && dw.pad == [(1, 1), (1, 1)]
             && taps.datum_type() == DatumType::F32
             && taps.shape() == [e, 1, 3, 3]
@@ -113,58 +150,92 @@ impl MbConv {
             kernel: de.kernel,
             c,
             e,
+            c_out,
             h,
             w,
+            stride,
+            tail,
             expand: de.weights.clone(),
             expand_bias: or_zeros(&de.bias, e),
             taps,
             dw_bias: dw_bias.collect(),
             project: dp.weights.clone(),
-            project_bias: or_zeros(&dp.bias, c),
-            shape: shape.into(),
+            project_bias: or_zeros(&dp.bias, c_out),
+            in_shape: in_shape.into(),
+            out_shape: out_shape.into(),
         })
     }
 
-    /// Floats of one thread's scratch: the ring of three padded expanded rows per channel, one
-    /// depthwise output row, one projected row.
+    /// Output height and width.
+    fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h - 1) / self.stride + 1,
+            (self.w - 1) / self.stride + 1,
+        )
+    }
+
+    /// Length of one padded expanded row in the ring: `w + 2`, the zero columns included; for
+    /// stride 2 stored as its even then its odd elements, so that every tap reads contiguous
+    /// values.
+    fn padded(&self) -> usize {
+        self.w + 2
+    }
+
+    /// Where padded column `p` of an expanded row lives in its ring row.
+    fn at(&self, p: usize) -> usize {
+        match self.stride {
+            1 => p,
+            _ => (p & 1) * self.padded().div_ceil(2) + p / 2,
+        }
+    }
+
+    /// Floats of one thread's scratch: the ring of three padded expanded rows per channel, a
+    /// staging row for stride 2, one depthwise output row, one projected row.
     fn scratch_len(&self) -> usize {
-        self.e * 3 * (self.w + 2) + self.e * self.w + self.c * self.w
+        let (_, ow) = self.out_hw();
+        let staging = if self.stride == 1 { 0 } else { self.e * self.w };
+        self.e * 3 * self.padded() + staging + self.e * ow + self.c_out * ow
     }
 
     /// Output rows `ys` of the block.
     ///
     /// # Safety
-    /// `x` is the `c x h x w` input; `out` addresses the `c x h x w` output, of which no one
-    /// else writes rows `ys`.
+    /// `x` is the `c x h x w` input; `out` addresses the output, of which no one else writes
+    /// rows `ys`.
     unsafe fn rows(&self, x: &[f32], out: *mut f32, ys: std::ops::Range<usize>) {
-        let (k, e, h, w) = (self.kernel, self.e, self.h, self.w);
-        let pw = w + 2;
-        SCRATCH.with_borrow_mut(|s| {
-            if s.len() < self.scratch_len() {
-                s.resize(self.scratch_len(), 0.0);
+        let (k, e, c_out, s) = (self.kernel, self.e, self.c_out, self.stride);
+        let (oh, ow) = self.out_hw();
+        let pw = self.padded();
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.len() < self.scratch_len() {
+                scratch.resize(self.scratch_len(), 0.0);
             }
-            let (ring, rest) = s.split_at_mut(e * 3 * pw);
-            let (dwo, proj) = rest.split_at_mut(e * w);
-            let proj = &mut proj[..self.c * w];
+            let (ring, rest) = scratch.split_at_mut(e * 3 * pw);
+            let staging = if s == 1 { 0 } else { e * self.w };
+            let (staging, rest) = rest.split_at_mut(staging);
+            let (dwo, proj) = rest.split_at_mut(e * ow);
+            let proj = &mut proj[..c_out * ow];
             // The ring's padding columns are zeros (another op may have used the scratch).
+            let pads = [self.at(0), self.at(pw - 1)];
             for row in ring.chunks_exact_mut(pw) {
-                row[0] = 0.0;
-                row[pw - 1] = 0.0;
+                pads.iter().for_each(|&p| row[p] = 0.0);
             }
             let slot = |r: isize| (r + 1).rem_euclid(3) as usize;
+            let tap_at: [usize; 3] = std::array::from_fn(|kx| self.at(kx));
             let mut tag = [None::<isize>; 3];
             for y in ys {
-                for r in y as isize - 1..=y as isize + 1 {
+                let top = (s * y) as isize - 1;
+                for r in top..top + 3 {
                     if tag[slot(r)] != Some(r) {
-                        self.expand_row(x, ring, slot(r), r);
+                        self.expand_row(x, ring, staging, slot(r), r);
                         tag[slot(r)] = Some(r);
                     }
                 }
-                for (ch, dst) in dwo.chunks_exact_mut(w).enumerate() {
+                for (ch, dst) in dwo.chunks_exact_mut(ow).enumerate() {
                     let planes = &ring[ch * 3 * pw..(ch + 1) * 3 * pw];
                     let src = |t: usize| {
-                        let at = slot(y as isize + t as isize / 3 - 1) * pw + t % 3;
-                        &planes[at..at + w]
+                        let at = slot(top + t as isize / 3) * pw + tap_at[t % 3];
+                        &planes[at..at + ow]
                     };
                     let taps: &[f32; 9] = self.taps[ch * 9..ch * 9 + 9].try_into().expect("9");
                     taps_rows(k, dst, self.dw_bias[ch], &std::array::from_fn(src), taps);
@@ -172,69 +243,140 @@ impl MbConv {
                 }
                 let d = Rows {
                     x: dwo.as_ptr(),
-                    rs: w,
+                    rs: ow,
                 };
-                // SAFETY: dwo is e rows of w, proj c rows of w.
+                // SAFETY: dwo is e rows of ow, proj c_out rows of ow.
                 unsafe {
                     pointwise::multiply(
                         k,
                         &self.project,
                         &d,
-                        (proj.as_mut_ptr(), w),
-                        0..w,
+                        (proj.as_mut_ptr(), ow),
+                        0..ow,
                         Some(&self.project_bias),
                         false,
                     )
                 };
-                for (ch, p) in proj.chunks_exact_mut(w).enumerate() {
-                    let at = ch * h * w + y * w;
-                    for (v, xv) in p.iter_mut().zip(&x[at..at + w]) {
-                        *v += xv;
-                    }
-                    gelu_slice(k, p);
-                    // SAFETY: row y of channel ch is ours (caller's contract).
-                    unsafe { std::slice::from_raw_parts_mut(out.add(at), w) }.copy_from_slice(p);
-                }
+                // SAFETY: output row y is ours (caller's contract).
+                unsafe { self.finish_row(x, proj, out, (y, oh, ow)) };
             }
         });
     }
 
+    /// Stores projected row `y` (`proj`, `c_out x ow`) after the tail.
+    ///
+    /// # Safety
+    /// As [`MbConv::rows`], for row `y`.
+    unsafe fn finish_row(
+        &self,
+        x: &[f32],
+        proj: &mut [f32],
+        out: *mut f32,
+        (y, oh, ow): (usize, usize, usize),
+    ) {
+        if self.tail == Tail::Tokens {
+            // Token by token: contiguous stores, the reads strided within the cached block.
+            // SAFETY: tokens y * ow .. (y + 1) * ow are ours (caller's contract).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out.add(y * ow * self.c_out), ow * self.c_out)
+            };
+            for (i, token) in dst.chunks_exact_mut(self.c_out).enumerate() {
+                for (ch, v) in token.iter_mut().enumerate() {
+                    *v = proj[ch * ow + i];
+                }
+            }
+            return;
+        }
+        for (ch, p) in proj.chunks_exact_mut(ow).enumerate() {
+            if self.tail == Tail::Residual {
+                let at = ch * self.h * self.w + y * self.w;
+                for (v, xv) in p.iter_mut().zip(&x[at..at + ow]) {
+                    *v += xv;
+                }
+                gelu_slice(self.kernel, p);
+            }
+            // SAFETY: row y of channel ch is ours (caller's contract).
+            let at = ch * oh * ow + y * ow;
+            unsafe { std::slice::from_raw_parts_mut(out.add(at), ow) }.copy_from_slice(p);
+        }
+    }
+
     /// Fills ring slot `slot` with expanded row `r` after GELU (zeros outside the image: the
     /// depthwise convolution's padding).
-    fn expand_row(&self, x: &[f32], ring: &mut [f32], slot: usize, r: isize) {
-        let (w, pw) = (self.w, self.w + 2);
-        let rows = ring
-            .chunks_exact_mut(3 * pw)
-            .map(|p| &mut p[slot * pw + 1..][..w]);
+    fn expand_row(&self, x: &[f32], ring: &mut [f32], staging: &mut [f32], slot: usize, r: isize) {
+        let (w, pw) = (self.w, self.padded());
         if r < 0 || r as usize >= self.h {
-            rows.for_each(|row| row.fill(0.0));
+            for p in ring.chunks_exact_mut(3 * pw) {
+                let row = &mut p[slot * pw..(slot + 1) * pw];
+                (1..=w).for_each(|i| row[self.at(i)] = 0.0);
+            }
             return;
         }
         let xs = Rows {
             x: x[r as usize * w..].as_ptr(),
             rs: self.h * w,
         };
-        // SAFETY: x holds c planes of h x w, so c rows of w from row r's start; the ring holds
-        // e channels of 3 padded rows, `3 * pw` apart, each with w values from column 1.
+        // Stride 1: straight into the ring, after the left zero column; stride 2: into the
+        // staging rows, then split into even and odd columns.
+        let (c, rs_c) = if self.stride == 1 {
+            (ring[slot * pw + 1..].as_mut_ptr(), 3 * pw)
+        } else {
+            (staging.as_mut_ptr(), w)
+        };
+        // SAFETY: x holds c planes of h x w, so c rows of w from row r's start; C is e rows of
+        // w values rs_c apart (the ring's rows for this slot, or the staging rows).
         unsafe {
             pointwise::multiply(
                 self.kernel,
                 &self.expand,
                 &xs,
-                (ring.as_mut_ptr().add(slot * pw + 1), 3 * pw),
+                (c, rs_c),
                 0..w,
                 Some(&self.expand_bias),
                 false,
             )
         };
-        let rows = ring
+        if self.stride == 1 {
+            let rows = ring
+                .chunks_exact_mut(3 * pw)
+                .map(|p| &mut p[slot * pw + 1..][..w]);
+            rows.for_each(|row| gelu_slice(self.kernel, row));
+            return;
+        }
+        for (p, st) in ring
             .chunks_exact_mut(3 * pw)
-            .map(|p| &mut p[slot * pw + 1..][..w]);
-        rows.for_each(|row| gelu_slice(self.kernel, row));
+            .zip(staging.chunks_exact_mut(w))
+        {
+            gelu_slice(self.kernel, st);
+            let row = &mut p[slot * pw..(slot + 1) * pw];
+            // Padded column i + 1: st[2j] (odd column 2j + 1) is odd[j], st[2j + 1] (even column
+            // 2j + 2) is even[j + 1].
+            let (even, odd) = row.split_at_mut(pw.div_ceil(2));
+            let pairs = st.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                odd[w / 2] = *last;
+            }
+            for (j, pair) in pairs.enumerate() {
+                odd[j] = pair[0];
+                even[j + 1] = pair[1];
+            }
+        }
     }
 
     fn fma(&self) -> usize {
-        (2 * self.c * self.e + 9 * self.e) * self.h * self.w
+        let (oh, ow) = self.out_hw();
+        self.c * self.e * self.h * self.w + (self.c_out + 9) * self.e * oh * ow
+    }
+
+    /// GELU evaluations: after the expansion, after the depthwise, after the residual.
+    fn gelus(&self) -> usize {
+        let (oh, ow) = self.out_hw();
+        let last = if self.tail == Tail::Residual {
+            self.c_out
+        } else {
+            0
+        };
+        self.e * self.h * self.w + (self.e + last) * oh * ow
     }
 }
 
@@ -245,8 +387,8 @@ impl Op for MbConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {} -> {} channels, {}x{}, kernel {:?}",
-            self.c, self.e, self.c, self.h, self.w, self.kernel
+            "{} -> {} -> {} channels, {}x{} stride {}, {:?}, kernel {:?}",
+            self.c, self.e, self.c_out, self.h, self.w, self.stride, self.tail, self.kernel
         )])
     }
 
@@ -259,19 +401,19 @@ impl EvalOp for MbConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
         ensure!(
-            x.datum_type() == DatumType::F32 && x.shape() == &*self.shape,
+            x.datum_type() == DatumType::F32 && x.shape() == &*self.in_shape,
             "MbConv: input is {:?} {:?}, planned for f32 {:?}",
             x.datum_type(),
             x.shape(),
-            self.shape
+            self.in_shape
         );
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<f32>()?;
         // SAFETY: every row of every channel is written below.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.shape)? };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
         let mut plain = output.try_as_plain_ram_mut()?;
         let out = SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr());
-        par_ranges(self.h, self.fma(), |ys| {
+        par_ranges(self.out_hw().0, self.fma(), |ys| {
             // SAFETY: shapes checked above; the row runs are disjoint.
             unsafe { self.rows(xs, out.get(), ys) }
         })?;
@@ -282,21 +424,23 @@ impl EvalOp for MbConv {
 impl TypedOp for MbConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(
-            inputs[0].shape.as_concrete() == Some(&*self.shape),
+            inputs[0].shape.as_concrete() == Some(&*self.in_shape),
             "MbConv: input fact {:?}, planned for {:?}",
             inputs[0].shape,
-            self.shape
+            self.in_shape
         );
-        Ok(tvec!(f32::fact(&*self.shape)))
+        Ok(tvec!(f32::fact(&*self.out_shape)))
     }
 
-    /// The products' and taps' multiply-adds plus tract's cost for the three GELUs (so that
-    /// profiles count the same work as the unfused plan's).
+    /// The products' and taps' multiply-adds plus tract's cost for the GELUs (so that profiles
+    /// count the same work as the unfused plan's).
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let gelus = (2 * self.e + self.c) * self.h * self.w;
         Ok(tvec!(
-            (Cost::FMA(DatumType::F32), (self.fma() + 14 * gelus).into()),
-            (Cost::Div(DatumType::F32), gelus.into())
+            (
+                Cost::FMA(DatumType::F32),
+                (self.fma() + 14 * self.gelus()).into()
+            ),
+            (Cost::Div(DatumType::F32), self.gelus().into())
         ))
     }
 
@@ -305,6 +449,7 @@ impl TypedOp for MbConv {
 
 #[cfg(test)]
 mod tests {
+    use tract_core::ops::change_axes::AxisOp;
     use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::element_wise::ElementWiseOp;
     use tract_core::ops::nn::{DataFormat, GeluExact};
@@ -333,14 +478,14 @@ mod tests {
         }
     }
 
-    /// TinyViT's MBConv over `[1, c, h, w]`: 1x1 to `e` channels, GELU, depthwise 3x3 of
-    /// `stride`, GELU, 1x1 back to `c`, then (with `residual`) `+ x` and GELU.
+    /// TinyViT's convolution block over `[1, c, h, w]`: 1x1 to `e` channels, GELU, depthwise
+    /// 3x3 of `stride`, GELU, 1x1 to `co` channels, then `tail`: `+ x` and GELU (`Residual`),
+    /// nothing (`Planar`), or flattened to `[1, pixels, co]` tokens (`Tokens`).
     fn block(
-        c: usize,
-        e: usize,
+        (c, e, co): (usize, usize, usize),
         (h, w): (usize, usize),
         stride: usize,
-        residual: bool,
+        tail: Tail,
     ) -> TypedModel {
         let mut seed = (c * 131 + e * 17 + h + w) as u64;
         let mut m = TypedModel::default();
@@ -375,17 +520,26 @@ mod tests {
             .unwrap()[0];
         let y = gelu(&mut m, "act2", y);
         let (w3, b3) = (
-            konst(&mut m, "w3", &[c, e, 1, 1], 0.5),
-            konst(&mut m, "b3", &[c], 1.0),
+            konst(&mut m, "w3", &[co, e, 1, 1], 0.5),
+            konst(&mut m, "b3", &[co], 1.0),
         );
         let mut y = m
-            .wire_node("conv3", conv(e, c, 1, 1, 1), &[y, w3, b3])
+            .wire_node("conv3", conv(e, co, 1, 1, 1), &[y, w3, b3])
             .unwrap()[0];
-        if residual {
-            y = m
-                .wire_node("add", tract_core::ops::math::add(), &[y, x])
-                .unwrap()[0];
-            y = gelu(&mut m, "act3", y);
+        match tail {
+            Tail::Residual => {
+                y = m
+                    .wire_node("add", tract_core::ops::math::add(), &[y, x])
+                    .unwrap()[0];
+                y = gelu(&mut m, "act3", y);
+            }
+            Tail::Planar => (),
+            Tail::Tokens => {
+                let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+                let flat = AxisOp::Reshape(2, tvec![oh.into(), ow.into()], tvec![(oh * ow).into()]);
+                y = m.wire_node("flatten", flat, &[y]).unwrap()[0];
+                y = m.wire_node("transpose", AxisOp::Move(1, 2), &[y]).unwrap()[0];
+            }
         }
         m.select_output_outlets(&[y]).unwrap();
         m
@@ -401,12 +555,23 @@ mod tests {
             substitute_decluttered(&mut m, kernel).unwrap();
             m.optimize().unwrap();
             let done = substitute_except(&mut m, kernel, except).unwrap();
-            (run_one(m, x), done)
+            let ops = m
+                .nodes
+                .iter()
+                .map(|n| format!("{} {:?}", n.op.name(), n.op.info()));
+            let ops: Vec<String> = ops.collect();
+            (run_one(m, x), done, ops)
         };
-        let (unfused, none) = ours(&["mbconv"]);
-        let (fused, done) = ours(&[]);
+        let (unfused, none, _) = ours(&["mbconv"]);
+        let (fused, done, ops) = ours(&[]);
         assert_eq!(none.mbconv, 0);
+        OPS.with_borrow_mut(|o| *o = ops);
         ([want, unfused, fused], done)
+    }
+
+    thread_local! {
+        /// The last fused plan's operators (debug form), for the tail checks.
+        static OPS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Whether tract leaves such blocks channels-first, as the fusion needs. On aarch64 its
@@ -419,24 +584,38 @@ mod tests {
         Tensor::from_shape(&[1, c, h, w], &test_values(&mut seed, c * h * w)).unwrap()
     }
 
+    /// (channels in, expanded, out), input size, stride, tail: stage 0's MBConv and patch
+    /// merging shapes in small, with 20 or 24 expanded channels (row blocks of 6 and 2) and
+    /// widths leaving a partial 16-pixel tile (the direct products need 256 pixels or more).
+    type Case = ((usize, usize, usize), (usize, usize), usize, Tail);
+    const BLOCKS: [Case; 6] = [
+        ((8, 20, 8), (17, 19), 1, Tail::Residual),
+        ((6, 24, 6), (16, 16), 1, Tail::Residual),
+        ((4, 16, 4), (9, 40), 1, Tail::Residual),
+        ((8, 20, 12), (34, 37), 2, Tail::Planar),
+        ((8, 20, 12), (33, 36), 2, Tail::Tokens),
+        ((8, 20, 12), (17, 19), 1, Tail::Planar),
+    ];
+
     #[test]
     fn fused_block_equals_the_unfused_plan_and_matches_tract() {
-        // 20 expanded channels (row blocks of 6 and 2), widths with a partial 16-pixel tile.
-        for (c, e, hw) in [(8, 20, (17, 19)), (6, 24, (16, 16)), (4, 16, (9, 40))] {
-            let (m, x) = (block(c, e, hw, 1, true), input(c, hw.0, hw.1));
+        for (ch, hw, stride, tail) in BLOCKS {
+            let (m, x) = (block(ch, hw, stride, tail), input(ch.0, hw.0, hw.1));
+            let what = format!("{ch:?} {hw:?} stride {stride} {tail:?}");
             for k in Kernel::available() {
                 let ([want, unfused, fused], done) = run(&m, &x, k);
-                assert_eq!(done.mbconv, FUSABLE as usize, "{k:?} {c} {e} {hw:?}");
-                assert!(
-                    fused == unfused,
-                    "{k:?} {c} {e} {hw:?}: fused differs from unfused"
-                );
+                assert_eq!(done.mbconv, FUSABLE as usize, "{k:?} {what}");
+                // The whole block is the one op: its tail too (residual, transpose).
+                let ops = OPS.with_borrow(|o| o.clone());
+                if FUSABLE {
+                    let tail_at = ops.iter().filter(|o| o.contains(&format!(", {tail:?},")));
+                    assert_eq!(tail_at.count(), 1, "{k:?} {what}: {ops:?}");
+                    assert_eq!(ops.len(), 2, "{k:?} {what}: {ops:?}");
+                }
+                assert!(fused == unfused, "{k:?} {what}: fused differs from unfused");
                 let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
                 let diff = max_abs_diff(&want, &fused);
-                assert!(
-                    diff < 1e-5 * scale,
-                    "{k:?} {c} {e} {hw:?}: {diff:e} (max {scale})"
-                );
+                assert!(diff < 1e-5 * scale, "{k:?} {what}: {diff:e} (max {scale})");
             }
         }
     }
@@ -445,23 +624,26 @@ mod tests {
     #[test]
     fn threads_split_the_rows_without_changing_a_bit() {
         use tract_core::tract_linalg::multithread::{Executor, multithread_tract_scope};
-        let (m, x) = (block(8, 20, (23, 17), 1, true), input(8, 23, 17));
-        let ([_, _, one], _) = run(&m, &x, Kernel::best());
-        // Three threads: twelve runs of one or two rows, each expanding the rows around it.
-        let ([_, unfused, three], done) =
-            multithread_tract_scope(Executor::multithread(3), || run(&m, &x, Kernel::best()));
-        assert_eq!(done.mbconv, FUSABLE as usize);
-        assert!(three == one && three == unfused);
+        for (ch, hw, stride, tail) in [BLOCKS[0], BLOCKS[4]] {
+            let (m, x) = (block(ch, hw, stride, tail), input(ch.0, hw.0, hw.1));
+            let ([_, _, one], _) = run(&m, &x, Kernel::best());
+            // Three threads: twelve runs of output rows, each expanding the rows around it.
+            let ([_, unfused, three], done) =
+                multithread_tract_scope(Executor::multithread(3), || run(&m, &x, Kernel::best()));
+            assert_eq!(done.mbconv, FUSABLE as usize);
+            assert!(three == one && three == unfused, "{ch:?} {hw:?} {tail:?}");
+        }
     }
 
     #[test]
-    fn other_blocks_are_left_alone() {
-        // A strided depthwise convolution (a patch merging), and a block without its residual.
-        for stride in [2, 1] {
-            let m = block(8, 20, (16, 16), stride, false);
-            let ([want, unfused, fused], done) = run(&m, &input(8, 16, 16), Kernel::best());
-            assert_eq!(done.mbconv, 0);
-            assert!(fused == unfused && max_abs_diff(&want, &fused) < 1e-4);
-        }
+    fn blocks_with_narrow_maps_are_left_alone() {
+        // 15 x 16 pixels: fewer than the direct products take, so no chain of them.
+        let (m, x) = (
+            block((8, 20, 8), (15, 16), 1, Tail::Residual),
+            input(8, 15, 16),
+        );
+        let ([want, unfused, fused], done) = run(&m, &x, Kernel::best());
+        assert_eq!(done.mbconv, 0);
+        assert!(fused == unfused && max_abs_diff(&want, &fused) < 1e-4);
     }
 }

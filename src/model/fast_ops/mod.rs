@@ -23,7 +23,7 @@ pub mod softmax;
 use tract_core::internal::DimLike;
 use tract_core::ops::array::{Pad, Slice};
 use tract_core::ops::binary::{OptBinUnicast, TypedBinOp};
-use tract_core::ops::change_axes::AxisOp;
+use tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_core::ops::cnn::Conv;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::element_wise::ElementWiseOp;
@@ -127,7 +127,7 @@ pub(crate) fn par_ranges(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `attention`, `movement`, `mbconv`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -605,14 +605,16 @@ pub(crate) fn substitute_except(
         }
     }
     if !off("mbconv") {
-        fuse_mbconv(model, &mut done)?;
+        fuse_mbconv(model, !off("mbconv_merge"), &mut done)?;
     }
     Ok(done)
 }
 
 /// Puts an [`MbConv`] in place of each chain `x -> Gemm (1x1) -> Gelu -> Conv3x3 (depthwise)
-/// -> Gelu -> Gemm (1x1) -> Add x -> Gelu`, each node the sole reader of the one before.
-fn fuse_mbconv(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
+/// -> Gelu -> Gemm (1x1)`, each node the sole reader of the one before, with what follows it
+/// (see [`mbconv::Tail`]): `-> Add x -> Gelu`, or a reshape to `[c, pixels]` and a transpose.
+/// Without `merges`, only the inverted residuals (no patch mergings).
+fn fuse_mbconv(model: &mut TypedModel, merges: bool, done: &mut Replaced) -> TractResult<()> {
     let before = done.mbconv;
     for id in 0..model.nodes.len() {
         let Some(expand) = model.nodes[id].op_as::<Gemm>() else {
@@ -627,7 +629,7 @@ fn fuse_mbconv(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
                 None => break,
             }
         }
-        let [_, g1, dw, g2, project, add, g3] = chain[..] else {
+        let [_, g1, dw, g2, project, ref rest @ ..] = chain[..] else {
             continue;
         };
         let node = |i: usize| &model.nodes[i];
@@ -638,16 +640,13 @@ fn fuse_mbconv(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
         let Some(proj) = node(project).op_as::<Gemm>() else {
             continue;
         };
-        let is_add = node(add)
-            .op_as::<OptBinUnicast>()
-            .is_some_and(|b| b.binop.is::<Add>())
-            || is_bin::<Add>(node(add));
         let chained = node(dw).inputs.first() == Some(&g1.into())
-            && node(project).inputs[1 - proj.swapped() as usize] == g2.into()
-            && node(add).inputs.len() == 2
-            && node(add).inputs.contains(&project.into())
-            && node(add).inputs.contains(&x);
-        if !(is_gelu(g1) && is_gelu(g2) && is_gelu(g3) && is_add && chained) {
+            && node(project).inputs[1 - proj.swapped() as usize] == g2.into();
+        if !(is_gelu(g1) && is_gelu(g2) && chained) {
+            continue;
+        }
+        let (tail, last) = mbconv_tail(model, x, project, rest);
+        if tail != mbconv::Tail::Residual && !merges {
             continue;
         }
         let (Some(taps), Some(bias)) = (konst(model, node(dw), 1), konst(model, node(dw), 2))
@@ -655,23 +654,80 @@ fn fuse_mbconv(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
             continue;
         };
         let fact = model.outlet_fact(x)?;
-        let Some(shape) = fact.shape.as_concrete().map(TVec::from) else {
+        let shapes = (
+            fact.shape.as_concrete().map(TVec::from),
+            node(last).outputs[0]
+                .fact
+                .shape
+                .as_concrete()
+                .map(TVec::from),
+        );
+        let (Some(in_shape), Some(out_shape)) = shapes else {
             continue;
         };
-        if fact.datum_type != DatumType::F32 || node(g3).outputs[0].fact.shape != fact.shape {
+        if fact.datum_type != DatumType::F32 {
             continue;
         }
-        let Some(op) = MbConv::fusing(expand, (conv, &taps, &bias), proj, &shape) else {
+        let shapes = (tail, &in_shape[..], &out_shape[..]);
+        let Some(op) = MbConv::fusing(expand, (conv, &taps, &bias), proj, shapes) else {
             continue;
         };
         let name = format!("{}.mbconv", model.nodes[id].name);
-        replace_span(model, &[x], name, op, g3)?;
+        replace_span(model, &[x], name, op, last)?;
         done.mbconv += 1;
     }
     if done.mbconv > before {
         model.compact()?;
     }
     Ok(())
+}
+
+/// What follows a fusable block's projection `project` (its sole readers in turn: `rest`), and
+/// the block's last node: `Add x -> Gelu`, a reshape of the `[c, h, w]` map to `[c, h w]` then
+/// a transpose, or neither.
+fn mbconv_tail(
+    model: &TypedModel,
+    x: OutletId,
+    project: usize,
+    rest: &[usize],
+) -> (mbconv::Tail, usize) {
+    let node = |i: usize| &model.nodes[i];
+    if let [add, gelu, ..] = *rest {
+        let is_add = node(add)
+            .op_as::<OptBinUnicast>()
+            .is_some_and(|b| b.binop.is::<Add>())
+            || is_bin::<Add>(node(add));
+        let inputs = &node(add).inputs;
+        if is_add
+            && inputs.len() == 2
+            && inputs.contains(&project.into())
+            && inputs.contains(&x)
+            && node(gelu).op_is::<Gelu>()
+        {
+            return (mbconv::Tail::Residual, gelu);
+        }
+    }
+    if let [reshape, transpose, ..] = *rest {
+        let map = node(project).outputs[0].fact.shape.as_concrete();
+        let flat = node(reshape).outputs[0].fact.shape.as_concrete();
+        // `[c, h w]`, or `[1, c, h w]` where tract kept the batch axis.
+        let (flattens, rank) = match (map, flat) {
+            (Some([.., c, h, w]), Some(f @ ([_, _] | [1, _, _]))) => {
+                (f[f.len() - 2..] == [*c, h * w], f.len())
+            }
+            _ => (false, 0),
+        };
+        let is_reshape = node(reshape).op_is::<IntoShape>()
+            || matches!(node(reshape).op_as::<AxisOp>(), Some(AxisOp::Reshape(..)));
+        let transposes = match node(transpose).op_as::<AxisOp>() {
+            Some(&AxisOp::Move(a, b)) => a.min(b) + 2 == rank && a.max(b) + 1 == rank,
+            _ => false,
+        };
+        if flattens && is_reshape && transposes {
+            return (mbconv::Tail::Tokens, transpose);
+        }
+    }
+    (mbconv::Tail::Planar, project)
 }
 
 /// Puts a [`MoveRuns`] in place of each chain of data-movement nodes (each the sole reader of
