@@ -172,7 +172,7 @@ impl Parsed {
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices, {} attention pairs \
              fused), {} 3x3 convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
-             {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks",
+             {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks, {} fused patch embeddings",
             file.display(),
             a.gemm,
             a.gemm_bias,
@@ -186,7 +186,8 @@ impl Parsed {
             b.gelu,
             b.movement,
             b.movement_add,
-            b.mbconv
+            b.mbconv,
+            b.patch_embed
         );
         Ok(model)
     }

@@ -124,32 +124,70 @@ impl Conv3x3 {
     }
 
     /// Output height and width for an input of `h` x `w`.
-    fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+    pub(super) fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         let o = |n: usize, (a, b): (usize, usize)| (n + a + b).saturating_sub(3) / self.stride + 1;
         (o(h, self.pad[0]), o(w, self.pad[1]))
     }
 
-    /// Output rows `oys` of every output plane of a dense conv over `N / 9` input planes `x` of
-    /// `h` x `w`; `weights` are `[C_out, N / 9, 3, 3]`. Split by rows rather than planes so
-    /// that each thread gathers its input rows once for all output channels.
+    /// Fresh row caches for a dense conv's `ci` input planes of width `w`.
+    pub(super) fn row_caches(&self, ci: usize, w: usize) -> Vec<RowCache> {
+        (0..ci)
+            .map(|_| {
+                let mut r = RowCache::new();
+                r.reset(self.pad[1].0 + w + 1, self.stride);
+                r
+            })
+            .collect()
+    }
+
+    /// Output rows `oys` of every output plane of a dense conv over `rows.len()` (1 to
+    /// [`MAX_DENSE_INPUTS`]) input planes `x` of `h` x `w`; `weights` are `[C_out, C_in, 3,
+    /// 3]`; row `oy` of output channel `oc` goes to `dst(oc, oy)`. Split by rows rather than
+    /// planes so that each thread gathers its input rows once for all output channels; `rows`
+    /// (see [`Conv3x3::row_caches`]) keeps input rows from one call to the next.
     ///
     /// # Safety
-    /// `out` addresses `C_out` output planes; no one else writes these rows of them.
-    unsafe fn dense_rows<const N: usize>(
+    /// `dst(oc, oy)` addresses `ow` values no one else writes, for every `oc < co`, `oy` in
+    /// `oys`.
+    pub(super) unsafe fn dense_rows(
         &self,
         (x, h, w): (&[f32], usize, usize),
         (weights, bias): (&[f32], &dyn Fn(usize) -> f32),
         oys: std::ops::Range<usize>,
-        (out, co): (*mut f32, usize),
-    ) {
-        let (oh, ow) = self.out_hw(h, w);
-        let plane = oh * ow;
-        let (pt, pl) = (self.pad[0].0, self.pad[1].0);
-        let mut rows: [RowCache; 4] = std::array::from_fn(|_| RowCache::new());
-        let rows = &mut rows[..N / 9];
-        for r in rows.iter_mut() {
-            r.reset(pl + w + 1, self.stride);
+        (dst, co): (&dyn Fn(usize, usize) -> *mut f32, usize),
+        rows: &mut [RowCache],
+    ) -> TractResult<()> {
+        let args = ((x, h, w), (weights, bias), oys, (dst, co), rows);
+        // SAFETY: caller's contract.
+        unsafe {
+            match args.4.len() {
+                1 => self.dense_rows_n::<9>(args),
+                2 => self.dense_rows_n::<18>(args),
+                3 => self.dense_rows_n::<27>(args),
+                4 => self.dense_rows_n::<36>(args),
+                ci => bail!("Conv3x3: {ci} input channels"),
+            }
         }
+        Ok(())
+    }
+
+    /// [`Conv3x3::dense_rows`] for `N / 9` input channels.
+    ///
+    /// # Safety
+    /// As [`Conv3x3::dense_rows`].
+    #[allow(clippy::type_complexity)]
+    unsafe fn dense_rows_n<const N: usize>(
+        &self,
+        ((x, h, w), (weights, bias), oys, (dst, co), rows): (
+            (&[f32], usize, usize),
+            (&[f32], &dyn Fn(usize) -> f32),
+            std::ops::Range<usize>,
+            (&dyn Fn(usize, usize) -> *mut f32, usize),
+            &mut [RowCache],
+        ),
+    ) {
+        let (_, ow) = self.out_hw(h, w);
+        let (pt, pl) = (self.pad[0].0, self.pad[1].0);
         for oy in oys {
             for (ic, r) in rows.iter_mut().enumerate() {
                 let x = &x[ic * h * w..(ic + 1) * h * w];
@@ -163,9 +201,8 @@ impl Conv3x3 {
             let srcs: [&[f32]; N] = std::array::from_fn(|t| rows[t / 9].tap(t % 9 / 3, t % 3, ow));
             for oc in 0..co {
                 let taps: &[f32; N] = weights[oc * N..(oc + 1) * N].try_into().expect("N taps");
-                // SAFETY: row oy < oh of plane oc < co, ours alone (caller's contract).
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(out.add(oc * plane + oy * ow), ow) };
+                // SAFETY: caller's contract.
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst(oc, oy), ow) };
                 taps_rows(self.kernel, dst, bias(oc), &srcs, taps);
             }
         }
@@ -203,7 +240,7 @@ impl Conv3x3 {
 }
 
 /// Three padded input rows (with even/odd halves for stride 2), refilled as the output row moves.
-struct RowCache {
+pub(super) struct RowCache {
     stride: usize,
     width: usize,
     /// Which input row each slot holds (`None`: unfilled).
@@ -439,17 +476,12 @@ impl EvalOp for Conv3x3 {
                         let (Some(&a), Some(&b)) = (band.first(), band.last()) else {
                             return Ok(());
                         };
-                        let (k, rows) = ((ks, &bias as &dyn Fn(usize) -> f32), a..b + 1);
+                        let k = (ks, &bias as &dyn Fn(usize) -> f32);
                         // SAFETY: the output holds co planes; bands are disjoint rows.
-                        unsafe {
-                            match ci {
-                                1 => self.dense_rows::<9>(x, k, rows, (o, co)),
-                                2 => self.dense_rows::<18>(x, k, rows, (o, co)),
-                                3 => self.dense_rows::<27>(x, k, rows, (o, co)),
-                                4 => self.dense_rows::<36>(x, k, rows, (o, co)),
-                                _ => bail!("Conv3x3: {ci} input channels"),
-                            }
-                        }
+                        let dst = |oc: usize, oy: usize| unsafe { o.add(oc * plane + oy * ow) };
+                        let mut rows = self.row_caches(ci, w);
+                        // SAFETY: as above.
+                        unsafe { self.dense_rows(x, k, a..b + 1, (&dst, co), &mut rows) }?;
                         Ok(())
                     },
                 )?;
@@ -734,11 +766,14 @@ mod band_tests {
             let bias = |c: usize| c as f32 * 0.1;
             let run = |bands: &[std::ops::Range<usize>]| {
                 let mut out = vec![f32::NAN; co * oh * ow];
+                let o = out.as_mut_ptr();
+                let dst = |oc: usize, oy: usize| o.wrapping_add(oc * oh * ow + oy * ow);
                 for b in bands {
                     let k = (&weights[..], &bias as &dyn Fn(usize) -> f32);
-                    unsafe {
-                        op.dense_rows::<27>((&x, h, w), k, b.clone(), (out.as_mut_ptr(), co))
-                    };
+                    // Fresh caches per band, as each thread starts.
+                    let mut rows = op.row_caches(3, w);
+                    unsafe { op.dense_rows((&x, h, w), k, b.clone(), (&dst, co), &mut rows) }
+                        .unwrap();
                 }
                 out
             };

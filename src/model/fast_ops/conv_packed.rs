@@ -26,14 +26,14 @@ pub const MAX_K: usize = 512;
 /// `[C_in, H, W]`. Inputs stay those of the conv (image, weights, bias); only the image is read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conv3x3Packed {
-    kernel: Kernel,
-    stride: usize,
+    pub(super) kernel: Kernel,
+    pub(super) stride: usize,
     /// Padding before (top, left); each 0 or 1. Padding after is implied by the output size.
-    pad: (usize, usize),
-    input_shape: TVec<usize>,
-    output_shape: TVec<usize>,
-    weights: PackedWeights,
-    bias: Vec<f32>,
+    pub(super) pad: (usize, usize),
+    pub(super) input_shape: TVec<usize>,
+    pub(super) output_shape: TVec<usize>,
+    pub(super) weights: PackedWeights,
+    pub(super) bias: Vec<f32>,
 }
 
 // Plan equality only (tract compares ops to merge duplicates).
@@ -93,7 +93,7 @@ impl Conv3x3Packed {
     }
 
     /// (C_in, H, W) of the input, (C_out, OH, OW) of the output.
-    fn dims(&self) -> ([usize; 3], [usize; 3]) {
+    pub(super) fn dims(&self) -> ([usize; 3], [usize; 3]) {
         let [.., c, h, w] = self.input_shape[..] else {
             unreachable!("rank checked at construction")
         };

@@ -17,6 +17,7 @@ pub mod layer_norm;
 pub mod mbconv;
 pub mod movement;
 pub mod pad;
+pub mod patch_embed;
 pub mod pointwise;
 pub mod softmax;
 
@@ -43,6 +44,7 @@ pub use layer_norm::AxisLayerNorm;
 pub use mbconv::MbConv;
 pub use movement::MoveRuns;
 pub use pad::RowPad;
+pub use patch_embed::PatchEmbed;
 pub use softmax::RowSoftmax;
 
 /// Seeded values in [-0.5, 0.5) for the operators' tests (one LCG, so every test's data is
@@ -127,7 +129,7 @@ pub(crate) fn par_ranges(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -169,8 +171,11 @@ pub struct Replaced {
     /// them folded in.
     pub movement: usize,
     pub movement_add: usize,
-    /// Inverted-residual blocks (1x1, GELU, depthwise, GELU, 1x1, add, GELU) made one [`MbConv`].
+    /// Inverted-residual blocks (1x1, GELU, depthwise, GELU, 1x1, add, GELU) and patch
+    /// mergings made one [`MbConv`].
     pub mbconv: usize,
+    /// Pairs of dense 3x3 convolutions with a GELU between made one [`PatchEmbed`].
+    pub patch_embed: usize,
 }
 
 impl Replaced {
@@ -607,6 +612,9 @@ pub(crate) fn substitute_except(
     if !off("mbconv") {
         fuse_mbconv(model, !off("mbconv_merge"), &mut done)?;
     }
+    if !off("patch_embed") {
+        fuse_patch_embed(model, &mut done)?;
+    }
     Ok(done)
 }
 
@@ -677,6 +685,48 @@ fn fuse_mbconv(model: &mut TypedModel, merges: bool, done: &mut Replaced) -> Tra
         done.mbconv += 1;
     }
     if done.mbconv > before {
+        model.compact()?;
+    }
+    Ok(())
+}
+
+/// Puts a [`PatchEmbed`] in place of each chain `x -> Conv3x3 (dense) -> Gelu ->
+/// Conv3x3Packed`, each node the sole reader of the one before.
+fn fuse_patch_embed(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
+    let before = done.patch_embed;
+    for id in 0..model.nodes.len() {
+        let Some(first) = model.nodes[id].op_as::<Conv3x3>() else {
+            continue;
+        };
+        let Some(gelu) = sole_user(model, id).filter(|n| n.op_is::<Gelu>()) else {
+            continue;
+        };
+        let Some(next) = sole_user(model, gelu.id) else {
+            continue;
+        };
+        let Some(second) = next.op_as::<Conv3x3Packed>() else {
+            continue;
+        };
+        let node = &model.nodes[id];
+        let (Some(weights), Some(bias)) = (konst(model, node, 1), konst(model, node, 2)) else {
+            continue;
+        };
+        let x = node.inputs[0];
+        let fact = model.outlet_fact(x)?;
+        let Some(shape) = fact.shape.as_concrete().map(TVec::from) else {
+            continue;
+        };
+        if fact.datum_type != DatumType::F32 || next.inputs[0] != gelu.id.into() {
+            continue;
+        }
+        let Some(op) = PatchEmbed::fusing((first, &weights, &bias), second, &shape) else {
+            continue;
+        };
+        let (name, tail) = (format!("{}.patch_embed", node.name), next.id);
+        replace_span(model, &[x], name, op, tail)?;
+        done.patch_embed += 1;
+    }
+    if done.patch_embed > before {
         model.compact()?;
     }
     Ok(())
