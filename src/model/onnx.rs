@@ -171,7 +171,7 @@ impl Parsed {
             .with_context(replace_failed)?;
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices, {} attention pairs \
-             fused), {} 3x3 convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
+             fused), {} 3x3 convs, {} 2x2 transposed convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
              {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks, {} fused patch embeddings",
             file.display(),
             a.gemm,
@@ -179,6 +179,7 @@ impl Parsed {
             a.gemm_sliced,
             a.attention,
             a.depthwise,
+            a.deconv,
             a.depthwise_nhwc,
             a.layer_norm,
             b.softmax,

@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod conv3x3;
 pub mod conv_packed;
+pub mod deconv;
 pub mod depthwise_nhwc;
 pub mod gelu;
 pub mod gemm;
@@ -25,7 +26,7 @@ use tract_core::internal::DimLike;
 use tract_core::ops::array::{Pad, Slice};
 use tract_core::ops::binary::{OptBinUnicast, TypedBinOp};
 use tract_core::ops::change_axes::{AxisOp, IntoShape};
-use tract_core::ops::cnn::Conv;
+use tract_core::ops::cnn::{Conv, Deconv};
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::math::{Add, Mul, Sub};
@@ -37,6 +38,7 @@ use crate::simd::Kernel;
 pub use attention::Attention;
 pub use conv_packed::Conv3x3Packed;
 pub use conv3x3::Conv3x3;
+pub use deconv::Deconv2x2;
 pub use depthwise_nhwc::DepthwiseNhwc3x3;
 pub use gelu::Gelu;
 pub use gemm::{Gemm, View};
@@ -129,7 +131,7 @@ pub(crate) fn par_ranges(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -154,6 +156,8 @@ pub struct Replaced {
     pub depthwise_nhwc: usize,
     /// Dense 3x3 convolutions over phase-split inputs (`conv_packed`).
     pub conv_packed: usize,
+    /// 2x2 stride-2 transposed convolutions ([`Deconv2x2`]).
+    pub deconv: usize,
     /// Products, and of them those with the following bias `Add` folded in.
     pub gemm: usize,
     pub gemm_bias: usize,
@@ -180,7 +184,13 @@ pub struct Replaced {
 
 impl Replaced {
     pub fn total(&self) -> usize {
-        self.softmax + self.pad + self.depthwise + self.depthwise_nhwc + self.gemm + self.layer_norm
+        self.softmax
+            + self.pad
+            + self.depthwise
+            + self.depthwise_nhwc
+            + self.gemm
+            + self.layer_norm
+            + self.deconv
     }
 }
 
@@ -202,6 +212,19 @@ pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractRe
             continue;
         }
         let node = &model.nodes[id];
+        if let Some(deconv) = node.op.downcast_ref::<Deconv>() {
+            if node.inputs.len() == 3 && !off("deconv") {
+                let op = {
+                    let f = model.node_input_facts(id)?;
+                    Deconv2x2::replacing(deconv, f[0], f[1], f[2], kernel)
+                };
+                if let Some(op) = op {
+                    model.nodes[id].op = Box::new(op);
+                    done.deconv += 1;
+                }
+            }
+            continue;
+        }
         let Some(conv) = node.op.downcast_ref::<Conv>() else {
             continue;
         };
