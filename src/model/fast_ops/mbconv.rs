@@ -32,6 +32,7 @@ use super::conv3x3::{Conv3x3, taps_rows};
 use super::gelu::gelu_slice;
 use super::gemm::Gemm;
 use super::pointwise::{self, PackedWeights, Rows};
+use super::ring::{PaddedRow, slot};
 use super::{SharedMut, par_ranges};
 use crate::simd::Kernel;
 
@@ -174,18 +175,11 @@ impl MbConv {
         )
     }
 
-    /// Length of one padded expanded row in the ring: `w + 2`, the zero columns included; for
-    /// stride 2 stored as its even then its odd elements, so that every tap reads contiguous
-    /// values.
-    fn padded(&self) -> usize {
-        self.w + 2
-    }
-
-    /// Where padded column `p` of an expanded row lives in its ring row.
-    fn at(&self, p: usize) -> usize {
-        match self.stride {
-            1 => p,
-            _ => (p & 1) * self.padded().div_ceil(2) + p / 2,
+    /// Layout of one padded expanded row in the ring.
+    fn padded(&self) -> PaddedRow {
+        PaddedRow {
+            w: self.w,
+            stride: self.stride,
         }
     }
 
@@ -194,7 +188,7 @@ impl MbConv {
     fn scratch_len(&self) -> usize {
         let (_, ow) = self.out_hw();
         let staging = if self.stride == 1 { 0 } else { self.e * self.w };
-        self.e * 3 * self.padded() + staging + self.e * ow + self.c_out * ow
+        self.e * 3 * self.padded().len() + staging + self.e * ow + self.c_out * ow
     }
 
     /// Output rows `ys` of the block.
@@ -205,7 +199,7 @@ impl MbConv {
     unsafe fn rows(&self, x: &[f32], out: *mut f32, ys: std::ops::Range<usize>) {
         let (k, e, c_out, s) = (self.kernel, self.e, self.c_out, self.stride);
         let (oh, ow) = self.out_hw();
-        let pw = self.padded();
+        let (row, pw) = (self.padded(), self.padded().len());
         SCRATCH.with_borrow_mut(|scratch| {
             if scratch.len() < self.scratch_len() {
                 scratch.resize(self.scratch_len(), 0.0);
@@ -216,12 +210,8 @@ impl MbConv {
             let (dwo, proj) = rest.split_at_mut(e * ow);
             let proj = &mut proj[..c_out * ow];
             // The ring's padding columns are zeros (another op may have used the scratch).
-            let pads = [self.at(0), self.at(pw - 1)];
-            for row in ring.chunks_exact_mut(pw) {
-                pads.iter().for_each(|&p| row[p] = 0.0);
-            }
-            let slot = |r: isize| (r + 1).rem_euclid(3) as usize;
-            let tap_at: [usize; 3] = std::array::from_fn(|kx| self.at(kx));
+            row.zero_padding(ring);
+            let tap_at: [usize; 3] = std::array::from_fn(|kx| row.at(kx));
             let mut tag = [None::<isize>; 3];
             for y in ys {
                 let top = (s * y) as isize - 1;
@@ -304,11 +294,12 @@ impl MbConv {
     /// Fills ring slot `slot` with expanded row `r` after GELU (zeros outside the image: the
     /// depthwise convolution's padding).
     fn expand_row(&self, x: &[f32], ring: &mut [f32], staging: &mut [f32], slot: usize, r: isize) {
-        let (w, pw) = (self.w, self.padded());
+        let (w, layout) = (self.w, self.padded());
+        let pw = layout.len();
         if r < 0 || r as usize >= self.h {
             for p in ring.chunks_exact_mut(3 * pw) {
                 let row = &mut p[slot * pw..(slot + 1) * pw];
-                (1..=w).for_each(|i| row[self.at(i)] = 0.0);
+                layout.clear(row);
             }
             return;
         }
@@ -348,18 +339,7 @@ impl MbConv {
             .zip(staging.chunks_exact_mut(w))
         {
             gelu_slice(self.kernel, st);
-            let row = &mut p[slot * pw..(slot + 1) * pw];
-            // Padded column i + 1: st[2j] (odd column 2j + 1) is odd[j], st[2j + 1] (even column
-            // 2j + 2) is even[j + 1].
-            let (even, odd) = row.split_at_mut(pw.div_ceil(2));
-            let pairs = st.chunks_exact(2);
-            if let [last] = pairs.remainder() {
-                odd[w / 2] = *last;
-            }
-            for (j, pair) in pairs.enumerate() {
-                odd[j] = pair[0];
-                even[j + 1] = pair[1];
-            }
+            layout.store(st, &mut p[slot * pw..(slot + 1) * pw]);
         }
     }
 

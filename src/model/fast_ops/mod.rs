@@ -20,6 +20,7 @@ pub mod movement;
 pub mod pad;
 pub mod patch_embed;
 pub mod pointwise;
+mod ring;
 pub mod softmax;
 
 use tract_core::internal::DimLike;

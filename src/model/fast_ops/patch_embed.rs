@@ -28,6 +28,7 @@ use super::conv_packed::Conv3x3Packed;
 use super::conv3x3::{Conv3x3, RowCache};
 use super::gelu::gelu_slice;
 use super::pointwise::{self, Columns};
+use super::ring::{PaddedRow, slot};
 use super::{SharedMut, par_ranges};
 
 thread_local! {
@@ -121,23 +122,18 @@ impl PatchEmbed {
         (x, mid, out)
     }
 
-    /// Length of one padded intermediate row in the ring (the zero columns included), and
-    /// where padded column `p` lives in it: for stride 2 the even columns, then the odd ones.
-    fn padded(&self) -> (usize, impl Fn(usize) -> usize) {
+    /// Layout of one padded intermediate row in the ring.
+    fn padded(&self) -> PaddedRow {
         let (_, [_, _, w1], _) = self.dims();
-        let (pw, s) = (w1 + 2, self.second.stride);
-        (pw, move |p: usize| {
-            if s == 1 {
-                p
-            } else {
-                (p & 1) * pw.div_ceil(2) + p / 2
-            }
-        })
+        PaddedRow {
+            w: w1,
+            stride: self.second.stride,
+        }
     }
 
     fn scratch_len(&self) -> usize {
         let (_, [c1, _, w1], _) = self.dims();
-        c1 * 3 * self.padded().0 + c1 * w1
+        c1 * 3 * self.padded().len() + c1 * w1
     }
 
     /// Output rows `ys`.
@@ -147,7 +143,7 @@ impl PatchEmbed {
     unsafe fn rows(&self, x: &[f32], out: *mut f32, ys: std::ops::Range<usize>) -> TractResult<()> {
         let ([ci, _, w], [c1, _, w1], [_, oh, ow]) = self.dims();
         let s = self.second.stride;
-        let (pw, at) = self.padded();
+        let (layout, pw) = (self.padded(), self.padded().len());
         let mut caches = self.first.row_caches(ci, w);
         SCRATCH.with_borrow_mut(|scratch| {
             if scratch.len() < self.scratch_len() {
@@ -155,11 +151,7 @@ impl PatchEmbed {
             }
             let (ring, staging) = scratch.split_at_mut(c1 * 3 * pw);
             let staging = &mut staging[..c1 * w1];
-            for row in ring.chunks_exact_mut(pw) {
-                row[at(0)] = 0.0;
-                row[at(pw - 1)] = 0.0;
-            }
-            let slot = |r: isize| (r + 1).rem_euclid(3) as usize;
+            layout.zero_padding(ring);
             let mut tag = [None::<isize>; 3];
             for y in ys {
                 let top = (s * y) as isize - 1;
@@ -175,7 +167,7 @@ impl PatchEmbed {
                     .map(|p| {
                         let (c, ky, kx) = (p / 9, p % 9 / 3, p % 3);
                         let row = (c * 3 + slot(top + ky as isize)) * pw;
-                        base.wrapping_add(row + at(kx))
+                        base.wrapping_add(row + layout.at(kx))
                     })
                     .collect();
                 let taps = RingTaps { starts };
@@ -208,12 +200,12 @@ impl PatchEmbed {
         caches: &mut [RowCache],
     ) -> TractResult<()> {
         let ([_, h, w], [c1, h1, w1], _) = self.dims();
-        let (pw, at) = self.padded();
+        let (layout, pw) = (self.padded(), self.padded().len());
         let rows = ring
             .chunks_exact_mut(3 * pw)
             .map(|p| &mut p[slot * pw..(slot + 1) * pw]);
         if r < 0 || r as usize >= h1 {
-            rows.for_each(|row| (1..=w1).for_each(|i| row[at(i)] = 0.0));
+            rows.for_each(|row| layout.clear(row));
             return Ok(());
         }
         let st = staging.as_mut_ptr();
@@ -225,21 +217,7 @@ impl PatchEmbed {
         unsafe { self.first.dense_rows((x, h, w), k, rr, (&dst, c1), caches) }?;
         for (row, st) in rows.zip(staging.chunks_exact_mut(w1)) {
             gelu_slice(self.second.kernel, st);
-            if self.second.stride == 1 {
-                row[1..=w1].copy_from_slice(st);
-                continue;
-            }
-            // Padded column i + 1: st[2j] (odd column 2j + 1) is odd[j], st[2j + 1] (even
-            // column 2j + 2) is even[j + 1].
-            let (even, odd) = row.split_at_mut(pw.div_ceil(2));
-            let pairs = st.chunks_exact(2);
-            if let [last] = pairs.remainder() {
-                odd[w1 / 2] = *last;
-            }
-            for (j, pair) in pairs.enumerate() {
-                odd[j] = pair[0];
-                even[j + 1] = pair[1];
-            }
+            layout.store(st, row);
         }
         Ok(())
     }
