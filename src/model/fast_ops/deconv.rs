@@ -25,7 +25,7 @@ use tract_core::ops::cnn::{Deconv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
 use super::pointwise::{self, PackedWeights, Rows};
-use super::{SharedMut, par_ranges};
+use super::{eval_by_rows, planned_facts};
 use crate::simd::Kernel;
 
 thread_local! {
@@ -170,6 +170,12 @@ impl Deconv2x2 {
     }
 }
 
+impl Deconv2x2 {
+    fn fma(&self) -> usize {
+        self.weights.m * self.weights.k * self.in_shape[2] * self.in_shape[3]
+    }
+}
+
 impl Op for Deconv2x2 {
     fn name(&self) -> StaticName {
         "Deconv2x2".into()
@@ -190,43 +196,24 @@ impl EvalOp for Deconv2x2 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == 3, "Deconv2x2: {} inputs", inputs.len());
-        let x = &inputs[0];
-        ensure!(
-            x.datum_type() == DatumType::F32 && x.shape() == &*self.in_shape,
-            "Deconv2x2: input is {:?} {:?}, planned for f32 {:?}",
-            x.datum_type(),
-            x.shape(),
-            self.in_shape
-        );
-        let xs = x.try_as_plain_ram()?;
-        let xs = xs.as_slice::<f32>()?;
-        // SAFETY: every output row is written below (two per input row).
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
-        let mut plain = output.try_as_plain_ram_mut()?;
-        let out = SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr());
-        let fma = self.weights.m * self.weights.k * self.in_shape[2] * self.in_shape[3];
-        par_ranges(self.in_shape[2], fma, |ys| {
-            // SAFETY: shapes checked above; the row runs are disjoint.
-            unsafe { self.rows(xs, out.get(), ys) }
-        })?;
-        Ok(tvec!(output.into_tvalue()))
+        let shapes = (&self.in_shape[..], &self.out_shape[..]);
+        let work = (self.in_shape[2], self.fma());
+        eval_by_rows("Deconv2x2", &inputs[0], shapes, work, |xs, out, ys| {
+            // SAFETY: shapes checked; the input row runs (two output rows each) are disjoint
+            // and cover every row.
+            unsafe { self.rows(xs, out.get(), ys) };
+            Ok(())
+        })
     }
 }
 
 impl TypedOp for Deconv2x2 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs[0].shape.as_concrete() == Some(&*self.in_shape),
-            "Deconv2x2: input fact {:?}, planned for {:?}",
-            inputs[0].shape,
-            self.in_shape
-        );
-        Ok(tvec!(f32::fact(&*self.out_shape)))
+        planned_facts("Deconv2x2", inputs[0], (&self.in_shape, &self.out_shape))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let fma = self.weights.m * self.weights.k * self.in_shape[2] * self.in_shape[3];
-        Ok(tvec!((Cost::FMA(DatumType::F32), fma.into())))
+        Ok(tvec!((Cost::FMA(DatumType::F32), self.fma().into())))
     }
 
     as_op!();

@@ -33,7 +33,7 @@ use super::gelu::gelu_slice;
 use super::gemm::Gemm;
 use super::pointwise::{self, PackedWeights, Rows};
 use super::ring::{PaddedRow, slot};
-use super::{SharedMut, par_ranges};
+use super::{eval_by_rows, planned_facts};
 use crate::simd::Kernel;
 
 thread_local! {
@@ -380,36 +380,24 @@ impl EvalOp for MbConv {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        ensure!(
-            x.datum_type() == DatumType::F32 && x.shape() == &*self.in_shape,
-            "MbConv: input is {:?} {:?}, planned for f32 {:?}",
-            x.datum_type(),
-            x.shape(),
-            self.in_shape
-        );
-        let xs = x.try_as_plain_ram()?;
-        let xs = xs.as_slice::<f32>()?;
-        // SAFETY: every row of every channel is written below.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
-        let mut plain = output.try_as_plain_ram_mut()?;
-        let out = SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr());
-        par_ranges(self.out_hw().0, self.fma(), |ys| {
-            // SAFETY: shapes checked above; the row runs are disjoint.
-            unsafe { self.rows(xs, out.get(), ys) }
-        })?;
-        Ok(tvec!(output.into_tvalue()))
+        let shapes = (&self.in_shape[..], &self.out_shape[..]);
+        eval_by_rows(
+            "MbConv",
+            &x,
+            shapes,
+            (self.out_hw().0, self.fma()),
+            |xs, out, ys| {
+                // SAFETY: shapes checked; the row runs are disjoint and cover every row.
+                unsafe { self.rows(xs, out.get(), ys) };
+                Ok(())
+            },
+        )
     }
 }
 
 impl TypedOp for MbConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs[0].shape.as_concrete() == Some(&*self.in_shape),
-            "MbConv: input fact {:?}, planned for {:?}",
-            inputs[0].shape,
-            self.in_shape
-        );
-        Ok(tvec!(f32::fact(&*self.out_shape)))
+        planned_facts("MbConv", inputs[0], (&self.in_shape, &self.out_shape))
     }
 
     /// The products' and taps' multiply-adds plus tract's cost for the GELUs (so that profiles

@@ -114,18 +114,52 @@ pub(crate) fn par_tasks(
     })
 }
 
-/// Runs `task` over runs of consecutive ids covering `0..n` on tract's threads (a few runs per
-/// thread, each run one call): for operators that carry state from one id to the next.
-pub(crate) fn par_ranges(
-    n: usize,
-    cost: usize,
-    task: impl Fn(std::ops::Range<usize>) + Send + Sync,
-) -> TractResult<()> {
+/// The eval of an operator that computes its output a few rows at a time, carrying state from
+/// one row to the next (the fused row-by-row ops): checks that `x` is f32 of `in_shape`,
+/// allocates the `out_shape` output and runs `rows(x, out, range)` over runs of consecutive
+/// rows covering `0..n` on tract's threads (a few runs per thread; `cost` in elements decides
+/// whether to thread). An error from any run is the op's.
+///
+/// `rows` gets the output as a raw pointer: each run must write only its own rows, and all runs
+/// together every element (it is not initialised).
+pub(crate) fn eval_by_rows(
+    name: &str,
+    x: &TValue,
+    (in_shape, out_shape): (&[usize], &[usize]),
+    (n, cost): (usize, usize),
+    rows: impl Fn(&[f32], SharedMut, std::ops::Range<usize>) -> TractResult<()> + Send + Sync,
+) -> TractResult<TVec<TValue>> {
+    tract_core::internal::ensure!(
+        x.datum_type() == DatumType::F32 && x.shape() == in_shape,
+        "{name}: input is {:?} {:?}, planned for f32 {in_shape:?}",
+        x.datum_type(),
+        x.shape(),
+    );
+    let xs = x.try_as_plain_ram()?;
+    let xs = xs.as_slice::<f32>()?;
+    // SAFETY: `rows` writes every element (its contract).
+    let mut output = unsafe { Tensor::uninitialized::<f32>(out_shape)? };
+    let mut plain = output.try_as_plain_ram_mut()?;
+    let out = SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr());
     let mut ids: Vec<usize> = (0..n).collect();
     tract_core::tract_linalg::multithread::par_chunks_mut(&mut ids, 1, cost, |first, chunk| {
-        task(first..first + chunk.len());
-        Ok(())
-    })
+        rows(xs, out, first..first + chunk.len())
+    })?;
+    Ok(tvec!(output.into_tvalue()))
+}
+
+/// `output_facts` of an op planned for an input of `in_shape` and an f32 output of `out_shape`.
+pub(crate) fn planned_facts(
+    name: &str,
+    input: &TypedFact,
+    (in_shape, out_shape): (&[usize], &[usize]),
+) -> TractResult<TVec<TypedFact>> {
+    tract_core::internal::ensure!(
+        input.shape.as_concrete() == Some(in_shape),
+        "{name}: input fact {:?}, planned for {in_shape:?}",
+        input.shape,
+    );
+    Ok(tvec!(f32::fact(out_shape)))
 }
 
 /// Environment variable that turns the replacements off (any value but `0`).

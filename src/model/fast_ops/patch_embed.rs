@@ -29,7 +29,7 @@ use super::conv3x3::{Conv3x3, RowCache};
 use super::gelu::gelu_slice;
 use super::pointwise::{self, Columns};
 use super::ring::{PaddedRow, slot};
-use super::{SharedMut, par_ranges};
+use super::{eval_by_rows, planned_facts};
 
 thread_local! {
     /// Each thread's ring of intermediate rows and staging row, reused across calls.
@@ -249,43 +249,22 @@ impl EvalOp for PatchEmbed {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        ensure!(
-            x.datum_type() == DatumType::F32 && x.shape() == &*self.in_shape,
-            "PatchEmbed: input is {:?} {:?}, planned for f32 {:?}",
-            x.datum_type(),
-            x.shape(),
-            self.in_shape
-        );
-        let xs = x.try_as_plain_ram()?;
-        let xs = xs.as_slice::<f32>()?;
-        // SAFETY: every row of every output plane is written below.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.second.output_shape)? };
-        let mut plain = output.try_as_plain_ram_mut()?;
-        let out = SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr());
         let (_, _, [_, oh, _]) = self.dims();
-        let failed = std::sync::Mutex::new(None);
-        par_ranges(oh, self.fma(), |ys| {
-            // SAFETY: shapes checked above; the row runs are disjoint.
-            if let Err(e) = unsafe { self.rows(xs, out.get(), ys) } {
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            }
-        })?;
-        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-        Ok(tvec!(output.into_tvalue()))
+        let shapes = (&self.in_shape[..], &self.second.output_shape[..]);
+        eval_by_rows("PatchEmbed", &x, shapes, (oh, self.fma()), |xs, out, ys| {
+            // SAFETY: shapes checked; the row runs are disjoint and cover every row.
+            unsafe { self.rows(xs, out.get(), ys) }
+        })
     }
 }
 
 impl TypedOp for PatchEmbed {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs[0].shape.as_concrete() == Some(&*self.in_shape),
-            "PatchEmbed: input fact {:?}, planned for {:?}",
-            inputs[0].shape,
-            self.in_shape
-        );
-        Ok(tvec!(f32::fact(&*self.second.output_shape)))
+        planned_facts(
+            "PatchEmbed",
+            inputs[0],
+            (&self.in_shape, &self.second.output_shape),
+        )
     }
 
     /// Both convolutions' multiply-adds plus tract's cost for the GELU (as the unfused plan).
