@@ -17,9 +17,9 @@
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
-use super::par_tasks;
 use super::pointwise::{self, NR, PackedWeights};
 use super::softmax::{exp_scalar, softmax_rows};
+use super::{linear, par_tasks};
 use crate::simd::{Kernel, dispatch, reduce8};
 
 /// One group of einsum axes merged into one strided matrix dimension.
@@ -103,6 +103,9 @@ pub struct Gemm {
     /// A 1x1 convolution over channels-first activations, computed by [`pointwise`] with the
     /// constant weights packed at load (see [`Gemm::pack_direct`]).
     pub(super) direct: Option<Direct>,
+    /// A linear layer (the B operand constant weights), computed by [`linear`] with the
+    /// weights packed at load (see [`Gemm::pack_linear`]).
+    pub(super) linear: Option<Linear>,
     /// A softmax over the output's last axis, applied to each row of C after the bias (the
     /// attention's): rows are then computed whole and normalised while still in cache.
     pub(super) softmax: Option<Kernel>,
@@ -244,6 +247,7 @@ impl Gemm {
             alpha: F32Bits(1f32.to_bits()),
             softmax: None,
             direct: None,
+            linear: None,
             output_shape: shapes[2].into(),
             bias: None,
         })
@@ -293,6 +297,61 @@ impl Gemm {
         self.direct = Some(Direct {
             kernel,
             weights,
+            bias,
+        });
+        true
+    }
+
+    /// Computes this product with [`linear`] (weights `b`, the constant B operand, packed now)
+    /// if it is one: B the same for every batch, A's rows and C's rows contiguous, C at least
+    /// one panel wide and 8 register blocks high (the decoder's 7 prompt tokens ran slower
+    /// through 6-row blocks than through the sgemm's 8), no scale or softmax, at most a
+    /// per-column bias. Call after the folds. Returns whether it will.
+    pub fn pack_linear(&mut self, b: &Tensor, kernel: Kernel) -> bool {
+        let [(_, csa), (rsb, csb), (rsc, csc)] = self.layout();
+        let plain_b = self.offsets[1 - self.swap as usize] == 0
+            && b.datum_type() == DatumType::F32
+            && b.shape() == &*self.input_shapes[1 - self.swap as usize];
+        let b_batched = self
+            .batch
+            .iter()
+            .any(|d| d.stride[if self.swap { 0 } else { 1 }] != 0);
+        if self.direct.is_some()
+            || !plain_b
+            || b_batched
+            || f32::from_bits(self.alpha.0) != 1.0
+            || self.softmax.is_some()
+            || csa != 1
+            || csc != 1
+            || rsc <= 0
+            || rsb < 0
+            || csb < 0
+            || self.k.len == 0
+            || self.n.len < linear::NR
+            || self.m.len < 8 * linear::MR
+        {
+            return false;
+        }
+        let bias = match &self.bias {
+            None => None,
+            Some(bias) if bias.rows == 0 && bias.batch.iter().all(|&s| s == 0) => Some(
+                (0..self.n.len)
+                    .map(|j| bias.values[(j as isize * bias.cols) as usize])
+                    .collect(),
+            ),
+            Some(_) => return false,
+        };
+        let Ok(plain) = b.try_as_plain_ram() else {
+            return false;
+        };
+        let Ok(w) = plain.as_slice::<f32>() else {
+            return false;
+        };
+        let panels =
+            linear::WeightPanels::pack(w, self.k.len, self.n.len, (rsb as usize, csb as usize));
+        self.linear = Some(Linear {
+            kernel,
+            panels,
             bias,
         });
         true
@@ -450,6 +509,22 @@ impl Gemm {
                     cols,
                     d.bias.as_deref(),
                     true,
+                )
+            };
+            return;
+        }
+        if let Some(l) = &self.linear {
+            // pack_linear: B the same for every batch, C's columns contiguous.
+            // SAFETY: caller's contract on shapes and disjoint blocks; bands of columns start
+            // at multiples of 16 (`tasks`).
+            unsafe {
+                linear::multiply(
+                    l.kernel,
+                    (a.offset(oa), rsa, csa),
+                    &l.panels,
+                    (c.offset(oc), rsc as usize),
+                    (rows, cols),
+                    l.bias.as_deref(),
                 )
             };
             return;
@@ -696,6 +771,17 @@ pub(super) struct Direct {
 // Plan equality only (tract compares ops to merge duplicates).
 impl Eq for Direct {}
 
+/// The packed weights (B) and per-column bias of a product computed by [`linear`].
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Linear {
+    pub(super) kernel: Kernel,
+    pub(super) panels: linear::WeightPanels,
+    pub(super) bias: Option<Vec<f32>>,
+}
+
+// Plan equality only (tract compares ops to merge duplicates).
+impl Eq for Linear {}
+
 /// An f32 compared and hashed by its bits (ops are compared for equality).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct F32Bits(pub(super) u32);
@@ -721,7 +807,7 @@ impl Op for Gemm {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "batch {} m {} k {} n {} swap {} alpha {} bias {} softmax {} direct {}",
+            "batch {} m {} k {} n {} swap {} alpha {} bias {} softmax {} direct {} linear {}",
             self.batch.iter().map(|d| d.len).product::<usize>(),
             self.m.len,
             self.k.len,
@@ -730,7 +816,8 @@ impl Op for Gemm {
             f32::from_bits(self.alpha.0),
             self.bias.is_some(),
             self.softmax.is_some(),
-            self.direct.is_some()
+            self.direct.is_some(),
+            self.linear.is_some()
         )])
     }
 
@@ -1052,6 +1139,29 @@ mod tests {
             let (done, diff) = compare(expr, xs, ws, true, (None, bias));
             assert_eq!((done.gemm, done.gemm_direct), (1, 1), "{expr}");
             assert!(diff < 1e-5, "{expr}: {diff:e}");
+        }
+    }
+
+    #[test]
+    fn linear_layers_take_the_linear_kernel() {
+        // (expression, input, weights, bias, taken): tokens x channels times constant weights,
+        // with partial row blocks and panels, k sliced (> 512) and not, the weights stored as
+        // [k, n] or as a MatMul's transposed [n, k]; a transposed A, too few rows and a
+        // per-row bias stay with the packed sgemm.
+        type Case<'a> = (&'a str, &'a [usize], &'a [usize], Option<&'a [usize]>, bool);
+        let cases: &[Case] = &[
+            ("mk,kn->mn", &[50, 29], &[29, 37], Some(&[1, 37]), true),
+            ("mk,nk->mn", &[61, 600], &[20, 600], Some(&[1, 20]), true),
+            ("amk,kn->amn", &[3, 20, 16], &[16, 24], None, true),
+            ("km,kn->mn", &[29, 50], &[29, 37], None, false),
+            ("mk,kn->mn", &[47, 29], &[29, 37], None, false),
+            ("mk,kn->mn", &[50, 29], &[29, 37], Some(&[50, 1]), false),
+        ];
+        for &(expr, xs, ws, bias, taken) in cases {
+            let (done, diff) = compare(expr, xs, ws, true, (None, bias));
+            assert_eq!(done.gemm, 1, "{expr} {xs:?} not replaced");
+            assert_eq!(done.gemm_linear, taken as usize, "{expr} {xs:?}");
+            assert!(diff < 1e-5, "{expr} {xs:?}: relative difference {diff:e}");
         }
     }
 

@@ -15,6 +15,7 @@ pub mod depthwise_nhwc;
 pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
+pub mod linear;
 pub mod mbconv;
 pub mod movement;
 pub mod pad;
@@ -166,7 +167,7 @@ pub(crate) fn planned_facts(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `linear`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -202,6 +203,8 @@ pub struct Replaced {
     pub gemm_softmax: usize,
     /// Products computed by the 1x1-convolution kernel (`pointwise`).
     pub gemm_direct: usize,
+    /// Products computed by the linear-layer kernel (`linear`, constant B).
+    pub gemm_linear: usize,
     /// Pairs of products (scores with a softmax, then values) fused into one [`Attention`].
     pub attention: usize,
     pub layer_norm: usize,
@@ -411,6 +414,11 @@ fn substitute_product(
         && gemm.pack_direct(&w, kernel)
     {
         done.gemm_direct += 1;
+    } else if let Some(w) = model.outlet_fact(wires[1 - a_input])?.konst.clone()
+        && !off("linear")
+        && gemm.pack_linear(&w, kernel)
+    {
+        done.gemm_linear += 1;
     }
     if tail == id && !folded_inputs {
         model.nodes[id].op = Box::new(gemm);

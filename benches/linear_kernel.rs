@@ -1,0 +1,113 @@
+//! The linear-layer kernel (`fast_ops::linear`, weights packed at load) against the packed sgemm
+//! it replaces (`matrixmultiply`, with the bias written into C first, as `fast_ops::gemm` did)
+//! on the products of MobileSAM's layers, one thread, interleaved, medians. Synthetic values:
+//! speed does not depend on them.
+//!
+//! Run: `cargo bench --bench linear_kernel` (`ROUNDS=N`, default 7).
+
+use std::time::Instant;
+
+use sonomask::model::fast_ops::linear::{WeightPanels, multiply};
+use sonomask::simd::Kernel;
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) - 0.5
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let kernel = Kernel::best();
+    println!(
+        "| layer | m x k x n | sgemm ms | linear ms | sgemm GFLOP/s | linear GFLOP/s | speed-up |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, (m, k, n)) in [
+        ("in cache (peak)", (96, 256, 128)),
+        ("stage-1 mlp.fc1", (16384, 128, 512)),
+        ("stage-1 mlp.fc2", (16384, 512, 128)),
+        ("stage-1 qkv", (17689, 128, 384)),
+        ("stage-2 mlp.fc1", (4096, 160, 640)),
+        ("stage-3 qkv", (4900, 320, 960)),
+        ("stage-3 mlp.fc1", (4096, 320, 1280)),
+        ("stage-3 mlp.fc2", (4096, 1280, 320)),
+        ("decoder-size q/k/v", (4096, 256, 128)),
+    ] {
+        let (rsa, csa) = (k as isize, 1);
+        let a = values(m * k, 1);
+        let w = values(k * n, 2);
+        let bias = values(n, 3);
+        let panels = WeightPanels::pack(&w, k, n, (n, 1));
+        let mut c = vec![0f32; m * n];
+        let mut d = vec![0f32; m * n];
+        let (mut ts, mut tl) = (vec![], vec![]);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for row in c.chunks_mut(n) {
+                row.copy_from_slice(&bias);
+            }
+            // SAFETY: a is m x k (strides rsa, csa), w k x n, c m x n, row-major.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    w.as_ptr(),
+                    n as isize,
+                    1,
+                    1.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            };
+            ts.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            // SAFETY: as above.
+            unsafe {
+                multiply(
+                    kernel,
+                    (a.as_ptr(), rsa, csa),
+                    &panels,
+                    (d.as_mut_ptr(), n),
+                    (0..m, 0..n),
+                    Some(&bias),
+                )
+            };
+            tl.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let diff = c
+            .iter()
+            .zip(&d)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-3, "{name}: results differ by {diff}");
+        let (s, l) = (median(ts), median(tl));
+        let gf = |ms: f64| 2.0 * (m * k * n) as f64 / ms / 1e6;
+        println!(
+            "| {name} | {m} x {k} x {n} | {s:.1} | {l:.1} | {:.1} | {:.1} | {:.3}x |",
+            gf(s),
+            gf(l),
+            s / l
+        );
+    }
+}
