@@ -1,10 +1,13 @@
 """Time tract (the sonomask binary) and onnxruntime on the same ONNX files, same thread count, in
 one run, and write the table into docs/BENCHMARKS.md (between the compare-runtimes markers).
 
-usage: .venv/bin/python quantize/compare_runtimes.py [--models models] [--runs 5] [--precisions fp32,int8]
-    [--stock]
+usage: .venv/bin/python quantize/compare_runtimes.py [--models models] [--runs 5] [--rounds 1]
+    [--precisions fp32,int8] [--stock]
 Builds target/release/sonomask with cargo first (multithread-mm is a default feature; --threads
-picks 1 or 2). --stock adds rows for the same binary with tract's stock operators and glibc's
+picks 1 or 2). --rounds N interleaves the runtimes: each round times --runs passes of onnxruntime
+(sessions kept), then of each tract build (a fresh process, warm-up first), and the medians are
+over every round's runs; on a shared machine whose speed drifts by tens of percent within
+minutes, this keeps a slow spell from landing on one runtime only. --stock adds rows for the same binary with tract's stock operators and glibc's
 default allocator (SONOMASK_STOCK_OPS=1 SONOMASK_STOCK_HEAP=1): the before/after of the speed
 work in one run.
 """
@@ -48,12 +51,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, features: {' '.join(feats) or 'none'}"
 
 
-def ort_times(path, feeds, threads, runs, warmup):
+def ort_session(path, threads):
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     o.inter_op_num_threads = 1
     o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+
+
+def ort_times(s, feeds, runs, warmup):
     out, ts = None, []
     for i in range(warmup + runs):
         t = time.perf_counter()
@@ -90,6 +96,7 @@ def main():
     ap.add_argument("--shared", default=preprocess.SHARED, type=pathlib.Path)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of --runs passes per runtime")
     ap.add_argument("--doc", default=ROOT / "docs" / "BENCHMARKS.md", type=pathlib.Path)
     ap.add_argument("--precisions", default="fp32,int8", help="comma-separated (int8 on x86 takes minutes)")
     ap.add_argument("--stock", action="store_true", help="also time tract's stock operators and allocator")
@@ -104,37 +111,47 @@ def main():
     synthetic = "synthetic = true" in manifest
 
     rows = []
-    def row(model, precision, threads, tract_label, ort_ms, tr):
-        key = "encoder_ms" if model == "encoder" else "decoder_ms"
-        t_med, o_med = tr[key]["median"], statistics.median(ort_ms)
+    def row(model, precision, threads, tract_label, ort_ms, tract_ms):
+        t_med, o_med = statistics.median(tract_ms), statistics.median(ort_ms)
         rows.append({
             "model": model, "precision": precision, "threads": threads, "tract": tract_label,
-            "tract_median": t_med, "tract_mean": tr[key]["mean"],
+            "tract_median": t_med, "tract_mean": statistics.mean(tract_ms),
             "ort_median": o_med, "ort_mean": statistics.mean(ort_ms), "ratio": t_med / o_med,
         })
         print(json.dumps(rows[-1]), flush=True)
 
+    builds = [True, False] if a.stock else [False]
     for precision in a.precisions.split(","):
         enc = a.models / f"sam_encoder.{precision}.onnx"
         dec = a.models / f"sam_decoder.{precision}.onnx"
         for threads in (1, 2):
-            enc_ms, (emb,) = ort_times(enc, {"image": x}, threads, a.runs, a.warmup)
-            coords, labels = box_prompt(gt, rgb.shape[:2], 1024)
-            feeds = {"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
-                     "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)}
-            dec_ms, _ = ort_times(dec, feeds, threads, a.runs, a.warmup)
-            for stock in (True, False) if a.stock else (False,):
-                tr = tract_times(binary, a.models, image, box, precision, threads, a.runs, a.warmup, stock)
+            enc_s, dec_s = ort_session(enc, threads), ort_session(dec, threads)
+            ort_ms = {"encoder": [], "decoder": []}
+            tract_ms = {(b, m): [] for b in builds for m in ("encoder", "decoder")}
+            for _ in range(a.rounds):
+                enc_ms, (emb,) = ort_times(enc_s, {"image": x}, a.runs, a.warmup)
+                coords, labels = box_prompt(gt, rgb.shape[:2], 1024)
+                feeds = {"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
+                         "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)}
+                dec_ms, _ = ort_times(dec_s, feeds, a.runs, a.warmup)
+                ort_ms["encoder"] += enc_ms
+                ort_ms["decoder"] += dec_ms
+                for stock in builds:
+                    tr = tract_times(binary, a.models, image, box, precision, threads, a.runs, a.warmup, stock)
+                    tract_ms[(stock, "encoder")] += tr["encoder_ms"]["times"]
+                    tract_ms[(stock, "decoder")] += tr["decoder_ms"]["times"]
+            for stock in builds:
                 label = "tract stock ops + glibc heap" if stock else "sonomask (own ops, heap kept)"
-                row("encoder", precision, threads, label, enc_ms, tr)
-                row("decoder", precision, threads, label, dec_ms, tr)
+                for model in ("encoder", "decoder"):
+                    row(model, precision, threads, label, ort_ms[model], tract_ms[(stock, model)])
 
     lines = [
         "<!-- compare-runtimes:begin (written by quantize/compare_runtimes.py) -->",
         f"Machine: {machine()}. onnxruntime {ort.__version__}; tract 0.23.9. Frame: `{IMAGE}` (real BUSI), "
-        f"box prompt from its ground-truth mask; {a.runs} timed runs after {a.warmup} warm-up, same process per runtime, "
-        f"medians and means, measured {time.strftime('%Y-%m-%d')} by `.venv/bin/python quantize/compare_runtimes.py "
-        f"--runs {a.runs} --precisions {a.precisions}{' --stock' if a.stock else ''}`. GFLOP/s: 81.8 GFLOP per encoder pass.",
+        f"box prompt from its ground-truth mask; {a.rounds} interleaved round(s) of {a.runs} timed runs per runtime, "
+        f"each after {a.warmup} warm-up, medians and means over all rounds, measured {time.strftime('%Y-%m-%d')} by "
+        f"`.venv/bin/python quantize/compare_runtimes.py --runs {a.runs} --rounds {a.rounds} --precisions {a.precisions}"
+        f"{' --stock' if a.stock else ''}`. GFLOP/s: 81.8 GFLOP per encoder pass.",
         "Weights: " + ("**synthetic (seeded random, untrained)**; speed does not depend on weight values." if synthetic else "official checkpoint."),
         "",
         "| model | precision | threads | tract build | tract median ms | tract mean ms | onnxruntime median ms | onnxruntime mean ms | tract / onnxruntime | tract GFLOP/s | onnxruntime GFLOP/s |",

@@ -22,7 +22,10 @@ sonomask bench IMAGE --table [--models DIR] [--threads N] [--runs N] [--warmup N
            every precision the manifest has, medians in one run, int8 against fp32, and the
            faster precision per model for this CPU (a markdown table, then one JSON line).";
 
-fn stats(mut v: Vec<f64>) -> serde_json::Value {
+/// Mean, median, extremes and count of run times in milliseconds, with the times themselves in
+/// run order (`quantize/compare_runtimes.py --rounds` pools them over rounds).
+fn stats(times: Vec<f64>) -> serde_json::Value {
+    let mut v = times.clone();
     v.sort_by(f64::total_cmp);
     let mean = v.iter().sum::<f64>() / v.len() as f64;
     let median = if v.len() % 2 == 1 {
@@ -30,7 +33,7 @@ fn stats(mut v: Vec<f64>) -> serde_json::Value {
     } else {
         (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
     };
-    serde_json::json!({"mean": mean, "median": median, "min": v[0], "max": v[v.len() - 1], "runs": v.len()})
+    serde_json::json!({"mean": mean, "median": median, "min": v[0], "max": v[v.len() - 1], "runs": v.len(), "times": times})
 }
 
 pub fn run(argv: &[String]) -> Result<()> {

@@ -7,6 +7,7 @@
 //! This uses tract's extension points (a crate-defined `TypedOp` put into the optimized graph);
 //! tract itself is not patched.
 
+pub mod add;
 pub mod attention;
 pub mod conv3x3;
 pub mod conv_packed;
@@ -37,6 +38,7 @@ use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 use tract_onnx::prelude::*;
 
 use crate::simd::Kernel;
+pub use add::AddSame;
 pub use attention::Attention;
 pub use conv_packed::Conv3x3Packed;
 pub use conv3x3::Conv3x3;
@@ -167,7 +169,7 @@ pub(crate) fn planned_facts(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `linear`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `linear`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -218,6 +220,8 @@ pub struct Replaced {
     pub mbconv: usize,
     /// Pairs of dense 3x3 convolutions with a GELU between made one [`PatchEmbed`].
     pub patch_embed: usize,
+    /// Sums of two tensors of one shape ([`AddSame`]).
+    pub add: usize,
 }
 
 impl Replaced {
@@ -680,6 +684,22 @@ pub(crate) fn substitute_except(
     }
     if !off("patch_embed") {
         fuse_patch_embed(model, &mut done)?;
+    }
+    // After the fusions, which look for tract's Add.
+    if !off("add") {
+        for id in 0..model.nodes.len() {
+            let new = match model.nodes[id].op_as::<OptBinUnicast>() {
+                Some(op) => {
+                    let f = model.node_input_facts(id)?;
+                    AddSame::replacing(op, f[0], f[1])
+                }
+                None => None,
+            };
+            if let Some(new) = new {
+                model.nodes[id].op = Box::new(new);
+                done.add += 1;
+            }
+        }
     }
     Ok(done)
 }
