@@ -171,13 +171,17 @@ impl Parsed {
             .with_context(replace_failed)?;
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices, {} attention pairs \
-             fused), {} 3x3 convs, {} 2x2 transposed convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
-             {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks, {} fused patch embeddings",
+             fused, {} 1x1 kernel, {} linear kernel, {} small A), {} 3x3 convs, {} 2x2 transposed convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
+             {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks, {} fused patch embeddings, \
+             {} sums",
             file.display(),
             a.gemm,
             a.gemm_bias,
             a.gemm_sliced,
             a.attention,
+            a.gemm_direct,
+            a.gemm_linear,
+            a.gemm_small_a,
             a.depthwise,
             a.deconv,
             a.depthwise_nhwc,
@@ -188,7 +192,8 @@ impl Parsed {
             b.movement,
             b.movement_add,
             b.mbconv,
-            b.patch_embed
+            b.patch_embed,
+            b.add
         );
         Ok(model)
     }

@@ -106,6 +106,8 @@ pub struct Gemm {
     /// A linear layer (the B operand constant weights), computed by [`linear`] with the
     /// weights packed at load (see [`Gemm::pack_linear`]).
     pub(super) linear: Option<Linear>,
+    /// A small A operand packed on each run for [`pointwise`] (see [`Gemm::pack_small_a`]).
+    pub(super) small_a: Option<SmallA>,
     /// A softmax over the output's last axis, applied to each row of C after the bias (the
     /// attention's): rows are then computed whole and normalised while still in cache.
     pub(super) softmax: Option<Kernel>,
@@ -248,6 +250,7 @@ impl Gemm {
             softmax: None,
             direct: None,
             linear: None,
+            small_a: None,
             output_shape: shapes[2].into(),
             bias: None,
         })
@@ -258,34 +261,12 @@ impl Gemm {
     /// channels-first 1x1 convolution), with no scale or softmax and at most a per-row bias.
     /// Call after the folds. Returns whether it will.
     pub fn pack_direct(&mut self, a: &Tensor, kernel: Kernel) -> bool {
-        let batches: usize = self.batch.iter().map(|d| d.len).product();
-        let [(rsa, csa), (rsb, csb), (rsc, csc)] = self.layout();
+        let [(rsa, csa), ..] = self.layout();
         let plain_a = self.offsets == [0, 0]
             && a.datum_type() == DatumType::F32
             && a.shape() == &*self.input_shapes[self.swap as usize];
-        if batches != 1
-            || !plain_a
-            || f32::from_bits(self.alpha.0) != 1.0
-            || self.softmax.is_some()
-            || csb != 1
-            || csc != 1
-            || rsa < 0
-            || csa < 0
-            || rsb <= 0
-            || rsc <= 0
-            || self.k.len == 0
-            || self.n.len < 16 * NR
-        {
+        let Some(bias) = self.direct_bias().filter(|_| plain_a) else {
             return false;
-        }
-        let bias = match &self.bias {
-            None => None,
-            Some(b) if b.cols == 0 && b.batch.iter().all(|&s| s == 0) => Some(
-                (0..self.m.len)
-                    .map(|i| b.values[(i as isize * b.rows) as usize])
-                    .collect(),
-            ),
-            Some(_) => return false,
         };
         let Ok(plain) = a.try_as_plain_ram() else {
             return false;
@@ -299,6 +280,52 @@ impl Gemm {
             weights,
             bias,
         });
+        true
+    }
+
+    /// If this product fits the 1x1 kernel ([`pointwise`]): a single product whose B rows and
+    /// C rows are contiguous, wide enough, A's strides non-negative, no scale or softmax, at most
+    /// a per-row bias; then that bias per row, if any.
+    fn direct_bias(&self) -> Option<Option<Vec<f32>>> {
+        let batches: usize = self.batch.iter().map(|d| d.len).product();
+        let [(rsa, csa), (rsb, csb), (rsc, csc)] = self.layout();
+        if batches != 1
+            || f32::from_bits(self.alpha.0) != 1.0
+            || self.softmax.is_some()
+            || csb != 1
+            || csc != 1
+            || rsa < 0
+            || csa < 0
+            || rsb <= 0
+            || rsc <= 0
+            || self.k.len == 0
+            || self.n.len < 16 * NR
+        {
+            return None;
+        }
+        match &self.bias {
+            None => Some(None),
+            Some(b) if b.cols == 0 && b.batch.iter().all(|&s| s == 0) => Some(Some(
+                (0..self.m.len)
+                    .map(|i| b.values[(i as isize * b.rows) as usize])
+                    .collect(),
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Computes this product with [`pointwise`], its A operand (not constant) packed on each
+    /// run, if A is small and the product otherwise fits that kernel (see
+    /// [`Gemm::pack_direct`]): the decoder's masks, 4 hypernetwork rows of 32 over 65536 pixels,
+    /// ran at 10 GFLOP/s through the packed sgemm's partial tiles. Returns whether it will.
+    pub fn pack_small_a(&mut self, kernel: Kernel) -> bool {
+        if self.direct.is_some() || self.linear.is_some() || self.m.len * self.k.len > SMALL_A {
+            return false;
+        }
+        let Some(bias) = self.direct_bias() else {
+            return false;
+        };
+        self.small_a = Some(SmallA { kernel, bias });
         true
     }
 
@@ -513,6 +540,30 @@ impl Gemm {
             };
             return;
         }
+        if let Some(sa) = &self.small_a {
+            let (m, k) = (self.m.len, self.k.len);
+            let len = (m - 1) * rsa as usize + (k - 1) * csa as usize + 1;
+            // SAFETY: A's m x k elements lie in these `len` floats (caller's contract on
+            // shapes; strides non-negative, `direct_bias`).
+            let a = unsafe { std::slice::from_raw_parts(a.offset(oa), len) };
+            let weights = PackedWeights::pack(a, m, k, (rsa as usize, csa as usize));
+            // SAFETY: as for the direct path: B and C rows contiguous, disjoint columns.
+            unsafe {
+                pointwise::multiply(
+                    sa.kernel,
+                    &weights,
+                    &pointwise::Rows {
+                        x: b.offset(ob),
+                        rs: rsb as usize,
+                    },
+                    (c.offset(oc), rsc as usize),
+                    cols,
+                    sa.bias.as_deref(),
+                    true,
+                )
+            };
+            return;
+        }
         if let Some(l) = &self.linear {
             // pack_linear: B the same for every batch, C's columns contiguous.
             // SAFETY: caller's contract on shapes and disjoint blocks; bands of columns start
@@ -623,7 +674,9 @@ impl Gemm {
     fn tasks(&self) -> (usize, usize, usize, bool) {
         let batches = self.batch.iter().map(|d| d.len).product::<usize>();
         // A folded softmax needs whole rows; the direct path whole columns.
-        let by_rows = (self.m.len >= self.n.len || self.softmax.is_some()) && self.direct.is_none();
+        let by_rows = (self.m.len >= self.n.len || self.softmax.is_some())
+            && self.direct.is_none()
+            && self.small_a.is_none();
         let len = if by_rows { self.m.len } else { self.n.len };
         if batches >= 8 {
             return (batches, 1, len, by_rows);
@@ -770,6 +823,20 @@ pub(super) struct Direct {
 
 // Plan equality only (tract compares ops to merge duplicates).
 impl Eq for Direct {}
+
+/// Largest A (in values) packed on each run for [`pointwise`]: 64 KiB, in L2 (each thread's
+/// band of columns packs its own copy).
+const SMALL_A: usize = 16 * 1024;
+
+/// The kernel and per-row bias of a product whose small A is packed on each run.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct SmallA {
+    pub(super) kernel: Kernel,
+    pub(super) bias: Option<Vec<f32>>,
+}
+
+// Plan equality only (tract compares ops to merge duplicates).
+impl Eq for SmallA {}
 
 /// The packed weights (B) and per-column bias of a product computed by [`linear`].
 #[derive(Debug, Clone, PartialEq)]
@@ -1161,6 +1228,25 @@ mod tests {
             let (done, diff) = compare(expr, xs, ws, true, (None, bias));
             assert_eq!(done.gemm, 1, "{expr} {xs:?} not replaced");
             assert_eq!(done.gemm_linear, taken as usize, "{expr} {xs:?}");
+            assert!(diff < 1e-5, "{expr} {xs:?}: relative difference {diff:e}");
+        }
+    }
+
+    #[test]
+    fn small_computed_a_operands_take_the_1x1_kernel() {
+        // The decoder's masks: 4 hypernetwork rows (computed, not constant) of 32 over a map of
+        // pixels; with a per-row bias too. Too big an A, or too few pixels, stays with the sgemm.
+        type Case<'a> = (&'a str, &'a [usize], &'a [usize], Option<&'a [usize]>, bool);
+        let cases: &[Case] = &[
+            ("mk,kn->mn", &[4, 32], &[32, 300], None, true),
+            ("mk,kn->mn", &[5, 7], &[7, 333], Some(&[5, 1]), true),
+            ("mk,kn->mn", &[200, 100], &[100, 300], None, false),
+            ("mk,kn->mn", &[4, 32], &[32, 200], None, false),
+        ];
+        for &(expr, xs, ws, bias, taken) in cases {
+            let (done, diff) = compare(expr, xs, ws, false, (None, bias));
+            assert_eq!(done.gemm, 1, "{expr} {xs:?} not replaced");
+            assert_eq!(done.gemm_small_a, taken as usize, "{expr} {xs:?} {ws:?}");
             assert!(diff < 1e-5, "{expr} {xs:?}: relative difference {diff:e}");
         }
     }

@@ -169,7 +169,7 @@ pub(crate) fn planned_facts(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `linear`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `linear`, `small_a`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -207,6 +207,8 @@ pub struct Replaced {
     pub gemm_direct: usize,
     /// Products computed by the linear-layer kernel (`linear`, constant B).
     pub gemm_linear: usize,
+    /// Products computed by the 1x1 kernel with their small A packed on each run.
+    pub gemm_small_a: usize,
     /// Pairs of products (scores with a softmax, then values) fused into one [`Attention`].
     pub attention: usize,
     pub layer_norm: usize,
@@ -423,6 +425,8 @@ fn substitute_product(
         && gemm.pack_linear(&w, kernel)
     {
         done.gemm_linear += 1;
+    } else if !off("small_a") && gemm.pack_small_a(kernel) {
+        done.gemm_small_a += 1;
     }
     if tail == id && !folded_inputs {
         model.nodes[id].op = Box::new(gemm);
