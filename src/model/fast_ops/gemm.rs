@@ -521,44 +521,35 @@ impl Gemm {
     ) {
         let [oa, ob, oc, obias] = self.batch_offsets(bi);
         let [(rsa, csa), (rsb, csb), (rsc, csc)] = self.layout();
-        if let Some(d) = &self.direct {
-            // pack_direct: one batch, all rows, B and C rows contiguous.
+        // The 1x1 kernel: weights packed at load (pack_direct), or a small A packed now
+        // (pack_small_a); one batch, B and C rows contiguous.
+        let packed_now;
+        let direct = match (&self.direct, &self.small_a) {
+            (Some(d), _) => Some((d.kernel, &d.weights, d.bias.as_deref())),
+            (None, Some(sa)) => {
+                let (m, k) = (self.m.len, self.k.len);
+                let len = (m - 1) * rsa as usize + (k - 1) * csa as usize + 1;
+                // SAFETY: A's m x k elements lie in these `len` floats (caller's contract on
+                // shapes; strides non-negative, `direct_bias`).
+                let a = unsafe { std::slice::from_raw_parts(a.offset(oa), len) };
+                packed_now = PackedWeights::pack(a, m, k, (rsa as usize, csa as usize));
+                Some((sa.kernel, &packed_now, sa.bias.as_deref()))
+            }
+            (None, None) => None,
+        };
+        if let Some((kernel, weights, bias)) = direct {
             // SAFETY: caller's contract on shapes and disjoint columns.
             unsafe {
                 pointwise::multiply(
-                    d.kernel,
-                    &d.weights,
+                    kernel,
+                    weights,
                     &pointwise::Rows {
                         x: b.offset(ob),
                         rs: rsb as usize,
                     },
                     (c.offset(oc), rsc as usize),
                     cols,
-                    d.bias.as_deref(),
-                    true,
-                )
-            };
-            return;
-        }
-        if let Some(sa) = &self.small_a {
-            let (m, k) = (self.m.len, self.k.len);
-            let len = (m - 1) * rsa as usize + (k - 1) * csa as usize + 1;
-            // SAFETY: A's m x k elements lie in these `len` floats (caller's contract on
-            // shapes; strides non-negative, `direct_bias`).
-            let a = unsafe { std::slice::from_raw_parts(a.offset(oa), len) };
-            let weights = PackedWeights::pack(a, m, k, (rsa as usize, csa as usize));
-            // SAFETY: as for the direct path: B and C rows contiguous, disjoint columns.
-            unsafe {
-                pointwise::multiply(
-                    sa.kernel,
-                    &weights,
-                    &pointwise::Rows {
-                        x: b.offset(ob),
-                        rs: rsb as usize,
-                    },
-                    (c.offset(oc), rsc as usize),
-                    cols,
-                    sa.bias.as_deref(),
+                    bias,
                     true,
                 )
             };
