@@ -20,6 +20,7 @@ use tract_core::ops::einsum::EinSum;
 use super::pointwise::{self, NR, PackedWeights};
 use super::softmax::{exp_scalar, softmax_rows};
 use super::{linear, par_tasks};
+use crate::model::onnx::f32s;
 use crate::simd::{Kernel, dispatch, reduce8};
 
 /// One group of einsum axes merged into one strided matrix dimension.
@@ -43,6 +44,30 @@ pub struct Bias {
 // Plan equality (tract compares ops to merge duplicates): bias values are compared bit-exactly
 // enough for that; a NaN bias only makes two equal ops look different.
 impl Eq for Bias {}
+
+/// Which axis of C a bias vector runs along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Along {
+    Rows,
+    Columns,
+}
+
+impl Bias {
+    /// The bias as one value per row (or per column) of C, `len` of them, if it varies along
+    /// that axis only (the kernels that take a vector: [`pointwise`] per row, [`linear`] per
+    /// column).
+    fn vector(&self, along: Along, len: usize) -> Option<Vec<f32>> {
+        let (stride, other) = match along {
+            Along::Rows => (self.rows, self.cols),
+            Along::Columns => (self.cols, self.rows),
+        };
+        (other == 0 && self.batch.iter().all(|&s| s == 0)).then(|| {
+            (0..len)
+                .map(|i| self.values[(i as isize * stride) as usize])
+                .collect()
+        })
+    }
+}
 
 /// How an input is read: a tensor of `shape` at `offset` with `strides` inside a tensor of shape
 /// `full` (a slice of it, read in place instead of copied by tract's `Slice`).
@@ -268,10 +293,7 @@ impl Gemm {
         let Some(bias) = self.direct_bias().filter(|_| plain_a) else {
             return false;
         };
-        let Ok(plain) = a.try_as_plain_ram() else {
-            return false;
-        };
-        let Ok(w) = plain.as_slice::<f32>() else {
+        let Ok(w) = f32s(a) else {
             return false;
         };
         let weights = PackedWeights::pack(w, self.m.len, self.k.len, (rsa as usize, csa as usize));
@@ -305,12 +327,7 @@ impl Gemm {
         }
         match &self.bias {
             None => Some(None),
-            Some(b) if b.cols == 0 && b.batch.iter().all(|&s| s == 0) => Some(Some(
-                (0..self.m.len)
-                    .map(|i| b.values[(i as isize * b.rows) as usize])
-                    .collect(),
-            )),
-            Some(_) => None,
+            Some(b) => b.vector(Along::Rows, self.m.len).map(Some),
         }
     }
 
@@ -361,17 +378,12 @@ impl Gemm {
         }
         let bias = match &self.bias {
             None => None,
-            Some(bias) if bias.rows == 0 && bias.batch.iter().all(|&s| s == 0) => Some(
-                (0..self.n.len)
-                    .map(|j| bias.values[(j as isize * bias.cols) as usize])
-                    .collect(),
-            ),
-            Some(_) => return false,
+            Some(b) => match b.vector(Along::Columns, self.n.len) {
+                Some(v) => Some(v),
+                None => return false,
+            },
         };
-        let Ok(plain) = b.try_as_plain_ram() else {
-            return false;
-        };
-        let Ok(w) = plain.as_slice::<f32>() else {
+        let Ok(w) = f32s(b) else {
             return false;
         };
         let panels =

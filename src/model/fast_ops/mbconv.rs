@@ -34,6 +34,7 @@ use super::gemm::Gemm;
 use super::pointwise::{self, PackedWeights, Rows};
 use super::ring::{PaddedRow, slot};
 use super::{eval_by_rows, planned_facts};
+use crate::model::onnx::f32s;
 use crate::simd::Kernel;
 
 thread_local! {
@@ -137,14 +138,8 @@ impl MbConv {
         if !ok {
             return None;
         }
-        let taps = taps
-            .try_as_plain_ram()
-            .ok()?
-            .as_slice::<f32>()
-            .ok()?
-            .to_vec();
-        let b = bias.try_as_plain_ram().ok()?;
-        let b = b.as_slice::<f32>().ok()?;
+        let taps = f32s(taps).ok()?.to_vec();
+        let b = f32s(bias).ok()?;
         let dw_bias = (0..e).map(|i| b.get(i).or(b.first()).copied().unwrap_or(0.0));
         let or_zeros = |b: &Option<Vec<f32>>, n: usize| b.clone().unwrap_or_else(|| vec![0.0; n]);
         Some(MbConv {

@@ -30,6 +30,7 @@ use super::gelu::gelu_slice;
 use super::pointwise::{self, Columns};
 use super::ring::{PaddedRow, slot};
 use super::{eval_by_rows, planned_facts};
+use crate::model::onnx::f32s;
 
 thread_local! {
     /// Each thread's ring of intermediate rows and staging row, reused across calls.
@@ -83,14 +84,8 @@ impl PatchEmbed {
         }
         let (oh, ow) = first.out_hw(in_shape[r - 2], in_shape[r - 1]);
         let ([c, h, w], _) = second.dims();
-        let weights = weights
-            .try_as_plain_ram()
-            .ok()?
-            .as_slice::<f32>()
-            .ok()?
-            .to_vec();
-        let b = bias.try_as_plain_ram().ok()?;
-        let b = b.as_slice::<f32>().ok()?;
+        let weights = f32s(weights).ok()?.to_vec();
+        let b = f32s(bias).ok()?;
         let first_bias: Vec<f32> = match b.len() {
             0 => vec![0.0; c1],
             1 => vec![b[0]; c1],
