@@ -15,6 +15,7 @@ pub mod deconv;
 pub mod depthwise_nhwc;
 pub mod gelu;
 pub mod gemm;
+mod heads_first;
 pub mod layer_norm;
 pub mod linear;
 pub mod mbconv;
@@ -169,7 +170,7 @@ pub(crate) fn planned_facts(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `linear`, `small_a`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `linear`, `small_a`, `heads_first`, `cached_c`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -224,6 +225,8 @@ pub struct Replaced {
     pub patch_embed: usize,
     /// Sums of two tensors of one shape ([`AddSame`]).
     pub add: usize,
+    /// Projections of channels-first tokens made to write channels-first (`heads_first`).
+    pub heads_first: usize,
 }
 
 impl Replaced {
@@ -242,6 +245,9 @@ impl Replaced {
 /// products into its own kernels), the convolutions and products our operators compute faster.
 pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replaced> {
     let mut done = Replaced::default();
+    if !off("heads_first") && !off("gemm") {
+        done.heads_first = heads_first::rewrite(model)?;
+    }
     for id in 0..model.nodes.len() {
         if model.nodes[id].op_is::<EinSum>() {
             if !off("gemm") {
