@@ -171,7 +171,7 @@ impl Parsed {
             .with_context(replace_failed)?;
         log::debug!(
             "{}: own operators: {} products ({} with bias, {} reading slices, {} attention pairs \
-             fused, {} 1x1 kernel, {} linear kernel, {} small A, {} written heads first), {} 3x3 convs, {} 2x2 transposed convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
+             fused, {} 1x1 kernel, {} linear kernel, {} small A, {} written heads first ({} with a few-keys attention)), {} 3x3 convs, {} 2x2 transposed convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
              {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks, {} fused patch embeddings, \
              {} sums",
             file.display(),
@@ -183,6 +183,7 @@ impl Parsed {
             a.gemm_linear,
             a.gemm_small_a,
             a.heads_first,
+            a.few_keys,
             a.depthwise,
             a.deconv,
             a.depthwise_nhwc,

@@ -411,7 +411,7 @@ fn lanes_max(l: &[f32]) -> f32 {
 /// fused multiply-adds: a shorter dependency chain than its multiply-then-add, the same
 /// operations as [`exp8_avx2`] and [`exp4_neon`].
 #[inline]
-fn exp_fma(x: f32) -> f32 {
+pub(super) fn exp_fma(x: f32) -> f32 {
     let x = if x > X_LO { x } else { X_LO };
     let x = if x < X_HI { x } else { X_HI };
     let n = x.mul_add(LOG2E, 0.5).floor();
@@ -445,7 +445,7 @@ fn exponentials_scalar(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &mut [f
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn exp8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+pub(super) fn exp8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let x = _mm256_max_ps(x, _mm256_set1_ps(X_LO));
     let x = _mm256_min_ps(x, _mm256_set1_ps(X_HI));
@@ -499,7 +499,7 @@ unsafe fn exponentials_avx2(sc: &mut [f32], npad: usize, maxima: &[f32], inv: &m
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-fn exp4_neon(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
+pub(super) fn exp4_neon(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
     use std::arch::aarch64::*;
     // vmaxq/vminq equal the scalar comparisons for the finite values softmax sees.
     let x = vmaxq_f32(x, vdupq_n_f32(X_LO));

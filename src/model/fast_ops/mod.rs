@@ -13,6 +13,7 @@ pub mod conv3x3;
 pub mod conv_packed;
 pub mod deconv;
 pub mod depthwise_nhwc;
+pub mod few_keys;
 pub mod gelu;
 pub mod gemm;
 mod heads_first;
@@ -45,6 +46,7 @@ pub use conv_packed::Conv3x3Packed;
 pub use conv3x3::Conv3x3;
 pub use deconv::Deconv2x2;
 pub use depthwise_nhwc::DepthwiseNhwc3x3;
+pub use few_keys::FewKeysAttention;
 pub use gelu::Gelu;
 pub use gemm::{Gemm, View};
 pub use layer_norm::AxisLayerNorm;
@@ -170,7 +172,7 @@ pub(crate) fn planned_facts(
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
 /// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `linear`, `small_a`, `heads_first`, `cached_c`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
+/// `linear`, `small_a`, `heads_first`, `few_keys`, `cached_c`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
 /// for measuring one replacement against the plan without it in the same process
 /// (`benches/encoder_ab.rs`).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
@@ -227,6 +229,8 @@ pub struct Replaced {
     pub add: usize,
     /// Projections of channels-first tokens made to write channels-first (`heads_first`).
     pub heads_first: usize,
+    /// Of them, attentions over a few keys made one [`FewKeysAttention`].
+    pub few_keys: usize,
 }
 
 impl Replaced {
@@ -246,7 +250,7 @@ impl Replaced {
 pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replaced> {
     let mut done = Replaced::default();
     if !off("heads_first") && !off("gemm") {
-        done.heads_first = heads_first::rewrite(model)?;
+        (done.heads_first, done.few_keys) = heads_first::rewrite(model, kernel)?;
     }
     for id in 0..model.nodes.len() {
         if model.nodes[id].op_is::<EinSum>() {
