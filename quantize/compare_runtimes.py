@@ -9,7 +9,8 @@ picks 1 or 2). --rounds N interleaves the runtimes: each round times --runs pass
 over every round's runs; on a shared machine whose speed drifts by tens of percent within
 minutes, this keeps a slow spell from landing on one runtime only. --stock adds rows for the same binary with tract's stock operators and glibc's
 default allocator (SONOMASK_STOCK_OPS=1 SONOMASK_STOCK_HEAP=1): the before/after of the speed
-work in one run.
+work in one run. Each 1-thread round also times the machine's single-thread sgemm (numpy's BLAS, in
+a fresh process) for the issue's second bar, the encoder's rate against it.
 """
 
 from __future__ import annotations
@@ -85,9 +86,45 @@ def tract_times(binary, models, image, box, precision, threads, runs, warmup, st
     return json.loads(r.stdout)
 
 
+# The machine's single-thread sgemm rate, timed in a fresh process (the BLAS reads its thread
+# count at load): numpy's BLAS (OpenBLAS in the venv) on a 2048^3 f32 product, best of 5.
+SGEMM_N = 2048
+SGEMM = """
+import sys, time
+import numpy as np
+n, reps = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+a = rng.random((n, n), dtype=np.float32)
+b = rng.random((n, n), dtype=np.float32)
+a @ b
+best = min((lambda t: (a @ b, time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(reps))
+print(2 * n**3 / best / 1e9)
+"""
+
+
+def sgemm_gflops(reps=5):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", SGEMM, str(SGEMM_N), str(reps)], env=env,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
 def build():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     return ROOT / "target/release/sonomask"
+
+
+def sgemm_line(rows, sgemm):
+    """The issue's second bar: sonomask's 1-thread fp32 encoder against the sgemm rate."""
+    rate = statistics.median(sgemm)
+    own = [r for r in rows if r["model"] == "encoder" and r["threads"] == 1
+           and r["precision"] == "fp32" and r["tract"].startswith("sonomask")]
+    line = (f"Single-thread sgemm in the same run (numpy's BLAS, {SGEMM_N}^3 f32, best of 5, once per "
+            f"1-thread round, median of {len(sgemm)}): {rate:.1f} GFLOP/s")
+    if own:
+        gf = ENCODER_GFLOP / (own[0]["tract_median"] / 1e3)
+        line += f"; sonomask's 1-thread fp32 encoder runs at {gf:.1f} GFLOP/s, {100 * gf / rate:.0f}% of it"
+    return line + "."
 
 
 def main():
@@ -121,6 +158,7 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
 
     builds = [True, False] if a.stock else [False]
+    sgemm = []
     for precision in a.precisions.split(","):
         enc = a.models / f"sam_encoder.{precision}.onnx"
         dec = a.models / f"sam_decoder.{precision}.onnx"
@@ -129,6 +167,9 @@ def main():
             ort_ms = {"encoder": [], "decoder": []}
             tract_ms = {(b, m): [] for b in builds for m in ("encoder", "decoder")}
             for _ in range(a.rounds):
+                if threads == 1:
+                    sgemm.append(sgemm_gflops())
+                    print(json.dumps({"sgemm_1thread_gflops": sgemm[-1]}), flush=True)
                 enc_ms, (emb,) = ort_times(enc_s, {"image": x}, a.runs, a.warmup)
                 coords, labels = box_prompt(gt, rgb.shape[:2], 1024)
                 feeds = {"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
@@ -152,6 +193,7 @@ def main():
         f"each after {a.warmup} warm-up, medians and means over all rounds, measured {time.strftime('%Y-%m-%d')} by "
         f"`.venv/bin/python quantize/compare_runtimes.py --runs {a.runs} --rounds {a.rounds} --precisions {a.precisions}"
         f"{' --stock' if a.stock else ''}`. GFLOP/s: 81.8 GFLOP per encoder pass.",
+        sgemm_line(rows, sgemm),
         "Weights: " + ("**synthetic (seeded random, untrained)**; speed does not depend on weight values." if synthetic else "official checkpoint."),
         "",
         "| model | precision | threads | tract build | tract median ms | tract mean ms | onnxruntime median ms | onnxruntime mean ms | tract / onnxruntime | tract GFLOP/s | onnxruntime GFLOP/s |",
