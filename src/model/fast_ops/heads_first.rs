@@ -618,7 +618,10 @@ mod tests {
         let op = |e: &str| EinSum::new(e.parse().unwrap(), f32::datum_type());
         let s = wire(&mut m, "scores", op("mhd,thd->hmt"), &[q, k]);
         let scale = m
-            .add_const("scale.value", tensor0(0.25f32).broadcast_into_rank(3).unwrap())
+            .add_const(
+                "scale.value",
+                tensor0(0.25f32).broadcast_into_rank(3).unwrap(),
+            )
             .unwrap();
         let s = wire(&mut m, "scale", tract_core::ops::math::mul(), &[s, scale]);
         let softmax = tract_core::ops::nn::Softmax {
