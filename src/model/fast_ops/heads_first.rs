@@ -608,12 +608,12 @@ mod tests {
     /// Image-to-token attention: the projected tokens (queries) attend over `T` prompt tokens
     /// (k, v inputs), scale, softmax, then the heads merged and projected back channels-first
     /// (`[C, tokens]`, as SAM's output projection writes it), with a bias.
-    fn image_to_token(tokens: usize) -> (TypedModel, TVec<TValue>) {
+    fn image_to_token(tokens: usize, keys: usize) -> (TypedModel, TVec<TValue>) {
         let mut seed = 11u64;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([1, K, tokens])).unwrap();
-        let k = m.add_source("k", f32::fact([T, H, N / H])).unwrap();
-        let v = m.add_source("v", f32::fact([T, H, N / H])).unwrap();
+        let k = m.add_source("k", f32::fact([keys, H, N / H])).unwrap();
+        let v = m.add_source("v", f32::fact([keys, H, N / H])).unwrap();
         let q = projection(&mut m, "q", x, &[tokens], &mut seed);
         let op = |e: &str| EinSum::new(e.parse().unwrap(), f32::datum_type());
         let s = wire(&mut m, "scores", op("mhd,thd->hmt"), &[q, k]);
@@ -646,8 +646,8 @@ mod tests {
         };
         let inputs = tvec![
             t(&[1, K, tokens], &mut seed),
-            t(&[T, H, N / H], &mut seed),
-            t(&[T, H, N / H], &mut seed)
+            t(&[keys, H, N / H], &mut seed),
+            t(&[keys, H, N / H], &mut seed)
         ];
         (m, inputs)
     }
@@ -693,7 +693,7 @@ mod tests {
     #[test]
     fn image_to_token_attention_runs_over_channels_first_queries() {
         for tokens in [300, 45] {
-            let (m, inputs) = image_to_token(tokens);
+            let (m, inputs) = image_to_token(tokens, T);
             let (done, diff) = compare_models(m, inputs);
             assert_eq!((done.heads_first, done.few_keys), (1, 1), "{tokens}");
             // The query and output projections by the 1x1 kernel where 256 tokens or more.
@@ -701,6 +701,16 @@ mod tests {
             assert_eq!(done.gemm_direct, direct, "{tokens}");
             assert!(diff < 1e-5, "{tokens}: {diff}");
         }
+    }
+
+    #[test]
+    fn too_many_keys_stay_token_major() {
+        // More prompt tokens than FewKeysAttention takes: the queries' projection is left as
+        // it is (its reader wants the tokens as rows).
+        let (m, inputs) = image_to_token(300, super::super::few_keys::MAX_KEYS + 1);
+        let (done, diff) = compare_models(m, inputs);
+        assert_eq!((done.heads_first, done.few_keys), (0, 0));
+        assert!(diff < 1e-5, "{diff}");
     }
 
     #[test]
