@@ -141,7 +141,7 @@ pub struct Gemm {
 }
 
 /// Row-major element strides of `shape`.
-fn strides(shape: &[usize]) -> TVec<isize> {
+pub(super) fn strides(shape: &[usize]) -> TVec<isize> {
     let mut s: TVec<isize> = tvec![1; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
         s[i] = s[i + 1] * shape[i + 1] as isize;
@@ -964,7 +964,7 @@ impl TypedOp for Gemm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::{Replaced, substitute_decluttered};
+    use crate::model::fast_ops::{Replaced, compare_with_tract, substitute_decluttered};
     use crate::model::onnx::f32s;
     use crate::simd::Kernel;
 
@@ -1037,20 +1037,7 @@ mod tests {
             v
         };
         let stock = model(expr, &x, &w, w_const, (scale, b.as_ref()));
-        let want = run(stock.clone().into_optimized().unwrap(), inputs());
-        let mut ours = stock;
-        ours.declutter().unwrap();
-        let done = substitute_decluttered(&mut ours, Kernel::best()).unwrap();
-        ours.optimize().unwrap();
-        let got = run(ours, inputs());
-        assert_eq!(got.len(), want.len(), "{expr}");
-        let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
-        let diff = want
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs() / scale)
-            .fold(0f32, f32::max);
-        (done, diff)
+        compare_with_tract(stock, inputs())
     }
 
     #[test]

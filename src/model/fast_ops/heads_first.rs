@@ -35,6 +35,7 @@ use tract_core::ops::math::{Add, Mul};
 use tract_core::ops::nn::Softmax;
 
 use super::few_keys::{FewKeysAttention, Operand};
+use super::gemm::strides;
 use super::{konst, off, sole_user};
 use crate::simd::Kernel;
 
@@ -425,13 +426,6 @@ fn few_keys(model: &TypedModel, q: &Chain, kernel: Kernel) -> Option<FewKeys> {
             .map(TVec::from_slice)
     };
     let (k_shape, v_shape) = (shape(k_wire)?, shape(v_wire)?);
-    let strides = |s: &[usize]| -> TVec<isize> {
-        let mut st: TVec<isize> = tvec![1; s.len()];
-        for i in (0..s.len().saturating_sub(1)).rev() {
-            st[i] = st[i + 1] * s[i + 1] as isize;
-        }
-        st
-    };
     let at = |labels: &[char], c: char| labels.iter().position(|&x| x == c);
     let (kst, vst) = (strides(&k_shape), strides(&v_shape));
     let k = Operand {
@@ -497,9 +491,7 @@ fn few_keys(model: &TypedModel, q: &Chain, kernel: Kernel) -> Option<FewKeys> {
 }
 #[cfg(test)]
 mod tests {
-    use super::super::{Replaced, substitute_decluttered, test_values};
-    use crate::model::onnx::f32s;
-    use crate::simd::Kernel;
+    use super::super::{Replaced, compare_with_tract, test_values};
     use tract_core::internal::*;
     use tract_core::ops::change_axes::AxisOp;
     use tract_core::ops::einsum::EinSum;
@@ -654,28 +646,7 @@ mod tests {
 
     fn compare(tokens: &[usize], queries_are_tokens: bool) -> (Replaced, f32) {
         let (stock, inputs) = model(tokens, queries_are_tokens);
-        compare_models(stock, inputs)
-    }
-
-    fn compare_models(stock: TypedModel, inputs: TVec<TValue>) -> (Replaced, f32) {
-        let run = |m: TypedModel| {
-            let out = m.into_runnable().unwrap().run(inputs.clone()).unwrap();
-            f32s(&out[0]).unwrap().to_vec()
-        };
-        let want = run(stock.clone().into_optimized().unwrap());
-        let mut ours = stock;
-        ours.declutter().unwrap();
-        let done = substitute_decluttered(&mut ours, Kernel::best()).unwrap();
-        ours.optimize().unwrap();
-        let got = run(ours);
-        assert_eq!(got.len(), want.len());
-        let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
-        let diff = want
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs() / scale)
-            .fold(0f32, f32::max);
-        (done, diff)
+        compare_with_tract(stock, inputs)
     }
 
     #[test]
@@ -694,7 +665,7 @@ mod tests {
     fn image_to_token_attention_runs_over_channels_first_queries() {
         for tokens in [300, 45] {
             let (m, inputs) = image_to_token(tokens, T);
-            let (done, diff) = compare_models(m, inputs);
+            let (done, diff) = compare_with_tract(m, inputs);
             assert_eq!((done.heads_first, done.few_keys), (1, 1), "{tokens}");
             // The query and output projections by the 1x1 kernel where 256 tokens or more.
             let direct = if tokens >= 256 { 2 } else { 0 };
@@ -708,7 +679,7 @@ mod tests {
         // More prompt tokens than FewKeysAttention takes: the queries' projection is left as
         // it is (its reader wants the tokens as rows).
         let (m, inputs) = image_to_token(300, super::super::few_keys::MAX_KEYS + 1);
-        let (done, diff) = compare_models(m, inputs);
+        let (done, diff) = compare_with_tract(m, inputs);
         assert_eq!((done.heads_first, done.few_keys), (0, 0));
         assert!(diff < 1e-5, "{diff}");
     }

@@ -56,6 +56,31 @@ pub use pad::RowPad;
 pub use patch_embed::PatchEmbed;
 pub use softmax::RowSoftmax;
 
+/// Runs decluttered-level model `stock` through tract alone and through our substitution
+/// (both passes) on `inputs`: what was replaced, and the largest difference of the first
+/// output relative to its largest value (at least 1).
+#[cfg(test)]
+pub(crate) fn compare_with_tract(stock: TypedModel, inputs: TVec<TValue>) -> (Replaced, f32) {
+    let run = |m: TypedModel| {
+        let out = m.into_runnable().unwrap().run(inputs.clone()).unwrap();
+        crate::model::onnx::f32s(&out[0]).unwrap().to_vec()
+    };
+    let want = run(stock.clone().into_optimized().unwrap());
+    let mut ours = stock;
+    ours.declutter().unwrap();
+    let done = substitute_decluttered(&mut ours, Kernel::best()).unwrap();
+    ours.optimize().unwrap();
+    let got = run(ours);
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
+    let diff = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs() / scale)
+        .fold(0f32, f32::max);
+    (done, diff)
+}
+
 /// Seeded values in [-0.5, 0.5) for the operators' tests (one LCG, so every test's data is
 /// reproducible).
 #[cfg(test)]
