@@ -32,7 +32,7 @@ use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::change_axes::AxisOp;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::{Add, Mul};
-use tract_core::ops::nn::Softmax;
+use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
 use super::few_keys::{FewKeysAttention, Operand};
 use super::gemm::strides;
@@ -384,6 +384,7 @@ fn few_keys(model: &TypedModel, q: &Chain, kernel: Kernel) -> Option<FewKeys> {
     let sm = next.op_as::<Softmax>()?;
     let t_pos = so.iter().position(|&c| c == t)?;
     if *sm.axes != [t_pos]
+        || sm.kind != SoftmaxKind::Softmax
         || sm.quant_output_dt.is_some()
         || next.outputs[0].fact.shape != scores.outputs[0].fact.shape
     {
@@ -495,6 +496,7 @@ mod tests {
     use tract_core::internal::*;
     use tract_core::ops::change_axes::AxisOp;
     use tract_core::ops::einsum::EinSum;
+    use tract_core::ops::nn::SoftmaxKind;
 
     const K: usize = 24;
     const N: usize = 32;
@@ -600,7 +602,7 @@ mod tests {
     /// Image-to-token attention: the projected tokens (queries) attend over `T` prompt tokens
     /// (k, v inputs), scale, softmax, then the heads merged and projected back channels-first
     /// (`[C, tokens]`, as SAM's output projection writes it), with a bias.
-    fn image_to_token(tokens: usize, keys: usize) -> (TypedModel, TVec<TValue>) {
+    fn image_to_token(tokens: usize, keys: usize, kind: SoftmaxKind) -> (TypedModel, TVec<TValue>) {
         let mut seed = 11u64;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([1, K, tokens])).unwrap();
@@ -619,7 +621,7 @@ mod tests {
         let softmax = tract_core::ops::nn::Softmax {
             axes: tvec![2],
             quant_output_dt: None,
-            kind: tract_core::ops::nn::SoftmaxKind::Softmax,
+            kind,
         };
         let p = wire(&mut m, "softmax", softmax, &[s]);
         let o = wire(&mut m, "values", op("hmt,the->mhe"), &[p, v]);
@@ -664,7 +666,7 @@ mod tests {
     #[test]
     fn image_to_token_attention_runs_over_channels_first_queries() {
         for tokens in [300, 45] {
-            let (m, inputs) = image_to_token(tokens, T);
+            let (m, inputs) = image_to_token(tokens, T, SoftmaxKind::Softmax);
             let (done, diff) = compare_with_tract(m, inputs);
             assert_eq!((done.heads_first, done.few_keys), (1, 1), "{tokens}");
             // The query and output projections by the 1x1 kernel where 256 tokens or more.
@@ -678,7 +680,19 @@ mod tests {
     fn too_many_keys_stay_token_major() {
         // More prompt tokens than FewKeysAttention takes: the queries' projection is left as
         // it is (its reader wants the tokens as rows).
-        let (m, inputs) = image_to_token(300, super::super::few_keys::MAX_KEYS + 1);
+        let (m, inputs) = image_to_token(
+            300,
+            super::super::few_keys::MAX_KEYS + 1,
+            SoftmaxKind::Softmax,
+        );
+        let (done, diff) = compare_with_tract(m, inputs);
+        assert_eq!((done.heads_first, done.few_keys), (0, 0));
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn a_log_softmax_is_no_attention() {
+        let (m, inputs) = image_to_token(300, T, SoftmaxKind::LogSoftmax);
         let (done, diff) = compare_with_tract(m, inputs);
         assert_eq!((done.heads_first, done.few_keys), (0, 0));
         assert!(diff < 1e-5, "{diff}");
