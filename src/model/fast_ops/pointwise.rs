@@ -30,6 +30,12 @@ pub const NR: usize = 16;
 /// 2 (its channels-first projections, rows 16 KiB apart); encoder 0.988-1.025x (noise).
 const TILES: usize = 4;
 
+thread_local! {
+    /// Each thread's copy of the tiles (`k x NR` per tile), grown to the largest `k` once and
+    /// kept: MBConv calls the kernel per image row.
+    static TILES_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Weights `[m, k]` packed in blocks of [`MR`] rows, input channel by input channel
 /// (`data[(block * k + p) * MR + r] = w[block * MR + r][p]`, zero past row `m`).
 #[derive(Debug, Clone, PartialEq)]
@@ -106,66 +112,72 @@ pub unsafe fn multiply(
     let fma = kernel_has_fma(kernel);
     // The tiles' input rows are a power of two apart in the big activations (one cache set):
     // copy each into a contiguous k x NR block once, then every row block reads those.
-    let mut tile = vec![0f32; w.k * NR * TILES];
-    let mut j = cols.start;
-    while j < cols.end {
-        // Up to TILES tiles of NR columns, each a contiguous run (their start and width).
-        let mut subs = [(0usize, 0usize); TILES];
-        let mut count = 0;
-        let mut jj = j;
-        while count < TILES && jj < cols.end {
-            let n = NR.min(cols.end - jj).min(x.run_from(jj));
-            subs[count] = (jj, n);
-            count += 1;
-            jj += n;
+    TILES_SCRATCH.with_borrow_mut(|tile| {
+        // Only the columns of a tile that are copied are read (partial tiles by the scalar
+        // path, n wide): what an earlier call left in the rest does not matter.
+        if tile.len() < w.k * NR * TILES {
+            tile.resize(w.k * NR * TILES, 0.0);
         }
-        for p in 0..w.k {
-            for (s, &(js, n)) in subs[..count].iter().enumerate() {
-                // SAFETY: caller's contract: row p has n contiguous values from column js.
-                let src = unsafe { std::slice::from_raw_parts(x.at(p, js), n) };
-                let at = (s * w.k + p) * NR;
-                tile[at..at + n].copy_from_slice(src);
+        let mut j = cols.start;
+        while j < cols.end {
+            // Up to TILES tiles of NR columns, each a contiguous run (their start and width).
+            let mut subs = [(0usize, 0usize); TILES];
+            let mut count = 0;
+            let mut jj = j;
+            while count < TILES && jj < cols.end {
+                let n = NR.min(cols.end - jj).min(x.run_from(jj));
+                subs[count] = (jj, n);
+                count += 1;
+                jj += n;
             }
-            // Too many rows for the hardware prefetcher to follow: ask for the group after next.
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch does not fault; the address is only computed.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                for s in 0..count {
-                    _mm_prefetch::<_MM_HINT_T0>(x.at(p, jj + s * NR + NR * count) as *const i8);
+            for p in 0..w.k {
+                for (s, &(js, n)) in subs[..count].iter().enumerate() {
+                    // SAFETY: caller's contract: row p has n contiguous values from column js.
+                    let src = unsafe { std::slice::from_raw_parts(x.at(p, js), n) };
+                    let at = (s * w.k + p) * NR;
+                    tile[at..at + n].copy_from_slice(src);
                 }
-            }
-        }
-        for b in 0..w.m.div_ceil(MR) {
-            let rows = MR.min(w.m - b * MR);
-            let mut init = [0f32; MR];
-            if let Some(bias) = bias {
-                init[..rows].copy_from_slice(&bias[b * MR..b * MR + rows]);
-            }
-            let a = w.block(b);
-            for (s, &(js, n)) in subs[..count].iter().enumerate() {
-                // SAFETY: caller's contract; row `b * MR + r` of C exists for r < rows.
+                // Too many rows for the hardware prefetcher to follow: ask for the group after next.
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a prefetch does not fault; the address is only computed.
                 unsafe {
-                    let t = Tile {
-                        x: tile.as_ptr().add(s * w.k * NR),
-                        rs_x: NR,
-                        c: c.add(b * MR * rs_c + js),
-                        rs_c,
-                        rows,
-                        stream,
-                    };
-                    match fma {
-                        #[cfg(target_arch = "x86_64")]
-                        Some(Kernel::Avx2) if n == NR => tile_avx2(a, w.k, &init, &t),
-                        #[cfg(target_arch = "aarch64")]
-                        Some(Kernel::Neon) if n == NR => tile_neon(a, w.k, &init, &t),
-                        _ => tile_scalar(a, w.k, &init, &t, n),
+                    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                    for s in 0..count {
+                        _mm_prefetch::<_MM_HINT_T0>(x.at(p, jj + s * NR + NR * count) as *const i8);
                     }
                 }
             }
+            for b in 0..w.m.div_ceil(MR) {
+                let rows = MR.min(w.m - b * MR);
+                let mut init = [0f32; MR];
+                if let Some(bias) = bias {
+                    init[..rows].copy_from_slice(&bias[b * MR..b * MR + rows]);
+                }
+                let a = w.block(b);
+                for (s, &(js, n)) in subs[..count].iter().enumerate() {
+                    // SAFETY: caller's contract; row `b * MR + r` of C exists for r < rows.
+                    unsafe {
+                        let t = Tile {
+                            x: tile.as_ptr().add(s * w.k * NR),
+                            rs_x: NR,
+                            c: c.add(b * MR * rs_c + js),
+                            rs_c,
+                            rows,
+                            stream,
+                        };
+                        match fma {
+                            #[cfg(target_arch = "x86_64")]
+                            Some(Kernel::Avx2) if n == NR => tile_avx2(a, w.k, &init, &t),
+                            #[cfg(target_arch = "aarch64")]
+                            Some(Kernel::Neon) if n == NR => tile_neon(a, w.k, &init, &t),
+                            _ => tile_scalar(a, w.k, &init, &t, n),
+                        }
+                    }
+                }
+            }
+            j = jj;
         }
-        j = jj;
-    }
+    });
     // The streaming stores are weakly ordered: make them visible before another thread (the next
     // node's) reads C.
     #[cfg(target_arch = "x86_64")]
