@@ -78,17 +78,11 @@ pub(super) fn rewrite(model: &mut TypedModel, kernel: Kernel) -> TractResult<(us
         {
             let mut patch = TypedModelPatch::default();
             let q = heads_first(&mut patch, model, id, &chain)?;
-            let mut op = att.op;
-            op.q_shape = patch
-                .outlet_fact(q)?
-                .shape
-                .as_concrete()
-                .context("q shape")?
-                .into();
+            // The op's q shape is the chain's end rotated (`few_keys`); wiring checks it.
             let inputs = patch.taps(model, &att.kv)?;
             let out = patch.wire_node(
                 format!("{}.few_keys", model.nodes[att.scores].name),
-                op,
+                att.op,
                 &[q, inputs[0], inputs[1]],
             )?[0];
             let out = emit(&mut patch, out, &att.after, &model.nodes[att.values].name)?;
