@@ -23,7 +23,7 @@ use sonomask::model::fast_ops::STOCK_OPS_ENV;
 use sonomask::model::onnx::{self, f32s};
 use sonomask::model::sam::{ENCODER_KNOBS, encoder_contract};
 use sonomask::model::{Embedding, Precision, SamDecoder};
-use sonomask::preprocess::{Normalize, sam_input_into};
+use sonomask::preprocess::sam_input_into;
 use tract_onnx::prelude::*;
 
 /// Largest `|a - b|` of two outputs.
@@ -70,15 +70,7 @@ fn main() {
         load_rgb(&root.join("../shared/data/busi/images/benign (1).png")).expect("../shared");
     let n = s.image_size as usize;
     let mut input = vec![0f32; 3 * n * n];
-    sam_input_into(
-        &frame,
-        s.image_size,
-        &Normalize {
-            mean: s.pixel_mean,
-            std: s.pixel_std,
-        },
-        &mut input,
-    );
+    sam_input_into(&frame, &s.recipe(), &mut input);
     let x = Tensor::from_shape(&[1, 3, n, n], &input)
         .unwrap()
         .into_tvalue();

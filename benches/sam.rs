@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sonomask::image_io::{RgbFrame, load_rgb};
 use sonomask::model::{Manifest, Precision};
-use sonomask::preprocess::{Normalize, sam_input_into};
+use sonomask::preprocess::{Normalize, Recipe, sam_input_into};
 use sonomask::prompt::{BoxPrompt, Prompt};
 use sonomask::segment::SamSession;
 use sonomask::timing::Timings;
@@ -44,7 +44,8 @@ fn frame() -> RgbFrame {
 fn preprocess(bencher: divan::Bencher, size: u32) {
     let f = frame();
     let mut buf = vec![0f32; 3 * (size * size) as usize];
-    bencher.bench_local(|| sam_input_into(divan::black_box(&f), size, &Normalize::SAM, &mut buf));
+    let recipe = Recipe::mobilesam(size, Normalize::SAM);
+    bencher.bench_local(|| sam_input_into(divan::black_box(&f), &recipe, &mut buf));
 }
 
 fn session(p: Precision) -> Option<SamSession> {

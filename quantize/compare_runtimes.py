@@ -1,8 +1,11 @@
 """Time tract (the sonomask binary) and onnxruntime on the same ONNX files, same thread count, in
 one run, and write the table into docs/BENCHMARKS.md (between the compare-runtimes markers).
 
-usage: .venv/bin/python quantize/compare_runtimes.py [--models models] [--runs 5] [--rounds 1]
+usage: .venv/bin/python quantize/compare_runtimes.py [--models models[,DIR...]] [--runs 5] [--rounds 1]
     [--precisions fp32,int8] [--stock]
+Several model directories (e.g. the real LiteMedSAM in models/ and a synthetic MobileSAM built with
+`OUT=models_mobilesam quantize/build_models.sh --synthetic`) are timed in the same run, each with
+its family's input recipe (read from its manifest), one row per family.
 Builds target/release/sonomask with cargo first (multithread-mm is a default feature; --threads
 picks 1 or 2). --rounds N interleaves the runtimes: each round times --runs passes of onnxruntime
 (sessions kept), then of each tract build (a fresh process, warm-up first), and the medians are
@@ -24,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 
 import numpy as np
 import onnxruntime as ort
@@ -34,8 +38,10 @@ from quantize_sam import box_prompt  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Per encoder pass: 40.9 G multiply-adds by tract's cost model (`FP32_ONLY=1 cargo bench --bench
-# op_profile`), 2 FLOP each.
-ENCODER_GFLOP = 81.8
+# op_profile`), 2 FLOP each. LiteMedSAM: the same TinyViT from stage 0 on; its 1x1 patch
+# embedding at 256x256 (3->32->64: 0.14 G multiply-adds) replaces MobileSAM's two 3x3 stride-2
+# convolutions (1.43 G), so 39.6 G.
+ENCODER_GFLOP = {"mobilesam": 81.8, "lite_medsam": 79.2}
 IMAGE = "busi/images/benign (1).png"
 MASK = "busi/masks/benign (1)_mask.png"
 
@@ -117,19 +123,28 @@ def build():
 def sgemm_line(rows, sgemm):
     """The issue's second bar: sonomask's 1-thread fp32 encoder against the sgemm rate."""
     rate = statistics.median(sgemm)
-    own = [r for r in rows if r["model"] == "encoder" and r["threads"] == 1
-           and r["precision"] == "fp32" and r["tract"].startswith("sonomask")]
     line = (f"Single-thread sgemm in the same run (numpy's BLAS, {SGEMM_N}^3 f32, best of 5, once per "
             f"1-thread round, median of {len(sgemm)}): {rate:.1f} GFLOP/s")
-    if own:
-        gf = ENCODER_GFLOP / (own[0]["tract_median"] / 1e3)
-        line += f"; sonomask's 1-thread fp32 encoder runs at {gf:.1f} GFLOP/s, {100 * gf / rate:.0f}% of it"
+    for r in rows:
+        if r["model"] == "encoder" and r["threads"] == 1 and r["precision"] == "fp32" and r["tract"].startswith("sonomask"):
+            gf = ENCODER_GFLOP[r["family"]] / (r["tract_median"] / 1e3)
+            line += f"; sonomask's 1-thread fp32 {r['family']} encoder runs at {gf:.1f} GFLOP/s, {100 * gf / rate:.0f}% of it"
     return line + "."
+
+
+def model_set(models: pathlib.Path, rgb, gt):
+    """(family, weights label, encoder input, decoder coords and labels, low-res size) of a model dir."""
+    m = tomllib.loads((models / "manifest.toml").read_text())["sam"]
+    family = m.get("family", "mobilesam")
+    recipe = preprocess.Recipe(family, m["image_size"])
+    coords, labels = box_prompt(gt, rgb.shape[:2], recipe)
+    weights = "synthetic" if m["synthetic"] else "real"
+    return family, weights, recipe.input(rgb), coords, labels, m["low_res_size"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=ROOT / "models", type=pathlib.Path)
+    ap.add_argument("--models", default=str(ROOT / "models"), help="model dir(s), comma-separated")
     ap.add_argument("--shared", default=preprocess.SHARED, type=pathlib.Path)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
@@ -143,66 +158,69 @@ def main():
     rgb = preprocess.load_rgb(image)
     gt = preprocess.mask_box(preprocess.load_mask([a.shared / "data" / MASK]))
     box = ",".join(str(int(v)) for v in gt)
-    x = preprocess.preprocess(rgb, 1024)
-    manifest = (a.models / "manifest.toml").read_text()
-    synthetic = "synthetic = true" in manifest
+    sets = [pathlib.Path(d) for d in a.models.split(",")]
+    infos = {d: model_set(d, rgb, gt) for d in sets}
 
     rows = []
-    def row(model, precision, threads, tract_label, ort_ms, tract_ms):
+    def row(family, model, precision, threads, tract_label, ort_ms, tract_ms):
         t_med, o_med = statistics.median(tract_ms), statistics.median(ort_ms)
         rows.append({
+            "family": family, "weights": infos_by_family[family],
             "model": model, "precision": precision, "threads": threads, "tract": tract_label,
             "tract_median": t_med, "tract_mean": statistics.mean(tract_ms),
             "ort_median": o_med, "ort_mean": statistics.mean(ort_ms), "ratio": t_med / o_med,
         })
         print(json.dumps(rows[-1]), flush=True)
 
+    infos_by_family = {v[0]: v[1] for v in infos.values()}
     builds = [True, False] if a.stock else [False]
     sgemm = []
-    for precision in a.precisions.split(","):
-        enc = a.models / f"sam_encoder.{precision}.onnx"
-        dec = a.models / f"sam_decoder.{precision}.onnx"
+    for models_dir, precision in [(d, p) for p in a.precisions.split(",") for d in sets]:
+        family, _, x, coords, labels, low = infos[models_dir]
+        enc = models_dir / f"sam_encoder.{precision}.onnx"
+        dec = models_dir / f"sam_decoder.{precision}.onnx"
         for threads in (1, 2):
             enc_s, dec_s = ort_session(enc, threads), ort_session(dec, threads)
             ort_ms = {"encoder": [], "decoder": []}
             tract_ms = {(b, m): [] for b in builds for m in ("encoder", "decoder")}
             for _ in range(a.rounds):
-                if threads == 1:
+                if threads == 1 and models_dir == sets[0]:
                     sgemm.append(sgemm_gflops())
                     print(json.dumps({"sgemm_1thread_gflops": sgemm[-1]}), flush=True)
                 enc_ms, (emb,) = ort_times(enc_s, {"image": x}, a.runs, a.warmup)
-                coords, labels = box_prompt(gt, rgb.shape[:2], 1024)
                 feeds = {"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
-                         "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)}
+                         "mask_input": np.zeros((1, 1, low, low), np.float32), "has_mask_input": np.zeros(1, np.float32)}
                 dec_ms, _ = ort_times(dec_s, feeds, a.runs, a.warmup)
                 ort_ms["encoder"] += enc_ms
                 ort_ms["decoder"] += dec_ms
                 for stock in builds:
-                    tr = tract_times(binary, a.models, image, box, precision, threads, a.runs, a.warmup, stock)
+                    tr = tract_times(binary, models_dir, image, box, precision, threads, a.runs, a.warmup, stock)
                     tract_ms[(stock, "encoder")] += tr["encoder_ms"]["times"]
                     tract_ms[(stock, "decoder")] += tr["decoder_ms"]["times"]
             for stock in builds:
                 label = "tract stock ops + glibc heap" if stock else "sonomask (own ops, heap kept)"
                 for model in ("encoder", "decoder"):
-                    row(model, precision, threads, label, ort_ms[model], tract_ms[(stock, model)])
+                    row(family, model, precision, threads, label, ort_ms[model], tract_ms[(stock, model)])
 
     lines = [
         "<!-- compare-runtimes:begin (written by quantize/compare_runtimes.py) -->",
         f"Machine: {machine()}. onnxruntime {ort.__version__}; tract 0.23.9. Frame: `{IMAGE}` (real BUSI), "
         f"box prompt from its ground-truth mask; {a.rounds} interleaved round(s) of {a.runs} timed runs per runtime, "
         f"each after {a.warmup} warm-up, medians and means over all rounds, measured {time.strftime('%Y-%m-%d')} by "
-        f"`.venv/bin/python quantize/compare_runtimes.py --runs {a.runs} --rounds {a.rounds} --precisions {a.precisions}"
-        f"{' --stock' if a.stock else ''}`. GFLOP/s: 81.8 GFLOP per encoder pass.",
+        f"`.venv/bin/python quantize/compare_runtimes.py --models {a.models} --runs {a.runs} --rounds {a.rounds} "
+        f"--precisions {a.precisions}{' --stock' if a.stock else ''}`. GFLOP/s: 81.8 GFLOP per MobileSAM encoder pass, "
+        "79.2 per LiteMedSAM pass.",
         sgemm_line(rows, sgemm),
-        "Weights: " + ("**synthetic (seeded random, untrained)**; speed does not depend on weight values." if synthetic else "official checkpoint."),
+        "Weights: " + ", ".join(f"{f} {w}" for f, w in infos_by_family.items())
+        + " (synthetic = seeded random, untrained; speed does not depend on weight values).",
         "",
-        "| model | precision | threads | tract build | tract median ms | tract mean ms | onnxruntime median ms | onnxruntime mean ms | tract / onnxruntime | tract GFLOP/s | onnxruntime GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | model | precision | threads | tract build | tract median ms | tract mean ms | onnxruntime median ms | onnxruntime mean ms | tract / onnxruntime | tract GFLOP/s | onnxruntime GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        gf = lambda ms: f"{ENCODER_GFLOP / (ms / 1e3):.1f}" if r["model"] == "encoder" else ""
+        gf = lambda ms: f"{ENCODER_GFLOP[r['family']] / (ms / 1e3):.1f}" if r["model"] == "encoder" else ""
         lines.append(
-            f"| {r['model']} | {r['precision']} | {r['threads']} | {r['tract']} | {r['tract_median']:.1f} | {r['tract_mean']:.1f} | "
+            f"| {r['family']} ({r['weights']}) | {r['model']} | {r['precision']} | {r['threads']} | {r['tract']} | {r['tract_median']:.1f} | {r['tract_mean']:.1f} | "
             f"{r['ort_median']:.1f} | {r['ort_mean']:.1f} | {r['ratio']:.2f}x | {gf(r['tract_median'])} | {gf(r['ort_median'])} |"
         )
     lines.append("<!-- compare-runtimes:end -->")

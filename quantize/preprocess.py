@@ -40,6 +40,30 @@ def transform_coords(xy: np.ndarray, orig_hw, size: int) -> np.ndarray:
     return ResizeLongestSide(size).apply_coords(np.asarray(xy, np.float64), orig_hw).astype(np.float32)
 
 
+class Recipe:
+    """A model family's official input recipe and box transform (the manifest's `family`)."""
+
+    def __init__(self, family: str, size: int):
+        if family not in ("mobilesam", "lite_medsam"):
+            raise SystemExit(f"error: unknown SAM family {family!r} (known: mobilesam, lite_medsam)")
+        self.family, self.size = family, size
+
+    def input(self, rgb: np.ndarray) -> np.ndarray:
+        if self.family == "lite_medsam":
+            import lite_medsam
+
+            return lite_medsam.preprocess(rgb, self.size)
+        return preprocess(rgb, self.size)
+
+    def box(self, box, orig_hw) -> np.ndarray:
+        """Box corners in the model frame, [1, 2, 2]."""
+        if self.family == "lite_medsam":
+            import lite_medsam
+
+            return lite_medsam.box_to_model(box, orig_hw, self.size).reshape(1, 2, 2)
+        return transform_coords(np.array(box, np.float32).reshape(2, 2), orig_hw, self.size)[None]
+
+
 def load_mask(paths: list[pathlib.Path]) -> np.ndarray:
     """Union of the GT masks; a pixel is foreground where any channel > 127 (shared/README)."""
     m = None
@@ -67,12 +91,21 @@ def read_pairs(dataset_dir: pathlib.Path):
     return out
 
 
-def calibration_set(shared: pathlib.Path, per_set: int):
-    """Evenly spaced frames with a non-empty GT from BUSI and HC18 (real ultrasound)."""
+CALIBRATION_SETS = ("busi", "hc18")
+# LiteMedSAM's int8 is judged on every labelled set: calibrate on three kinds of ultrasound.
+LITE_CALIBRATION_SETS = ("busi", "hc18", "tg3k_thyroid_gland")
+
+
+def calibration_set(shared: pathlib.Path, per_set: int, held_out: bool = False, sets=CALIBRATION_SETS):
+    """Evenly spaced frames with a non-empty GT from real ultrasound sets. `held_out` gives the
+    frames half a step further on: disjoint from the calibration frames, for verification."""
     frames = []
-    for name in ("busi", "hc18"):
-        pairs = [p for p in read_pairs(shared / "data" / name)]
+    for name in sets:
+        d = shared / "data" / name
+        if not (d / "pairs.csv").exists():
+            continue
+        pairs = [p for p in read_pairs(d)]
         pairs = [p for p in pairs if mask_box(load_mask(p[1])) is not None]
         step = max(1, len(pairs) // per_set)
-        frames += pairs[::step][:per_set]
+        frames += pairs[max(1, step // 2) if held_out else 0 :: step][:per_set]
     return frames

@@ -33,21 +33,20 @@ class _ListReader(CalibrationDataReader):
         return next(self._it, None)
 
 
-def box_prompt(box, orig_hw, size):
-    xy = preprocess.transform_coords(np.array(box, np.float32).reshape(2, 2), orig_hw, size)
-    return xy[None].astype(np.float32), np.array([[2.0, 3.0]], np.float32)
+def box_prompt(box, orig_hw, recipe: preprocess.Recipe):
+    return recipe.box(box, orig_hw).astype(np.float32), np.array([[2.0, 3.0]], np.float32)
 
 
-def calibration_feeds(enc_fp32: pathlib.Path, frames, size: int, low_res: int):
+def calibration_feeds(enc_fp32: pathlib.Path, frames, recipe: preprocess.Recipe, low_res: int):
     sess = ort.InferenceSession(str(enc_fp32), providers=["CPUExecutionProvider"])
     enc_feeds, dec_feeds = [], []
     for img_path, mask_paths in frames:
         rgb = preprocess.load_rgb(img_path)
-        x = preprocess.preprocess(rgb, size)
+        x = recipe.input(rgb)
         enc_feeds.append({"image": x})
         emb = sess.run(None, {"image": x})[0]
         box = preprocess.mask_box(preprocess.load_mask(mask_paths))
-        coords, labels = box_prompt(box, rgb.shape[:2], size)
+        coords, labels = box_prompt(box, rgb.shape[:2], recipe)
         dec_feeds.append(
             {
                 "image_embeddings": emb,
@@ -98,10 +97,15 @@ def main():
     ap.add_argument("--shared", default=preprocess.SHARED, type=pathlib.Path)
     ap.add_argument("--frames-per-set", type=int, default=8)
     ap.add_argument("--image-size", type=int, default=1024)
+    ap.add_argument("--family", default="mobilesam", choices=["mobilesam", "lite_medsam"])
+    ap.add_argument("--low-res", type=int, help="decoder mask size (default image size / 4)")
+    ap.add_argument("--sets", default=",".join(preprocess.CALIBRATION_SETS))
     a = ap.parse_args()
-    frames = preprocess.calibration_set(a.shared, a.frames_per_set)
-    print(f"calibrating on {len(frames)} real ultrasound frames")
-    enc_feeds, dec_feeds = calibration_feeds(a.models / "sam_encoder.fp32.onnx", frames, a.image_size, a.image_size // 4)
+    ap_sets = a.sets.split(",")
+    frames = preprocess.calibration_set(a.shared, a.frames_per_set, sets=ap_sets)
+    print(f"calibrating on {len(frames)} real ultrasound frames ({', '.join(ap_sets)})")
+    recipe = preprocess.Recipe(a.family, a.image_size)
+    enc_feeds, dec_feeds = calibration_feeds(a.models / "sam_encoder.fp32.onnx", frames, recipe, a.low_res or a.image_size // 4)
     quantize_one(a.models / "sam_encoder.fp32.onnx", a.models / "sam_encoder.int8.onnx", enc_feeds)
     quantize_one(a.models / "sam_decoder.fp32.onnx", a.models / "sam_decoder.int8.onnx", dec_feeds)
 

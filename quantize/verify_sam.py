@@ -1,6 +1,8 @@
-"""Per-variant verification report, computed with onnxruntime on the calibration frames:
-op-type histogram, and agreement with the fp32 models (embedding cosine; mask IoU of the final
-box-prompted mask at the original image size). Writes models/reports/<variant>.{json,md}."""
+"""Per-variant verification report, computed with onnxruntime: op-type histogram, agreement with
+the fp32 models (embedding cosine; mask IoU of the final box-prompted mask at the original image
+size) and, for real weights, Dice against the ground truth of each frame (GT box prompt). With
+`--held-out` the frames are disjoint from the calibration frames. Writes
+models/reports/sam_<variant>.{json,md}."""
 
 from __future__ import annotations
 
@@ -34,18 +36,18 @@ def resized_hw(orig_hw, size):
 
 
 class Pipeline:
-    def __init__(self, models: pathlib.Path, precision: str, size: int):
+    def __init__(self, models: pathlib.Path, precision: str, recipe: preprocess.Recipe, low_res: int):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2
         self.enc = ort.InferenceSession(str(models / f"sam_encoder.{precision}.onnx"), opts, providers=["CPUExecutionProvider"])
         self.dec = ort.InferenceSession(str(models / f"sam_decoder.{precision}.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.size = size
+        self.recipe, self.low = recipe, low_res
 
     def embed(self, rgb):
-        return self.enc.run(None, {"image": preprocess.preprocess(rgb, self.size)})[0]
+        return self.enc.run(None, {"image": self.recipe.input(rgb)})[0]
 
     def decode(self, emb, coords, labels):
-        low = self.size // 4
+        low = self.low
         return self.dec.run(
             None,
             {
@@ -68,23 +70,40 @@ def cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
-def verify(models: pathlib.Path, precision: str, frames, size: int) -> dict:
-    ref, cand = Pipeline(models, "fp32", size), Pipeline(models, precision, size)
+def dice(a, b):
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def verify(models: pathlib.Path, precision: str, frames, recipe: preprocess.Recipe, low_res: int) -> dict:
+    ref, cand = Pipeline(models, "fp32", recipe, low_res), Pipeline(models, precision, recipe, low_res)
+    size = recipe.size
     rows = []
     for img_path, mask_paths in frames:
         rgb = preprocess.load_rgb(img_path)
         hw = rgb.shape[:2]
-        coords, labels = box_prompt(preprocess.mask_box(preprocess.load_mask(mask_paths)), hw, size)
+        gt = preprocess.load_mask(mask_paths)
+        coords, labels = box_prompt(preprocess.mask_box(gt), hw, recipe)
         e_ref, e_c = ref.embed(rgb), cand.embed(rgb)
         masks = []
         for pipe, e in ((ref, e_ref), (cand, e_c)):
             low, _ = pipe.decode(e, coords, labels)
             masks.append(postprocess(low[:, :1], resized_hw(hw, size), hw, size)[0, 0] > 0.0)
-        rows.append({"image": str(img_path.relative_to(img_path.parents[2])), "embedding_cosine": cosine(e_ref, e_c), "mask_iou": iou(*masks)})
+        rows.append(
+            {
+                "image": str(img_path.relative_to(img_path.parents[2])),
+                "embedding_cosine": cosine(e_ref, e_c),
+                "mask_iou": iou(*masks),
+                "dice_fp32_gt": dice(masks[0], gt),
+                "dice_gt": dice(masks[1], gt),
+                "dice_vs_fp32": dice(masks[1], masks[0]),
+            }
+        )
     cos = [r["embedding_cosine"] for r in rows]
     ious = [r["mask_iou"] for r in rows]
     return {
         "precision": precision,
+        "family": recipe.family,
         "op_histogram": {
             "sam_encoder": onnx_prep.op_histogram(onnx.load(str(models / f"sam_encoder.{precision}.onnx"))),
             "sam_decoder": onnx_prep.op_histogram(onnx.load(str(models / f"sam_decoder.{precision}.onnx"))),
@@ -96,26 +115,37 @@ def verify(models: pathlib.Path, precision: str, frames, size: int) -> dict:
             "embedding_cosine_min": float(np.min(cos)),
             "mask_iou_mean": float(np.mean(ious)),
             "mask_iou_min": float(np.min(ious)),
+            "dice_gt_mean": float(np.mean([r["dice_gt"] for r in rows])),
+            "dice_fp32_gt_mean": float(np.mean([r["dice_fp32_gt"] for r in rows])),
+            "dice_vs_fp32_mean": float(np.mean([r["dice_vs_fp32"] for r in rows])),
         },
     }
 
 
-def write_report(report: dict, out_dir: pathlib.Path, synthetic: bool) -> pathlib.Path:
+def write_report(report: dict, out_dir: pathlib.Path, synthetic: bool, held_out: bool) -> pathlib.Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     p = report["precision"]
     (out_dir / f"sam_{p}.json").write_text(json.dumps(report, indent=1))
     s = report["summary"]
-    md = [f"# MobileSAM {p} vs fp32 (onnxruntime)", ""]
+    name = {"mobilesam": "MobileSAM", "lite_medsam": "LiteMedSAM"}[report["family"]]
+    md = [f"# {name} {p} vs fp32 (onnxruntime)", ""]
+    which = "held-out frames (not used for calibration)" if held_out else "calibration frames"
     if synthetic:
-        md += ["**Synthetic (seeded random, untrained) weights**: agreement shows quantization fidelity only, never accuracy.", ""]
+        md += ["**Synthetic (seeded random, untrained) weights**: agreement shows quantization fidelity only, never accuracy;", "the Dice columns measure nothing.", ""]
+    else:
+        md += ["Real trained weights. Dice: the mask from the ground truth's box against the ground truth.", ""]
     md += [
-        f"{s['frames']} calibration frames: embedding cosine mean {s['embedding_cosine_mean']:.5f} (min {s['embedding_cosine_min']:.5f}); "
-        f"box-prompt mask IoU vs fp32 mean {s['mask_iou_mean']:.4f} (min {s['mask_iou_min']:.4f}).",
+        f"{s['frames']} {which}: embedding cosine mean {s['embedding_cosine_mean']:.5f} (min {s['embedding_cosine_min']:.5f}); "
+        f"box-prompt mask IoU vs fp32 mean {s['mask_iou_mean']:.4f} (min {s['mask_iou_min']:.4f}); "
+        f"Dice vs GT {p} {s['dice_gt_mean']:.4f}, fp32 {s['dice_fp32_gt_mean']:.4f}; Dice {p} vs fp32 {s['dice_vs_fp32_mean']:.4f}.",
         "",
-        "| frame | embedding cosine | mask IoU |",
-        "|---|---|---|",
+        "| frame | embedding cosine | mask IoU vs fp32 | Dice vs GT (fp32) | Dice vs GT |",
+        "|---|---|---|---|---|",
     ]
-    md += [f"| {r['image']} | {r['embedding_cosine']:.5f} | {r['mask_iou']:.4f} |" for r in report["frames"]]
+    md += [
+        f"| {r['image']} | {r['embedding_cosine']:.5f} | {r['mask_iou']:.4f} | {r['dice_fp32_gt']:.4f} | {r['dice_gt']:.4f} |"
+        for r in report["frames"]
+    ]
     for role, h in report["op_histogram"].items():
         md += ["", f"## {role} op types", "", " ".join(f"{k}:{v}" for k, v in h.items())]
     path = out_dir / f"sam_{p}.md"
@@ -129,12 +159,17 @@ def main():
     ap.add_argument("--shared", default=preprocess.SHARED, type=pathlib.Path)
     ap.add_argument("--frames-per-set", type=int, default=8)
     ap.add_argument("--image-size", type=int, default=1024)
+    ap.add_argument("--family", default="mobilesam", choices=["mobilesam", "lite_medsam"])
+    ap.add_argument("--low-res", type=int, help="decoder mask size (default image size / 4)")
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--synthetic", action="store_true")
+    ap.add_argument("--held-out", action="store_true", help="frames disjoint from the calibration frames")
+    ap.add_argument("--sets", default=",".join(preprocess.CALIBRATION_SETS))
     a = ap.parse_args()
-    frames = preprocess.calibration_set(a.shared, a.frames_per_set)
-    rep = verify(a.models, a.precision, frames, a.image_size)
-    print(write_report(rep, a.models / "reports", a.synthetic))
+    frames = preprocess.calibration_set(a.shared, a.frames_per_set, held_out=a.held_out, sets=a.sets.split(","))
+    recipe = preprocess.Recipe(a.family, a.image_size)
+    rep = verify(a.models, a.precision, frames, recipe, a.low_res or a.image_size // 4)
+    print(write_report(rep, a.models / "reports", a.synthetic, a.held_out))
     print(json.dumps(rep["summary"]))
 
 

@@ -77,8 +77,14 @@ pub fn read_pairs(csv: &Path) -> Result<Vec<Pair>> {
 
 /// The union of the ground-truth masks, checked to have the image's size.
 pub fn load_gt(pair: &Pair, width: u32, height: u32) -> Result<Vec<u8>> {
+    load_masks(&pair.masks, width, height)
+}
+
+/// The union of mask files (a pixel is foreground where any channel is over 127), each checked
+/// to be `width x height`.
+pub fn load_masks(masks: &[std::path::PathBuf], width: u32, height: u32) -> Result<Vec<u8>> {
     let mut gt = vec![0u8; width as usize * height as usize];
-    for m in &pair.masks {
+    for m in masks {
         let f = load_rgb(m).with_context(|| format!("ground truth {}", m.display()))?;
         if (f.width, f.height) != (width, height) {
             bail!(

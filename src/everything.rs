@@ -11,14 +11,29 @@
 use anyhow::{Result, bail};
 
 use crate::mask::{Mask, upscale_logits};
-use crate::prompt::{PointPrompt, Prompt};
+use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
 use crate::segment::{EncodedFrame, SamSession};
 use crate::timing::Timings;
+
+/// What each grid cell prompts with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GridPrompts {
+    /// One foreground point per cell, decoded with the three multimask tokens (official).
+    #[default]
+    Points,
+    /// Boxes centred on the cells at [`BOX_GRID_SCALES`] of the frame, single-mask output:
+    /// for box-trained models (LiteMedSAM), whose point masks are weak.
+    Boxes,
+}
+
+/// Box sides of the box grid, as fractions of the frame's width and height.
+pub const BOX_GRID_SCALES: [f32; 2] = [0.15, 0.3];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EverythingOptions {
     /// Points per side of the prompt grid (points_per_side^2 prompts).
     pub points_per_side: usize,
+    pub grid: GridPrompts,
     /// Keep masks whose predicted IoU is at least this.
     pub pred_iou_thresh: f32,
     /// Keep masks whose stability score is at least this.
@@ -42,6 +57,7 @@ impl Default for EverythingOptions {
     fn default() -> Self {
         EverythingOptions {
             points_per_side: 16,
+            grid: GridPrompts::Points,
             pred_iou_thresh: 0.88,
             stability_thresh: 0.95,
             stability_offset: 1.0,
@@ -291,23 +307,57 @@ pub fn generate(
     let mut kept: Vec<Survivor> = Vec::new();
     let (mut coords, mut labels) = (Vec::with_capacity(4), Vec::with_capacity(2));
     let mut crop = vec![0f32; lw * lh];
-    for (px, py) in point_grid(o.points_per_side) {
-        let point = ((px * w).min(w - 1.0), (py * h).min(h - 1.0));
-        let p = Prompt {
-            bbox: None,
-            points: vec![PointPrompt {
-                x: point.0,
-                y: point.1,
-                foreground: true,
-            }],
-        };
+    let centres: Vec<(f32, f32)> = point_grid(o.points_per_side)
+        .into_iter()
+        .map(|(px, py)| ((px * w).min(w - 1.0), (py * h).min(h - 1.0)))
+        .collect();
+    let (prompts, tokens): (Vec<((f32, f32), Prompt)>, std::ops::Range<usize>) = match o.grid {
+        GridPrompts::Points => (
+            centres
+                .iter()
+                .map(|&(x, y)| {
+                    let points = vec![PointPrompt {
+                        x,
+                        y,
+                        foreground: true,
+                    }];
+                    ((x, y), Prompt { bbox: None, points })
+                })
+                .collect(),
+            1..4,
+        ),
+        GridPrompts::Boxes => (
+            BOX_GRID_SCALES
+                .iter()
+                .flat_map(|&s| centres.iter().map(move |&c| (s, c)))
+                .map(|(s, (x, y))| {
+                    let (hw, hh) = (s * w / 2.0, s * h / 2.0);
+                    let b = BoxPrompt {
+                        x0: (x - hw).max(0.0),
+                        y0: (y - hh).max(0.0),
+                        x1: (x + hw).min(w - 1.0),
+                        y1: (y + hh).min(h - 1.0),
+                    };
+                    (
+                        (x, y),
+                        Prompt {
+                            bbox: Some(b),
+                            points: vec![],
+                        },
+                    )
+                })
+                .collect(),
+            0..1,
+        ),
+    };
+    for (point, p) in prompts {
         p.encode(&g, &mut coords, &mut labels);
         let out = t.stage("decoder", || {
             sam.decoder_mut().run(&frame.embedding, &coords, &labels)
         })?;
         f.prompts += 1;
         t.stage("everything_filter", || -> Result<()> {
-            for token in 1..4 {
+            for token in tokens.clone() {
                 f.masks += 1;
                 let iou = out.iou[token];
                 if iou < o.pred_iou_thresh {

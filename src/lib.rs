@@ -19,6 +19,7 @@ pub mod logger;
 pub mod mask;
 pub mod metrics;
 pub mod model;
+pub mod oracle;
 pub mod overlay;
 pub mod preprocess;
 pub mod prompt;

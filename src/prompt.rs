@@ -143,8 +143,8 @@ impl Prompt {
         }
         match &self.bbox {
             Some(b) => {
-                let (x0, y0) = g.to_model(b.x0, b.y0);
-                let (x1, y1) = g.to_model(b.x1, b.y1);
+                let (x0, y0) = g.box_corner_to_model(b.x0, b.y0);
+                let (x1, y1) = g.box_corner_to_model(b.x1, b.y1);
                 coords.extend([x0, y0, x1, y1]);
                 labels.extend([2.0, 3.0]);
             }

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::image_io::RgbFrame;
 use crate::mask::{Mask, upscale_logits};
 use crate::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
-use crate::preprocess::{Geometry, Normalize, sam_input_into};
+use crate::preprocess::{Geometry, Recipe, sam_input_into};
 use crate::prompt::Prompt;
 use crate::timing::Timings;
 
@@ -18,7 +18,7 @@ pub struct SamSession {
     pub decoder_precision: Precision,
     encoder: SamEncoder,
     decoder: SamDecoder,
-    norm: Normalize,
+    recipe: Recipe,
     input: Vec<f32>,
     coords: Vec<f32>,
     labels: Vec<f32>,
@@ -68,17 +68,14 @@ impl SamSession {
             SamDecoder::load(&manifest, decoder_precision)
         })?;
         let s = manifest.sam.image_size as usize;
-        let norm = Normalize {
-            mean: manifest.sam.pixel_mean,
-            std: manifest.sam.pixel_std,
-        };
+        let recipe = manifest.sam.recipe();
         Ok(SamSession {
             manifest,
             precision,
             decoder_precision,
             encoder,
             decoder,
-            norm,
+            recipe,
             input: vec![0.0; 3 * s * s],
             coords: Vec::with_capacity(64),
             labels: Vec::with_capacity(32),
@@ -86,9 +83,8 @@ impl SamSession {
     }
 
     pub fn encode(&mut self, frame: &RgbFrame, t: &mut Timings) -> Result<EncodedFrame> {
-        let size = self.manifest.sam.image_size;
         let geometry = t.stage("preprocess", || {
-            sam_input_into(frame, size, &self.norm, &mut self.input)
+            sam_input_into(frame, &self.recipe, &mut self.input)
         });
         let embedding = t.stage("encoder", || self.encoder.run(&self.input))?;
         Ok(EncodedFrame {

@@ -71,6 +71,31 @@ impl TextPipeline {
         })
     }
 
+    /// Which models are real: `{"sam": {...}, "clip": {...}}` for `--json`.
+    pub fn models_json(&self) -> serde_json::Value {
+        let m = &self.sam.manifest;
+        serde_json::json!({
+            "sam": {"family": m.sam.family.as_str(), "weights": m.sam.weights_label(), "source": m.sam.source},
+            "clip": m.clip.as_ref().map(|c| serde_json::json!({
+                "config": c.config, "weights": if c.synthetic { "SYNTHETIC" } else { "real" }, "source": c.source,
+            })),
+        })
+    }
+
+    /// The warning a text-prompted result carries unless both models are real.
+    pub fn weights_note(&self) -> String {
+        let m = &self.sam.manifest;
+        let clip_synthetic = m.clip.as_ref().is_some_and(|c| c.synthetic);
+        match (m.sam.synthetic, clip_synthetic) {
+            (false, false) => String::new(),
+            (true, _) => "  [SYNTHETIC weights: not a real segmentation]".into(),
+            (false, true) => format!(
+                "  [SAM {} real, CLIP SYNTHETIC: the text did not choose this region; not a real text-prompted segmentation]",
+                m.sam.family.as_str()
+            ),
+        }
+    }
+
     /// True when SAM or CLIP weights are synthetic (outputs mean nothing).
     pub fn synthetic(&self) -> bool {
         self.sam.manifest.sam.synthetic

@@ -16,13 +16,21 @@ mod common;
 use common::{compare, models_tiny, read_f32};
 use sonomask::image_io::load_rgb;
 use sonomask::mask::upscale_logits;
-use sonomask::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
-use sonomask::preprocess::{Geometry, Normalize, sam_input_into};
+use sonomask::model::{Embedding, Family, Manifest, Precision, SamDecoder, SamEncoder};
+use sonomask::preprocess::sam_input_into;
 use sonomask::prompt::{BoxPrompt, PointPrompt, Prompt};
+use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
-fn cases() -> Vec<(&'static str, Prompt)> {
-    let text = std::fs::read_to_string(models_tiny().join("cases.toml")).unwrap();
+/// The two committed fixture families: MobileSAM-shaped (`models_tiny`, 3x3 stride-2 patch
+/// embedding, 256 px, Pillow bilinear, mean/std) and LiteMedSAM-shaped (`models_tiny_lite`, 1x1
+/// patch embedding, 64 px, OpenCV INTER_AREA, min-max, truncated box corners).
+fn fixtures() -> [PathBuf; 2] {
+    [models_tiny(), common::fixtures().join("models_tiny_lite")]
+}
+
+fn cases(dir: &Path) -> Vec<(&'static str, Prompt)> {
+    let text = std::fs::read_to_string(&dir.join("cases.toml")).unwrap();
     let t: toml::Table = toml::from_str(&text).unwrap();
     ["box", "point", "box_points"]
         .into_iter()
@@ -80,16 +88,16 @@ fn check(what: &str, p: Precision, got: &[f32], want: &[f32]) {
     );
 }
 
-fn encoder_parity(p: Precision) {
-    let m = Manifest::load(&models_tiny()).unwrap();
+fn encoder_parity(dir: &Path, p: Precision) {
+    let m = Manifest::load(dir).unwrap();
     let mut enc = SamEncoder::load(&m, p).unwrap();
-    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
+    let frame = load_rgb(&dir.join("input.png")).unwrap();
     let s = m.sam.image_size as usize;
     let mut input = vec![0f32; 3 * s * s];
-    sam_input_into(&frame, m.sam.image_size, &Normalize::SAM, &mut input);
+    sam_input_into(&frame, &m.sam.recipe(), &mut input);
     let emb = enc.run(&input).unwrap();
-    let want = read_f32(&models_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
-    let f32_ref = read_f32(&models_tiny().join("ref_fp32_embedding.f32"));
+    let want = read_f32(&dir.join(format!("ref_{}_embedding.f32", p.as_str())));
+    let f32_ref = read_f32(&dir.join("ref_fp32_embedding.f32"));
     let (_, _, cos_ref) = compare(&want, &f32_ref);
     let (_, _, cos_ours) = compare(emb.as_slice().unwrap(), &f32_ref);
     eprintln!(
@@ -113,23 +121,22 @@ fn encoder_parity(p: Precision) {
     }
 }
 
-fn decoder_parity(p: Precision) {
-    let m = Manifest::load(&models_tiny()).unwrap();
+fn decoder_parity(dir: &Path, p: Precision) {
+    let m = Manifest::load(dir).unwrap();
     let mut dec = SamDecoder::load(&m, p).unwrap();
     let (c, e) = (m.sam.embed_dim as usize, m.sam.embedding_size as usize);
-    let emb_ref = read_f32(&models_tiny().join(format!("ref_{}_embedding.f32", p.as_str())));
+    let emb_ref = read_f32(&dir.join(format!("ref_{}_embedding.f32", p.as_str())));
     let emb = Embedding(
         Tensor::from_shape(&[1, c, e, e], &emb_ref)
             .unwrap()
             .into_tvalue(),
     );
-    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
-    let g = Geometry::new(frame.width, frame.height, m.sam.image_size);
-    for (name, prompt) in cases() {
+    let frame = load_rgb(&dir.join("input.png")).unwrap();
+    let g = m.sam.recipe().geometry(frame.width, frame.height);
+    for (name, prompt) in cases(dir) {
         let (mut coords, mut labels) = (vec![], vec![]);
         prompt.encode(&g, &mut coords, &mut labels);
         let out = dec.run(&emb, &coords, &labels).unwrap();
-        let dir = models_tiny();
         let low = read_f32(&dir.join(format!("ref_{}_{name}_low_res.f32", p.as_str())));
         let iou = read_f32(&dir.join(format!("ref_{}_{name}_iou.f32", p.as_str())));
         check(
@@ -144,33 +151,47 @@ fn decoder_parity(p: Precision) {
 
 #[test]
 fn encoder_fp32_matches_onnxruntime() {
-    encoder_parity(Precision::Fp32);
+    for dir in fixtures() {
+        encoder_parity(&dir, Precision::Fp32);
+    }
 }
 
 #[test]
 fn encoder_int8_matches_onnxruntime() {
-    encoder_parity(Precision::Int8);
+    for dir in fixtures() {
+        encoder_parity(&dir, Precision::Int8);
+    }
 }
 
 #[test]
 fn decoder_fp32_matches_onnxruntime() {
-    decoder_parity(Precision::Fp32);
+    for dir in fixtures() {
+        decoder_parity(&dir, Precision::Fp32);
+    }
 }
 
 #[test]
 fn decoder_int8_matches_onnxruntime() {
-    decoder_parity(Precision::Int8);
+    for dir in fixtures() {
+        decoder_parity(&dir, Precision::Int8);
+    }
 }
 
 #[test]
 fn postprocess_matches_official_sam() {
-    let m = Manifest::load(&models_tiny()).unwrap();
-    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
-    let g = Geometry::new(frame.width, frame.height, m.sam.image_size);
-    let low = read_f32(&models_tiny().join("ref_fp32_box_low_res.f32"));
+    for dir in fixtures() {
+        postprocess_matches(&dir);
+    }
+}
+
+fn postprocess_matches(dir: &Path) {
+    let m = Manifest::load(dir).unwrap();
+    let frame = load_rgb(&dir.join("input.png")).unwrap();
+    let g = m.sam.recipe().geometry(frame.width, frame.height);
+    let low = read_f32(&dir.join("ref_fp32_box_low_res.f32"));
     let l = m.sam.low_res_size as usize;
     let up = upscale_logits(&low[..l * l], l, &g);
-    let want = read_f32(&models_tiny().join("ref_fp32_box_upscaled.f32"));
+    let want = read_f32(&dir.join("ref_fp32_box_upscaled.f32"));
     let (maxd, maxref, _) = compare(&up, &want);
     eprintln!("postprocess: max|diff| {maxd:.3e} (max|ref| {maxref:.3e})");
     // Same arithmetic as torch's kernel: only float rounding may differ.
@@ -182,14 +203,20 @@ fn postprocess_matches_official_sam() {
 
 #[test]
 fn end_to_end_mask_matches_reference_mask() {
-    let mut s = sonomask::segment::SamSession::load(&models_tiny(), Precision::Fp32).unwrap();
-    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
+    for dir in fixtures() {
+        end_to_end(&dir);
+    }
+}
+
+fn end_to_end(dir: &Path) {
+    let mut s = sonomask::segment::SamSession::load(dir, Precision::Fp32).unwrap();
+    let frame = load_rgb(&dir.join("input.png")).unwrap();
     let mut t = sonomask::timing::Timings::default();
     let f = s.encode(&frame, &mut t).unwrap();
-    let (_, prompt) = cases().into_iter().find(|c| c.0 == "box").unwrap();
+    let (_, prompt) = cases(dir).into_iter().find(|c| c.0 == "box").unwrap();
     let seg = s.decode(&f, &prompt, &mut t).unwrap();
     assert_eq!(seg.token, 0, "a box alone returns mask token 0");
-    let want = read_f32(&models_tiny().join("ref_fp32_box_upscaled.f32"));
+    let want = read_f32(&dir.join("ref_fp32_box_upscaled.f32"));
     let want = sonomask::mask::Mask::from_logits(frame.width, frame.height, &want, 0.0);
     let iou = seg.mask.iou(&want);
     eprintln!("end-to-end box mask IoU vs onnxruntime+torch reference: {iou:.5}");
@@ -202,19 +229,25 @@ fn end_to_end_mask_matches_reference_mask() {
 /// with them and the one with tract's stock operators both meet the fp32 parity bar.
 #[test]
 fn own_operators_replace_stock_ones_within_parity() {
+    for dir in fixtures() {
+        own_operators(&dir);
+    }
+}
+
+fn own_operators(dir: &Path) {
     use sonomask::model::onnx;
     use sonomask::model::sam::encoder_contract;
-    let m = Manifest::load(&models_tiny()).unwrap();
+    let m = Manifest::load(dir).unwrap();
     let entry = m
         .entry(sonomask::model::Role::SamEncoder, Precision::Fp32)
         .unwrap();
     let file = m.path_of(entry);
     let bytes = m.read_verified(entry).unwrap();
     let s = m.sam.image_size as usize;
-    let frame = load_rgb(&models_tiny().join("input.png")).unwrap();
+    let frame = load_rgb(&dir.join("input.png")).unwrap();
     let mut input = vec![0f32; 3 * s * s];
-    sam_input_into(&frame, m.sam.image_size, &Normalize::SAM, &mut input);
-    let want = read_f32(&models_tiny().join("ref_fp32_embedding.f32"));
+    sam_input_into(&frame, &m.sam.recipe(), &mut input);
+    let want = read_f32(&dir.join("ref_fp32_embedding.f32"));
     let mut outs = Vec::new();
     for stock in [true, false] {
         let plan = onnx::parse(&file, &bytes, encoder_contract(&m.sam))
@@ -270,7 +303,22 @@ fn own_operators_replace_stock_ones_within_parity() {
             );
             // Every product is ours (none left as tract's packed matmul), and the patch
             // embedding (RGB convolution, GELU, convolution) is one fused op.
-            assert!(count("Gemm") > 0 && count("PatchEmbed") == 1, "{ops:?}");
+            match m.sam.family {
+                Family::Mobilesam => {
+                    assert!(count("Gemm") > 0 && count("PatchEmbed") == 1, "{ops:?}")
+                }
+                Family::LiteMedsam => {
+                    // The 1x1 patch embedding: two own 1x1 products around an own GELU.
+                    assert_eq!(count("PatchEmbed"), 0, "{ops:?}");
+                    let first: Vec<&str> = ops
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|o| !matches!(*o, "Source" | "Const"))
+                        .take(3)
+                        .collect();
+                    assert_eq!(first, ["Gemm", "Gelu", "Gemm"], "{ops:?}");
+                }
+            }
             assert_eq!(count("Conv3x3"), 0, "{ops:?}");
             // Every layer norm is ours (the neck's channel-axis ones too).
             assert!(count("AxisLayerNorm") > 0, "{ops:?}");

@@ -95,6 +95,8 @@ pub fn run(argv: &[String]) -> Result<()> {
         "threads": threads,
         "precision": s.precision.as_str(),
         "synthetic_weights": s.manifest.sam.synthetic,
+        "model": {"family": s.manifest.sam.family.as_str(), "weights": s.manifest.sam.weights_label(),
+                  "input_size": s.manifest.sam.image_size},
         "load_ms": load_ms,
         "preprocess_ms": stats(pre),
         "encoder_ms": stats(enc),
@@ -139,15 +141,7 @@ fn table(a: &args::Args, image: &Path) -> Result<()> {
     let s = &m.sam;
     let n = s.image_size as usize;
     let mut sam_in = vec![0f32; 3 * n * n];
-    let g = sam_input_into(
-        &frame,
-        s.image_size,
-        &Normalize {
-            mean: s.pixel_mean,
-            std: s.pixel_std,
-        },
-        &mut sam_in,
-    );
+    let g = sam_input_into(&frame, &s.recipe(), &mut sam_in);
     let has = |role: Role, p: Precision| m.entry(role, p).is_ok();
     // Inputs prepared once for both precisions: the decoder runs on the fp32 encoder's
     // embedding with a box around the frame's centre; CLIP gets the frame and one prompt.
@@ -243,9 +237,9 @@ fn table(a: &args::Args, image: &Path) -> Result<()> {
         runs,
         warmup,
         if m.sam.synthetic {
-            "SYNTHETIC (speed does not depend on them)"
+            "SYNTHETIC (speed does not depend on them)".to_string()
         } else {
-            "from checkpoints"
+            format!("SAM {} real", m.sam.family.as_str())
         }
     );
     println!("| model | fp32 ms | int8 ms | int8 / fp32 | faster here |\n|---|---|---|---|---|");

@@ -113,6 +113,7 @@ pub fn run(session: &mut SamSession, r: CineRun<'_>) -> Result<()> {
         "cine": {"threshold": tidy(r.opts.threshold), "max_reuse": r.opts.max_reuse, "smooth": tidy(r.opts.smooth), "gate_iou": tidy(r.opts.gate_iou)},
         "precision": session.precision.as_str(),
         "synthetic_weights": s.synthetic,
+        "model": {"family": s.family.as_str(), "weights": s.weights_label()},
         "out": r.out,
     });
     if r.json {

@@ -133,7 +133,10 @@ fn model_status(dir: &Path, warnings: &mut Vec<String>) -> serde_json::Value {
         files.push(serde_json::json!({"role": e.role.as_str(), "precision": e.precision.as_str(), "file": e.file, "status": status}));
     }
     if m.sam.synthetic {
-        warnings.push("the models have SYNTHETIC weights (seeded random): masks are not segmentations; build with --checkpoint mobile_sam.pt".into());
+        warnings.push("the SAM models have SYNTHETIC weights (seeded random): masks are not segmentations; quantize/build_models.sh without --synthetic builds the real LiteMedSAM".into());
+    }
+    if m.clip.as_ref().is_some_and(|c| c.synthetic) {
+        warnings.push("the CLIP models have SYNTHETIC weights (seeded random): text prompts do not choose the region (box and point prompts are unaffected)".into());
     }
     let text = match &m.clip {
         None => {
@@ -161,9 +164,24 @@ fn model_status(dir: &Path, warnings: &mut Vec<String>) -> serde_json::Value {
             "{bad} model file(s) fail their check: rebuild the models"
         ));
     }
+    let clip_weights = m
+        .clip
+        .as_ref()
+        .map(|c| if c.synthetic { "SYNTHETIC" } else { "real" });
     serde_json::json!({
-        "summary": format!("{} file(s), {} ok, weights {}", m.model.len(), m.model.len() - bad, if m.sam.synthetic { "SYNTHETIC" } else { "from a checkpoint" }),
+        "summary": format!(
+            "{} file(s), {} ok; SAM {} ({} weights{}), CLIP {}",
+            m.model.len(),
+            m.model.len() - bad,
+            m.sam.family.as_str(),
+            m.sam.weights_label(),
+            if m.sam.package.is_empty() { String::new() } else { format!(", {}", m.sam.package) },
+            clip_weights.map(|w| format!("{w} weights")).unwrap_or_else(|| "absent".into()),
+        ),
         "synthetic": m.sam.synthetic,
+        "sam": {"family": m.sam.family.as_str(), "weights": m.sam.weights_label(), "input_size": m.sam.image_size,
+                "source": m.sam.source, "package": m.sam.package, "checkpoint_sha256": m.sam.checkpoint_sha256},
+        "clip_weights": clip_weights,
         "text_prompts": text,
         "files": files,
     })

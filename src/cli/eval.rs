@@ -14,7 +14,7 @@ use crate::dataset::{Pair, load_gt, read_pairs};
 use crate::image_io::RgbFrame;
 use crate::mask::Mask;
 use crate::metrics::{mean_std, score};
-use crate::prompt::{BoxPrompt, Prompt};
+use crate::prompt::Prompt;
 use crate::salip::SalipOptions;
 use crate::segment::SamSession;
 use crate::textseg::TextPipeline;
@@ -22,8 +22,9 @@ use crate::timing::Timings;
 
 pub const USAGE: &str = "\
 sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | --bank B [--class C]
-              | --prompt oracle-box) [--pipeline medclip-sam|salip] [--limit N] [--out-dir DIR]
-              [--nsd-tol PX] [segment's text options: --saliency, --prompt-rule, --threshold, ...]
+              | --prompt oracle-box|jittered-box|oracle-point) [--pipeline medclip-sam|salip]
+              [--limit N] [--out-dir DIR] [--nsd-tol PX] [--loose F] [--jitter F] [--seed N]
+              [segment's text options: --saliency, --prompt-rule, --threshold, ...]
               [--models DIR] [--precision ...]
 
   Segments every image of a labelled set and scores it against the union of its ground-truth
@@ -31,12 +32,43 @@ sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | -
   image, mean and std over the images with a non-empty ground truth; images with an empty
   ground truth are reported apart (correct when the prediction is empty too).
   --prompt oracle-box  prompt SAM with the ground truth's bounding box: the SAM stage alone
+  --loose F            ... grown by the fraction F of its size (0.1 = +10%), clamped to the image
+  --prompt jittered-box  the box as a person draws it: each side moved by up to --jitter F of
+                       the box size (default 0.1), seeded by --seed N (default 0) and the
+                       image's row, so runs repeat (quantize/oracle_prompts.py draws the same)
+  --prompt oracle-point  one foreground click at the ground truth's deepest pixel
+  --prompt everything-bound  SAM everything mode (SaLIP's first stage, 16x16 grid, its filters)
+                       scored by its best candidate: the Dice a perfect CLIP retrieval would
+                       reach; the note gives the candidate count. --grid points|boxes picks
+                       point prompts (official) or a grid of boxes (for box-trained models)
   --pipeline salip     SaLIP (segment's SaLIP options apply: --points-per-side, --top-k, ...)
   Writes DIR/eval.csv and DIR/eval.json (default DIR eval_out). A failing image is recorded
   with its error and the run goes on.";
 
+/// Which prompt the ground truth gives the SAM stage.
+#[derive(Clone, Copy, Debug)]
+enum Oracle {
+    Box(crate::oracle::BoxNoise),
+    Point,
+    Bound(crate::everything::EverythingOptions),
+}
+
+impl Oracle {
+    fn name(&self) -> &'static str {
+        match self {
+            Oracle::Box(n) if n.jitter > 0.0 => "jittered-box",
+            Oracle::Box(_) => "oracle-box",
+            Oracle::Point => "oracle-point",
+            Oracle::Bound(o) if o.grid == crate::everything::GridPrompts::Boxes => {
+                "everything-bound (box grid)"
+            }
+            Oracle::Bound(_) => "everything-bound (point grid)",
+        }
+    }
+}
+
 enum Predictor {
-    OracleBox(Box<SamSession>),
+    OracleBox(Box<SamSession>, Oracle),
     MedClipSam(Box<TextPipeline>),
     Salip(Box<TextPipeline>, SalipOptions),
 }
@@ -77,6 +109,10 @@ pub fn run(argv: &[String]) -> Result<()> {
     let mut values = vec![
         "pairs",
         "prompt",
+        "loose",
+        "jitter",
+        "seed",
+        "grid",
         "pipeline",
         "limit",
         "out-dir",
@@ -108,11 +144,45 @@ pub fn run(argv: &[String]) -> Result<()> {
         bail!("--nsd-tol must be 0..=50 px");
     }
     let opts = ModelOptions::from_args(&a)?;
-    let oracle = match a.get("prompt") {
-        None => false,
-        Some("oracle-box") => true,
-        Some(p) => bail!("--prompt '{p}': the only prompt mode is oracle-box"),
+    let loose: f64 = a.parse_or("loose", 0.0)?;
+    if !(0.0..=2.0).contains(&loose) {
+        bail!("--loose must be between 0 and 2 (a fraction of the box size)");
+    }
+    let mode = match a.get("prompt") {
+        None => None,
+        Some("oracle-box") => Some(Oracle::Box(crate::oracle::BoxNoise {
+            loose,
+            ..Default::default()
+        })),
+        Some("jittered-box") => {
+            let jitter: f64 = a.parse_or("jitter", 0.1)?;
+            if !(jitter > 0.0 && jitter <= 1.0) {
+                bail!("--jitter must be in (0, 1] (a fraction of the box size)");
+            }
+            Some(Oracle::Box(crate::oracle::BoxNoise {
+                loose,
+                jitter,
+                seed: a.parse_or("seed", 0u64)?,
+            }))
+        }
+        Some("oracle-point") => Some(Oracle::Point),
+        Some("everything-bound") => {
+            let mut o = textseg::salip_from(&a)?.everything;
+            o.grid = match a.get("grid").unwrap_or("points") {
+                "points" => crate::everything::GridPrompts::Points,
+                "boxes" => crate::everything::GridPrompts::Boxes,
+                g => bail!("--grid '{g}': points or boxes"),
+            };
+            Some(Oracle::Bound(o))
+        }
+        Some(p) => bail!(
+            "--prompt '{p}': the prompt modes are oracle-box, jittered-box, oracle-point and everything-bound"
+        ),
     };
+    if mode.is_none() && (a.get("loose").is_some() || a.get("jitter").is_some()) {
+        bail!("--loose and --jitter shape oracle boxes: give --prompt oracle-box or jittered-box");
+    }
+    let oracle = mode.is_some();
     let pipeline = textseg::pipeline_from(&a)?;
     if !oracle && !textseg::wants_text(&a) {
         bail!(
@@ -122,7 +192,9 @@ pub fn run(argv: &[String]) -> Result<()> {
     let method = textseg::method_from(&a)?;
     let rule = textseg::rule_from(&a)?;
     let mut predictor = match (oracle, pipeline) {
-        (true, _) => Predictor::OracleBox(Box::new(opts.load_session()?)),
+        (true, _) => {
+            Predictor::OracleBox(Box::new(opts.load_session()?), mode.expect("oracle mode"))
+        }
         (false, Pipeline::MedClipSam) => {
             Predictor::MedClipSam(Box::new(textseg::load_pipeline(&a, &opts, method)?))
         }
@@ -132,11 +204,11 @@ pub fn run(argv: &[String]) -> Result<()> {
         }
     };
     let synthetic = match &predictor {
-        Predictor::OracleBox(s) => s.manifest.sam.synthetic,
+        Predictor::OracleBox(s, _) => s.manifest.sam.synthetic,
         Predictor::MedClipSam(p) | Predictor::Salip(p, _) => p.synthetic(),
     };
     let pipeline_name = match (&predictor, pipeline) {
-        (Predictor::OracleBox(_), _) => "sam",
+        (Predictor::OracleBox(..), _) => "sam",
         (_, Pipeline::MedClipSam) => "medclip-sam",
         (_, Pipeline::Salip) => "salip",
     };
@@ -162,6 +234,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             &a,
             &mut predictor,
             pair,
+            i as u64,
             &name,
             method,
             &rule,
@@ -199,6 +272,27 @@ pub fn run(argv: &[String]) -> Result<()> {
     let out_dir = PathBuf::from(a.get("out-dir").unwrap_or("eval_out"));
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let labels = match &predictor {
+        Predictor::OracleBox(s, m) => ModelLabels {
+            prompt: m.name(),
+            loose: matches!(m, Oracle::Box(_)).then_some(loose),
+            jitter: match m {
+                Oracle::Box(n) if n.jitter > 0.0 => Some((n.jitter, n.seed)),
+                _ => None,
+            },
+            sam: sam_label(&s.manifest.sam),
+            clip: None,
+            precision: s.precision.as_str(),
+        },
+        Predictor::MedClipSam(p) | Predictor::Salip(p, _) => ModelLabels {
+            prompt: "text",
+            loose: None,
+            jitter: None,
+            sam: sam_label(&p.sam.manifest.sam),
+            clip: p.sam.manifest.clip.as_ref().map(|c| c.synthetic),
+            precision: p.sam.precision.as_str(),
+        },
+    };
     let summary = write_reports(
         &out_dir,
         &csv,
@@ -208,6 +302,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         synthetic,
         tol,
         method.name(),
+        &labels,
     )?;
     println!("{summary}");
     Ok(())
@@ -218,6 +313,7 @@ fn eval_one(
     a: &args::Args,
     predictor: &mut Predictor,
     pair: &Pair,
+    index: u64,
     name: &str,
     method: crate::saliency::Method,
     rule: &crate::autoprompt::Rule,
@@ -229,27 +325,43 @@ fn eval_one(
     let gt_area = gt.iter().filter(|&&v| v != 0).count();
     let mut t = Timings::default();
     let (mask, note): (Mask, Option<String>) = match predictor {
-        Predictor::OracleBox(session) => {
+        Predictor::OracleBox(session, mode) => {
             let gm = Mask {
                 width: frame.width,
                 height: frame.height,
                 data: gt.clone(),
             };
-            match gm.bbox() {
+            let prompt = match mode {
+                Oracle::Box(noise) => {
+                    crate::oracle::oracle_box(&gm, noise, index).map(|b| Prompt {
+                        bbox: Some(b),
+                        points: vec![],
+                    })
+                }
+                Oracle::Point => crate::oracle::interior_point(&gm).map(|p| Prompt {
+                    bbox: None,
+                    points: vec![p],
+                }),
+                Oracle::Bound(o) => {
+                    let enc = session.encode(&frame, &mut t)?;
+                    let (cands, _) = crate::everything::generate(session, &enc, o, &mut t)?;
+                    let best = cands
+                        .iter()
+                        .map(|c| (crate::metrics::overlap(&c.mask.data, &gt).0, &c.mask))
+                        .max_by(|a, b| a.0.total_cmp(&b.0));
+                    let mask = best
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_else(|| Mask::empty(frame.width, frame.height));
+                    let note = format!("{} candidates", cands.len());
+                    return finish(frame, gt, gt_area, mask, Some(note), name, tol);
+                }
+            };
+            match prompt {
                 None => (
                     Mask::empty(frame.width, frame.height),
-                    Some("empty ground truth: no oracle box".into()),
+                    Some(format!("empty ground truth: no {} prompt", mode.name())),
                 ),
-                Some((x0, y0, x1, y1)) => {
-                    let p = Prompt {
-                        bbox: Some(BoxPrompt {
-                            x0: x0 as f32,
-                            y0: y0 as f32,
-                            x1: x1 as f32,
-                            y1: y1 as f32,
-                        }),
-                        points: vec![],
-                    };
+                Some(p) => {
                     let (m, _) = super::segment::segment_frame(session, &frame, &[p], &mut t)?;
                     (m, None)
                 }
@@ -267,6 +379,18 @@ fn eval_one(
             (r.mask, note)
         }
     };
+    finish(frame, gt, gt_area, mask, note, name, tol)
+}
+
+fn finish(
+    frame: RgbFrame,
+    gt: Vec<u8>,
+    gt_area: usize,
+    mask: Mask,
+    note: Option<String>,
+    name: &str,
+    tol: f64,
+) -> Result<Row> {
     let pred_area = mask.area();
     let scores = (gt_area > 0).then(|| {
         score(
@@ -312,6 +436,26 @@ fn text_for(
     }
 }
 
+/// What the reports say about the prompt and the models (real or synthetic, which family).
+struct ModelLabels {
+    prompt: &'static str,
+    loose: Option<f64>,
+    jitter: Option<(f64, u64)>,
+    sam: serde_json::Value,
+    /// Some(synthetic) when a CLIP took part.
+    clip: Option<bool>,
+    precision: &'static str,
+}
+
+fn sam_label(s: &crate::model::manifest::SamSection) -> serde_json::Value {
+    serde_json::json!({
+        "family": s.family.as_str(),
+        "weights": s.weights_label(),
+        "source": s.source,
+        "package": (!s.package.is_empty()).then_some(&s.package),
+    })
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -330,6 +474,7 @@ fn write_reports(
     synthetic: bool,
     tol: f64,
     method: &str,
+    labels: &ModelLabels,
 ) -> Result<String> {
     let mut csv =
         String::from("image,width,height,gt_area,pred_area,dice,iou,nsd,empty_gt,ms,note,error\n");
@@ -382,7 +527,13 @@ fn write_reports(
         "images": rows.len(),
         "scored": scored.len(),
         "errors": errors,
-        "prompt": if pipeline == "sam" { "oracle-box" } else { "text" },
+        "prompt": labels.prompt,
+        "loose": labels.loose,
+        "jitter": labels.jitter.map(|j| j.0),
+        "seed": labels.jitter.map(|j| j.1),
+        "sam": labels.sam,
+        "clip_weights": labels.clip.map(|syn| if syn { "SYNTHETIC" } else { "real" }),
+        "precision": labels.precision,
         "pipeline": pipeline,
         "text": a.all("text"),
         "prompt_file": a.get("prompt-file"),
@@ -424,7 +575,16 @@ fn write_reports(
         )
     };
     Ok(format!(
-        "{} images ({} scored, {} empty GT, {} errors): {}, {}, {} -> {}/eval.csv, eval.json{}",
+        "{} {} ({} SAM, {}, prompt {}): {} images ({} scored, {} empty GT, {} errors): {}, {}, {} -> {}/eval.csv, eval.json{}",
+        summary["sam"]["family"].as_str().unwrap_or("?"),
+        labels.precision,
+        summary["sam"]["weights"].as_str().unwrap_or("?"),
+        match labels.clip {
+            None => "no CLIP",
+            Some(true) => "SYNTHETIC CLIP",
+            Some(false) => "real CLIP",
+        },
+        labels.prompt,
         rows.len(),
         scored.len(),
         empty.len(),

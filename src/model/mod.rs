@@ -8,5 +8,5 @@ pub mod onnx;
 pub mod sam;
 
 pub use clip::{ClipImageEncoder, ClipTextEncoder};
-pub use manifest::{Manifest, Precision, Role};
+pub use manifest::{Family, Manifest, Precision, Role};
 pub use sam::{DecoderOutput, Embedding, SamDecoder, SamEncoder};

@@ -1,12 +1,33 @@
-//! SAM image preprocessing, bit-exact with the official `ResizeLongestSide` + `Sam.preprocess`.
+//! SAM image preprocessing, bit-exact with each model family's official recipe. The manifest's
+//! family picks the [`Recipe`]; nothing else in the runtime knows which model it runs.
 //!
-//! The official predictor resizes with torchvision on a PIL image, i.e. Pillow's bilinear
+//! - MobileSAM (`ResizeLongestSide` + `Sam.preprocess`): Pillow bilinear, `(x - mean) / std`,
+//!   box corners mapped per axis (`apply_coords`).
+//! - LiteMedSAM (`CVPR24_LiteMedSAM_infer.py`): OpenCV INTER_AREA ([`area`]), min-max to [0, 1]
+//!   over the resized image, box corners `int(v * S / max(H, W))`.
+//!
+//! The official MobileSAM predictor resizes with torchvision on a PIL image, i.e. Pillow's bilinear
 //! resampler (a triangle filter widened by the scale factor when shrinking, 22-bit fixed-point
 //! coefficients, horizontal pass first, each pass rounded and clamped to u8). [`resize_bilinear_u8`]
 //! is a port of that resampler (Pillow `libImaging/Resample.c`), so the tensor the encoder sees is
 //! the one the official code would feed it; `tests/preprocess_reference.rs` pins this on real images.
 
+mod area;
+
+pub use area::resize_area_u8;
+
 use crate::image_io::RgbFrame;
+
+/// How prompt coordinates in original pixels reach the model input frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CoordRule {
+    /// SAM's `apply_coords`: each axis by its own resize ratio.
+    #[default]
+    PerAxis,
+    /// LiteMedSAM's `resize_box_to_256`: `int(v * S / max(H, W))` for box corners (points are
+    /// scaled by the same ratio without truncation: the official recipe has no points).
+    LongestSideFloor,
+}
 
 /// Where the original image lands in the square model input, and how coordinates map there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,8 +37,9 @@ pub struct Geometry {
     /// Size of the image after the longest-side resize (before padding).
     pub resized_w: u32,
     pub resized_h: u32,
-    /// Side of the square model input (1024 for MobileSAM).
+    /// Side of the square model input (1024 for MobileSAM, 256 for LiteMedSAM).
     pub input_size: u32,
+    pub coords: CoordRule,
 }
 
 impl Geometry {
@@ -32,15 +54,42 @@ impl Geometry {
             resized_w: r(orig_w),
             resized_h: r(orig_h),
             input_size,
+            coords: CoordRule::PerAxis,
         }
     }
 
-    /// SAM's `apply_coords`: original pixel coordinates -> model input frame.
+    /// The same geometry with another coordinate rule.
+    pub fn with_coords(self, coords: CoordRule) -> Self {
+        Geometry { coords, ..self }
+    }
+
+    /// A point: original pixel coordinates -> model input frame.
     pub fn to_model(&self, x: f32, y: f32) -> (f32, f32) {
-        (
-            (x as f64 * (self.resized_w as f64 / self.orig_w as f64)) as f32,
-            (y as f64 * (self.resized_h as f64 / self.orig_h as f64)) as f32,
-        )
+        match self.coords {
+            CoordRule::PerAxis => (
+                (x as f64 * (self.resized_w as f64 / self.orig_w as f64)) as f32,
+                (y as f64 * (self.resized_h as f64 / self.orig_h as f64)) as f32,
+            ),
+            CoordRule::LongestSideFloor => {
+                let r = self.longest_ratio();
+                ((x as f64 * r) as f32, (y as f64 * r) as f32)
+            }
+        }
+    }
+
+    /// A box corner: as a point, truncated where the family's recipe truncates.
+    pub fn box_corner_to_model(&self, x: f32, y: f32) -> (f32, f32) {
+        match self.coords {
+            CoordRule::PerAxis => self.to_model(x, y),
+            CoordRule::LongestSideFloor => {
+                let r = self.longest_ratio();
+                ((x as f64 * r).floor() as f32, (y as f64 * r).floor() as f32)
+            }
+        }
+    }
+
+    fn longest_ratio(&self) -> f64 {
+        self.input_size as f64 / self.orig_w.max(self.orig_h) as f64
     }
 }
 
@@ -177,35 +226,101 @@ impl Normalize {
     };
 }
 
+/// The longest-side resampler of a family's recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resampler {
+    /// Pillow `Image.resize(BILINEAR)` (torchvision on a PIL image).
+    PillowBilinear,
+    /// OpenCV `cv2.resize(..., INTER_AREA)`.
+    OpencvArea,
+}
+
+/// How the resized pixels become model input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scaling {
+    /// `(x - mean) / std` per channel, in f32 as torch computes it.
+    MeanStd(Normalize),
+    /// `(x - min) / max(max - min, 1e-8)` over the whole resized image (all channels), in f64
+    /// as numpy computes it, then f32. A flat image becomes all zeros (the official result).
+    MinMax,
+}
+
+/// A model family's input recipe: everything that differs between families before the encoder.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recipe {
+    pub input_size: u32,
+    pub resampler: Resampler,
+    pub scaling: Scaling,
+    pub coords: CoordRule,
+}
+
+impl Recipe {
+    /// MobileSAM's recipe at a given input size (used by tests and older manifests).
+    pub fn mobilesam(input_size: u32, norm: Normalize) -> Self {
+        Recipe {
+            input_size,
+            resampler: Resampler::PillowBilinear,
+            scaling: Scaling::MeanStd(norm),
+            coords: CoordRule::PerAxis,
+        }
+    }
+
+    /// The geometry this recipe gives a `w x h` frame.
+    pub fn geometry(&self, w: u32, h: u32) -> Geometry {
+        Geometry::new(w, h, self.input_size).with_coords(self.coords)
+    }
+
+    /// The resized (unpadded) RGB8 image the family's encoder sees.
+    pub fn resize(&self, frame: &RgbFrame, g: &Geometry) -> Vec<u8> {
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let (rw, rh) = (g.resized_w as usize, g.resized_h as usize);
+        match self.resampler {
+            Resampler::PillowBilinear => resize_bilinear_u8(&frame.pixels, w, h, rw, rh),
+            Resampler::OpencvArea => resize_area_u8(&frame.pixels, w, h, rw, rh),
+        }
+    }
+}
+
 /// Resize longest side, normalise, zero-pad bottom/right into `out` (NCHW, `3*S*S` floats,
 /// reused across frames so the steady state does not allocate a new input tensor).
-pub fn sam_input_into(
-    frame: &RgbFrame,
-    input_size: u32,
-    norm: &Normalize,
-    out: &mut [f32],
-) -> Geometry {
-    let g = Geometry::new(frame.width, frame.height, input_size);
-    let s = input_size as usize;
+pub fn sam_input_into(frame: &RgbFrame, recipe: &Recipe, out: &mut [f32]) -> Geometry {
+    let g = recipe.geometry(frame.width, frame.height);
+    let s = recipe.input_size as usize;
     assert_eq!(out.len(), 3 * s * s, "input tensor buffer size");
     let (rw, rh) = (g.resized_w as usize, g.resized_h as usize);
-    let resized = resize_bilinear_u8(
-        &frame.pixels,
-        frame.width as usize,
-        frame.height as usize,
-        rw,
-        rh,
-    );
+    let resized = recipe.resize(frame, &g);
     out.fill(0.0);
+    // Per channel: v -> (v - offset[c]) / divisor[c], in the precision the reference uses.
+    let minmax = match recipe.scaling {
+        Scaling::MeanStd(_) => None,
+        Scaling::MinMax => {
+            let (lo, hi) = resized
+                .iter()
+                .fold((u8::MAX, u8::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            if lo == hi {
+                log::warn!("flat image (every pixel {lo}): the model input is all zeros");
+            }
+            Some((lo, ((hi - lo) as f64).max(1e-8)))
+        }
+    };
     for c in 0..3 {
-        // (x - mean) / std in f32, as torch does on the float image.
-        let (m, sd) = (norm.mean[c], norm.std[c]);
         let plane = &mut out[c * s * s..(c + 1) * s * s];
         for y in 0..rh {
             let src = &resized[y * rw * 3..(y + 1) * rw * 3];
             let dst = &mut plane[y * s..y * s + rw];
-            for (x, d) in dst.iter_mut().enumerate() {
-                *d = (src[x * 3 + c] as f32 - m) / sd;
+            match (recipe.scaling, minmax) {
+                (Scaling::MeanStd(norm), _) => {
+                    let (m, sd) = (norm.mean[c], norm.std[c]);
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        *d = (src[x * 3 + c] as f32 - m) / sd;
+                    }
+                }
+                (Scaling::MinMax, Some((lo, range))) => {
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        *d = ((src[x * 3 + c] - lo) as f64 / range) as f32;
+                    }
+                }
+                (Scaling::MinMax, None) => unreachable!("min-max computed above"),
             }
         }
     }
@@ -274,10 +389,60 @@ mod tests {
             pixels: vec![255, 0, 10, 0, 255, 20],
         };
         let mut out = vec![1.0f32; 3 * 4 * 4];
-        let g = sam_input_into(&frame, 4, &Normalize::SAM, &mut out);
+        let g = sam_input_into(&frame, &Recipe::mobilesam(4, Normalize::SAM), &mut out);
         assert_eq!((g.resized_w, g.resized_h), (4, 2));
         // padding rows are exactly zero
         assert!(out[8..16].iter().all(|&v| v == 0.0));
         assert!(out[0] > 0.0 && out[16 + 16 + 8] == 0.0);
+    }
+
+    fn lite(size: u32) -> Recipe {
+        Recipe {
+            input_size: size,
+            resampler: Resampler::OpencvArea,
+            scaling: Scaling::MinMax,
+            coords: CoordRule::LongestSideFloor,
+        }
+    }
+
+    #[test]
+    fn min_max_scales_the_whole_image_and_pads_with_zero() {
+        let frame = RgbFrame {
+            width: 2,
+            height: 1,
+            pixels: vec![10, 20, 30, 40, 50, 110],
+        };
+        let mut out = vec![9.0f32; 3 * 2 * 2];
+        let g = sam_input_into(&frame, &lite(2), &mut out);
+        assert_eq!((g.resized_w, g.resized_h), (2, 1));
+        // min 10, max 110 over all channels: (v - 10) / 100
+        assert_eq!(&out[0..2], &[0.0, 0.3]);
+        assert_eq!(&out[4..6], &[0.1, 0.4]);
+        assert_eq!(&out[8..10], &[0.2, 1.0]);
+        assert!([2, 3, 6, 7, 10, 11].iter().all(|&i| out[i] == 0.0));
+        // a flat image: all zeros, no division by zero
+        let flat = RgbFrame {
+            width: 2,
+            height: 2,
+            pixels: vec![7; 12],
+        };
+        sam_input_into(&flat, &lite(2), &mut out);
+        assert!(out.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn lite_medsam_boxes_truncate_on_the_longest_side() {
+        // 800x540 at 256: ratio 0.32; 101 * 0.32 = 32.32 -> 32, 399 * 0.32 = 127.68 -> 127
+        let g = lite(256).geometry(800, 540);
+        assert_eq!((g.resized_w, g.resized_h), (256, 173));
+        assert_eq!(g.box_corner_to_model(101.0, 399.0), (32.0, 127.0));
+        let (x, y) = g.to_model(101.0, 399.0);
+        assert!((x - 32.32).abs() < 1e-4 && (y - 127.68).abs() < 1e-4);
+        // MobileSAM's rule keeps the fraction for both
+        let m = Recipe::mobilesam(1024, Normalize::SAM).geometry(800, 540);
+        assert_eq!(
+            m.box_corner_to_model(400.0, 270.0),
+            m.to_model(400.0, 270.0)
+        );
     }
 }
