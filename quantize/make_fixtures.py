@@ -183,6 +183,35 @@ def area_reference() -> None:
     (FIX / "area_reference.toml").write_text("\n".join(lines))
 
 
+def oracle_reference() -> None:
+    """Prompts quantize/oracle_prompts.py draws from real ground truths, for tests/oracle_prompts.rs."""
+    import oracle_prompts as O
+
+    picks = []
+    for d in ("busi", "hc18", "tg3k_thyroid_gland", "kvasir_seg"):
+        pairs = preprocess.read_pairs(preprocess.SHARED / "data" / d)
+        picks += [(d, i, pairs[i]) for i in range(0, len(pairs), max(1, len(pairs) // 4))][:4]
+    lines = ["# Oracle prompts drawn by quantize/oracle_prompts.py (seed 3), per ground truth and pairs.csv row."]
+    for d, i, (img, masks) in picks:
+        gt = preprocess.load_mask(masks)
+        box = O.tight_box(gt)
+        if box is None:
+            continue
+        h, w = gt.shape
+        lines += [
+            "[[case]]",
+            f'masks = {[str(m.relative_to(preprocess.SHARED / "data")) for m in masks]}',
+            f"index = {i}",
+            f"tight = {O.adjust_box(box, w, h)}",
+            f"loose20 = {O.adjust_box(box, w, h, loose=0.2)}",
+            f"jitter10 = {O.adjust_box(box, w, h, jitter=0.1, seed=3, index=i)}",
+            f"loose10_jitter20 = {O.adjust_box(box, w, h, loose=0.1, jitter=0.2, seed=3, index=i)}",
+            f"point = {O.interior_point(gt)}",
+            "",
+        ]
+    (FIX / "oracle_reference.toml").write_text("\n".join(lines))
+
+
 def preprocess_reference() -> None:
     # PNG only: JPEG decoders (libjpeg in PIL, zune-jpeg in Rust) differ by a level or two in
     # IDCT/upsampling rounding; that is a decoder difference, not a preprocessing one.
@@ -232,6 +261,7 @@ if __name__ == "__main__":
         "models_tiny_lite": models_tiny_lite,
         "preprocess": preprocess_reference,
         "area": area_reference,
+        "oracle": oracle_reference,
         "state_dict": state_dict_list,
     }
     for name in sys.argv[1:] or ["models_tiny", "preprocess", "state_dict"]:
