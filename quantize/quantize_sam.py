@@ -59,7 +59,14 @@ def calibration_feeds(enc_fp32: pathlib.Path, frames, recipe: preprocess.Recipe,
     return enc_feeds, dec_feeds
 
 
-def quantize_one(src: pathlib.Path, dst: pathlib.Path, feeds) -> None:
+def quantize_one(
+    src: pathlib.Path,
+    dst: pathlib.Path,
+    feeds,
+    ops=("Conv", "MatMul"),
+    per_channel: bool = False,
+    full_range: bool = False,
+) -> None:
     model = onnx_prep.constants_to_initializers(onnx.load(str(src)))
     with tempfile.TemporaryDirectory() as tmp:
         prepped = pathlib.Path(tmp) / "prepped.onnx"
@@ -69,14 +76,16 @@ def quantize_one(src: pathlib.Path, dst: pathlib.Path, feeds) -> None:
             str(dst),
             _ListReader(feeds),
             quant_format=QuantFormat.QOperator,
-            op_types_to_quantize=["Conv", "MatMul"],
+            op_types_to_quantize=list(ops),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            per_channel=False,
-            # 7-bit weights: onnxruntime's u8s8 kernels on x86 without VNNI (vpmaddubsw) saturate
-            # 16-bit pair sums with full-range weights, so its output would not be the exact
-            # integer result that tract (and ARM SDOT/SMLAL) computes.
-            reduce_range=True,
+            per_channel=per_channel,
+            # 7-bit weights by default: onnxruntime's u8s8 kernels on x86 without VNNI
+            # (vpmaddubsw) saturate 16-bit pair sums with full-range weights, so its output would
+            # not be the exact integer result that tract (and ARM SDOT/SMLAL) computes. Real
+            # weights need the 8th bit (LiteMedSAM: embedding cosine 0.973 -> 0.994 with
+            # per-channel scales, quantize/README or docs/ACCURACY.md); tract computes exactly.
+            reduce_range=not full_range,
             # MinMax calibration keeps only per-tensor ReduceMin/Max per frame: memory stays small.
             extra_options={"MatMulConstBOnly": True},
         )
@@ -100,14 +109,19 @@ def main():
     ap.add_argument("--family", default="mobilesam", choices=["mobilesam", "lite_medsam"])
     ap.add_argument("--low-res", type=int, help="decoder mask size (default image size / 4)")
     ap.add_argument("--sets", default=",".join(preprocess.CALIBRATION_SETS))
+    ap.add_argument("--ops", default="Conv,MatMul", help="op types to quantize (the rest stay fp32)")
+    ap.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
+    ap.add_argument("--full-range", action="store_true", help="8-bit weights (default 7-bit, see quantize_one)")
     a = ap.parse_args()
     ap_sets = a.sets.split(",")
     frames = preprocess.calibration_set(a.shared, a.frames_per_set, sets=ap_sets)
     print(f"calibrating on {len(frames)} real ultrasound frames ({', '.join(ap_sets)})")
     recipe = preprocess.Recipe(a.family, a.image_size)
     enc_feeds, dec_feeds = calibration_feeds(a.models / "sam_encoder.fp32.onnx", frames, recipe, a.low_res or a.image_size // 4)
-    quantize_one(a.models / "sam_encoder.fp32.onnx", a.models / "sam_encoder.int8.onnx", enc_feeds)
-    quantize_one(a.models / "sam_decoder.fp32.onnx", a.models / "sam_decoder.int8.onnx", dec_feeds)
+    q = dict(ops=a.ops.split(","), per_channel=a.per_channel, full_range=a.full_range)
+    print(f"int8: {q}")
+    quantize_one(a.models / "sam_encoder.fp32.onnx", a.models / "sam_encoder.int8.onnx", enc_feeds, **q)
+    quantize_one(a.models / "sam_decoder.fp32.onnx", a.models / "sam_decoder.int8.onnx", dec_feeds, **q)
 
 
 if __name__ == "__main__":

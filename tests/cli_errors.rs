@@ -217,3 +217,92 @@ fn bad_models() {
         "no sam_encoder model in int8 precision",
     );
 }
+
+/// The manifest's family: an unknown one is refused naming the file and the known families; a
+/// family whose recorded scaling is another family's is refused too.
+#[test]
+fn unknown_or_inconsistent_family() {
+    let img = input();
+    for (tag, edit, needle) in [
+        (
+            "family-unknown",
+            "[sam]\nfamily = \"medsam_xl\"",
+            "unknown variant `medsam_xl`",
+        ),
+        (
+            "family-mixed",
+            "[sam]\nfamily = \"lite_medsam\"",
+            "family lite_medsam takes normalization \"min_max\"",
+        ),
+    ] {
+        let dir = common::scratch_models(tag);
+        let m = dir.join("manifest.toml");
+        let text = std::fs::read_to_string(&m).unwrap();
+        let text = text
+            .replace("family = \"mobilesam\"\n", "")
+            .replace("[sam]", edit);
+        std::fs::write(&m, text).unwrap();
+        let out = segment_box(&img, "40,30,150,120", dir.to_str().unwrap());
+        fails_with(&out, needle);
+        fails_with(&out, "manifest.toml");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// LiteMedSAM's recipe on the edge cases the issue names: a box on the image border and a flat
+/// frame (max = min) give a mask and exit 0; the flat frame's input is all zeros (the official
+/// recipe's result) and the run says so.
+#[test]
+fn lite_medsam_border_box_and_flat_frame() {
+    let lite = common::fixtures().join("models_tiny_lite");
+    let dir = std::env::temp_dir().join(format!("sonomask-lite-edge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mask = dir.join("mask.png");
+    let out = sonomask(&[
+        "segment",
+        &input(),
+        "--box",
+        "0,0,200,150",
+        "--models",
+        lite.to_str().unwrap(),
+        "-o",
+        mask.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["model"]["family"], "lite_medsam");
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(200), Some(150))
+    );
+    let flat = dir.join("flat.png");
+    image::RgbImage::from_pixel(120, 90, image::Rgb([40, 40, 40]))
+        .save(&flat)
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .args([
+            "segment",
+            flat.to_str().unwrap(),
+            "--box",
+            "10,10,100,80",
+            "--models",
+            lite.to_str().unwrap(),
+            "-o",
+            mask.to_str().unwrap(),
+        ])
+        .env("SONOMASK_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("flat image") && err.contains("all zeros"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

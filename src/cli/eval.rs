@@ -112,7 +112,6 @@ pub fn run(argv: &[String]) -> Result<()> {
         "loose",
         "jitter",
         "seed",
-        "grid",
         "pipeline",
         "limit",
         "out-dir",
@@ -166,15 +165,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             }))
         }
         Some("oracle-point") => Some(Oracle::Point),
-        Some("everything-bound") => {
-            let mut o = textseg::salip_from(&a)?.everything;
-            o.grid = match a.get("grid").unwrap_or("points") {
-                "points" => crate::everything::GridPrompts::Points,
-                "boxes" => crate::everything::GridPrompts::Boxes,
-                g => bail!("--grid '{g}': points or boxes"),
-            };
-            Some(Oracle::Bound(o))
-        }
+        Some("everything-bound") => Some(Oracle::Bound(textseg::salip_from(&a)?.everything)),
         Some(p) => bail!(
             "--prompt '{p}': the prompt modes are oracle-box, jittered-box, oracle-point and everything-bound"
         ),

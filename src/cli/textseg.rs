@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::args::{self, Args};
 use super::common::{self, ModelOptions};
 use crate::autoprompt::{Output, Rule};
-use crate::everything::EverythingOptions;
+use crate::everything::{EverythingOptions, GridPrompts};
 use crate::image_io::RgbFrame;
 use crate::model::{Precision, Role};
 use crate::overlay;
@@ -40,7 +40,8 @@ sonomask segment IMAGE --text \"breast tumor\" [--text ...] | --prompt-file F [-
 pub const SALIP_USAGE: &str = "\
 sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] | --bank B
                  [--points-per-side N] [--pred-iou F] [--stability F] [--nms F] [--crop masked|box]
-                 [--top-k K] [--score-floor F] [--crop-layers 0|1|2] [-o mask.png] [--overlay overlay.png]
+                 [--top-k K] [--score-floor F] [--crop-layers 0|1|2] [--grid points|boxes]
+                 [-o mask.png] [--overlay overlay.png]
                  [--candidates-out candidates.png] [--json]
 
   SaLIP: SAM everything mode (an N x N point grid, default 16, on one encoder pass; masks kept
@@ -50,7 +51,10 @@ sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] |
   their boxes. candidates.png shows every candidate with its CLIP score (* = retrieved). No
   candidate, or a best score below --score-floor: an empty mask and a status saying why.
   --crop-layers L adds SAM's crop layers (off by default): layer 1 runs 4 overlapping crops, each
-  one more encoder pass and one more grid of decoder calls (layer 2: 16 more).";
+  one more encoder pass and one more grid of decoder calls (layer 2: 16 more).
+  --grid boxes    prompt each grid cell with boxes (15% and 30% of the frame, single-mask output)
+                  instead of a point: for box-trained models such as LiteMedSAM, whose point
+                  masks rarely pass the predicted-IoU filter (docs/ACCURACY.md).";
 
 pub const BANK_USAGE: &str = "\
 sonomask prompt-bank (--prompt-file F | --text T [--name N]) [-o bank.json] [--models DIR]
@@ -84,6 +88,7 @@ pub const TEXT_VALUES: &[&str] = &[
     "score-floor",
     "candidates-out",
     "crop-layers",
+    "grid",
 ];
 
 /// `--pipeline`: medclip-sam (default) or salip.
@@ -111,6 +116,11 @@ pub fn salip_from(a: &Args) -> Result<SalipOptions> {
             stability_thresh: a.parse_or("stability", e.stability_thresh)?,
             box_nms_thresh: a.parse_or("nms", e.box_nms_thresh)?,
             crop_n_layers: a.parse_or("crop-layers", e.crop_n_layers)?,
+            grid: match a.get("grid").unwrap_or("points") {
+                "points" => GridPrompts::Points,
+                "boxes" => GridPrompts::Boxes,
+                g => bail!("--grid '{g}': expected points or boxes"),
+            },
             ..e
         },
         crop: match a.get("crop").unwrap_or("masked") {

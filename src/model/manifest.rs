@@ -114,6 +114,15 @@ pub enum Normalization {
     MinMax,
 }
 
+impl Normalization {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Normalization::MeanStd => "mean_std",
+            Normalization::MinMax => "min_max",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamSection {
@@ -247,11 +256,11 @@ impl Manifest {
         }
         if s.normalization != s.family.normalization() {
             bail!(
-                "{}: [sam] family {} takes normalization {:?}, the manifest says {:?}",
+                "{}: [sam] family {} takes normalization \"{}\", the manifest says \"{}\"",
                 path.display(),
                 s.family.as_str(),
-                s.family.normalization(),
-                s.normalization
+                s.family.normalization().as_str(),
+                s.normalization.as_str()
             );
         }
         if let Some(c) = &m.clip
@@ -436,7 +445,7 @@ bytes = 1
             &GOOD.replace("[sam]", "[sam]\nfamily = \"lite_medsam\""),
         );
         let e = format!("{:#}", Manifest::load(&dir).unwrap_err());
-        assert!(e.contains("min_max") || e.contains("MinMax"), "{e}");
+        assert!(e.contains("takes normalization \"min_max\""), "{e}");
         write(
             &dir,
             &GOOD.replace(
