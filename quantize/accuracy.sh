@@ -49,4 +49,12 @@ done
 for set in "${sets[@]}"; do
   run "$set" int8-box --prompt oracle-box --precision int8
 done
+# SaLIP's bound (slow: 256-512 decoder calls per image): BOUND_LIMIT images of three sets
+blimit="${BOUND_LIMIT:-10}"
+for set in "${noisy[@]}"; do
+  for grid in points boxes; do
+    run "$set" "bound-$grid-official" --prompt everything-bound --grid "$grid" --precision fp32 --limit "$blimit"
+    run "$set" "bound-$grid" --prompt everything-bound --grid "$grid" --pred-iou 0 --stability 0 --precision fp32 --limit "$blimit"
+  done
+done
 [ -n "${SKIP_REPORT:-}" ] || .venv/bin/python quantize/accuracy_report.py --out "$out" --doc docs/ACCURACY.md
