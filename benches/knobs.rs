@@ -13,7 +13,7 @@ use sonomask::image_io::load_rgb;
 use sonomask::model::onnx::{self, f32s, parse_role};
 use sonomask::model::sam::{decoder_contract, encoder_contract};
 use sonomask::model::{Manifest, Precision, Role};
-use sonomask::preprocess::{Normalize, sam_input_into};
+use sonomask::preprocess::sam_input_into;
 use sonomask::prompt::{BoxPrompt, Prompt};
 use tract_core::knobs::KnobScope;
 use tract_onnx::prelude::*;
@@ -90,15 +90,7 @@ fn main() {
     let s = &m.sam;
     let n = s.image_size as usize;
     let mut input = vec![0f32; 3 * n * n];
-    let g = sam_input_into(
-        &frame,
-        s.image_size,
-        &Normalize {
-            mean: s.pixel_mean,
-            std: s.pixel_std,
-        },
-        &mut input,
-    );
+    let g = sam_input_into(&frame, &s.recipe(), &mut input);
 
     let enc_settings: Vec<Setting> = vec![
         ("tract defaults", vec![]),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use sonomask::image_io::load_rgb;
 use sonomask::model::onnx::{NodeTime, by_op};
 use sonomask::model::{Manifest, Precision, SamDecoder, SamEncoder};
-use sonomask::preprocess::{Normalize, sam_input_into};
+use sonomask::preprocess::sam_input_into;
 
 /// Operator type -> (total ms, nodes).
 type ByOp = HashMap<String, (f64, usize)>;
@@ -34,12 +34,8 @@ fn main() {
     let frame = load_rgb(&root.join("../shared/data/busi/images/benign (1).png"))
         .expect("../shared/data is needed");
     let s = &manifest.sam;
-    let norm = Normalize {
-        mean: s.pixel_mean,
-        std: s.pixel_std,
-    };
     let mut input = vec![0f32; 3 * (s.image_size * s.image_size) as usize];
-    sam_input_into(&frame, s.image_size, &norm, &mut input);
+    sam_input_into(&frame, &s.recipe(), &mut input);
     let env = |k: &str, d: usize| -> usize {
         std::env::var(k)
             .ok()

@@ -311,7 +311,9 @@ pub fn generate(
         .into_iter()
         .map(|(px, py)| ((px * w).min(w - 1.0), (py * h).min(h - 1.0)))
         .collect();
-    let (prompts, tokens): (Vec<((f32, f32), Prompt)>, std::ops::Range<usize>) = match o.grid {
+    // (grid cell, prompt) pairs, and the mask tokens each prompt's answer is read from
+    type Cells = Vec<((f32, f32), Prompt)>;
+    let (prompts, tokens): (Cells, std::ops::Range<usize>) = match o.grid {
         GridPrompts::Points => (
             centres
                 .iter()

@@ -30,7 +30,7 @@ fn fixtures() -> [PathBuf; 2] {
 }
 
 fn cases(dir: &Path) -> Vec<(&'static str, Prompt)> {
-    let text = std::fs::read_to_string(&dir.join("cases.toml")).unwrap();
+    let text = std::fs::read_to_string(dir.join("cases.toml")).unwrap();
     let t: toml::Table = toml::from_str(&text).unwrap();
     ["box", "point", "box_points"]
         .into_iter()
