@@ -4,8 +4,9 @@
 # images and prompts.
 #   1. the PyTorch reference, every set, every prompt mode (quantize/reference_eval.py);
 #   2. `sonomask eval --prompt oracle-box` per set in fp32 and int8;
-#   3. loose, jittered and point prompts in fp32 on the first NOISE_LIMIT (40) images of BUSI,
-#      HC18 and TG3K;
+#   3. loose, jittered and point prompts in fp32 on the first NOISE_LIMIT (40) images of
+#      NOISE_SETS (BUSI, HC18, TG3K); int8 on the first INT8_LIMIT images of each set (all);
+#      SaLIP's bound on BOUND_LIMIT (10) images of BOUND_SETS (BUSI, HC18, TG3K);
 #   4. quantize/accuracy_report.py writes the tables.
 # usage: quantize/accuracy.sh          (about an hour on 2 cores; REUSE=1 keeps finished parts)
 # env:   SHARED=DIR (default ../shared), OUT=DIR (default eval_out/accuracy), THREADS=N,
@@ -21,8 +22,9 @@ threads="${THREADS:-2}"
 grep -q 'family = "lite_medsam"' models/manifest.toml || { echo "error: models/ is not LiteMedSAM (quantize/build_models.sh without arguments builds it)" >&2; exit 1; }
 sets=(busi hc18 tg3k_thyroid_gland busbra_minitest bus_uc_malignant_minitest breast_lesions_usg_minitest
       shenzhen_cxr_lung kvasir_seg lgg_brain_mri_minitest medclipsam_example_brain_mri)
-noisy=(busi hc18 tg3k_thyroid_gland)
+read -r -a noisy <<< "${NOISE_SETS:-busi hc18 tg3k_thyroid_gland}"
 limit="${NOISE_LIMIT:-40}"
+int8_limit="${INT8_LIMIT:-100000}"
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
 fi
@@ -47,11 +49,12 @@ for set in "${noisy[@]}"; do
 done
 # int8 last: tract's int8 encoder is the slow one on x86 (docs/BENCHMARKS.md)
 for set in "${sets[@]}"; do
-  run "$set" int8-box --prompt oracle-box --precision int8
+  run "$set" int8-box --prompt oracle-box --precision int8 --limit "$int8_limit"
 done
 # SaLIP's bound (slow: 256-512 decoder calls per image): BOUND_LIMIT images of three sets
 blimit="${BOUND_LIMIT:-10}"
-for set in "${noisy[@]}"; do
+read -r -a bound_sets <<< "${BOUND_SETS:-busi hc18 tg3k_thyroid_gland}"
+for set in "${bound_sets[@]}"; do
   for grid in points boxes; do
     run "$set" "bound-$grid-official" --prompt everything-bound --grid "$grid" --precision fp32 --limit "$blimit"
     run "$set" "bound-$grid" --prompt everything-bound --grid "$grid" --pred-iou 0 --stability 0 --precision fp32 --limit "$blimit"

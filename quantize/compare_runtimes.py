@@ -152,8 +152,10 @@ def main():
     ap.add_argument("--doc", default=ROOT / "docs" / "BENCHMARKS.md", type=pathlib.Path)
     ap.add_argument("--precisions", default="fp32,int8", help="comma-separated (int8 on x86 takes minutes)")
     ap.add_argument("--stock", action="store_true", help="also time tract's stock operators and allocator")
+    ap.add_argument("--marker", default="compare-runtimes", help="the doc block to (re)write: <!-- MARKER:begin/end -->")
+    ap.add_argument("--binary", type=pathlib.Path, help="a sonomask binary already built (default: cargo build --release)")
     a = ap.parse_args()
-    binary = build()
+    binary = a.binary or build()
     image = a.shared / "data" / IMAGE
     rgb = preprocess.load_rgb(image)
     gt = preprocess.mask_box(preprocess.load_mask([a.shared / "data" / MASK]))
@@ -203,7 +205,7 @@ def main():
                     row(family, model, precision, threads, label, ort_ms[model], tract_ms[(stock, model)])
 
     lines = [
-        "<!-- compare-runtimes:begin (written by quantize/compare_runtimes.py) -->",
+        f"<!-- {a.marker}:begin (written by quantize/compare_runtimes.py) -->",
         f"Machine: {machine()}. onnxruntime {ort.__version__}; tract 0.23.9. Frame: `{IMAGE}` (real BUSI), "
         f"box prompt from its ground-truth mask; {a.rounds} interleaved round(s) of {a.runs} timed runs per runtime, "
         f"each after {a.warmup} warm-up, medians and means over all rounds, measured {time.strftime('%Y-%m-%d')} by "
@@ -223,12 +225,12 @@ def main():
             f"| {r['family']} ({r['weights']}) | {r['model']} | {r['precision']} | {r['threads']} | {r['tract']} | {r['tract_median']:.1f} | {r['tract_mean']:.1f} | "
             f"{r['ort_median']:.1f} | {r['ort_mean']:.1f} | {r['ratio']:.2f}x | {gf(r['tract_median'])} | {gf(r['ort_median'])} |"
         )
-    lines.append("<!-- compare-runtimes:end -->")
+    lines.append(f"<!-- {a.marker}:end -->")
     block = "\n".join(lines)
     doc = a.doc.read_text() if a.doc.exists() else ""
-    if "<!-- compare-runtimes:begin" in doc:
-        pre = doc.split("<!-- compare-runtimes:begin")[0]
-        post = doc.split("<!-- compare-runtimes:end -->")[1]
+    if f"<!-- {a.marker}:begin" in doc:
+        pre = doc.split(f"<!-- {a.marker}:begin")[0]
+        post = doc.split(f"<!-- {a.marker}:end -->")[1]
         doc = pre + block + post
     else:
         doc += "\n" + block + "\n"

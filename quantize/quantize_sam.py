@@ -1,6 +1,7 @@
 """Static int8 quantization of the exported MobileSAM ONNX files, in the form tract executes as int8.
 
-QOperator format (QLinearConv / QLinearMatMul), only Conv and MatMul quantized:
+QOperator format (QLinearConv / QLinearMatMul), only Conv and MatMul quantized (`--ops`; the real
+LiteMedSAM quantizes its MatMuls only, per channel, 8-bit: build_models.sh and docs/ACCURACY.md):
 * tract runs QDQ graphs in f32 plus overhead, so QDQ would be slower, not faster;
 * Softmax is never quantized (tract 0.23.9 computes a quantized Softmax wrongly);
 * no Gemm and no com.microsoft ops (QGemm, QLinearAdd): tract 0.23.9 cannot load them;
@@ -84,7 +85,7 @@ def quantize_one(
             # (vpmaddubsw) saturate 16-bit pair sums with full-range weights, so its output would
             # not be the exact integer result that tract (and ARM SDOT/SMLAL) computes. Real
             # weights need the 8th bit (LiteMedSAM: embedding cosine 0.973 -> 0.994 with
-            # per-channel scales, quantize/README or docs/ACCURACY.md); tract computes exactly.
+            # per-channel scales, docs/ACCURACY.md "int8"); tract computes exactly.
             reduce_range=not full_range,
             # MinMax calibration keeps only per-tensor ReduceMin/Max per frame: memory stays small.
             extra_options={"MatMulConstBOnly": True},

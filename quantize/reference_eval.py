@@ -10,6 +10,7 @@ Writes OUT/<set>/reference.csv: image, then Dice per mode (empty for an empty gr
 from __future__ import annotations
 
 import argparse
+import os
 import csv
 import pathlib
 import time
@@ -82,7 +83,7 @@ def main():
     ap.add_argument("--sets", default=",".join(LABELLED))
     ap.add_argument("--limit", type=int)
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("THREADS", "1")))
     net = L.build()
     for name in a.sets.split(","):
         d = a.shared / "data" / name
