@@ -204,21 +204,23 @@ def main():
         "with boxes: the point row reports what a click gives rather than assuming it. Each cell: sonomask fp32 /",
         "PyTorch reference.",
         "",
-        "| set | " + " | ".join(m[0] for m in MODES) + " |",
-        "|---|" + "---|" * len(MODES),
+        "| set | images | " + " | ".join(m[0] for m in MODES) + " |",
+        "|---|---|" + "---|" * len(MODES),
     ]
     for name in LABELLED:
         ref = reference(a.out, name)
+        runs = {mode: sonomask(a.out, name, f"fp32-{mode}") for mode, *_ in MODES}
+        noisy = [r for m, r in runs.items() if m != "box" and r is not None]
+        if not ref or not noisy:
+            continue
+        # every column on the same images: those the prompt-noise runs scored
+        subset = set.intersection(*(set(r) for r in noisy))
         cells = []
         for mode, *_ in MODES:
-            s = sonomask(a.out, name, f"fp32-{mode}")
-            if s is None or not ref:
-                cells.append("")
-                continue
-            imgs = [k for k in ref if mode in ref[k] and k in s]
-            cells.append(f"{mean([s[k] for k in imgs]):.4f} / {mean([ref[k][mode] for k in imgs]):.4f}")
-        if any(cells[1:]):
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            s = runs[mode]
+            imgs = [k for k in ref if mode in ref[k] and s is not None and k in s and k in subset]
+            cells.append(f"{mean([s[k] for k in imgs]):.4f} / {mean([ref[k][mode] for k in imgs]):.4f}" if imgs else "")
+        lines.append(f"| {name} | {len(subset)} | " + " | ".join(cells) + " |")
     lines += int8_section(a.out) + bound_section(a.out)
     a.doc.parent.mkdir(parents=True, exist_ok=True)
     a.doc.write_text("\n".join(lines) + "\n")

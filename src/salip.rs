@@ -136,6 +136,15 @@ pub fn segment(
     };
     if candidates.is_empty() {
         log::warn!("SaLIP: {}", Status::NoCandidates.describe());
+        if p.sam.manifest.sam.family == crate::model::Family::LiteMedsam
+            && o.everything.stability_thresh > 0.9
+        {
+            // measured (docs/ACCURACY.md, SaLIP bound): LiteMedSAM's soft logits never reach
+            // SAM's 0.95 stability, and its point masks are weak
+            log::warn!(
+                "SaLIP: LiteMedSAM's masks never pass SAM's stability filter (0.95); try --grid boxes --pred-iou 0.8 --stability 0.7"
+            );
+        }
         return Ok(empty(candidates, vec![], funnel, Status::NoCandidates));
     }
     let crops: Vec<RgbFrame> = t.stage("salip_crops", || {

@@ -56,6 +56,13 @@ impl SamSession {
     ) -> Result<Self> {
         let mut t = Timings::default();
         let manifest = Manifest::load(models_dir)?;
+        log::info!(
+            "SAM: {} ({} weights, {} px input; {})",
+            manifest.sam.family.as_str(),
+            manifest.sam.weights_label(),
+            manifest.sam.image_size,
+            manifest.sam.source
+        );
         if manifest.sam.synthetic {
             log::warn!(
                 "models in {} have SYNTHETIC weights (seeded random, untrained, seed {}): masks show the pipeline runs, not anatomy",
