@@ -307,8 +307,9 @@ fn own_operators(dir: &Path) {
                 Family::Mobilesam => {
                     assert!(count("Gemm") > 0 && count("PatchEmbed") == 1, "{ops:?}")
                 }
-                Family::LiteMedsam => {
-                    // The 1x1 patch embedding: two own 1x1 products around an own GELU.
+                // The 1x1 patch embedding: two own 1x1 products around an own GELU (checked on
+                // x86-64, where the plans above are pinned; aarch64 keeps its own layout choices).
+                Family::LiteMedsam if cfg!(target_arch = "x86_64") => {
                     assert_eq!(count("PatchEmbed"), 0, "{ops:?}");
                     let first: Vec<&str> = ops
                         .iter()
@@ -318,6 +319,7 @@ fn own_operators(dir: &Path) {
                         .collect();
                     assert_eq!(first, ["Gemm", "Gelu", "Gemm"], "{ops:?}");
                 }
+                Family::LiteMedsam => assert_eq!(count("PatchEmbed"), 0, "{ops:?}"),
             }
             assert_eq!(count("Conv3x3"), 0, "{ops:?}");
             // Every layer norm is ours (the neck's channel-axis ones too).
