@@ -11,7 +11,6 @@ a different recipe and is not used.
 
 from __future__ import annotations
 
-import hashlib
 import pathlib
 
 import cv2
@@ -29,14 +28,6 @@ IMAGE_SIZE = 256
 
 class CheckpointError(SystemExit):
     pass
-
-
-def sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def asset_path() -> pathlib.Path:
@@ -60,6 +51,8 @@ def verify_checkpoint(path: pathlib.Path) -> str:
         raise CheckpointError(
             f"error: LiteMedSAM checkpoint {path} is {size} bytes, expected {SIZE} (truncated or replaced?)"
         )
+    from manifest import sha256  # the toolchain's one file hash
+
     digest = sha256(path)
     if digest != SHA256:
         raise CheckpointError(f"error: LiteMedSAM checkpoint {path} has sha256 {digest}, expected {SHA256} (tampered or corrupt)")
@@ -114,17 +107,32 @@ def postprocess(low_res: np.ndarray, orig_hw, size: int = IMAGE_SIZE) -> np.ndar
 
 
 @torch.no_grad()
-def segment_box(net, rgb: np.ndarray, box) -> np.ndarray:
-    """The official recipe end to end in PyTorch: a boolean mask at the original size."""
-    x = torch.from_numpy(preprocess(rgb))
-    emb = net.image_encoder(x)
-    b = torch.from_numpy(box_to_model(box, rgb.shape[:2]))[None, None, :]
-    sparse, dense = net.prompt_encoder(points=None, boxes=b, masks=None)
-    low, _ = net.mask_decoder(
+def decode(net, emb, hw, box=None, point=None) -> np.ndarray:
+    """One prompt on an embedding, a boolean mask at the original size: a box (the official
+    recipe, single-mask output) or one foreground click (scaled like the box, untruncated; the
+    best predicted IoU of the three multimask outputs, as sonomask picks)."""
+    if box is not None:
+        b = torch.from_numpy(box_to_model(box, hw))[None, None, :]
+        sparse, dense = net.prompt_encoder(points=None, boxes=b, masks=None)
+        multimask = False
+    else:
+        ratio = IMAGE_SIZE / max(hw)
+        xy = torch.tensor([[[np.float32(point[0] * ratio), np.float32(point[1] * ratio)]]], dtype=torch.float32)
+        sparse, dense = net.prompt_encoder(points=(xy, torch.ones(1, 1)), boxes=None, masks=None)
+        multimask = True
+    low, iou = net.mask_decoder(
         image_embeddings=emb,
         image_pe=net.prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
-        multimask_output=False,
+        multimask_output=multimask,
     )
-    return postprocess(low.numpy(), rgb.shape[:2])[0, 0] > 0.0
+    k = int(torch.argmax(iou[0])) if multimask else 0
+    return postprocess(low[:, k : k + 1].numpy(), hw)[0, 0] > 0.0
+
+
+@torch.no_grad()
+def segment_box(net, rgb: np.ndarray, box) -> np.ndarray:
+    """The official recipe end to end in PyTorch: a boolean mask at the original size."""
+    emb = net.image_encoder(torch.from_numpy(preprocess(rgb)))
+    return decode(net, emb, rgb.shape[:2], box=box)

@@ -53,29 +53,6 @@ def dice(a, b):
     return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
-@torch.no_grad()
-def decode(net, emb, hw, box=None, point=None):
-    if box is not None:
-        b = torch.from_numpy(L.box_to_model(box, hw))[None, None, :]
-        sparse, dense = net.prompt_encoder(points=None, boxes=b, masks=None)
-        multimask = False
-    else:
-        ratio = L.IMAGE_SIZE / max(hw)
-        xy = torch.tensor([[[np.float32(point[0] * ratio), np.float32(point[1] * ratio)]]], dtype=torch.float32)
-        sparse, dense = net.prompt_encoder(points=(xy, torch.ones(1, 1)), boxes=None, masks=None)
-        multimask = True
-    low, iou = net.mask_decoder(
-        image_embeddings=emb,
-        image_pe=net.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
-    # a single click: the best predicted IoU of the three multimask outputs (as sonomask)
-    k = int(torch.argmax(iou[0])) if multimask else 0
-    return L.postprocess(low[:, k : k + 1].numpy(), hw)[0, 0] > 0.0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("eval_out/accuracy"))
@@ -106,10 +83,10 @@ def main():
                 emb = net.image_encoder(torch.from_numpy(L.preprocess(rgb)))
                 for mode, loose, jitter, point in MODES:
                     if point:
-                        m = decode(net, emb, hw, point=O.interior_point(gt))
+                        m = L.decode(net, emb, hw, point=O.interior_point(gt))
                     else:
                         b = O.adjust_box(box, hw[1], hw[0], loose, jitter, SEED, index)
-                        m = decode(net, emb, hw, box=b)
+                        m = L.decode(net, emb, hw, box=b)
                     row[mode] = f"{dice(m, gt):.6f}"
             rows.append(row)
         with open(out / "reference.csv", "w", newline="") as f:

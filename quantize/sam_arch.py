@@ -54,6 +54,44 @@ CONFIGS = {
 FAMILY = {"vit_t": "mobilesam", "tiny": "mobilesam", "lite_medsam": "lite_medsam", "tiny_lite": "lite_medsam"}
 
 
+def _tiny_neck(in_dim: int, neck_dim: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_dim, neck_dim, kernel_size=1, bias=False),
+        LayerNorm2d(neck_dim),
+        nn.Conv2d(neck_dim, neck_dim, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(neck_dim),
+    )
+
+
+def _forward_any_res(self, x):
+    """TinyViT's forward_features with the final reshape following its own token count
+    (both packages hard-code the 64x64 grid of their full-size model)."""
+    x = self.patch_embed(x)
+    for layer in self.layers:
+        x = layer(x)
+    b, n, c = x.size()
+    side = int(math.isqrt(n))
+    return self.neck(x.view(b, side, side, c).permute(0, 3, 1, 2))
+
+
+def _tiny_prompt_and_mask_decoder(cfg: "SamConfig"):
+    """SAM's prompt encoder and two-way mask decoder at the tiny fixture widths."""
+    prompt_encoder = PromptEncoder(
+        embed_dim=cfg.embed_dim,
+        image_embedding_size=(cfg.embedding_size, cfg.embedding_size),
+        input_image_size=(cfg.image_size, cfg.image_size),
+        mask_in_chans=4,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.embed_dim, mlp_dim=64, num_heads=2),
+        transformer_dim=cfg.embed_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=32,
+    )
+    return prompt_encoder, mask_decoder
+
+
 class _TinyViTAnyRes(TinyViT):
     """TinyViT whose final reshape follows its own resolution instead of the hard-coded 64x64,
     with a neck of `neck_dim` channels. Used only by the `tiny` fixture config."""
@@ -63,27 +101,14 @@ class _TinyViTAnyRes(TinyViT):
         # MobileSAM keys "no downsampling before the last stage" on out_dim == 320; the tiny
         # widths differ, so set the same stride-1 depthwise conv explicitly.
         self.layers[2].downsample.conv2.c.stride = (1, 1)
-        self.neck = nn.Sequential(
-            nn.Conv2d(kw["embed_dims"][-1], neck_dim, kernel_size=1, bias=False),
-            LayerNorm2d(neck_dim),
-            nn.Conv2d(neck_dim, neck_dim, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(neck_dim),
-        )
+        self.neck = _tiny_neck(kw["embed_dims"][-1], neck_dim)
 
-    def forward_features(self, x):
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
-        b, n, c = x.size()
-        side = int(math.isqrt(n))
-        x = x.view(b, side, side, c).permute(0, 3, 1, 2)
-        return self.neck(x)
+    forward_features = _forward_any_res
 
 
 def _build_tiny() -> Sam:
     cfg = CONFIGS["tiny"]
-    model = Sam(
-        image_encoder=_TinyViTAnyRes(
+    image_encoder = _TinyViTAnyRes(
             neck_dim=cfg.embed_dim,
             img_size=cfg.image_size,
             in_chans=3,
@@ -99,20 +124,12 @@ def _build_tiny() -> Sam:
             mbconv_expand_ratio=4.0,
             local_conv_size=3,
             layer_lr_decay=0.8,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=cfg.embed_dim,
-            image_embedding_size=(cfg.embedding_size, cfg.embedding_size),
-            input_image_size=(cfg.image_size, cfg.image_size),
-            mask_in_chans=4,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.embed_dim, mlp_dim=64, num_heads=2),
-            transformer_dim=cfg.embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=32,
-        ),
+    )
+    prompt_encoder, mask_decoder = _tiny_prompt_and_mask_decoder(cfg)
+    model = Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
         pixel_mean=PIXEL_MEAN,
         pixel_std=PIXEL_STD,
     )
@@ -157,14 +174,7 @@ def _build_tiny_lite():
     cfg = CONFIGS["tiny_lite"]
 
     class _Enc(LiteTinyViT):
-        # the package hard-codes the 64x64 token grid of the 256 px model
-        def forward_features(self, x):
-            x = self.patch_embed(x)
-            for layer in self.layers:
-                x = layer(x)
-            b, n, c = x.size()
-            side = int(math.isqrt(n))
-            return self.neck(x.view(b, side, side, c).permute(0, 3, 1, 2))
+        forward_features = _forward_any_res
 
     enc = _Enc(
         img_size=cfg.image_size,
@@ -182,28 +192,9 @@ def _build_tiny_lite():
         layer_lr_decay=0.8,
     )
     enc.layers[2].downsample.conv2.c.stride = (1, 1)
-    enc.neck = nn.Sequential(
-        nn.Conv2d(64, cfg.embed_dim, kernel_size=1, bias=False),
-        LayerNorm2d(cfg.embed_dim),
-        nn.Conv2d(cfg.embed_dim, cfg.embed_dim, kernel_size=3, padding=1, bias=False),
-        LayerNorm2d(cfg.embed_dim),
-    )
-    model = MedSAMLite(
-        image_encoder=enc,
-        prompt_encoder=PromptEncoder(
-            embed_dim=cfg.embed_dim,
-            image_embedding_size=(cfg.embedding_size, cfg.embedding_size),
-            input_image_size=(cfg.image_size, cfg.image_size),
-            mask_in_chans=4,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.embed_dim, mlp_dim=64, num_heads=2),
-            transformer_dim=cfg.embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=32,
-        ),
-    )
+    enc.neck = _tiny_neck(64, cfg.embed_dim)
+    prompt_encoder, mask_decoder = _tiny_prompt_and_mask_decoder(cfg)
+    model = MedSAMLite(image_encoder=enc, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
     model.eval()
     return model
 

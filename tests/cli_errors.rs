@@ -6,9 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn sonomask(args: &[&str]) -> Output {
+    sonomask_logging(args, "error")
+}
+
+/// With the log level the test reads on stderr.
+fn sonomask_logging(args: &[&str], level: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sonomask"))
         .args(args)
-        .env("SONOMASK_LOG", "error")
+        .env("SONOMASK_LOG", level)
         .output()
         .expect("spawn sonomask")
 }
@@ -284,8 +289,8 @@ fn lite_medsam_border_box_and_flat_frame() {
     image::RgbImage::from_pixel(120, 90, image::Rgb([40, 40, 40]))
         .save(&flat)
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sonomask"))
-        .args([
+    let out = sonomask_logging(
+        &[
             "segment",
             flat.to_str().unwrap(),
             "--box",
@@ -294,10 +299,9 @@ fn lite_medsam_border_box_and_flat_frame() {
             lite.to_str().unwrap(),
             "-o",
             mask.to_str().unwrap(),
-        ])
-        .env("SONOMASK_LOG", "warn")
-        .output()
-        .unwrap();
+        ],
+        "warn",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

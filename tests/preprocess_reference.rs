@@ -6,10 +6,7 @@ mod common;
 
 use sonomask::image_io::load_rgb;
 use sonomask::model::manifest::sha256_hex;
-use sonomask::preprocess::{
-    CoordRule, Geometry, Recipe, Resampler, Scaling, resize_area_u8, resize_bilinear_u8,
-    sam_input_into,
-};
+use sonomask::preprocess::{Geometry, Recipe, resize_area_u8, resize_bilinear_u8, sam_input_into};
 
 #[test]
 fn resize_is_bit_exact_with_pil_on_shared_images() {
@@ -126,12 +123,7 @@ fn lite_medsam_input_is_bit_exact_with_the_official_recipe_on_shared_images() {
     let t = area_table();
     let images = t["image"].as_array().unwrap();
     assert!(images.len() >= 10);
-    let recipe = Recipe {
-        input_size: 256,
-        resampler: Resampler::OpencvArea,
-        scaling: Scaling::MinMax,
-        coords: CoordRule::LongestSideFloor,
-    };
+    let recipe = Recipe::lite_medsam(256);
     let mut input = vec![0f32; 3 * 256 * 256];
     for e in images {
         let rel = e["path"].as_str().unwrap();

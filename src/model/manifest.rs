@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-use crate::preprocess::{CoordRule, Normalize, Recipe, Resampler, Scaling};
+use crate::preprocess::{Normalize, Recipe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,12 +161,7 @@ impl SamSection {
                     std: self.pixel_std,
                 },
             ),
-            Family::LiteMedsam => Recipe {
-                input_size: self.image_size,
-                resampler: Resampler::OpencvArea,
-                scaling: Scaling::MinMax,
-                coords: CoordRule::LongestSideFloor,
-            },
+            Family::LiteMedsam => Recipe::lite_medsam(self.image_size),
         }
     }
 
@@ -455,7 +450,7 @@ bytes = 1
         );
         let m = Manifest::load(&dir).unwrap();
         assert_eq!(m.sam.family, Family::LiteMedsam);
-        assert_eq!(m.sam.recipe().resampler, Resampler::OpencvArea);
+        assert_eq!(m.sam.recipe(), Recipe::lite_medsam(256));
         write(&dir, "not toml [");
         assert!(format!("{:#}", Manifest::load(&dir).unwrap_err()).contains("malformed"));
         std::fs::remove_dir_all(&dir).ok();

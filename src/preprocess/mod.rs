@@ -265,6 +265,16 @@ impl Recipe {
         }
     }
 
+    /// LiteMedSAM's recipe (`CVPR24_LiteMedSAM_infer.py`) at a given input size.
+    pub fn lite_medsam(input_size: u32) -> Self {
+        Recipe {
+            input_size,
+            resampler: Resampler::OpencvArea,
+            scaling: Scaling::MinMax,
+            coords: CoordRule::LongestSideFloor,
+        }
+    }
+
     /// The geometry this recipe gives a `w x h` frame.
     pub fn geometry(&self, w: u32, h: u32) -> Geometry {
         Geometry::new(w, h, self.input_size).with_coords(self.coords)
@@ -290,9 +300,13 @@ pub fn sam_input_into(frame: &RgbFrame, recipe: &Recipe, out: &mut [f32]) -> Geo
     let (rw, rh) = (g.resized_w as usize, g.resized_h as usize);
     let resized = recipe.resize(frame, &g);
     out.fill(0.0);
-    // Per channel: v -> (v - offset[c]) / divisor[c], in the precision the reference uses.
-    let minmax = match recipe.scaling {
-        Scaling::MeanStd(_) => None,
+    // The scaling resolved once per frame, in the precision each reference uses.
+    enum Resolved {
+        MeanStd(Normalize),
+        MinMax { lo: u8, range: f64 },
+    }
+    let scale = match recipe.scaling {
+        Scaling::MeanStd(norm) => Resolved::MeanStd(norm),
         Scaling::MinMax => {
             let (lo, hi) = resized
                 .iter()
@@ -300,27 +314,32 @@ pub fn sam_input_into(frame: &RgbFrame, recipe: &Recipe, out: &mut [f32]) -> Geo
             if lo == hi {
                 log::warn!("flat image (every pixel {lo}): the model input is all zeros");
             }
-            Some((lo, ((hi - lo) as f64).max(1e-8)))
+            Resolved::MinMax {
+                lo,
+                range: ((hi - lo) as f64).max(1e-8),
+            }
         }
     };
     for c in 0..3 {
         let plane = &mut out[c * s * s..(c + 1) * s * s];
         for y in 0..rh {
-            let src = &resized[y * rw * 3..(y + 1) * rw * 3];
+            let src = resized[y * rw * 3..(y + 1) * rw * 3]
+                .iter()
+                .skip(c)
+                .step_by(3);
             let dst = &mut plane[y * s..y * s + rw];
-            match (recipe.scaling, minmax) {
-                (Scaling::MeanStd(norm), _) => {
+            match scale {
+                Resolved::MeanStd(norm) => {
                     let (m, sd) = (norm.mean[c], norm.std[c]);
-                    for (x, d) in dst.iter_mut().enumerate() {
-                        *d = (src[x * 3 + c] as f32 - m) / sd;
-                    }
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = (v as f32 - m) / sd);
                 }
-                (Scaling::MinMax, Some((lo, range))) => {
-                    for (x, d) in dst.iter_mut().enumerate() {
-                        *d = ((src[x * 3 + c] - lo) as f64 / range) as f32;
-                    }
+                Resolved::MinMax { lo, range } => {
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = ((v - lo) as f64 / range) as f32);
                 }
-                (Scaling::MinMax, None) => unreachable!("min-max computed above"),
             }
         }
     }
@@ -396,15 +415,6 @@ mod tests {
         assert!(out[0] > 0.0 && out[16 + 16 + 8] == 0.0);
     }
 
-    fn lite(size: u32) -> Recipe {
-        Recipe {
-            input_size: size,
-            resampler: Resampler::OpencvArea,
-            scaling: Scaling::MinMax,
-            coords: CoordRule::LongestSideFloor,
-        }
-    }
-
     #[test]
     fn min_max_scales_the_whole_image_and_pads_with_zero() {
         let frame = RgbFrame {
@@ -413,7 +423,7 @@ mod tests {
             pixels: vec![10, 20, 30, 40, 50, 110],
         };
         let mut out = vec![9.0f32; 3 * 2 * 2];
-        let g = sam_input_into(&frame, &lite(2), &mut out);
+        let g = sam_input_into(&frame, &Recipe::lite_medsam(2), &mut out);
         assert_eq!((g.resized_w, g.resized_h), (2, 1));
         // min 10, max 110 over all channels: (v - 10) / 100
         assert_eq!(&out[0..2], &[0.0, 0.3]);
@@ -426,14 +436,14 @@ mod tests {
             height: 2,
             pixels: vec![7; 12],
         };
-        sam_input_into(&flat, &lite(2), &mut out);
+        sam_input_into(&flat, &Recipe::lite_medsam(2), &mut out);
         assert!(out.iter().all(|&v| v == 0.0));
     }
 
     #[test]
     fn lite_medsam_boxes_truncate_on_the_longest_side() {
         // 800x540 at 256: ratio 0.32; 101 * 0.32 = 32.32 -> 32, 399 * 0.32 = 127.68 -> 127
-        let g = lite(256).geometry(800, 540);
+        let g = Recipe::lite_medsam(256).geometry(800, 540);
         assert_eq!((g.resized_w, g.resized_h), (256, 173));
         assert_eq!(g.box_corner_to_model(101.0, 399.0), (32.0, 127.0));
         let (x, y) = g.to_model(101.0, 399.0);
