@@ -213,8 +213,7 @@ def oracle_reference() -> None:
 
 
 def preprocess_reference() -> None:
-    # PNG only: JPEG decoders (libjpeg in PIL, zune-jpeg in Rust) differ by a level or two in
-    # IDCT/upsampling rounding; that is a decoder difference, not a preprocessing one.
+    # PNG only: JPEG decoding has its own reference (jpeg_reference).
     def first_png(d):
         return d + "/images/" + sorted(p.name for p in (preprocess.SHARED / "data" / d / "images").iterdir() if p.suffix == ".png")[0]
 
@@ -244,6 +243,43 @@ def preprocess_reference() -> None:
     (FIX / "preprocess_reference.toml").write_text("\n".join(lines))
 
 
+def jpeg_reference() -> None:
+    """Real JPEG frames decoded by Pillow and by OpenCV (both libjpeg-turbo; checked equal here):
+    sha256 of the RGB buffer and of LiteMedSAM's input tensor, for tests/jpeg_reference.rs."""
+    import cv2
+    from PIL import Image
+
+    import lite_medsam
+
+    def jpegs(d, sub, n):
+        files = sorted(p.name for p in (preprocess.SHARED / "data" / d / sub).iterdir() if p.suffix == ".jpg")
+        return [d + f"/{sub}/" + f for f in files[:: max(1, len(files) // n)][:n]]
+
+    picks = []
+    for d in ("lgg_brain_mri_minitest", "kvasir_seg", "shenzhen_cxr_lung", "tg3k_thyroid_gland", "bus_uc_malignant_minitest"):
+        picks += jpegs(d, "images", 4)
+    picks += ["lgg_brain_mri_minitest/images/TCGA_CS_5396_20010302_12.jpg"] + jpegs("lgg_brain_mri_minitest", "masks", 3)
+    lines = [
+        f"# Pillow {Image.__version__} and OpenCV {cv2.__version__} decode of real JPEG frames (identical): sha256",
+        "# of the RGB8 buffer, and of LiteMedSAM's f32 input tensor (INTER_AREA, min-max, padded, little endian).",
+    ]
+    for rel in picks:
+        path = preprocess.SHARED / "data" / rel
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        assert bgr is not None and np.array_equal(rgb, bgr[:, :, ::-1]), f"Pillow and OpenCV differ on {rel}"
+        x = np.ascontiguousarray(lite_medsam.preprocess(rgb), dtype="<f4")
+        lines += [
+            "[[image]]",
+            f'path = "{rel}"',
+            f"size = [{rgb.shape[1]}, {rgb.shape[0]}]",
+            f'sha256 = "{hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()}"',
+            f'input_sha256 = "{hashlib.sha256(x.tobytes()).hexdigest()}"',
+            "",
+        ]
+    (FIX / "jpeg_reference.toml").write_text("\n".join(lines))
+
+
 def state_dict_list() -> None:
     """The synthetic vit_t state dict's key/shape/dtype list, for tests/state_dict_keys.rs."""
     from test_sam_arch import state_dict_rows
@@ -262,6 +298,7 @@ if __name__ == "__main__":
         "preprocess": preprocess_reference,
         "area": area_reference,
         "oracle": oracle_reference,
+        "jpeg": jpeg_reference,
         "state_dict": state_dict_list,
     }
     for name in sys.argv[1:] or ["models_tiny", "preprocess", "state_dict"]:

@@ -94,6 +94,11 @@ def read_pairs(dataset_dir: pathlib.Path):
 CALIBRATION_SETS = ("busi", "hc18")
 # LiteMedSAM's int8 is judged on every labelled set: calibrate on three kinds of ultrasound.
 LITE_CALIBRATION_SETS = ("busi", "hc18", "tg3k_thyroid_gland")
+# ... and on every modality the cart may see (ultrasound, chest X-ray, endoscopy, brain MRI).
+LITE_CALIBRATION_SETS_ALL = LITE_CALIBRATION_SETS + (
+    "busbra_minitest", "bus_uc_malignant_minitest", "breast_lesions_usg_minitest",
+    "shenzhen_cxr_lung", "kvasir_seg", "lgg_brain_mri_minitest",
+)
 
 
 def calibration_set(shared: pathlib.Path, per_set: int, held_out: bool = False, sets=CALIBRATION_SETS):

@@ -101,6 +101,68 @@ pub fn load_masks(masks: &[std::path::PathBuf], width: u32, height: u32) -> Resu
     Ok(gt)
 }
 
+/// Per-image pixel size (and, where the CSV has it, the reference head circumference), as
+/// HC18's `pixel_size_and_HC.csv`: `filename,pixel size(mm)[,head circumference (mm)]`,
+/// keyed by the image's file name.
+#[derive(Clone, Debug, Default)]
+pub struct PixelSizes {
+    rows: std::collections::HashMap<String, (f64, Option<f64>)>,
+}
+
+impl PixelSizes {
+    pub fn read(csv: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(csv)
+            .with_context(|| format!("cannot read pixel sizes {}", csv.display()))?;
+        let mut lines = text.lines();
+        let header = fields(lines.next().unwrap_or_default());
+        if header.len() < 2 || !header[1].to_ascii_lowercase().contains("pixel") {
+            bail!(
+                "{}: expected the header \"filename,pixel size(mm)[,head circumference (mm)]\", found {:?}",
+                csv.display(),
+                header
+            );
+        }
+        let mut rows = std::collections::HashMap::new();
+        for (n, line) in lines.enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let f = fields(line);
+            let bad = || anyhow::anyhow!("{} line {}: {line:?}", csv.display(), n + 2);
+            let mm: f64 = f
+                .get(1)
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(bad)?;
+            if !(mm.is_finite() && mm > 0.0 && mm < 100.0) {
+                bail!(
+                    "{} line {}: pixel size {mm} mm is not plausible",
+                    csv.display(),
+                    n + 2
+                );
+            }
+            let hc = match f.get(2).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+                Some(v) => Some(v.parse::<f64>().map_err(|_| bad())?),
+                None => None,
+            };
+            rows.insert(f[0].trim().to_string(), (mm, hc));
+        }
+        Ok(PixelSizes { rows })
+    }
+
+    /// (pixel size in mm, reference HC in mm) for an image file name.
+    pub fn get(&self, file_name: &str) -> Option<(f64, Option<f64>)> {
+        self.rows.get(file_name).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +186,44 @@ mod tests {
         assert!(p[1].masks.is_empty());
         std::fs::write(&csv, "file,mask\nx,y\n").unwrap();
         assert!(read_pairs(&csv).unwrap_err().to_string().contains("header"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn pixel_sizes_read_hc18_layout_and_refuse_nonsense() {
+        let dir = std::env::temp_dir().join(format!("sonomask-px-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("px.csv");
+        std::fs::write(
+            &p,
+            "filename,pixel size(mm),head circumference (mm)\n000_HC.png,0.069,44.3\nb.png,0.1,\n",
+        )
+        .unwrap();
+        let t = PixelSizes::read(&p).unwrap();
+        assert_eq!(t.get("000_HC.png"), Some((0.069, Some(44.3))));
+        assert_eq!(t.get("b.png"), Some((0.1, None)));
+        assert_eq!(t.get("c.png"), None);
+        std::fs::write(&p, "filename,pixel size(mm)\na.png,-1\n").unwrap();
+        assert!(
+            PixelSizes::read(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not plausible")
+        );
+        std::fs::write(&p, "image,mask\na.png,b.png\n").unwrap();
+        assert!(
+            PixelSizes::read(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("header")
+        );
+        std::fs::write(&p, "filename,pixel size(mm)\na.png,abc\n").unwrap();
+        assert!(
+            PixelSizes::read(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("line 2")
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

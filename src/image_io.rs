@@ -3,6 +3,8 @@
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
+pub mod jpeg;
+
 /// Largest side accepted from a file: refuse before decoding a 100k x 100k bomb.
 pub const MAX_SIDE: u32 = 16_384;
 
@@ -73,10 +75,14 @@ pub fn load_rgb(path: &Path) -> Result<RgbFrame> {
     decode_rgb(&bytes).with_context(|| format!("cannot decode image {}", path.display()))
 }
 
-/// Decode PNG/JPEG bytes, bounded by [`MAX_SIDE`] before any pixel buffer is allocated.
+/// Decode PNG/JPEG bytes, bounded by [`MAX_SIDE`] before any pixel buffer is allocated. JPEG goes
+/// through [`jpeg`], which decodes as the models' reference pipelines do.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbFrame> {
     if bytes.is_empty() {
         bail!("the file is empty");
+    }
+    if jpeg::is_jpeg(bytes) {
+        return jpeg::decode(bytes, MAX_SIDE, MAX_SIDE);
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()

@@ -17,6 +17,7 @@ pub mod image_io;
 pub mod link;
 pub mod logger;
 pub mod mask;
+pub mod measure;
 pub mod metrics;
 pub mod model;
 pub mod oracle;

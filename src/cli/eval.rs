@@ -24,6 +24,7 @@ pub const USAGE: &str = "\
 sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | --bank B [--class C]
               | --prompt oracle-box|jittered-box|oracle-point) [--pipeline medclip-sam|salip]
               [--limit N] [--out-dir DIR] [--nsd-tol PX] [--loose F] [--jitter F] [--seed N]
+              [--measure hc|lesion [--pixel-size-csv FILE | --pixel-size MM]]
               [segment's text options: --saliency, --prompt-rule, --threshold, ...]
               [--models DIR] [--precision ...]
 
@@ -41,6 +42,14 @@ sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | -
                        scored by its best candidate: the Dice a perfect CLIP retrieval would
                        reach; the note gives the candidate count. --grid points|boxes picks
                        point prompts (official) or a grid of boxes (for box-trained models)
+  --measure hc         biometry per image (head circumference: ellipse fit, Ramanujan): the
+                       predicted mask's, the ground-truth mask's, and the reference HC when
+                       --pixel-size-csv has it (HC18's pixel_size_and_HC.csv); differences in mm
+                       with mean absolute, mean signed and SD, as HC18 reports them
+  --measure lesion     the longest diameter, its perpendicular and the area, predicted against
+                       the ground-truth mask's
+  --pixel-size-csv F   pixel size per image (filename,pixel size(mm)[,head circumference (mm)]);
+  --pixel-size MM      one pixel size for every image; without either, pixels (said so)
   --pipeline salip     SaLIP (segment's SaLIP options apply: --points-per-side, --top-k, ...)
   Writes DIR/eval.csv and DIR/eval.json (default DIR eval_out). A failing image is recorded
   with its error and the run goes on.";
@@ -83,6 +92,7 @@ struct Row {
     ms: f64,
     note: Option<String>,
     error: Option<String>,
+    measured: Option<Measured>,
 }
 
 fn progress(i: usize, n: usize, name: &str, per: f64, tty: bool) {
@@ -120,6 +130,9 @@ pub fn run(argv: &[String]) -> Result<()> {
         "precision",
         "decoder-precision",
         "threads",
+        "measure",
+        "pixel-size-csv",
+        "pixel-size",
     ];
     values.extend_from_slice(textseg::TEXT_VALUES);
     let a = args::parse(argv, &values, &["help"])?;
@@ -143,6 +156,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         bail!("--nsd-tol must be 0..=50 px");
     }
     let opts = ModelOptions::from_args(&a)?;
+    let measure = MeasureCfg::from_args(&a)?;
     let loose: f64 = a.parse_or("loose", 0.0)?;
     if !(0.0..=2.0).contains(&loose) {
         bail!("--loose must be between 0 and 2 (a fraction of the box size)");
@@ -231,6 +245,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             &rule,
             tol,
             &mut shared_text,
+            measure.as_ref(),
         ) {
             Ok(mut r) => {
                 r.ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -246,6 +261,7 @@ pub fn run(argv: &[String]) -> Result<()> {
                 ms: t0.elapsed().as_secs_f64() * 1e3,
                 note: None,
                 error: Some(format!("{e:#}")),
+                measured: None,
             },
         };
         if let Some(e) = &row.error {
@@ -310,6 +326,7 @@ fn eval_one(
     rule: &crate::autoprompt::Rule,
     tol: f64,
     shared_text: &mut Option<(Vec<f32>, String)>,
+    measure: Option<&MeasureCfg>,
 ) -> Result<Row> {
     let frame: RgbFrame = crate::image_io::load_rgb(&pair.image)?;
     let gt = load_gt(pair, frame.width, frame.height)?;
@@ -344,7 +361,7 @@ fn eval_one(
                         .map(|(_, m)| m.clone())
                         .unwrap_or_else(|| Mask::empty(frame.width, frame.height));
                     let note = format!("{} candidates", cands.len());
-                    return finish(frame, gt, gt_area, mask, Some(note), name, tol);
+                    return finish(frame, gt, gt_area, mask, Some(note), name, tol, measure);
                 }
             };
             match prompt {
@@ -370,9 +387,10 @@ fn eval_one(
             (r.mask, note)
         }
     };
-    finish(frame, gt, gt_area, mask, note, name, tol)
+    finish(frame, gt, gt_area, mask, note, name, tol, measure)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish(
     frame: RgbFrame,
     gt: Vec<u8>,
@@ -381,7 +399,12 @@ fn finish(
     note: Option<String>,
     name: &str,
     tol: f64,
+    measure: Option<&MeasureCfg>,
 ) -> Result<Row> {
+    let measured = match measure {
+        Some(m) => Some(m.measure(name, &mask, &gt)?),
+        None => None,
+    };
     let pred_area = mask.area();
     let scores = (gt_area > 0).then(|| {
         score(
@@ -402,7 +425,86 @@ fn finish(
         ms: 0.0,
         note,
         error: None,
+        measured,
     })
+}
+
+/// `--measure`: which biometry, and where each image's pixel size comes from.
+struct MeasureCfg {
+    kind: crate::measure::Target,
+    sizes: Option<crate::dataset::PixelSizes>,
+    fixed_mm: Option<f64>,
+}
+
+/// One image's measurements: the predicted mask's, the ground truth mask's, the reference.
+struct Measured {
+    kind: crate::measure::Target,
+    pixel_mm: Option<f64>,
+    pred: Option<crate::measure::Measurements>,
+    gt: Option<crate::measure::Measurements>,
+    /// The CSV's reference HC (mm), when it has one.
+    reference_hc: Option<f64>,
+}
+
+impl MeasureCfg {
+    fn from_args(a: &args::Args) -> Result<Option<Self>> {
+        let kind = match a.get("measure") {
+            None => {
+                if a.get("pixel-size-csv").is_some() || a.get("pixel-size").is_some() {
+                    bail!("--pixel-size and --pixel-size-csv go with --measure hc|lesion");
+                }
+                return Ok(None);
+            }
+            Some(k) => crate::measure::Target::parse(k)?,
+        };
+        if kind == crate::measure::Target::None {
+            return Ok(None);
+        }
+        let sizes = match a.get("pixel-size-csv") {
+            Some(p) => Some(crate::dataset::PixelSizes::read(Path::new(p))?),
+            None => None,
+        };
+        let fixed_mm = match a.get("pixel-size") {
+            Some(v) => Some(crate::measure::parse_pixel_size(v)?),
+            None => None,
+        };
+        if sizes.is_some() && fixed_mm.is_some() {
+            bail!("give --pixel-size or --pixel-size-csv, not both");
+        }
+        Ok(Some(MeasureCfg {
+            kind,
+            sizes,
+            fixed_mm,
+        }))
+    }
+
+    fn measure(&self, name: &str, mask: &Mask, gt: &[u8]) -> Result<Measured> {
+        let (pixel_mm, reference_hc) = match (&self.sizes, self.fixed_mm) {
+            (Some(t), _) => {
+                let (mm, hc) = t
+                    .get(name)
+                    .with_context(|| format!("{name} is not in --pixel-size-csv"))?;
+                (Some(mm), hc)
+            }
+            (None, mm) => (mm, None),
+        };
+        let spacing = pixel_mm.map(crate::measure::Spacing::isotropic);
+        let mut scratch = crate::measure::Scratch::default();
+        let pred = crate::measure::measure(mask, spacing, &mut scratch);
+        let gm = Mask {
+            width: mask.width,
+            height: mask.height,
+            data: gt.to_vec(),
+        };
+        let gt = crate::measure::measure(&gm, spacing, &mut scratch);
+        Ok(Measured {
+            kind: self.kind,
+            pixel_mm,
+            pred,
+            gt,
+            reference_hc,
+        })
+    }
 }
 
 /// The text embedding: computed once for a fixed text, per image for per-image prompt files.
@@ -467,12 +569,17 @@ fn write_reports(
     method: &str,
     labels: &ModelLabels,
 ) -> Result<String> {
+    let measuring = rows.iter().any(|r| r.measured.is_some());
     let mut csv =
-        String::from("image,width,height,gt_area,pred_area,dice,iou,nsd,empty_gt,ms,note,error\n");
+        String::from("image,width,height,gt_area,pred_area,dice,iou,nsd,empty_gt,ms,note,error");
+    if measuring {
+        csv += MEASURE_COLUMNS;
+    }
+    csv.push('\n');
     for r in rows {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
         csv += &format!(
-            "{},{},{},{},{},{},{},{},{},{:.1},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{:.1},{},{}",
             csv_field(&r.image),
             r.width,
             r.height,
@@ -486,6 +593,10 @@ fn write_reports(
             csv_field(r.note.as_deref().unwrap_or("")),
             csv_field(r.error.as_deref().unwrap_or("")),
         );
+        if measuring {
+            csv += &measure_fields(r.measured.as_ref());
+        }
+        csv.push('\n');
     }
     std::fs::write(dir.join("eval.csv"), csv)
         .with_context(|| format!("cannot write {}", dir.display()))?;
@@ -541,6 +652,7 @@ fn write_reports(
             "mean_false_positive_px": mean_std(&empty.iter().map(|r| r.pred_area as f64).collect::<Vec<_>>()).0,
         },
         "ms_per_image": mean_std(&ms).0,
+        "measure": measure_summary(rows),
         "synthetic_weights": synthetic,
         "warning": synthetic.then_some("SYNTHETIC (untrained) weights: these scores measure nothing about segmentation quality"),
     });
@@ -551,6 +663,7 @@ fn write_reports(
                 "image": r.image, "gt_area": r.gt_area, "pred_area": r.pred_area,
                 "dice": r.scores.map(|s| s.dice), "iou": r.scores.map(|s| s.iou), "nsd": r.scores.map(|s| s.nsd),
                 "ms": r.ms, "note": r.note, "error": r.error,
+                "measure": r.measured.as_ref().map(measured_json),
             })
         })
         .collect();
@@ -565,8 +678,9 @@ fn write_reports(
             v["std"].as_f64().unwrap_or(f64::NAN)
         )
     };
+    let measure_line = measure_line(&summary["measure"]);
     Ok(format!(
-        "{} {} ({} SAM, {}, prompt {}): {} images ({} scored, {} empty GT, {} errors): {}, {}, {} -> {}/eval.csv, eval.json{}",
+        "{} {} ({} SAM, {}, prompt {}): {} images ({} scored, {} empty GT, {} errors): {}, {}, {}{measure_line} -> {}/eval.csv, eval.json{}",
         summary["sam"]["family"].as_str().unwrap_or("?"),
         labels.precision,
         summary["sam"]["weights"].as_str().unwrap_or("?"),
@@ -590,4 +704,132 @@ fn write_reports(
             ""
         }
     ))
+}
+
+const MEASURE_COLUMNS: &str = ",pixel_mm,unit,hc,hc_gt_mask,hc_reference,hc_minus_reference,long_axis,short_axis,area,long_axis_gt_mask,short_axis_gt_mask,area_gt_mask";
+
+fn measure_fields(m: Option<&Measured>) -> String {
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
+    let Some(m) = m else {
+        return ",".repeat(MEASURE_COLUMNS.matches(',').count());
+    };
+    let unit = if m.pixel_mm.is_some() { "mm" } else { "px" };
+    let p = m.pred.as_ref();
+    let g = m.gt.as_ref();
+    format!(
+        ",{},{unit},{},{},{},{},{},{},{},{},{},{}",
+        f(m.pixel_mm),
+        f(p.and_then(|p| p.hc)),
+        f(g.and_then(|g| g.hc)),
+        f(m.reference_hc),
+        f(p.and_then(|p| p.hc).zip(m.reference_hc).map(|(a, b)| a - b)),
+        f(p.map(|p| p.long_axis.length)),
+        f(p.map(|p| p.short_axis.length)),
+        f(p.map(|p| p.area)),
+        f(g.map(|g| g.long_axis.length)),
+        f(g.map(|g| g.short_axis.length)),
+        f(g.map(|g| g.area)),
+    )
+}
+
+fn measurements_json(m: &crate::measure::Measurements) -> serde_json::Value {
+    serde_json::json!({
+        "unit": m.unit.as_str(),
+        "hc": m.hc,
+        "area": m.area,
+        "perimeter": m.perimeter,
+        "ellipse": m.ellipse.map(|e| serde_json::json!({
+            "cx_px": e.cx, "cy_px": e.cy, "semi_major": e.semi_major, "semi_minor": e.semi_minor, "angle_deg": e.angle_deg,
+        })),
+        "long_axis": m.long_axis.length,
+        "short_axis": m.short_axis.length,
+    })
+}
+
+fn measured_json(m: &Measured) -> serde_json::Value {
+    serde_json::json!({
+        "pixel_mm": m.pixel_mm,
+        "pred": m.pred.as_ref().map(measurements_json),
+        "gt_mask": m.gt.as_ref().map(measurements_json),
+        "reference_hc": m.reference_hc,
+    })
+}
+
+/// Differences as HC18 reports them: mean absolute, mean signed, SD of the signed difference.
+fn diff_stats(d: &[f64]) -> serde_json::Value {
+    if d.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let abs: Vec<f64> = d.iter().map(|v| v.abs()).collect();
+    let (signed, sd) = mean_std(d);
+    serde_json::json!({"images": d.len(), "mean_abs": mean_std(&abs).0, "mean_signed": signed, "sd": sd})
+}
+
+fn measure_summary(rows: &[Row]) -> serde_json::Value {
+    let m: Vec<&Measured> = rows.iter().filter_map(|r| r.measured.as_ref()).collect();
+    if m.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let unit = if m.iter().all(|m| m.pixel_mm.is_some()) {
+        "mm"
+    } else {
+        "px"
+    };
+    let pairs = |a: &dyn Fn(&Measured) -> Option<f64>, b: &dyn Fn(&Measured) -> Option<f64>| {
+        diff_stats(
+            &m.iter()
+                .filter_map(|x| Some(a(x)? - b(x)?))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let hc = |x: &Measured| x.pred.as_ref().and_then(|p| p.hc);
+    let hc_gt = |x: &Measured| x.gt.as_ref().and_then(|p| p.hc);
+    let reference = |x: &Measured| x.reference_hc;
+    let long = |x: &Measured| x.pred.as_ref().map(|p| p.long_axis.length);
+    let long_gt = |x: &Measured| x.gt.as_ref().map(|p| p.long_axis.length);
+    let short = |x: &Measured| x.pred.as_ref().map(|p| p.short_axis.length);
+    let short_gt = |x: &Measured| x.gt.as_ref().map(|p| p.short_axis.length);
+    serde_json::json!({
+        "kind": m[0].kind.as_str(),
+        "unit": unit,
+        "images": m.len(),
+        "hc_vs_reference": pairs(&hc, &reference),
+        "gt_mask_hc_vs_reference": pairs(&hc_gt, &reference),
+        "hc_vs_gt_mask": pairs(&hc, &hc_gt),
+        "long_axis_vs_gt_mask": pairs(&long, &long_gt),
+        "short_axis_vs_gt_mask": pairs(&short, &short_gt),
+    })
+}
+
+fn measure_line(m: &serde_json::Value) -> String {
+    if m.is_null() {
+        return String::new();
+    }
+    let unit = m["unit"].as_str().unwrap_or("px");
+    let one = |k: &str, label: &str| {
+        let v = &m[k];
+        v.get("mean_abs").map(|_| {
+            format!(
+                "; {label}: mean |diff| {:.2} {unit}, mean diff {:+.2}, SD {:.2} ({} images)",
+                v["mean_abs"].as_f64().unwrap_or(f64::NAN),
+                v["mean_signed"].as_f64().unwrap_or(f64::NAN),
+                v["sd"].as_f64().unwrap_or(f64::NAN),
+                v["images"]
+            )
+        })
+    };
+    let lines = if m["kind"] == "hc" {
+        [
+            one("hc_vs_reference", "HC vs reference"),
+            one("gt_mask_hc_vs_reference", "GT-mask HC vs reference"),
+            one("hc_vs_gt_mask", "HC vs GT-mask HC"),
+        ]
+    } else {
+        [
+            one("long_axis_vs_gt_mask", "long axis vs GT mask"),
+            one("short_axis_vs_gt_mask", "short axis vs GT mask"),
+            None,
+        ]
+    };
+    lines.into_iter().flatten().collect()
 }

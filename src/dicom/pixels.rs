@@ -232,19 +232,19 @@ pub fn group_fragments(
     Ok(out)
 }
 
-/// One JPEG baseline frame to RGB8 (the decoder turns YCbCr into RGB).
+/// One JPEG baseline frame to RGB8 (the decoder turns YCbCr into RGB). The header's Rows and
+/// Columns bound the decoder: a frame that claims more is refused before it is decoded.
 pub fn jpeg(i: &DicomInfo, bytes: &[u8]) -> Result<RgbFrame> {
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| anyhow::anyhow!("JPEG decode failed: {e}"))?;
-    if img.width() != i.columns || img.height() != i.rows {
+    let frame = crate::image_io::jpeg::decode(bytes, i.columns, i.rows)
+        .map_err(|e| anyhow::anyhow!("JPEG decode failed: {e:#}"))?;
+    if frame.width != i.columns || frame.height != i.rows {
         bail!(
             "JPEG frame is {}x{}, the header says {}x{}",
-            img.width(),
-            img.height(),
+            frame.width,
+            frame.height,
             i.columns,
             i.rows
         );
     }
-    let rgb = img.to_rgb8();
-    RgbFrame::new(i.columns, i.rows, rgb.into_raw())
+    Ok(frame)
 }
