@@ -164,11 +164,69 @@ pub struct Measurements {
     /// Least-squares ellipse of the outer boundary (None below 6 boundary points or when the
     /// boundary is not elliptic, e.g. a straight line).
     pub ellipse: Option<Ellipse>,
-    /// Head circumference: the ellipse's perimeter (Ramanujan), as HC18 defines HC.
+    /// Head circumference: the ellipse's perimeter (Ramanujan), as HC18 defines HC. From
+    /// [`measure_for`] with [`Target::Hc`]: on the skull's outer border when the echo is found.
     pub hc: Option<f64>,
+    /// Where `hc` and `ellipse` come from.
+    pub hc_source: HcSource,
+    /// HC of the mask's own ellipse (the same as `hc` unless the skull echo moved it).
+    pub hc_mask: Option<f64>,
     /// Longest diameter (maximum Feret), and the widest extent perpendicular to it.
     pub long_axis: Caliper,
     pub short_axis: Caliper,
+}
+
+/// Where a head circumference was measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HcSource {
+    /// The ellipse fitted to the mask's boundary.
+    MaskEllipse,
+    /// That ellipse moved onto the outer border of the skull echo ([`refine_on_echo`]).
+    SkullOuterBorder,
+}
+
+impl HcSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HcSource::MaskEllipse => "mask ellipse",
+            HcSource::SkullOuterBorder => "skull outer border",
+        }
+    }
+}
+
+/// The measurement a target gets, the same in `segment`, `stream` and `eval`: for a head, the
+/// mask's ellipse moved onto the skull's outer border in the frame `rgb` (HC18 and sonographers
+/// measure on the skull's outer edge; LiteMedSAM's boundary sits on the skull's middle, 5 mm
+/// short on HC18, docs/BIOMETRY.md); for a lesion, the mask as it is. None for an empty mask or
+/// [`Target::None`].
+pub fn measure_for(
+    target: Target,
+    mask: &Mask,
+    rgb: &[u8],
+    spacing: Option<Spacing>,
+    s: &mut Scratch,
+) -> Option<Measurements> {
+    if target == Target::None {
+        return None;
+    }
+    let mut m = measure(mask, spacing, s)?;
+    if target == Target::Hc
+        && rgb.len() == mask.width as usize * mask.height as usize * 3
+        && let Some(e) = m.ellipse
+        && let Some(r) = refine_on_echo(
+            &e,
+            spacing,
+            rgb,
+            mask.width as usize,
+            mask.height as usize,
+            EchoEdge::Outer,
+        )
+    {
+        m.ellipse = Some(r);
+        m.hc = Some(r.circumference());
+        m.hc_source = HcSource::SkullOuterBorder;
+    }
+    Some(m)
 }
 
 /// Reusable buffers: one measurement allocates nothing once they have grown to the frame.
@@ -231,6 +289,8 @@ pub fn measure(mask: &Mask, spacing: Option<Spacing>, s: &mut Scratch) -> Option
         area: area_px as f64 * sp.x_mm * sp.y_mm,
         perimeter,
         hc: ellipse.map(|e| e.circumference()),
+        hc_source: HcSource::MaskEllipse,
+        hc_mask: ellipse.map(|e| e.circumference()),
         ellipse,
         long_axis,
         short_axis,
@@ -631,6 +691,133 @@ fn calipers(hull: &[(f64, f64)], sp: Spacing) -> (Caliper, Caliper) {
     (long, short)
 }
 
+/// Where a head's boundary is put on the skull echo by [`refine_on_echo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoEdge {
+    /// The brightest point of the echo along each normal (the skull's middle).
+    Ridge,
+    /// Where the echo falls to half its height on the far side (the skull's outer border).
+    Outer,
+}
+
+/// Move a fitted head ellipse onto the skull: a segmentation model outlines the brain inside the
+/// bright skull echo, while HC is measured on the skull itself. Along `rays` normals of the
+/// ellipse, from 5% of the minor semi-axis inside to 30% outside, find the echo (the brightest
+/// sample) and the chosen edge of it; refit the ellipse to those points after dropping the rays
+/// whose offset is far from the median (shadows, the other side of a ring). `rgb` is the frame
+/// (mean of the channels is the echo intensity). None when too few rays find an echo.
+pub fn refine_on_echo(
+    e: &Ellipse,
+    spacing: Option<Spacing>,
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    edge: EchoEdge,
+) -> Option<Ellipse> {
+    const RAYS: usize = 180;
+    const STEP: f64 = 0.5; // px
+    let sp = spacing.unwrap_or(Spacing::isotropic(1.0));
+    let gray = |x: f64, y: f64| -> Option<f64> {
+        if !(x >= 0.0 && y >= 0.0 && x <= (w - 1) as f64 && y <= (h - 1) as f64) {
+            return None;
+        }
+        let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+        let (fx, fy) = (x - x0 as f64, y - y0 as f64);
+        let g = |xx: usize, yy: usize| {
+            let i = (yy * w + xx) * 3;
+            (rgb[i] as f64 + rgb[i + 1] as f64 + rgb[i + 2] as f64) / 3.0
+        };
+        let top = g(x0, y0) * (1.0 - fx) + g(x1, y0) * fx;
+        let bottom = g(x0, y1) * (1.0 - fx) + g(x1, y1) * fx;
+        Some(top * (1.0 - fy) + bottom * fy)
+    };
+    let (sin, cos) = e.angle_deg.to_radians().sin_cos();
+    let minor_px = e.semi_minor / (0.5 * (sp.x_mm + sp.y_mm));
+    let (lo, hi) = (-0.05 * minor_px, 0.30 * minor_px);
+    let n = ((hi - lo) / STEP) as usize + 1;
+    let mut profile = Vec::with_capacity(n);
+    let mut found: Vec<(f64, (f64, f64))> = Vec::with_capacity(RAYS);
+    for k in 0..RAYS {
+        let t = k as f64 / RAYS as f64 * std::f64::consts::TAU;
+        // Point and outward normal in the physical frame, then in pixels.
+        let (u, v) = (e.semi_major * t.cos(), e.semi_minor * t.sin());
+        let (px, py) = (
+            e.cx + (u * cos - v * sin) / sp.x_mm,
+            e.cy + (u * sin + v * cos) / sp.y_mm,
+        );
+        let (nu, nv) = (e.semi_minor * t.cos(), e.semi_major * t.sin());
+        let (nx, ny) = (
+            (nu * cos - nv * sin) / sp.x_mm,
+            (nu * sin + nv * cos) / sp.y_mm,
+        );
+        let norm = nx.hypot(ny);
+        if norm == 0.0 {
+            continue;
+        }
+        let (nx, ny) = (nx / norm, ny / norm);
+        profile.clear();
+        for i in 0..n {
+            let s = lo + i as f64 * STEP;
+            match gray(px + nx * s, py + ny * s) {
+                Some(g) => profile.push(g),
+                None => break,
+            }
+        }
+        if profile.len() < n / 2 {
+            continue; // the ray leaves the frame early: no skull to see
+        }
+        // Light smoothing (3 taps) so a speckle sample is not the ridge.
+        let sm = |i: usize| {
+            let a = profile[i.saturating_sub(1)];
+            let c = profile[(i + 1).min(profile.len() - 1)];
+            (a + 2.0 * profile[i] + c) / 4.0
+        };
+        let (peak_i, peak) = (0..profile.len())
+            .map(|i| (i, sm(i)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        let floor = (peak_i..profile.len())
+            .map(sm)
+            .fold(f64::INFINITY, f64::min);
+        if peak - floor < 20.0 {
+            continue; // no echo worth the name on this ray
+        }
+        let at = match edge {
+            EchoEdge::Ridge => peak_i,
+            EchoEdge::Outer => {
+                let half = 0.5 * (peak + floor);
+                (peak_i..profile.len())
+                    .find(|&i| sm(i) < half)
+                    .unwrap_or(peak_i)
+            }
+        };
+        let s = lo + at as f64 * STEP;
+        found.push((s, ((px + nx * s) * sp.x_mm, (py + ny * s) * sp.y_mm)));
+    }
+    if found.len() < RAYS / 3 {
+        return None;
+    }
+    let mut offsets: Vec<f64> = found.iter().map(|f| f.0).collect();
+    offsets.sort_by(f64::total_cmp);
+    let median = offsets[offsets.len() / 2];
+    let mut dev: Vec<f64> = offsets.iter().map(|o| (o - median).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    let mad = dev[dev.len() / 2];
+    let keep: Vec<(f64, f64)> = found
+        .iter()
+        .filter(|f| (f.0 - median).abs() <= 3.0 * mad + 1.0)
+        .map(|f| f.1)
+        .collect();
+    if keep.len() < RAYS / 3 {
+        return None;
+    }
+    fit_ellipse(&keep).map(|mut r| {
+        r.cx /= sp.x_mm;
+        r.cy /= sp.y_mm;
+        r
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,6 +847,49 @@ mod tests {
             angle_deg: 0.0,
         }
         .circumference()
+    }
+
+    #[test]
+    fn echo_refinement_finds_a_drawn_skull_ring() {
+        // A dark head (grey 40) inside a bright ring (grey 200) 10 px thick, from radius 60 to 70
+        // (pixel centres), on a grey-60 background; the "mask" ellipse is the inner radius.
+        let (w, h) = (200usize, 180usize);
+        let (cx, cy) = (101.0, 89.0);
+        let mut rgb = vec![0u8; w * h * 3];
+        for y in 0..h {
+            for x in 0..w {
+                let r = (x as f64 - cx).hypot(y as f64 - cy);
+                let g = if r < 60.0 {
+                    40
+                } else if r < 70.0 {
+                    200
+                } else {
+                    60
+                };
+                rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].fill(g);
+            }
+        }
+        let inner = Ellipse {
+            cx,
+            cy,
+            semi_major: 59.5,
+            semi_minor: 59.5,
+            angle_deg: 0.0,
+        };
+        let outer = refine_on_echo(&inner, None, &rgb, w, h, EchoEdge::Outer).unwrap();
+        assert!(
+            (outer.semi_major - 70.0).abs() < 1.0 && (outer.semi_minor - 70.0).abs() < 1.0,
+            "{outer:?}"
+        );
+        assert!((outer.cx - cx).abs() < 0.5 && (outer.cy - cy).abs() < 0.5);
+        let ridge = refine_on_echo(&inner, None, &rgb, w, h, EchoEdge::Ridge).unwrap();
+        assert!(
+            ridge.semi_major > 60.0 && ridge.semi_major < 70.0,
+            "{ridge:?}"
+        );
+        // No echo at all: no refinement.
+        let flat = vec![90u8; w * h * 3];
+        assert!(refine_on_echo(&inner, None, &flat, w, h, EchoEdge::Outer).is_none());
     }
 
     #[test]

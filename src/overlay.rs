@@ -123,6 +123,11 @@ fn glyph(c: char) -> [u8; 5] {
         '-' => [0, 0, 0b111, 0, 0],
         '#' => [0b101, 0b111, 0b101, 0b111, 0b101],
         '*' => [0, 0b101, 0b010, 0b101, 0],
+        'H' => [0b101, 0b101, 0b111, 0b101, 0b101],
+        'C' => [0b111, 0b100, 0b100, 0b100, 0b111],
+        'M' => [0b101, 0b111, 0b111, 0b101, 0b101],
+        'P' => [0b111, 0b101, 0b111, 0b100, 0b100],
+        'X' => [0b101, 0b101, 0b010, 0b101, 0b101],
         _ => [0; 5],
     }
 }
@@ -157,6 +162,64 @@ pub fn label(f: &mut RgbFrame, x: u32, y: u32, text: &str, color: [u8; 3], scale
             }
         }
     }
+}
+
+/// A 2-px line from `a` to `b` (pixel coordinates, clipped to the frame).
+pub fn line(f: &mut RgbFrame, a: (f64, f64), b: (f64, f64), color: [u8; 3]) {
+    let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).clamp(1, 1 << 16);
+    for i in 0..=steps {
+        let t = i as f64 / steps as f64;
+        let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+        for (dx, dy) in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)] {
+            let (px, py) = ((x + dx).round(), (y + dy).round());
+            if px >= 0.0 && py >= 0.0 && px < f.width as f64 && py < f.height as f64 {
+                let i = (py as usize * f.width as usize + px as usize) * 3;
+                f.pixels[i..i + 3].copy_from_slice(&color);
+            }
+        }
+    }
+}
+
+/// The measurement drawn on the overlay: the head's ellipse, or the lesion's two calipers, and
+/// the figure beside them (`HC 183.2MM`, `54.1X32.0MM`; `PX` without a pixel spacing).
+pub fn measurements(
+    f: &mut RgbFrame,
+    m: &crate::measure::Measurements,
+    target: crate::measure::Target,
+    spacing: Option<crate::measure::Spacing>,
+) {
+    const COLOR: [u8; 3] = [255, 225, 25];
+    let unit = if m.unit == crate::measure::Unit::Mm {
+        "MM"
+    } else {
+        "PX"
+    };
+    let (text, anchor) = match (target, m.ellipse, m.hc) {
+        (crate::measure::Target::Hc, Some(e), Some(hc)) => {
+            let pts = e.outline_px(spacing, 180);
+            for (k, &p) in pts.iter().enumerate() {
+                line(f, p, pts[(k + 1) % pts.len()], COLOR);
+            }
+            let top = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            (format!("HC {hc:.1}{unit}"), (e.cx, top))
+        }
+        _ => {
+            for c in [m.long_axis, m.short_axis] {
+                line(f, c.from, c.to, COLOR);
+            }
+            let top = m.long_axis.from.1.min(m.long_axis.to.1);
+            let x = 0.5 * (m.long_axis.from.0 + m.long_axis.to.0);
+            (
+                format!("{:.1}X{:.1}{unit}", m.long_axis.length, m.short_axis.length),
+                (x, top),
+            )
+        }
+    };
+    let scale = (f.width / 320).clamp(1, 4);
+    let width = text.chars().count() as f64 * 4.0 * scale as f64;
+    let x = (anchor.0 - width / 2.0).clamp(0.0, (f.width as f64 - width).max(0.0));
+    let y = (anchor.1 - 9.0 * scale as f64).max(0.0);
+    label(f, x as u32, y as u32, &text, COLOR, scale);
 }
 
 const PALETTE: [[u8; 3]; 8] = [

@@ -310,3 +310,73 @@ fn lite_medsam_border_box_and_flat_frame() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `segment --measure` reports what the measurement stage computes on the mask it wrote (the
+/// stage eval and stream call), in mm with --pixel-size; bad flags are refused.
+#[test]
+fn segment_measures_its_mask() {
+    let dir = std::env::temp_dir().join(format!("sonomask-cli-measure-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = dir.join("mask.png");
+    let models = common::models_tiny();
+    let out = sonomask(&[
+        "segment",
+        &input(),
+        "--box",
+        "40,30,150,120",
+        "--models",
+        models.to_str().unwrap(),
+        "-o",
+        m.to_str().unwrap(),
+        "--overlay",
+        dir.join("o.png").to_str().unwrap(),
+        "--measure",
+        "lesion",
+        "--pixel-size",
+        "0.1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let png = image::open(&m).unwrap().to_luma8();
+    let mask = sonomask::mask::Mask {
+        width: png.width(),
+        height: png.height(),
+        data: png.pixels().map(|p| (p.0[0] > 127) as u8).collect(),
+    };
+    let want = sonomask::measure::measure_for(
+        sonomask::measure::Target::Lesion,
+        &mask,
+        &[],
+        Some(sonomask::measure::Spacing::isotropic(0.1)),
+        &mut Default::default(),
+    );
+    match want {
+        None => assert!(j["measure"].is_null(), "empty mask, no measurement"),
+        Some(w) => {
+            assert_eq!(j["measure"]["unit"], "mm");
+            assert_eq!(j["measure"]["target"], "lesion");
+            assert!((j["measure"]["area"].as_f64().unwrap() - w.area).abs() < 1e-9);
+            let long = j["measure"]["long_axis"]["length"].as_f64().unwrap();
+            assert!((long - w.long_axis.length).abs() < 1e-9);
+        }
+    }
+    let bad = |flag: &str, v: &str, needle: &str| {
+        let out = sonomask(&[
+            "segment",
+            &input(),
+            "--box",
+            "40,30,150,120",
+            "--models",
+            models.to_str().unwrap(),
+            "-o",
+            m.to_str().unwrap(),
+            flag,
+            v,
+        ]);
+        fails_with(&out, needle);
+    };
+    bad("--measure", "bpd", "hc, lesion and none");
+    bad("--pixel-size", "-1", "not a pixel size");
+    std::fs::remove_dir_all(&dir).ok();
+}

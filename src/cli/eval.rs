@@ -402,7 +402,7 @@ fn finish(
     measure: Option<&MeasureCfg>,
 ) -> Result<Row> {
     let measured = match measure {
-        Some(m) => Some(m.measure(name, &mask, &gt)?),
+        Some(m) => Some(m.measure(name, &frame, &mask, &gt)?),
         None => None,
     };
     let pred_area = mask.area();
@@ -444,6 +444,8 @@ struct Measured {
     gt: Option<crate::measure::Measurements>,
     /// The CSV's reference HC (mm), when it has one.
     reference_hc: Option<f64>,
+    /// HC of the predicted mask's ellipse moved onto the skull echo's ridge (diagnostic).
+    hc_echo_ridge: Option<f64>,
 }
 
 impl MeasureCfg {
@@ -478,7 +480,7 @@ impl MeasureCfg {
         }))
     }
 
-    fn measure(&self, name: &str, mask: &Mask, gt: &[u8]) -> Result<Measured> {
+    fn measure(&self, name: &str, frame: &RgbFrame, mask: &Mask, gt: &[u8]) -> Result<Measured> {
         let (pixel_mm, reference_hc) = match (&self.sizes, self.fixed_mm) {
             (Some(t), _) => {
                 let (mm, hc) = t
@@ -490,14 +492,26 @@ impl MeasureCfg {
         };
         let spacing = pixel_mm.map(crate::measure::Spacing::isotropic);
         let mut scratch = crate::measure::Scratch::default();
-        let pred = crate::measure::measure(mask, spacing, &mut scratch);
+        let pred =
+            crate::measure::measure_for(self.kind, mask, &frame.pixels, spacing, &mut scratch);
         let gm = Mask {
             width: mask.width,
             height: mask.height,
             data: gt.to_vec(),
         };
         let gt = crate::measure::measure(&gm, spacing, &mut scratch);
+        // Diagnostic: the skull's middle (the echo's ridge) instead of its outer border.
+        let hc_echo_ridge = (self.kind == crate::measure::Target::Hc)
+            .then(|| {
+                let m = crate::measure::measure(mask, spacing, &mut scratch)?;
+                let (w, h) = (frame.width as usize, frame.height as usize);
+                let ridge = crate::measure::EchoEdge::Ridge;
+                crate::measure::refine_on_echo(&m.ellipse?, spacing, &frame.pixels, w, h, ridge)
+            })
+            .flatten()
+            .map(|r| r.circumference());
         Ok(Measured {
+            hc_echo_ridge,
             kind: self.kind,
             pixel_mm,
             pred,
@@ -706,7 +720,7 @@ fn write_reports(
     ))
 }
 
-const MEASURE_COLUMNS: &str = ",pixel_mm,unit,hc,hc_gt_mask,hc_reference,hc_minus_reference,long_axis,short_axis,area,long_axis_gt_mask,short_axis_gt_mask,area_gt_mask";
+const MEASURE_COLUMNS: &str = ",pixel_mm,unit,hc,hc_gt_mask,hc_reference,hc_minus_reference,long_axis,short_axis,area,long_axis_gt_mask,short_axis_gt_mask,area_gt_mask,hc_source,hc_mask,hc_echo_ridge";
 
 fn measure_fields(m: Option<&Measured>) -> String {
     let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
@@ -717,7 +731,7 @@ fn measure_fields(m: Option<&Measured>) -> String {
     let p = m.pred.as_ref();
     let g = m.gt.as_ref();
     format!(
-        ",{},{unit},{},{},{},{},{},{},{},{},{},{}",
+        ",{},{unit},{},{},{},{},{},{},{},{},{},{},{},{},{}",
         f(m.pixel_mm),
         f(p.and_then(|p| p.hc)),
         f(g.and_then(|g| g.hc)),
@@ -729,6 +743,11 @@ fn measure_fields(m: Option<&Measured>) -> String {
         f(g.map(|g| g.long_axis.length)),
         f(g.map(|g| g.short_axis.length)),
         f(g.map(|g| g.area)),
+        p.filter(|p| p.hc.is_some())
+            .map(|p| p.hc_source.as_str())
+            .unwrap_or(""),
+        f(p.and_then(|p| p.hc_mask)),
+        f(m.hc_echo_ridge),
     )
 }
 
@@ -736,6 +755,8 @@ fn measurements_json(m: &crate::measure::Measurements) -> serde_json::Value {
     serde_json::json!({
         "unit": m.unit.as_str(),
         "hc": m.hc,
+        "hc_source": m.hc.map(|_| m.hc_source.as_str()),
+        "hc_mask": m.hc_mask,
         "area": m.area,
         "perimeter": m.perimeter,
         "ellipse": m.ellipse.map(|e| serde_json::json!({
@@ -752,6 +773,7 @@ fn measured_json(m: &Measured) -> serde_json::Value {
         "pred": m.pred.as_ref().map(measurements_json),
         "gt_mask": m.gt.as_ref().map(measurements_json),
         "reference_hc": m.reference_hc,
+        "hc_echo_ridge": m.hc_echo_ridge,
     })
 }
 
@@ -785,6 +807,8 @@ fn measure_summary(rows: &[Row]) -> serde_json::Value {
     let hc = |x: &Measured| x.pred.as_ref().and_then(|p| p.hc);
     let hc_gt = |x: &Measured| x.gt.as_ref().and_then(|p| p.hc);
     let reference = |x: &Measured| x.reference_hc;
+    let hc_mask = |x: &Measured| x.pred.as_ref().and_then(|p| p.hc_mask);
+    let ridge = |x: &Measured| x.hc_echo_ridge;
     let long = |x: &Measured| x.pred.as_ref().map(|p| p.long_axis.length);
     let long_gt = |x: &Measured| x.gt.as_ref().map(|p| p.long_axis.length);
     let short = |x: &Measured| x.pred.as_ref().map(|p| p.short_axis.length);
@@ -796,6 +820,8 @@ fn measure_summary(rows: &[Row]) -> serde_json::Value {
         "hc_vs_reference": pairs(&hc, &reference),
         "gt_mask_hc_vs_reference": pairs(&hc_gt, &reference),
         "hc_vs_gt_mask": pairs(&hc, &hc_gt),
+        "hc_mask_ellipse_vs_reference": pairs(&hc_mask, &reference),
+        "hc_echo_ridge_vs_reference": pairs(&ridge, &reference),
         "long_axis_vs_gt_mask": pairs(&long, &long_gt),
         "short_axis_vs_gt_mask": pairs(&short, &short_gt),
     })
@@ -820,12 +846,20 @@ fn measure_line(m: &serde_json::Value) -> String {
     };
     let lines = if m["kind"] == "hc" {
         [
-            one("hc_vs_reference", "HC vs reference"),
+            one("hc_vs_reference", "HC (skull outer border) vs reference"),
             one("gt_mask_hc_vs_reference", "GT-mask HC vs reference"),
-            one("hc_vs_gt_mask", "HC vs GT-mask HC"),
+            one(
+                "hc_mask_ellipse_vs_reference",
+                "HC of the mask's own ellipse vs reference",
+            ),
+            one(
+                "hc_echo_ridge_vs_reference",
+                "HC on the skull ridge vs reference",
+            ),
         ]
     } else {
         [
+            None,
             one("long_axis_vs_gt_mask", "long axis vs GT mask"),
             one("short_axis_vs_gt_mask", "short axis vs GT mask"),
             None,

@@ -30,6 +30,10 @@ sonomask segment CINE.dcm|DIR|raw:SRC --box ...|--point ... [-o DIR] [--cine-thr
   --overlay     image with the mask tinted and outlined, and the box drawn
   --json        print a JSON summary (areas, IoU predictions, per-stage timings) on stdout
   --gt MASK     score the mask against a ground-truth mask of the image (Dice, IoU)
+  --measure hc|lesion|none  biometry of the mask (docs/BIOMETRY.md): hc = the head's ellipse on
+                the skull's outer border and its circumference; lesion = longest diameter, the
+                perpendicular one, area. In mm with --pixel-size MM or a DICOM's pixel spacing,
+                else in pixels (said so). Drawn on --overlay.
 
   A multi-frame source (a multi-frame DICOM, a directory of images/DICOM files, or raw:-,
   raw:FILE, raw:tcp:HOST:PORT in the raw frame format of src/source.rs) runs in cine mode: one
@@ -57,6 +61,8 @@ pub fn run(argv: &[String]) -> Result<()> {
         "reencode-every",
         "smooth",
         "max-frames",
+        "measure",
+        "pixel-size",
     ];
     values.extend_from_slice(textseg::TEXT_VALUES);
     let a = args::parse(argv, &values, &["json", "help", "no-reuse"])?;
@@ -152,10 +158,30 @@ pub fn run(argv: &[String]) -> Result<()> {
             .with_context(|| format!("prompt for {image}"))?;
     }
 
+    let target = match a.get("measure") {
+        Some(m) => crate::measure::Target::parse(m)?,
+        None => crate::measure::Target::None,
+    };
+    let spacing = match a.get("pixel-size") {
+        Some(v) => Some(crate::measure::Spacing::isotropic(
+            crate::measure::parse_pixel_size(v)?,
+        )),
+        None => dicom_spacing(Path::new(image)),
+    };
     let mut session = opts.load_session()?;
     let (mask, results) = segment_frame(&mut session, &frame, &prompts, &mut t)?;
+    let measured = t.stage("measure", || {
+        let mut scratch = crate::measure::Scratch::default();
+        crate::measure::measure_for(target, &mask, &frame.pixels, spacing, &mut scratch)
+    });
     t.stage("write_outputs", || {
-        write_outputs(&frame, &mask, &boxes, &out, a.get("overlay").map(Path::new))
+        write_outputs(&frame, &mask, &boxes, &out, a.get("overlay").map(Path::new))?;
+        if let (Some(p), Some(m)) = (a.get("overlay"), &measured) {
+            let mut o = overlay::render(&frame, &mask, boxes.first());
+            overlay::measurements(&mut o, m, target, spacing);
+            common::save_rgb(Path::new(p), &o)?;
+        }
+        anyhow::Ok(())
     })?;
 
     let s = &session.manifest.sam;
@@ -184,6 +210,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             "mask": out,
             "area": mask.area(),
             "bbox": mask.bbox(),
+            "measure": measured.as_ref().map(|m| measurement_json(m, target, spacing)),
             "prompts": prompts.iter().zip(&results).map(|(p, r)| serde_json::json!({
                 "box": p.bbox.map(|b| [b.x0, b.y0, b.x1, b.y1]),
                 "points": p.points.iter().map(|q| [q.x, q.y, q.foreground as u8 as f32]).collect::<Vec<_>>(),
@@ -197,7 +224,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     } else {
         let ious: Vec<String> = results.iter().map(|r| format!("{:.3}", r.iou)).collect();
         println!(
-            "{}: {} px foreground of {}x{} ({} prompt(s), predicted IoU {}) -> {}{}{}",
+            "{}: {} px foreground of {}x{} ({} prompt(s), predicted IoU {}) -> {}{}{}{}",
             image,
             mask.area(),
             frame.width,
@@ -205,6 +232,10 @@ pub fn run(argv: &[String]) -> Result<()> {
             prompts.len(),
             ious.join(", "),
             out.display(),
+            measured
+                .as_ref()
+                .map(|m| format!("; {}", measurement_text(m, target)))
+                .unwrap_or_default(),
             gt_scores
                 .map(|g| format!(
                     "; against the ground truth: Dice {:.3}, IoU {:.3}",
@@ -223,6 +254,61 @@ pub fn run(argv: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A DICOM's pixel spacing (None for other files or a DICOM without one).
+fn dicom_spacing(path: &Path) -> Option<crate::measure::Spacing> {
+    if !(path.is_file() && source::is_dicom(path)) {
+        return None;
+    }
+    let d = DicomFile::open(path).ok()?;
+    d.info
+        .pixel_spacing_mm
+        .map(crate::measure::Spacing::from_row_col)
+}
+
+/// One line for people: `HC 183.2 mm (skull outer border)`, `lesion 21.4 x 13.0 mm, 215.3 mm²`.
+pub fn measurement_text(
+    m: &crate::measure::Measurements,
+    target: crate::measure::Target,
+) -> String {
+    let u = m.unit.as_str();
+    match (target, m.hc) {
+        (crate::measure::Target::Hc, Some(hc)) => {
+            format!(
+                "HC {hc:.1} {u} ({}), area {:.1} {u}²",
+                m.hc_source.as_str(),
+                m.area
+            )
+        }
+        _ => format!(
+            "diameters {:.1} x {:.1} {u}, area {:.1} {u}²",
+            m.long_axis.length, m.short_axis.length, m.area
+        ),
+    }
+}
+
+/// The measurement as JSON (the same fields `eval` writes per image).
+pub fn measurement_json(
+    m: &crate::measure::Measurements,
+    target: crate::measure::Target,
+    spacing: Option<crate::measure::Spacing>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "target": target.as_str(),
+        "unit": m.unit.as_str(),
+        "pixel_spacing_mm": spacing.map(|s| [s.x_mm, s.y_mm]),
+        "hc": m.hc,
+        "hc_source": m.hc.map(|_| m.hc_source.as_str()),
+        "hc_mask": m.hc_mask,
+        "area": m.area,
+        "perimeter": m.perimeter,
+        "ellipse": m.ellipse.map(|e| serde_json::json!({
+            "cx_px": e.cx, "cy_px": e.cy, "semi_major": e.semi_major, "semi_minor": e.semi_minor, "angle_deg": e.angle_deg,
+        })),
+        "long_axis": {"length": m.long_axis.length, "from_px": [m.long_axis.from.0, m.long_axis.from.1], "to_px": [m.long_axis.to.0, m.long_axis.to.1]},
+        "short_axis": {"length": m.short_axis.length, "from_px": [m.short_axis.from.0, m.short_axis.from.1], "to_px": [m.short_axis.to.0, m.short_axis.to.1]},
+    })
 }
 
 /// A source with more than one frame (cine mode), or None for a single image or 1-frame DICOM.
