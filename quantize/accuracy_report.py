@@ -232,7 +232,7 @@ def main():
     lines += [
         "",
         f"Largest |fp32 - reference| over the sets: {worst_fp32:.2f} Dice points; largest int8 loss against fp32: {worst_int8:.2f} points",
-        "(int8 on the first 40 images of each set where `INT8_LIMIT=40`: tract's int8 encoder is slow on x86, see below).",
+        "(int8 on the first 40 images of each set, Shenzhen its first 20: tract's int8 encoder is slow on x86, see below).",
         "",
         "fp32 against the reference: every set agrees to within 0.01 points. JPEG frames are decoded by",
         "libjpeg-turbo's code in both runtimes (sonomask's `libjpeg` feature; Pillow and OpenCV in the reference),",
