@@ -55,6 +55,13 @@ pub struct BoardPipeline {
     pub cine_threshold: f32,
     pub reencode_every: u32,
     pub queue: usize,
+    /// The biometry sent with each mask (`hc`, `lesion`, `none`; docs/BIOMETRY.md). Absent: from
+    /// the text prompt (a head gets HC, a lesion calipers), else none.
+    #[serde(default)]
+    pub measure: Option<String>,
+    /// Pixel size in mm for the measurements when the source does not carry one (a video grabber).
+    #[serde(default)]
+    pub pixel_size_mm: Option<f64>,
 }
 
 const TARGETS: &[(&str, &str)] = &[

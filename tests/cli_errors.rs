@@ -336,7 +336,11 @@ fn segment_measures_its_mask() {
         "0.1",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let png = image::open(&m).unwrap().to_luma8();
     let mask = sonomask::mask::Mask {

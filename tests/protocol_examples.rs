@@ -141,6 +141,43 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
     })
     .unwrap();
     out.push(("mask", w));
+    // Revision 1.1: the Measure that follows that mask when the device measures heads.
+    let mut tx = sender_at(3);
+    let mut w = Vec::new();
+    tx.message(
+        &Message::Measure(MeasureMsg {
+            frame_id: 17,
+            object: 0,
+            target: 1,
+            unit: 1,
+            flags: measure_flags::ELLIPSE | measure_flags::HC_ON_SKULL,
+            area: 4443.5,
+            perimeter: 240.5,
+            hc: 239.25,
+            ellipse: [400.5, 270.25, 41.0, 34.5, 12.0],
+            long_axis: WireCaliper {
+                x0: 360.0,
+                y0: 250.0,
+                x1: 441.0,
+                y1: 290.0,
+                length: 82.0,
+            },
+            short_axis: WireCaliper {
+                x0: 395.0,
+                y0: 236.0,
+                x1: 405.0,
+                y1: 305.0,
+                length: 69.0,
+            },
+            spacing_mm: [0.125, 0.125],
+        }),
+        |b| {
+            w.extend_from_slice(b);
+            Ok::<(), ()>(())
+        },
+    )
+    .unwrap();
+    out.push(("measure", w));
     out
 }
 

@@ -390,3 +390,94 @@ fn stream_with_a_text_prompt() {
     let hello = common::of_type(&msgs, "hello");
     assert_eq!(hello[0]["models"].as_array().unwrap().len(), 4);
 }
+
+/// `stream --measure` sends a Measure after each mask (Hello capability bit 8); `listen` writes
+/// it as a JSON line; the figures equal `segment --measure` on the same frame and prompt.
+#[test]
+fn stream_measures_each_mask_as_segment_does() {
+    let dir = tmp("measure-stream");
+    let rec = dir.join("rec.bin");
+    let input = common::fixtures().join("models_tiny/input.png");
+    let models = common::models_tiny();
+    let common_args = [
+        "--box",
+        "40,30,150,120",
+        "--models",
+        models.to_str().unwrap(),
+        "--precision",
+        "fp32",
+        "--measure",
+        "lesion",
+        "--pixel-size",
+        "0.1",
+    ];
+    let mut seg = vec!["segment", input.to_str().unwrap(), "--json", "-o"];
+    let mask_png = dir.join("m.png");
+    seg.push(mask_png.to_str().unwrap());
+    seg.extend_from_slice(&common_args);
+    let out = sonomask(&seg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sink = format!("file:{}", rec.display());
+    let mut st = vec![
+        "stream",
+        "--source",
+        input.to_str().unwrap(),
+        "--sink",
+        &sink,
+        "--count",
+        "2",
+        "--loop",
+    ];
+    st.extend_from_slice(&common_args);
+    let out = sonomask(&st);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = common::listen_recording(&rec, &dir.join("out"));
+    let log: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    let hello = common::of_type(&lines, "hello");
+    assert!(
+        hello[0]["capabilities"].as_u64().unwrap() & (1 << 8) != 0,
+        "{log}"
+    );
+    let masks = common::of_type(&lines, "mask");
+    let measures = common::of_type(&lines, "measure");
+    assert_eq!(masks.len(), 2, "{log}");
+    if j["measure"].is_null() {
+        assert!(
+            measures.is_empty(),
+            "an empty mask has no measurement: {log}"
+        );
+        return;
+    }
+    assert_eq!(measures.len(), 2, "{log}");
+    for (m, k) in measures.iter().zip(&masks) {
+        assert_eq!(m["frame_id"], k["frame_id"]);
+        assert_eq!(m["target"], "lesion");
+        assert_eq!(m["unit"], "mm");
+        let close = |a: &serde_json::Value, b: &serde_json::Value| {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0)
+        };
+        assert!(
+            close(&m["area"], &j["measure"]["area"]),
+            "{m} vs {}",
+            j["measure"]
+        );
+        assert!(close(
+            &m["long_axis"]["length"],
+            &j["measure"]["long_axis"]["length"]
+        ));
+        assert!(close(
+            &m["short_axis"]["length"],
+            &j["measure"]["short_axis"]["length"]
+        ));
+    }
+}

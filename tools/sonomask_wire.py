@@ -12,6 +12,7 @@ prints one JSON line per message or event; with --out, writes every verified mas
 """
 import hashlib
 import json
+import math
 import os
 import struct
 import sys
@@ -25,6 +26,7 @@ MAX_ENCODED = (HEADER_LEN + MAX_PAYLOAD + CRC_LEN) + (HEADER_LEN + MAX_PAYLOAD +
 MAX_MASK_PIXELS = 1 << 24
 
 HELLO, STATUS, MASK, MASK_DATA, PROMPT, ACK, ERROR = 0x01, 0x02, 0x10, 0x11, 0x20, 0x30, 0x31
+MEASURE = 0x12  # version 1 revision 1.1
 
 
 class Bad(Exception):
@@ -195,6 +197,23 @@ def parse_message(t, p):
         m = {"type": "error", "code": r.u("H"), "ref_seq": r.u("H"), "ref_type": r.u("B")}
         m["message"] = r.text(r.u("B"), 200)
         return m
+    if t == MEASURE:
+        fid, obj, target, unit, flags = r.u("I"), r.u("B"), r.u("B"), r.u("B"), r.u("B")
+        if target not in (1, 2) or unit > 1:
+            raise Bad("measure target or unit")
+        v = [r.u("f") for _ in range(3 + 5 + 10 + 2)]
+        num = lambda x: x if math.isfinite(x) else None  # noqa: E731
+        cal = lambda c: {"length": num(c[4]), "from_px": [num(c[0]), num(c[1])], "to_px": [num(c[2]), num(c[3])]}  # noqa: E731
+        area, perimeter, hc, ell, long_axis, short_axis, spacing = v[0], v[1], v[2], v[3:8], v[8:13], v[13:18], v[18:20]
+        return {
+            "type": "measure", "frame_id": fid, "object": obj, "target": "hc" if target == 1 else "lesion",
+            "unit": "mm" if unit == 1 else "px", "area": num(area), "perimeter": num(perimeter), "hc": num(hc),
+            "hc_source": None if not math.isfinite(hc) else ("skull outer border" if flags & 2 else "mask ellipse"),
+            "ellipse": None if not flags & 1 else {"cx_px": num(ell[0]), "cy_px": num(ell[1]), "semi_major": num(ell[2]),
+                                                   "semi_minor": num(ell[3]), "angle_deg": num(ell[4])},
+            "long_axis": cal(long_axis), "short_axis": cal(short_axis),
+            "pixel_spacing_mm": [spacing[0], spacing[1]] if math.isfinite(spacing[0]) else None,
+        }
     raise Bad("unknown type 0x%02x" % t)
 
 

@@ -278,9 +278,31 @@ fn message_json(seq: u16, m: &Message<'_>) -> Value {
         Message::Prompt(p) => {
             json!({"type": "prompt", "seq": seq, "prompt_id": p.prompt_id, "pipeline": p.pipeline.name()})
         }
+        Message::Measure(m) => measure_json(seq, m),
         Message::Mask(h, _) => json!({"type": "mask_frame", "seq": seq, "frame_id": h.frame_id}),
         Message::MaskData(h, _) => json!({"type": "mask_data", "seq": seq, "frame_id": h.frame_id}),
     }
+}
+
+/// A Measure as a JSON line; NaN (absent) values are null.
+fn measure_json(seq: u16, m: &crate::wire::message::MeasureMsg) -> Value {
+    use crate::wire::message::measure_flags;
+    let v = |x: f32| if x.is_finite() { json!(x) } else { Value::Null };
+    let caliper = |c: &crate::wire::message::WireCaliper| json!({"length": v(c.length), "from_px": [v(c.x0), v(c.y0)], "to_px": [v(c.x1), v(c.y1)]});
+    json!({
+        "type": "measure", "seq": seq, "frame_id": m.frame_id, "object": m.object,
+        "target": match m.target { 1 => "hc", _ => "lesion" },
+        "unit": if m.unit == 1 { "mm" } else { "px" },
+        "area": v(m.area), "perimeter": v(m.perimeter), "hc": v(m.hc),
+        "hc_source": (m.hc.is_finite()).then(|| if m.flags & measure_flags::HC_ON_SKULL != 0 { "skull outer border" } else { "mask ellipse" }),
+        "ellipse": (m.flags & measure_flags::ELLIPSE != 0).then(|| json!({
+            "cx_px": v(m.ellipse[0]), "cy_px": v(m.ellipse[1]), "semi_major": v(m.ellipse[2]),
+            "semi_minor": v(m.ellipse[3]), "angle_deg": v(m.ellipse[4]),
+        })),
+        "long_axis": caliper(&m.long_axis),
+        "short_axis": caliper(&m.short_axis),
+        "pixel_spacing_mm": if m.spacing_mm[0].is_finite() { json!([m.spacing_mm[0], m.spacing_mm[1]]) } else { Value::Null },
+    })
 }
 
 fn host_hello() -> Hello {

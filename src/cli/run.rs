@@ -82,6 +82,12 @@ pub fn run(argv: &[String]) -> Result<()> {
             b.pipeline.mode.clone(),
         ]);
     }
+    if let Some(m) = &b.pipeline.measure {
+        args.extend(["--measure".into(), m.clone()]);
+    }
+    if let Some(mm) = b.pipeline.pixel_size_mm {
+        args.extend(["--pixel-size".into(), mm.to_string()]);
+    }
     // A later flag wins in the stream parser: overrides go last.
     args.extend(rest);
     if dry {

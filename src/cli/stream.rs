@@ -47,6 +47,10 @@ sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0
   --queue K     masks waiting for the link before the oldest is dropped (default 2)
   --cine-threshold F, --reencode-every N  cine settings (see segment --help)
   --decoder-precision P                   the decoder's precision when it differs
+  --measure hc|lesion|none  send each mask's biometry as a Measure message after it
+                (docs/BIOMETRY.md, docs/PROTOCOL.md 5.8); default: from the text prompt (a head
+                gets hc, a lesion/tumour/mass/nodule/cyst lesion), else none
+  --pixel-size MM  pixel size when the source carries none (DICOM spacing wins otherwise)
   Serial and TCP links that fail are reopened every 250 ms; masks produced meanwhile are
   dropped and counted in Status. A summary goes to stderr.";
 
@@ -65,6 +69,8 @@ pub fn run(argv: &[String]) -> Result<()> {
             "models",
             "precision",
             "threads",
+            "measure",
+            "pixel-size",
             "decoder-precision",
             "cine-threshold",
             "reencode-every",
@@ -173,7 +179,25 @@ pub fn run(argv: &[String]) -> Result<()> {
             None => Engine::Sam(Box::new(opts.load_session()?)),
         })
     };
+    let target = match a.get("measure") {
+        Some(m) => crate::measure::Target::parse(m)?,
+        None => a
+            .get("text")
+            .map(crate::measure::Target::for_text)
+            .unwrap_or(crate::measure::Target::None),
+    };
+    let fixed_spacing = match a.get("pixel-size") {
+        Some(v) => Some(crate::measure::Spacing::isotropic(
+            crate::measure::parse_pixel_size(v)?,
+        )),
+        None => None,
+    };
+    let mut measure_scratch = crate::measure::Scratch::default();
+    if target != crate::measure::Target::None {
+        log::info!("measuring each mask: {}", target.as_str());
+    }
     let info = DeviceInfo {
+        measures: target != crate::measure::Target::None,
         device: format!("sonomask {}", env!("CARGO_PKG_VERSION")),
         board: a.get("board").map(str::to_string).unwrap_or_else(|| {
             crate::cpu::board_model().unwrap_or_else(|| std::env::consts::ARCH.to_string())
@@ -242,8 +266,14 @@ pub fn run(argv: &[String]) -> Result<()> {
             let mut t = Timings::default();
             t.record("read_frame", read_ms);
             let timestamp_us = link.now_us();
-            let (frame, label) = match item {
-                Ok(f) => (f.image, f.label),
+            let (frame, label, spacing) = match item {
+                Ok(f) => (
+                    f.image,
+                    f.label,
+                    f.pixel_spacing_mm
+                        .map(crate::measure::Spacing::from_row_col)
+                        .or(fixed_spacing),
+                ),
                 Err(e) => {
                     log::error!("{e:#}");
                     link.error(ErrorCode::Source, 0, 0, &format!("{e:#}"));
@@ -295,11 +325,22 @@ pub fn run(argv: &[String]) -> Result<()> {
                     Ok((mask, score)) => {
                         let mut pixels = link.buffer(mask.data.len());
                         pixels.copy_from_slice(&mask.data);
+                        let measure = t.stage("measure", || {
+                            crate::measure::measure_for(
+                                target,
+                                &mask,
+                                &frame.pixels,
+                                spacing,
+                                &mut measure_scratch,
+                            )
+                            .map(|m| crate::stream::measure_msg(frame_id, 0, target, &m, spacing))
+                        });
                         MaskJob {
                             meta: meta(prompt_id, score),
                             width: mask.width,
                             height: mask.height,
                             pixels,
+                            measure,
                         }
                     }
                     Err(e) => {
@@ -314,11 +355,24 @@ pub fn run(argv: &[String]) -> Result<()> {
                 for (p, rgb) in pixels.iter_mut().zip(frame.pixels.chunks_exact(3)) {
                     *p = (rgb.iter().copied().max().unwrap_or(0) > 127) as u8;
                 }
+                let measure = (target != crate::measure::Target::None)
+                    .then(|| {
+                        let m = crate::mask::Mask {
+                            width: frame.width,
+                            height: frame.height,
+                            data: pixels.clone(),
+                        };
+                        // The frame is the mask here: no echo to refine on.
+                        crate::measure::measure_for(target, &m, &[], spacing, &mut measure_scratch)
+                            .map(|m| crate::stream::measure_msg(frame_id, 0, target, &m, spacing))
+                    })
+                    .flatten();
                 MaskJob {
                     meta: meta(0, f32::NAN),
                     width: frame.width,
                     height: frame.height,
                     pixels,
+                    measure,
                 }
             };
             let stages: Vec<(&str, f64)> = t.stages.iter().map(|(n, ms)| (*n, *ms)).collect();

@@ -172,6 +172,13 @@ fn message(
                 msg: Message::Status(m),
             });
         }
+        Message::Measure(m) => {
+            // After its mask's last frame: it never interrupts a reassembly.
+            return on(Received::Message {
+                seq,
+                msg: Message::Measure(m),
+            });
+        }
         Message::Prompt(m) => {
             return on(Received::Message {
                 seq,

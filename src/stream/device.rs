@@ -27,6 +27,8 @@ pub struct MaskJob {
     pub width: u32,
     pub height: u32,
     pub pixels: Vec<u8>,
+    /// The mask's biometry, sent as a Measure right after it.
+    pub measure: Option<crate::wire::message::MeasureMsg>,
 }
 
 /// What the device says about itself in Hello.
@@ -37,6 +39,8 @@ pub struct DeviceInfo {
     pub models: Vec<ModelHash>,
     /// Pipelines this device runs (Prompt requests for others get an Error).
     pub pipelines: Vec<Pipeline>,
+    /// Sends a Measure with each mask (Hello capability bit 8).
+    pub measures: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -279,6 +283,9 @@ fn hello(s: &Shared) -> Hello {
     let device = bounded_str(&s.info.device);
     let board = bounded_str(&s.info.board);
     let mut capabilities = caps::MASK_RLE | caps::MASK_RAW | caps::STATUS;
+    if s.info.measures {
+        capabilities |= caps::MEASURE;
+    }
     for p in &s.info.pipelines {
         capabilities |= match p {
             Pipeline::Interactive => caps::PROMPT_BOX | caps::PROMPT_POINTS,
@@ -518,6 +525,10 @@ fn send_mask(
     })?;
     c.writer.flush().map_err(SendError::Link)?;
     s.masks_sent.fetch_add(1, Ordering::Relaxed);
+    if let Some(m) = job.measure {
+        // After the mask's last frame, so no receiver's reassembly is interrupted.
+        send_msg(tx, c, &Message::Measure(m), s).map_err(SendError::Link)?;
+    }
     s.wire_bytes
         .fetch_add(sent.wire_bytes as u64, Ordering::Relaxed);
     log::debug!(

@@ -17,6 +17,7 @@ pub enum MsgType {
     Status = 0x02,
     Mask = 0x10,
     MaskData = 0x11,
+    Measure = 0x12,
     Prompt = 0x20,
     Ack = 0x30,
     Error = 0x31,
@@ -29,6 +30,7 @@ impl MsgType {
             0x02 => MsgType::Status,
             0x10 => MsgType::Mask,
             0x11 => MsgType::MaskData,
+            0x12 => MsgType::Measure,
             0x20 => MsgType::Prompt,
             0x30 => MsgType::Ack,
             0x31 => MsgType::Error,
@@ -41,6 +43,7 @@ impl MsgType {
             MsgType::Status => "status",
             MsgType::Mask => "mask",
             MsgType::MaskData => "mask_data",
+            MsgType::Measure => "measure",
             MsgType::Prompt => "prompt",
             MsgType::Ack => "ack",
             MsgType::Error => "error",
@@ -187,6 +190,8 @@ pub mod caps {
     pub const PIPELINE_MEDCLIP_SAM: u32 = 1 << 5;
     pub const PIPELINE_SALIP: u32 = 1 << 6;
     pub const STATUS: u32 = 1 << 7;
+    /// Sends a Measure after each mask (revision 1.1 of version 1).
+    pub const MEASURE: u32 = 1 << 8;
 }
 
 /// One model the device runs, identified by its file's sha256.
@@ -746,6 +751,112 @@ impl ErrorMsg {
     }
 }
 
+/// One caliper on the wire: ends in pixels of the source frame, length in the message's unit.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct WireCaliper {
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+    pub length: f32,
+}
+
+/// Measure (0x12, version 1 revision 1.1): the biometry of one mask, sent right after the
+/// mask's last frame. Receivers that predate it drop it as an unknown type and lose nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct MeasureMsg {
+    pub frame_id: u32,
+    pub object: u8,
+    /// 1 head (HC), 2 lesion (calipers and area).
+    pub target: u8,
+    /// 0 pixels, 1 millimetres.
+    pub unit: u8,
+    /// Bit 0: the ellipse is set; bit 1: HC measured on the skull's outer border.
+    pub flags: u8,
+    pub area: f32,
+    pub perimeter: f32,
+    /// NaN when there is no HC.
+    pub hc: f32,
+    /// Centre x, y (pixels), semi-major, semi-minor (unit), angle (degrees from the x axis).
+    pub ellipse: [f32; 5],
+    pub long_axis: WireCaliper,
+    pub short_axis: WireCaliper,
+    /// Pixel spacing x, y in mm; NaN when unknown.
+    pub spacing_mm: [f32; 2],
+}
+
+/// Measure flag bits.
+pub mod measure_flags {
+    pub const ELLIPSE: u8 = 1 << 0;
+    pub const HC_ON_SKULL: u8 = 1 << 1;
+}
+
+impl MeasureMsg {
+    /// Fixed payload size of revision 1.1; later revisions may append fields.
+    pub const LEN: usize = 88;
+
+    pub fn parse(p: &[u8]) -> Result<Self, ParseError> {
+        let mut r = Rd::new(p);
+        let mut m = MeasureMsg {
+            frame_id: r.u32()?,
+            object: r.u8()?,
+            target: r.u8()?,
+            unit: r.u8()?,
+            flags: r.u8()?,
+            area: r.f32()?,
+            perimeter: r.f32()?,
+            hc: r.f32()?,
+            ..Default::default()
+        };
+        for v in &mut m.ellipse {
+            *v = r.f32()?;
+        }
+        for c in [&mut m.long_axis, &mut m.short_axis] {
+            *c = WireCaliper {
+                x0: r.f32()?,
+                y0: r.f32()?,
+                x1: r.f32()?,
+                y1: r.f32()?,
+                length: r.f32()?,
+            };
+        }
+        for v in &mut m.spacing_mm {
+            *v = r.f32()?;
+        }
+        if !(1..=2).contains(&m.target) {
+            return Err(ParseError::Invalid("measure target"));
+        }
+        if m.unit > 1 {
+            return Err(ParseError::Invalid("measure unit"));
+        }
+        Ok(m)
+    }
+
+    pub fn emit(&self, out: &mut [u8]) -> Result<usize, EmitError> {
+        let mut w = Wr::new(out);
+        w.u32(self.frame_id)?;
+        w.u8(self.object)?;
+        w.u8(self.target)?;
+        w.u8(self.unit)?;
+        w.u8(self.flags)?;
+        w.f32(self.area)?;
+        w.f32(self.perimeter)?;
+        w.f32(self.hc)?;
+        for v in self.ellipse {
+            w.f32(v)?;
+        }
+        for c in [self.long_axis, self.short_axis] {
+            for v in [c.x0, c.y0, c.x1, c.y1, c.length] {
+                w.f32(v)?;
+            }
+        }
+        for v in self.spacing_mm {
+            w.f32(v)?;
+        }
+        Ok(w.at)
+    }
+}
+
 /// Any message, parsed from a frame's type and payload. Mask data borrows the frame.
 #[derive(Clone, Debug, PartialEq)]
 // Messages are plain values (heapless strings inline) so parsing never allocates; boxing the
@@ -756,6 +867,7 @@ pub enum Message<'a> {
     Status(Status),
     Mask(MaskHeader, &'a [u8]),
     MaskData(MaskDataHeader, &'a [u8]),
+    Measure(MeasureMsg),
     Prompt(PromptMsg),
     Ack(Ack),
     Error(ErrorMsg),
@@ -775,6 +887,7 @@ impl<'a> Message<'a> {
                     let (h, d) = MaskDataHeader::parse(payload)?;
                     Message::MaskData(h, d)
                 }
+                MsgType::Measure => Message::Measure(MeasureMsg::parse(payload)?),
                 MsgType::Prompt => Message::Prompt(PromptMsg::parse(payload)?),
                 MsgType::Ack => Message::Ack(Ack::parse(payload)?),
                 MsgType::Error => Message::Error(ErrorMsg::parse(payload)?),
@@ -788,6 +901,7 @@ impl<'a> Message<'a> {
             Message::Status(_) => MsgType::Status,
             Message::Mask(..) => MsgType::Mask,
             Message::MaskData(..) => MsgType::MaskData,
+            Message::Measure(_) => MsgType::Measure,
             Message::Prompt(_) => MsgType::Prompt,
             Message::Ack(_) => MsgType::Ack,
             Message::Error(_) => MsgType::Error,
@@ -813,6 +927,7 @@ impl<'a> Message<'a> {
                 let n = h.emit(out)?;
                 with_data(n, d, out)
             }
+            Message::Measure(m) => m.emit(out),
             Message::Prompt(m) => m.emit(out),
             Message::Ack(m) => m.emit(out),
             Message::Error(m) => m.emit(out),
