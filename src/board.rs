@@ -191,6 +191,15 @@ impl Board {
         if self.pipeline.queue == 0 {
             bail!("pipeline.queue must be at least 1");
         }
+        if let Some(m) = &self.pipeline.measure {
+            crate::measure::Target::parse(m)
+                .map_err(|_| anyhow::anyhow!("pipeline.measure '{m}' is not hc, lesion or none"))?;
+        }
+        if let Some(mm) = self.pipeline.pixel_size_mm {
+            crate::measure::parse_pixel_size(&mm.to_string()).map_err(|_| {
+                anyhow::anyhow!("pipeline.pixel_size_mm {mm} is not a pixel size in mm")
+            })?;
+        }
         Ok(())
     }
 
@@ -292,6 +301,19 @@ mod tests {
             Some("breast tumor")
         );
         assert!(err("queue = 2", "queue = 0").contains("queue"));
+        assert!(
+            err("queue = 2", "queue = 2\nmeasure = \"bpd\"").contains("pipeline.measure 'bpd'")
+        );
+        assert!(err("queue = 2", "queue = 2\npixel_size_mm = -1.0").contains("pixel_size_mm"));
+        let m = Board::parse(&good.replace(
+            "queue = 2",
+            "queue = 2\nmeasure = \"hc\"\npixel_size_mm = 0.1",
+        ))
+        .unwrap();
+        assert_eq!(
+            (m.pipeline.measure.as_deref(), m.pipeline.pixel_size_mm),
+            (Some("hc"), Some(0.1))
+        );
         assert!(Board::parse("name = ").is_err());
         let e = format!("{:#}", Board::load("rpi9", &boards_dir()).unwrap_err());
         assert!(

@@ -209,3 +209,115 @@ fn salip_eval_on_shared_busi() {
             .contains("no mask survived")
     );
 }
+
+/// `eval --measure`: every image measured with its own pixel size from the CSV (known answers
+/// on the hand-made ground truths), an image missing from the CSV recorded as that image's
+/// error, the HC18-style summary written.
+#[test]
+fn eval_measures_with_per_image_pixel_sizes() {
+    let d = handmade("measure");
+    std::fs::write(
+        d.join("px.csv"),
+        "filename,pixel size(mm),head circumference (mm)\nim0.png,0.1,20\nim1.png,0.2,\nim3.png,0.1,\n",
+    )
+    .unwrap();
+    let out_dir = d.join("out");
+    let models = common::models_tiny();
+    let out = sonomask(&[
+        "eval",
+        "--pairs",
+        d.join("pairs.csv").to_str().unwrap(),
+        "--prompt",
+        "oracle-box",
+        "--models",
+        models.to_str().unwrap(),
+        "--measure",
+        "hc",
+        "--pixel-size-csv",
+        d.join("px.csv").to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = read_json(&out_dir.join("eval.json"));
+    let img = |name: &str| {
+        j["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["image"] == name)
+            .unwrap()
+            .clone()
+    };
+    // im0's ground truth: a 40x40 px square at 0.1 mm = 16 mm^2; its reference HC from the CSV.
+    let m0 = img("im0.png");
+    assert_eq!(m0["measure"]["pixel_mm"], 0.1);
+    assert!(
+        (m0["measure"]["gt_mask"]["area"].as_f64().unwrap() - 16.0).abs() < 1e-9,
+        "{m0}"
+    );
+    assert_eq!(m0["measure"]["reference_hc"], 20.0);
+    assert_eq!(m0["measure"]["gt_mask"]["unit"], "mm");
+    // im1: 0.2 mm pixels; the largest GT component is the 30x40 block = 48 mm^2.
+    let m1 = img("im1.png");
+    assert!(
+        (m1["measure"]["gt_mask"]["area"].as_f64().unwrap() - 48.0).abs() < 1e-9,
+        "{m1}"
+    );
+    // im2 is not in the CSV: that image's error, the run goes on.
+    let m2 = img("im2.png");
+    assert!(
+        m2["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in --pixel-size-csv"),
+        "{m2}"
+    );
+    // segment with the same box (the GT's bbox, inclusive) measures the same mask the same way.
+    let seg = sonomask(&[
+        "segment",
+        d.join("images/im0.png").to_str().unwrap(),
+        "--box",
+        "20,10,59,49",
+        "--models",
+        models.to_str().unwrap(),
+        "--measure",
+        "hc",
+        "--pixel-size",
+        "0.1",
+        "-o",
+        d.join("seg.png").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(seg.status.success(), "{}", String::from_utf8_lossy(&seg.stderr));
+    let sj: serde_json::Value = serde_json::from_slice(&seg.stdout).unwrap();
+    assert_eq!(sj["area"], m0["pred_area"], "the same mask");
+    for k in ["area", "hc", "hc_mask", "long_axis"] {
+        let (a, b) = (&sj["measure"][k], &m0["measure"]["pred"][k]);
+        let a = if k == "long_axis" { &a["length"] } else { a };
+        assert_eq!(a, b, "{k}: segment {sj} vs eval {m0}");
+    }
+    let s = &j["summary"]["measure"];
+    assert_eq!(s["kind"], "hc");
+    assert_eq!(s["unit"], "mm");
+    let csv = std::fs::read_to_string(out_dir.join("eval.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("hc_reference"));
+    // Bad flags.
+    let bad = sonomask(&[
+        "eval",
+        "--pairs",
+        d.join("pairs.csv").to_str().unwrap(),
+        "--prompt",
+        "oracle-box",
+        "--models",
+        models.to_str().unwrap(),
+        "--pixel-size",
+        "0.1",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("go with --measure"));
+}

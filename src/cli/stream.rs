@@ -179,13 +179,12 @@ pub fn run(argv: &[String]) -> Result<()> {
             None => Engine::Sam(Box::new(opts.load_session()?)),
         })
     };
-    let target = match a.get("measure") {
-        Some(m) => crate::measure::Target::parse(m)?,
-        None => a
-            .get("text")
-            .map(crate::measure::Target::for_text)
-            .unwrap_or(crate::measure::Target::None),
-    };
+    // An explicit --measure (or the board's) wins; otherwise each frame's text prompt (the
+    // command line's or the host's) chooses: a head gets HC, a lesion calipers.
+    let explicit_target = a
+        .get("measure")
+        .map(crate::measure::Target::parse)
+        .transpose()?;
     let fixed_spacing = match a.get("pixel-size") {
         Some(v) => Some(crate::measure::Spacing::isotropic(
             crate::measure::parse_pixel_size(v)?,
@@ -193,11 +192,15 @@ pub fn run(argv: &[String]) -> Result<()> {
         None => None,
     };
     let mut measure_scratch = crate::measure::Scratch::default();
-    if target != crate::measure::Target::None {
-        log::info!("measuring each mask: {}", target.as_str());
+    if let Some(t) = explicit_target {
+        log::info!("measuring each mask: {}", t.as_str());
     }
+    let text_capable = matches!(session, Some(Engine::Text(_)));
     let info = DeviceInfo {
-        measures: target != crate::measure::Target::None,
+        measures: match explicit_target {
+            Some(t) => t != crate::measure::Target::None,
+            None => text_capable,
+        },
         device: format!("sonomask {}", env!("CARGO_PKG_VERSION")),
         board: a.get("board").map(str::to_string).unwrap_or_else(|| {
             crate::cpu::board_model().unwrap_or_else(|| std::env::consts::ARCH.to_string())
@@ -321,6 +324,10 @@ pub fn run(argv: &[String]) -> Result<()> {
                     cine.reset_smoothing();
                     last_prompt_id = Some(prompt_id);
                 }
+                let target = explicit_target.unwrap_or_else(|| match &prompt {
+                    FramePrompt::Text { text, .. } => crate::measure::Target::for_text(text),
+                    FramePrompt::Sam(_) => crate::measure::Target::None,
+                });
                 match run_prompt(session, &mut cine, &mut text_box, &frame, &prompt, &mut t) {
                     Ok((mask, score)) => {
                         let mut pixels = link.buffer(mask.data.len());
@@ -355,6 +362,7 @@ pub fn run(argv: &[String]) -> Result<()> {
                 for (p, rgb) in pixels.iter_mut().zip(frame.pixels.chunks_exact(3)) {
                     *p = (rgb.iter().copied().max().unwrap_or(0) > 127) as u8;
                 }
+                let target = explicit_target.unwrap_or(crate::measure::Target::None);
                 let measure = (target != crate::measure::Target::None)
                     .then(|| {
                         let m = crate::mask::Mask {
