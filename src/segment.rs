@@ -94,6 +94,11 @@ impl SamSession {
             sam_input_into(frame, &self.recipe, &mut self.input)
         });
         let embedding = t.stage("encoder", || self.encoder.run(&self.input))?;
+        // A NaN or Inf embedding (a damaged model, a numerical fault) would decode to a mask
+        // that means nothing: refuse the frame instead.
+        if !embedding.as_slice()?.iter().all(|v| v.is_finite()) {
+            anyhow::bail!("the image encoder produced non-finite values (NaN/Inf)");
+        }
         Ok(EncodedFrame {
             embedding,
             geometry,
@@ -112,6 +117,9 @@ impl SamSession {
             self.decoder.run(&f.embedding, &self.coords, &self.labels)
         })?;
         let token = prompt.pick_token(&out.iou);
+        if !out.iou[token].is_finite() || !out.plane(token)?.iter().all(|v| v.is_finite()) {
+            anyhow::bail!("the mask decoder produced non-finite values (NaN/Inf)");
+        }
         let thr = self.manifest.sam.mask_threshold;
         let g = f.geometry;
         let (mask, logits) = t.stage("postprocess", || -> Result<(Mask, Vec<f32>)> {

@@ -293,7 +293,11 @@ fn eval_measures_with_per_image_pixel_sizes() {
         d.join("seg.png").to_str().unwrap(),
         "--json",
     ]);
-    assert!(seg.status.success(), "{}", String::from_utf8_lossy(&seg.stderr));
+    assert!(
+        seg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seg.stderr)
+    );
     let sj: serde_json::Value = serde_json::from_slice(&seg.stdout).unwrap();
     assert_eq!(sj["area"], m0["pred_area"], "the same mask");
     for k in ["area", "hc", "hc_mask", "long_axis"] {

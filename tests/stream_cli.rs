@@ -89,22 +89,26 @@ fn stream_bad_arguments() {
         ]),
         "no PNG, JPEG or DICOM",
     );
-    // A box outside the frame is refused before anything is sent.
-    fails_with(
-        &sonomask(&[
-            "stream",
-            "--source",
-            img,
-            "--sink",
-            "file:/dev/null",
-            "--box",
-            "0,0,900,900",
-            "--precision",
-            "fp32",
-            "--models",
-            common::models_tiny().to_str().unwrap(),
-        ]),
-        "box",
+    // A box outside the frame skips that frame (reported), never ends the stream
+    // (stream_skips_a_frame_the_prompt_does_not_fit checks the wire).
+    let out = sonomask(&[
+        "stream",
+        "--source",
+        img,
+        "--sink",
+        "file:/dev/null",
+        "--box",
+        "0,0,900,900",
+        "--precision",
+        "fp32",
+        "--models",
+        common::models_tiny().to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("lies outside") && err.contains("frame skipped"),
+        "{err}"
     );
 }
 
@@ -480,4 +484,145 @@ fn stream_measures_each_mask_as_segment_does() {
             &j["measure"]["short_axis"]["length"]
         ));
     }
+}
+
+/// A command-line box that does not fit one frame of the source skips that frame with an Error
+/// on the wire naming it; the frames around it are segmented, their masks all arrive, exit 0.
+#[test]
+fn stream_skips_a_frame_the_prompt_does_not_fit() {
+    let dir = tmp("nofit");
+    let src = dir.join("frames");
+    std::fs::create_dir_all(&src).unwrap();
+    let input = common::fixtures().join("models_tiny/input.png");
+    std::fs::copy(&input, src.join("a1.png")).unwrap();
+    image::RgbImage::from_pixel(90, 70, image::Rgb([80, 80, 80]))
+        .save(src.join("a2.png"))
+        .unwrap();
+    std::fs::copy(&input, src.join("a3.png")).unwrap();
+    let rec = dir.join("rec.bin");
+    let models = common::models_tiny();
+    let out = sonomask(&[
+        "stream",
+        "--source",
+        src.to_str().unwrap(),
+        "--box",
+        "40,30,150,120",
+        "--models",
+        models.to_str().unwrap(),
+        "--precision",
+        "fp32",
+        "--queue",
+        "8",
+        "--sink",
+        &format!("file:{}", rec.display()),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines = common::listen_recording(&rec, &dir.join("out"));
+    let log: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    let masks = common::of_type(&lines, "mask");
+    assert_eq!(masks.len(), 2, "{log}");
+    assert_eq!(
+        (masks[0]["frame_id"].as_u64(), masks[1]["frame_id"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let errors = common::of_type(&lines, "error");
+    assert!(
+        errors.iter().any(
+            |e| e["name"] == "bad_prompt" && e["message"].as_str().unwrap().contains("frame 1")
+        ),
+        "{log}"
+    );
+    let status = common::of_type(&lines, "status");
+    assert!(
+        status.last().unwrap()["errors"].as_u64().unwrap() >= 1,
+        "{log}"
+    );
+}
+
+/// systemd stops the device with SIGTERM mid-stream: the loop ends between frames, every mask
+/// already produced and a final Status reach the host, and the exit status is 128 + 15.
+#[cfg(unix)]
+#[test]
+fn sigterm_mid_stream_flushes_the_queue_and_exits_143() {
+    let dir = tmp("sigterm");
+    let rec = dir.join("rec.bin");
+    let input = common::fixtures().join("models_tiny/input.png");
+    let models = common::models_tiny();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sonomask"))
+        .env("SONOMASK_LOG", "warn")
+        .args([
+            "stream",
+            "--source",
+            input.to_str().unwrap(),
+            "--loop",
+            "--fps",
+            "20",
+            "--box",
+            "40,30,150,120",
+            "--models",
+            models.to_str().unwrap(),
+            "--precision",
+            "fp32",
+            "--queue",
+            "64",
+            "--sink",
+            &format!("file:{}", rec.display()),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until some masks are on the wire (a Hello alone is ~50 bytes), then stop it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0) < 2000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never produced masks"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the stream ended by itself"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("\"stopped_by\":\"SIGTERM\"") && err.contains("stopped by SIGTERM"),
+        "{err}"
+    );
+    let lines = common::listen_recording(&rec, &dir.join("out"));
+    let log: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    let masks = common::of_type(&lines, "mask").len() as u64;
+    let last = lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "status")
+        .expect("a final Status");
+    assert!(masks > 0, "{log}");
+    assert_eq!(
+        last["masks_sent"].as_u64().unwrap(),
+        masks,
+        "every sent mask received: {log}"
+    );
+    assert_eq!(
+        last["queue_drops"].as_u64().unwrap(),
+        0,
+        "nothing left in the queue: {log}"
+    );
+    let summary: serde_json::Value = err
+        .lines()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v["type"] == "summary")
+        })
+        .unwrap();
+    assert_eq!(summary["masks_sent"].as_u64().unwrap(), masks, "{summary}");
 }

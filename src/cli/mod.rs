@@ -33,6 +33,22 @@ commands:
 environment: SONOMASK_LOG=debug|info|warn|error (default info: per-stage timings on stderr),
              SONOMASK_MODELS=DIR (default ./models)";
 
+/// An orderly stop with its own exit status (e.g. 143 after SIGTERM), not a failure: `main`
+/// prints the message (when there is one) and exits with `code`.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 pub fn main(argv: &[String]) -> Result<()> {
     let Some((cmd, rest)) = argv.split_first() else {
         println!("{USAGE}");

@@ -20,6 +20,8 @@ use crate::textseg::TextPipeline;
 use crate::timing::Timings;
 use crate::wire::message::{ErrorCode, ModelHash, Pipeline, PromptMsg};
 use crate::wire::send::MaskMeta;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const USAGE: &str = "\
 sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0,x1,y1]
@@ -250,151 +252,187 @@ pub fn run(argv: &[String]) -> Result<()> {
     });
     let mut last_prompt_id: Option<u16> = None;
     let mut text_box: TextBox = None;
-    'frames: loop {
-        loop {
-            if count.is_some_and(|c| frame_id as u64 >= c) {
-                break 'frames;
-            }
-            let read_started = Instant::now();
-            let Some(item) = frames.next_frame() else {
-                break;
-            };
-            let read_ms = read_started.elapsed().as_secs_f64() * 1e3;
-            if fps > 0.0 {
-                let due = started + Duration::from_secs_f64(frame_id as f64 / fps);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
+    // SIGTERM (systemd's stop) and SIGINT end the loop between frames; the queue and a final
+    // Status are flushed below on every way out.
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)
+            .context("cannot install the SIGTERM/SIGINT handler")?;
+    }
+    let outcome: Result<()> = (|| {
+        'frames: loop {
+            loop {
+                if count.is_some_and(|c| frame_id as u64 >= c)
+                    || signal.load(Ordering::Relaxed) != 0
+                {
+                    break 'frames;
                 }
-            }
-            let mut t = Timings::default();
-            t.record("read_frame", read_ms);
-            let timestamp_us = link.now_us();
-            let (frame, label, spacing) = match item {
-                Ok(f) => (
-                    f.image,
-                    f.label,
-                    f.pixel_spacing_mm
-                        .map(crate::measure::Spacing::from_row_col)
-                        .or(fixed_spacing),
-                ),
-                Err(e) => {
-                    log::error!("{e:#}");
-                    link.error(ErrorCode::Source, 0, 0, &format!("{e:#}"));
-                    frame_id += 1;
-                    continue;
+                let read_started = Instant::now();
+                let Some(item) = frames.next_frame() else {
+                    break;
+                };
+                let read_ms = read_started.elapsed().as_secs_f64() * 1e3;
+                if fps > 0.0 {
+                    let due = started + Duration::from_secs_f64(frame_id as f64 / fps);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                 }
-            };
-            let meta = |prompt_id, score| MaskMeta {
-                frame_id,
-                timestamp_us,
-                prompt_id,
-                object: 0,
-                score,
-            };
-            let job = if let Some(session) = session.as_mut() {
-                let host = link
-                    .host_prompt()
-                    .filter(|p| Some(p.prompt_id) != rejected_prompt);
-                let (prompt_id, prompt) = match (&host, &cli_prompt) {
-                    (Some(p), _) => (p.prompt_id, host_to_frame_prompt(p)),
-                    (None, Some(p)) => (0, p.clone()),
-                    (None, None) => {
-                        skipped += 1;
-                        if skipped == 1 {
-                            log::info!("waiting for a prompt from the host");
-                        }
+                let mut t = Timings::default();
+                t.record("read_frame", read_ms);
+                let timestamp_us = link.now_us();
+                let (frame, label, spacing) = match item {
+                    Ok(f) => (
+                        f.image,
+                        f.label,
+                        f.pixel_spacing_mm
+                            .map(crate::measure::Spacing::from_row_col)
+                            .or(fixed_spacing),
+                    ),
+                    Err(e) => {
+                        log::error!("{e:#}");
+                        link.error(ErrorCode::Source, 0, 0, &format!("{e:#}"));
                         frame_id += 1;
                         continue;
                     }
                 };
-                if let Err(e) = prompt.validate(frame.width, frame.height) {
-                    let why = format!("{e:#} (frame {}x{})", frame.width, frame.height);
-                    match &host {
-                        Some(p) => {
-                            rejected_prompt = Some(p.prompt_id);
-                            link.reject_host_prompt(p, &why);
+                let meta = |prompt_id, score| MaskMeta {
+                    frame_id,
+                    timestamp_us,
+                    prompt_id,
+                    object: 0,
+                    score,
+                };
+                let job = if let Some(session) = session.as_mut() {
+                    let host = link
+                        .host_prompt()
+                        .filter(|p| Some(p.prompt_id) != rejected_prompt);
+                    let (prompt_id, prompt) = match (&host, &cli_prompt) {
+                        (Some(p), _) => (p.prompt_id, host_to_frame_prompt(p)),
+                        (None, Some(p)) => (0, p.clone()),
+                        (None, None) => {
+                            skipped += 1;
+                            if skipped == 1 {
+                                log::info!("waiting for a prompt from the host");
+                            }
+                            frame_id += 1;
+                            continue;
                         }
-                        None => bail!("{label}: {why}"),
+                    };
+                    if let Err(e) = prompt.validate(frame.width, frame.height) {
+                        let why = format!("{e:#} (frame {}x{})", frame.width, frame.height);
+                        match &host {
+                            Some(p) => {
+                                rejected_prompt = Some(p.prompt_id);
+                                link.reject_host_prompt(p, &why);
+                            }
+                            // The command line's prompt: this frame is skipped and reported,
+                            // the stream goes on (a frame of another size may follow).
+                            None => {
+                                log::error!(
+                                    "{label}: the prompt does not fit: {why}; frame skipped"
+                                );
+                                link.error(
+                                    ErrorCode::BadPrompt,
+                                    0,
+                                    0,
+                                    &format!("frame {frame_id} ({label}): {why}"),
+                                );
+                            }
+                        }
+                        frame_id += 1;
+                        continue;
                     }
-                    frame_id += 1;
-                    continue;
-                }
-                if last_prompt_id != Some(prompt_id) {
-                    // A new prompt: its masks must not be blended with the old prompt's.
-                    cine.reset_smoothing();
-                    last_prompt_id = Some(prompt_id);
-                }
-                let target = explicit_target.unwrap_or_else(|| match &prompt {
-                    FramePrompt::Text { text, .. } => crate::measure::Target::for_text(text),
-                    FramePrompt::Sam(_) => crate::measure::Target::None,
-                });
-                match run_prompt(session, &mut cine, &mut text_box, &frame, &prompt, &mut t) {
-                    Ok((mask, score)) => {
-                        let mut pixels = link.buffer(mask.data.len());
-                        pixels.copy_from_slice(&mask.data);
-                        let measure = t.stage("measure", || {
+                    if last_prompt_id != Some(prompt_id) {
+                        // A new prompt: its masks must not be blended with the old prompt's.
+                        cine.reset_smoothing();
+                        last_prompt_id = Some(prompt_id);
+                    }
+                    let target = explicit_target.unwrap_or_else(|| match &prompt {
+                        FramePrompt::Text { text, .. } => crate::measure::Target::for_text(text),
+                        FramePrompt::Sam(_) => crate::measure::Target::None,
+                    });
+                    match run_prompt(session, &mut cine, &mut text_box, &frame, &prompt, &mut t) {
+                        Ok((mask, score)) => {
+                            let mut pixels = link.buffer(mask.data.len());
+                            pixels.copy_from_slice(&mask.data);
+                            let measure = t.stage("measure", || {
+                                crate::measure::measure_for(
+                                    target,
+                                    &mask,
+                                    &frame.pixels,
+                                    spacing,
+                                    &mut measure_scratch,
+                                )
+                                .map(|m| {
+                                    crate::stream::measure_msg(frame_id, 0, target, &m, spacing)
+                                })
+                            });
+                            MaskJob {
+                                meta: meta(prompt_id, score),
+                                width: mask.width,
+                                height: mask.height,
+                                pixels,
+                                measure,
+                            }
+                        }
+                        Err(e) => {
+                            log::error!("frame {frame_id}: {e:#}");
+                            link.error(ErrorCode::Model, 0, 0, &format!("{e:#}"));
+                            frame_id += 1;
+                            continue;
+                        }
+                    }
+                } else {
+                    let mut pixels = link.buffer(frame.pixels.len() / 3);
+                    for (p, rgb) in pixels.iter_mut().zip(frame.pixels.chunks_exact(3)) {
+                        *p = (rgb.iter().copied().max().unwrap_or(0) > 127) as u8;
+                    }
+                    let target = explicit_target.unwrap_or(crate::measure::Target::None);
+                    let measure = (target != crate::measure::Target::None)
+                        .then(|| {
+                            let m = crate::mask::Mask {
+                                width: frame.width,
+                                height: frame.height,
+                                data: pixels.clone(),
+                            };
+                            // The frame is the mask here: no echo to refine on.
                             crate::measure::measure_for(
                                 target,
-                                &mask,
-                                &frame.pixels,
+                                &m,
+                                &[],
                                 spacing,
                                 &mut measure_scratch,
                             )
                             .map(|m| crate::stream::measure_msg(frame_id, 0, target, &m, spacing))
-                        });
-                        MaskJob {
-                            meta: meta(prompt_id, score),
-                            width: mask.width,
-                            height: mask.height,
-                            pixels,
-                            measure,
-                        }
+                        })
+                        .flatten();
+                    MaskJob {
+                        meta: meta(0, f32::NAN),
+                        width: frame.width,
+                        height: frame.height,
+                        pixels,
+                        measure,
                     }
-                    Err(e) => {
-                        log::error!("frame {frame_id}: {e:#}");
-                        link.error(ErrorCode::Model, 0, 0, &format!("{e:#}"));
-                        frame_id += 1;
-                        continue;
-                    }
-                }
-            } else {
-                let mut pixels = link.buffer(frame.pixels.len() / 3);
-                for (p, rgb) in pixels.iter_mut().zip(frame.pixels.chunks_exact(3)) {
-                    *p = (rgb.iter().copied().max().unwrap_or(0) > 127) as u8;
-                }
-                let target = explicit_target.unwrap_or(crate::measure::Target::None);
-                let measure = (target != crate::measure::Target::None)
-                    .then(|| {
-                        let m = crate::mask::Mask {
-                            width: frame.width,
-                            height: frame.height,
-                            data: pixels.clone(),
-                        };
-                        // The frame is the mask here: no echo to refine on.
-                        crate::measure::measure_for(target, &m, &[], spacing, &mut measure_scratch)
-                            .map(|m| crate::stream::measure_msg(frame_id, 0, target, &m, spacing))
-                    })
-                    .flatten();
-                MaskJob {
-                    meta: meta(0, f32::NAN),
-                    width: frame.width,
-                    height: frame.height,
-                    pixels,
-                    measure,
-                }
-            };
-            let stages: Vec<(&str, f64)> = t.stages.iter().map(|(n, ms)| (*n, *ms)).collect();
-            let dt = last_frame.elapsed().as_secs_f64();
-            last_frame = Instant::now();
-            link.frame_done(&stages, if dt > 0.0 { 1.0 / dt } else { 0.0 });
-            link.submit(job);
-            frame_id += 1;
+                };
+                let stages: Vec<(&str, f64)> = t.stages.iter().map(|(n, ms)| (*n, *ms)).collect();
+                let dt = last_frame.elapsed().as_secs_f64();
+                last_frame = Instant::now();
+                link.frame_done(&stages, if dt > 0.0 { 1.0 / dt } else { 0.0 });
+                link.submit(job);
+                frame_id += 1;
+            }
+            if !looping || signal.load(Ordering::Relaxed) != 0 {
+                break;
+            }
+            frames = open_source(&source_spec)?;
         }
-        if !looping {
-            break;
-        }
-        frames = open_source(&source_spec)?;
+        Ok(())
+    })();
+    if let Err(e) = &outcome {
+        log::error!("stopping: {e:#}");
     }
+    // Every way out flushes: end of source, a signal, a fatal error.
     let summary = link
         .finish(Duration::from_secs(5))
         .with_context(|| format!("link {link_name}"))?;
@@ -408,8 +446,15 @@ pub fn run(argv: &[String]) -> Result<()> {
         "prompts_received": summary.prompts_received,
         "wire_bytes": summary.wire_bytes,
         "seconds": started.elapsed().as_secs_f64(),
+        "stopped_by": match signal.load(Ordering::Relaxed) {
+            0 if outcome.is_err() => "error",
+            0 => "end of source",
+            s if s == signal_hook::consts::SIGTERM as usize => "SIGTERM",
+            _ => "SIGINT",
+        },
     });
     eprintln!("{j}");
+    outcome?;
     if !summary.ever_connected {
         bail!(
             "{link_name} never opened ({}); {} mask(s) dropped",
@@ -420,7 +465,22 @@ pub fn run(argv: &[String]) -> Result<()> {
             summary.queue_drops
         );
     }
-    Ok(())
+    match signal.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        sig => Err(super::Exit {
+            code: 128 + sig as i32,
+            message: format!(
+                "stopped by {} after flushing {} mask(s)",
+                if sig == signal_hook::consts::SIGTERM as usize {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                },
+                summary.masks_sent
+            ),
+        }
+        .into()),
+    }
 }
 
 /// Opens the frame source. A live feed (`raw:tcp:`, `raw:serial:`) that is not there yet, or
