@@ -527,16 +527,14 @@ fn inv3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     if det.abs() < 1e-300 || !det.is_finite() {
         return None;
     }
-    let mut r = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            // cofactor of (j, i)
+    // The inverse is the transposed cofactor matrix over the determinant.
+    Some(std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
             let (r0, r1) = ((j + 1) % 3, (j + 2) % 3);
             let (c0, c1) = ((i + 1) % 3, (i + 2) % 3);
-            r[i][j] = (m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]) / det;
-        }
-    }
-    Some(r)
+            (m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]) / det
+        })
+    }))
 }
 
 /// Eigenvectors of a real 3x3 matrix for its real eigenvalues (roots of the characteristic

@@ -32,17 +32,21 @@ pub struct TextSegmentation {
     pub segments: Vec<Segmentation>,
 }
 
-impl TextPipeline {
-    /// `scorecam_batch`: CLIP batch planned for ScoreCAM's masked frames (1: none).
+/// The CLIP half of a text pipeline: the image encoder (saliency) and the text encoder.
+pub struct ClipParts {
+    pub saliency: SaliencyEngine,
+    pub text: TextEncoder,
+    pub precision: Precision,
+}
+
+impl ClipParts {
+    /// Loads CLIP from the manifest's models (its tokenizer vocabulary included).
     pub fn load(
+        m: &crate::model::Manifest,
         models: &Path,
-        sam_precision: Precision,
-        decoder_precision: Precision,
         clip_precision: Precision,
         scorecam_batch: usize,
     ) -> Result<Self> {
-        let sam = SamSession::load_mixed(models, sam_precision, decoder_precision)?;
-        let m = &sam.manifest;
         let mut t = Timings::default();
         let clip = m.clip()?;
         if clip.synthetic {
@@ -61,14 +65,39 @@ impl TextPipeline {
             let sha = m.entry(Role::ClipText, clip_precision)?.sha256.clone();
             Ok(TextEncoder::new(tokenizer, model, sha))
         })?;
-        Ok(TextPipeline {
-            sam,
+        Ok(ClipParts {
             saliency,
             text,
-            clip_precision,
+            precision: clip_precision,
+        })
+    }
+}
+
+impl TextPipeline {
+    /// `scorecam_batch`: CLIP batch planned for ScoreCAM's masked frames (1: none).
+    pub fn load(
+        models: &Path,
+        sam_precision: Precision,
+        decoder_precision: Precision,
+        clip_precision: Precision,
+        scorecam_batch: usize,
+    ) -> Result<Self> {
+        let sam = SamSession::load_mixed(models, sam_precision, decoder_precision)?;
+        let clip = ClipParts::load(&sam.manifest, models, clip_precision, scorecam_batch)?;
+        Ok(Self::with_clip(sam, clip))
+    }
+
+    /// A SAM session already running, joined by CLIP models loaded separately (a device that
+    /// loads CLIP only when a text prompt first asks for it).
+    pub fn with_clip(sam: SamSession, clip: ClipParts) -> Self {
+        TextPipeline {
+            sam,
+            saliency: clip.saliency,
+            text: clip.text,
+            clip_precision: clip.precision,
             mask_buf: Vec::new(),
             labels: Vec::new(),
-        })
+        }
     }
 
     /// Which models are real: `{"sam": {...}, "clip": {...}}` for `--json`.

@@ -626,3 +626,50 @@ fn sigterm_mid_stream_flushes_the_queue_and_exits_143() {
         .unwrap();
     assert_eq!(summary["masks_sent"].as_u64().unwrap(), masks, "{summary}");
 }
+
+/// A box-prompted stream does not load CLIP (it is loaded on the first text Prompt from the
+/// host instead, tests/link_e2e.rs), yet its Hello still names the CLIP models it can run.
+#[test]
+fn box_stream_leaves_clip_unloaded() {
+    let dir = tmp("lazyclip");
+    let rec = dir.join("rec.bin");
+    let input = common::fixtures().join("models_tiny/input.png");
+    let models = common::models_tiny();
+    let vocab = common::clip_vocab();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sonomask"));
+    if let Some(v) = &vocab {
+        cmd.env("SONOMASK_CLIP_VOCAB", v);
+    }
+    let out = cmd
+        .env("SONOMASK_LOG", "info")
+        .args([
+            "stream",
+            "--source",
+            input.to_str().unwrap(),
+            "--box",
+            "40,30,150,120",
+            "--models",
+            models.to_str().unwrap(),
+            "--precision",
+            "fp32",
+            "--sink",
+            &format!("file:{}", rec.display()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("CLIP models in") && !err.contains("load_clip"),
+        "CLIP was loaded: {err}"
+    );
+    let lines = common::listen_recording(&rec, &dir.join("out"));
+    let hello = common::of_type(&lines, "hello");
+    assert_eq!(
+        hello[0]["models"].as_array().unwrap().len(),
+        4,
+        "{:?}",
+        hello[0]
+    );
+    assert_eq!(common::of_type(&lines, "mask").len(), 1);
+}

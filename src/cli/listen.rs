@@ -294,7 +294,7 @@ fn measure_json(seq: u16, m: &crate::wire::message::MeasureMsg) -> Value {
         "target": match m.target { 1 => "hc", _ => "lesion" },
         "unit": if m.unit == 1 { "mm" } else { "px" },
         "area": v(m.area), "perimeter": v(m.perimeter), "hc": v(m.hc),
-        "hc_source": (m.hc.is_finite()).then(|| if m.flags & measure_flags::HC_ON_SKULL != 0 { "skull outer border" } else { "mask ellipse" }),
+        "hc_source": m.hc.is_finite().then_some(if m.flags & measure_flags::HC_ON_SKULL != 0 { "skull outer border" } else { "mask ellipse" }),
         "ellipse": (m.flags & measure_flags::ELLIPSE != 0).then(|| json!({
             "cx_px": v(m.ellipse[0]), "cy_px": v(m.ellipse[1]), "semi_major": v(m.ellipse[2]),
             "semi_minor": v(m.ellipse[3]), "angle_deg": v(m.ellipse[4]),

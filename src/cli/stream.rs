@@ -2,6 +2,7 @@
 //! replayed masks), masks go out over a link, prompts come back from the host.
 
 use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::args;
@@ -144,41 +145,52 @@ pub fn run(argv: &[String]) -> Result<()> {
         );
     }
 
+    // CLIP is loaded with the models only for a text prompt on the command line; otherwise on
+    // the first text Prompt from the host (`lazy_clip`), so a box-prompted device never holds it.
+    let mut lazy_clip: Option<(PathBuf, Precision)> = None;
     let mut session = if replay {
         None
     } else {
         let opts = ModelOptions::from_args(&a)?;
-        let has_clip = crate::model::Manifest::load(&opts.models)?.clip.is_some();
+        let manifest = crate::model::Manifest::load(&opts.models)?;
+        let has_clip = manifest.clip.is_some();
         let wants_text = matches!(cli_prompt, Some(FramePrompt::Text { .. }));
-        let text = if has_clip && !a.has("no-text") {
-            let loaded = TextPipeline::load(
+        if wants_text && (!has_clip || a.has("no-text")) {
+            bail!(
+                "--text needs CLIP models, and {} has none{}",
+                opts.models.display(),
+                if a.has("no-text") {
+                    " loaded (--no-text)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Some(if wants_text {
+            let p = TextPipeline::load(
                 &opts.models,
                 opts.precision,
                 opts.decoder_precision.unwrap_or(opts.precision),
                 opts.precision,
                 8,
-            );
-            match loaded {
-                Ok(p) => Some(p),
-                // graceful degradation: box/point prompts still work without CLIP
-                Err(e) if !wants_text => {
-                    log::warn!("text pipelines unavailable ({e:#}); box/point prompts only");
-                    None
-                }
-                Err(e) => return Err(e.context("--text needs the CLIP models")),
-            }
+            )
+            .context("--text needs the CLIP models")?;
+            Engine::Text(Box::new(p))
         } else {
-            None
-        };
-        Some(match text {
-            Some(p) => Engine::Text(Box::new(p)),
-            None if wants_text => {
-                bail!(
-                    "--text needs CLIP models, and {} has none",
-                    opts.models.display()
-                )
+            if has_clip && !a.has("no-text") {
+                // The vocabulary is the one CLIP file not checked with the models at load.
+                match crate::model::clip::vocab_path(&manifest) {
+                    Ok(v) if v.is_file() => lazy_clip = Some((opts.models.clone(), opts.precision)),
+                    Ok(v) => log::warn!(
+                        "text pipelines unavailable (no CLIP vocabulary at {}; quantize/build_models.sh puts it beside the models, or set SONOMASK_CLIP_VOCAB); box/point prompts only",
+                        v.display()
+                    ),
+                    Err(e) => {
+                        log::warn!("text pipelines unavailable ({e:#}); box/point prompts only")
+                    }
+                }
             }
-            None => Engine::Sam(Box::new(opts.load_session()?)),
+            Engine::Sam(Box::new(opts.load_session()?))
         })
     };
     // An explicit --measure (or the board's) wins; otherwise each frame's text prompt (the
@@ -197,7 +209,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     if let Some(t) = explicit_target {
         log::info!("measuring each mask: {}", t.as_str());
     }
-    let text_capable = matches!(session, Some(Engine::Text(_)));
+    let text_capable = matches!(session, Some(Engine::Text(_))) || lazy_clip.is_some();
     let info = DeviceInfo {
         measures: match explicit_target {
             Some(t) => t != crate::measure::Target::None,
@@ -207,11 +219,14 @@ pub fn run(argv: &[String]) -> Result<()> {
         board: a.get("board").map(str::to_string).unwrap_or_else(|| {
             crate::cpu::board_model().unwrap_or_else(|| std::env::consts::ARCH.to_string())
         }),
-        models: session.as_ref().map(model_hashes).unwrap_or_default(),
+        models: session
+            .as_ref()
+            .map(|e| model_hashes(e, lazy_clip.as_ref().map(|c| c.1)))
+            .unwrap_or_default(),
         pipelines: match &session {
             None => vec![],
-            Some(Engine::Sam(_)) => vec![Pipeline::Interactive],
-            Some(Engine::Text(_)) => {
+            Some(Engine::Sam(_)) if lazy_clip.is_none() => vec![Pipeline::Interactive],
+            Some(_) => {
                 vec![Pipeline::Interactive, Pipeline::MedClipSam, Pipeline::Salip]
             }
         },
@@ -303,6 +318,14 @@ pub fn run(argv: &[String]) -> Result<()> {
                     object: 0,
                     score,
                 };
+                if lazy_clip.is_some()
+                    && link.host_prompt().is_some_and(|p| {
+                        p.pipeline != Pipeline::Interactive && Some(p.prompt_id) != rejected_prompt
+                    })
+                    && let Some((models, precision)) = lazy_clip.take()
+                {
+                    attach_clip(&mut session, &models, precision, &mut t);
+                }
                 let job = if let Some(session) = session.as_mut() {
                     let host = link
                         .host_prompt()
@@ -600,6 +623,31 @@ fn run_prompt(
     }
 }
 
+/// Loads CLIP into a running SAM-only engine (the first text prompt asked for it), logging how
+/// long it took. On failure the engine stays SAM-only and the text frames report the error.
+fn attach_clip(slot: &mut Option<Engine>, models: &Path, precision: Precision, t: &mut Timings) {
+    let Some(Engine::Sam(sam)) = slot.as_ref() else {
+        return;
+    };
+    let started = Instant::now();
+    let clip = t.stage("load_clip", || {
+        crate::textseg::ClipParts::load(&sam.manifest, models, precision, 8)
+    });
+    match clip {
+        Ok(parts) => {
+            // The running SAM session joins the text pipeline: nothing is reloaded.
+            if let Some(Engine::Sam(sam)) = slot.take() {
+                *slot = Some(Engine::Text(Box::new(TextPipeline::with_clip(*sam, parts))));
+            }
+            log::info!(
+                "CLIP loaded for the first text prompt in {:.0} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Err(e) => log::error!("text prompt: cannot load CLIP: {e:#}"),
+    }
+}
+
 /// A host Prompt (checked by the link against the advertised pipelines).
 fn host_to_frame_prompt(p: &PromptMsg) -> FramePrompt {
     match p.pipeline {
@@ -632,16 +680,21 @@ fn host_to_prompt(p: &PromptMsg) -> Prompt {
     }
 }
 
-fn model_hashes(e: &Engine) -> Vec<ModelHash> {
+/// The models Hello names: SAM's, and CLIP's when loaded or loadable on demand (`lazy_clip`).
+fn model_hashes(e: &Engine, lazy_clip: Option<Precision>) -> Vec<ModelHash> {
     let mut out = Vec::new();
     let s = e.sam();
     let mut roles = vec![
         (Role::SamEncoder, 0u8, s.precision),
         (Role::SamDecoder, 1u8, s.decoder_precision),
     ];
-    if let Engine::Text(tp) = e {
-        roles.push((Role::ClipImage, 2, tp.clip_precision));
-        roles.push((Role::ClipText, 3, tp.clip_precision));
+    let clip = match e {
+        Engine::Text(tp) => Some(tp.clip_precision),
+        Engine::Sam(_) => lazy_clip,
+    };
+    if let Some(p) = clip {
+        roles.push((Role::ClipImage, 2, p));
+        roles.push((Role::ClipText, 3, p));
     }
     for (role, code, precision) in roles {
         if let Ok(e) = s.manifest.entry(role, precision) {

@@ -176,11 +176,17 @@ impl ClipTextEncoder {
 
 /// Where the vocabulary is: `$SONOMASK_CLIP_VOCAB`, else `<models>/<vocab>`; checked against
 /// the manifest's sha256 so a different merges file cannot silently change every id.
+/// Where the CLIP vocabulary is read from: `SONOMASK_CLIP_VOCAB`, else beside the models.
+pub fn vocab_path(manifest: &Manifest) -> Result<PathBuf> {
+    let c = manifest.clip()?;
+    Ok(std::env::var_os(VOCAB_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.dir.join(&c.vocab)))
+}
+
 pub fn load_tokenizer(manifest: &Manifest) -> Result<Tokenizer> {
     let c = manifest.clip()?;
-    let path = std::env::var_os(VOCAB_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.dir.join(&c.vocab));
+    let path = vocab_path(manifest)?;
     let raw = std::fs::read(&path).with_context(|| {
         format!(
             "cannot read the CLIP vocabulary {} (quantize/build_models.sh puts it beside the models; or set {VOCAB_ENV})",
