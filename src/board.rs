@@ -79,14 +79,15 @@ impl Board {
         } else {
             dir.join(format!("{name_or_path}.toml"))
         };
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            let known = Self::available(dir).join(", ");
-            format!(
-                "unknown board '{name_or_path}': cannot read {} (boards in {}: {known})",
-                path.display(),
-                dir.display()
-            )
-        })?;
+        let text = crate::bounded::read_text(&path, crate::bounded::TEXT_BYTES, "board file")
+            .with_context(|| {
+                let known = Self::available(dir).join(", ");
+                format!(
+                    "unknown board '{name_or_path}': cannot read {} (boards in {}: {known})",
+                    path.display(),
+                    dir.display()
+                )
+            })?;
         Self::parse(&text).with_context(|| format!("board file {}", path.display()))
     }
 

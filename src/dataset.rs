@@ -34,8 +34,7 @@ fn fields(line: &str) -> Vec<String> {
 }
 
 pub fn read_pairs(csv: &Path) -> Result<Vec<Pair>> {
-    let text =
-        std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let text = crate::bounded::read_text(csv, crate::bounded::TEXT_BYTES, "pairs file")?;
     let base = csv.parent().unwrap_or(Path::new("."));
     let mut lines = text.lines();
     let header = fields(lines.next().unwrap_or_default());
@@ -111,8 +110,7 @@ pub struct PixelSizes {
 
 impl PixelSizes {
     pub fn read(csv: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(csv)
-            .with_context(|| format!("cannot read pixel sizes {}", csv.display()))?;
+        let text = crate::bounded::read_text(csv, crate::bounded::TEXT_BYTES, "pixel sizes")?;
         let mut lines = text.lines();
         let header = fields(lines.next().unwrap_or_default());
         if header.len() < 2 || !header[1].to_ascii_lowercase().contains("pixel") {

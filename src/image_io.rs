@@ -70,8 +70,7 @@ impl RgbFrame {
 
 /// Decode a PNG or JPEG file. Errors name the file and say what is wrong with it.
 pub fn load_rgb(path: &Path) -> Result<RgbFrame> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let bytes = crate::bounded::read(path, crate::bounded::IMAGE_BYTES, "image")?;
     decode_rgb(&bytes).with_context(|| format!("cannot decode image {}", path.display()))
 }
 

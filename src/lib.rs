@@ -5,6 +5,7 @@
 
 pub mod autoprompt;
 pub mod board;
+pub mod bounded;
 pub mod cine;
 pub mod cli;
 pub mod components;

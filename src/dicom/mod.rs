@@ -136,8 +136,7 @@ impl DicomFile {
                 path.display()
             );
         }
-        let data =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let data = crate::bounded::read(path, crate::bounded::DICOM_BYTES, "DICOM file")?;
         Self::parse(data).with_context(|| format!("DICOM {}", path.display()))
     }
 

@@ -187,7 +187,7 @@ pub fn vocab_path(manifest: &Manifest) -> Result<PathBuf> {
 pub fn load_tokenizer(manifest: &Manifest) -> Result<Tokenizer> {
     let c = manifest.clip()?;
     let path = vocab_path(manifest)?;
-    let raw = std::fs::read(&path).with_context(|| {
+    let raw = crate::bounded::read(&path, crate::bounded::TEXT_BYTES, "CLIP vocabulary").with_context(|| {
         format!(
             "cannot read the CLIP vocabulary {} (quantize/build_models.sh puts it beside the models; or set {VOCAB_ENV})",
             path.display()

@@ -215,7 +215,8 @@ impl Manifest {
     /// Read `<dir>/manifest.toml` and check its internal consistency.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| {
+        let text = crate::bounded::read_text(&path, crate::bounded::TEXT_BYTES, "model manifest")
+            .with_context(|| {
             format!(
                 "cannot read model manifest {} (build the models first: see README.md)",
                 path.display()
@@ -321,8 +322,7 @@ impl Manifest {
     /// Read a model file and check it is the one the manifest describes (size, then sha256).
     pub fn read_verified(&self, e: &ModelEntry) -> Result<Vec<u8>> {
         let path = self.path_of(e);
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("cannot read model file {}", path.display()))?;
+        let bytes = crate::bounded::read(&path, crate::bounded::MODEL_BYTES, "model file")?;
         if bytes.len() as u64 != e.bytes {
             bail!(
                 "model file {} is {} bytes, the manifest says {} (truncated or replaced? rebuild the models)",

@@ -63,8 +63,7 @@ fn byte_characters() -> Vec<(u8, char)> {
 impl Tokenizer {
     /// Read the gzipped merges file (as shipped in open-clip-torch and beside the models).
     pub fn from_gz_file(path: &Path, context_length: usize) -> Result<Self> {
-        let raw = std::fs::read(path)
-            .with_context(|| format!("cannot read CLIP vocabulary {}", path.display()))?;
+        let raw = crate::bounded::read(path, crate::bounded::TEXT_BYTES, "CLIP vocabulary")?;
         Self::from_gz(&raw, context_length)
             .with_context(|| format!("CLIP vocabulary {}", path.display()))
     }

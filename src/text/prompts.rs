@@ -108,8 +108,7 @@ pub enum PromptFile {
 
 impl PromptFile {
     pub fn load(path: &Path) -> Result<Self> {
-        let raw = std::fs::read(path)
-            .with_context(|| format!("cannot read prompt file {}", path.display()))?;
+        let raw = crate::bounded::read(path, crate::bounded::TEXT_BYTES, "prompt file")?;
         let text = String::from_utf8(raw).map_err(|e| {
             anyhow::anyhow!(
                 "prompt file {} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
@@ -254,8 +253,7 @@ impl PromptBank {
     /// Load and check against the text model in use: a bank from another model is refused
     /// (its embeddings live in another space and would select garbage silently).
     pub fn load(path: &Path, text_model_sha256: &str, embed_dim: usize) -> Result<Self> {
-        let raw = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read prompt bank {}", path.display()))?;
+        let raw = crate::bounded::read_text(path, crate::bounded::TEXT_BYTES, "prompt bank")?;
         let b: PromptBank = serde_json::from_str(&raw)
             .with_context(|| format!("malformed prompt bank {}", path.display()))?;
         if b.format != 1 {
