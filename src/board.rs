@@ -59,7 +59,7 @@ pub struct BoardPipeline {
     /// the text prompt (a head gets HC, a lesion calipers), else none.
     #[serde(default)]
     pub measure: Option<String>,
-    /// Pixel size in mm for the measurements when the source does not carry one (a video grabber).
+    /// Pixel size in mm for the measurements (a video grabber carries none); overrides DICOM's.
     #[serde(default)]
     pub pixel_size_mm: Option<f64>,
 }

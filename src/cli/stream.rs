@@ -53,7 +53,7 @@ sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0
   --measure hc|lesion|none  send each mask's biometry as a Measure message after it
                 (docs/BIOMETRY.md, docs/PROTOCOL.md 5.8); default: from the text prompt (a head
                 gets hc, a lesion/tumour/mass/nodule/cyst lesion), else none
-  --pixel-size MM  pixel size when the source carries none (DICOM spacing wins otherwise)
+  --pixel-size MM  pixel size in mm for the measurements; overrides a DICOM's spacing
   Serial and TCP links that fail are reopened every 250 ms; masks produced meanwhile are
   dropped and counted in Status. A summary goes to stderr.";
 
@@ -300,9 +300,9 @@ pub fn run(argv: &[String]) -> Result<()> {
                     Ok(f) => (
                         f.image,
                         f.label,
-                        f.pixel_spacing_mm
-                            .map(crate::measure::Spacing::from_row_col)
-                            .or(fixed_spacing),
+                        fixed_spacing.or(f
+                            .pixel_spacing_mm
+                            .map(crate::measure::Spacing::from_row_col)),
                     ),
                     Err(e) => {
                         log::error!("{e:#}");
