@@ -751,27 +751,13 @@ fn measure_fields(m: Option<&Measured>) -> String {
     )
 }
 
-fn measurements_json(m: &crate::measure::Measurements) -> serde_json::Value {
-    serde_json::json!({
-        "unit": m.unit.as_str(),
-        "hc": m.hc,
-        "hc_source": m.hc.map(|_| m.hc_source.as_str()),
-        "hc_mask": m.hc_mask,
-        "area": m.area,
-        "perimeter": m.perimeter,
-        "ellipse": m.ellipse.map(|e| serde_json::json!({
-            "cx_px": e.cx, "cy_px": e.cy, "semi_major": e.semi_major, "semi_minor": e.semi_minor, "angle_deg": e.angle_deg,
-        })),
-        "long_axis": m.long_axis.length,
-        "short_axis": m.short_axis.length,
-    })
-}
-
 fn measured_json(m: &Measured) -> serde_json::Value {
+    let spacing = m.pixel_mm.map(crate::measure::Spacing::isotropic);
     serde_json::json!({
         "pixel_mm": m.pixel_mm,
-        "pred": m.pred.as_ref().map(measurements_json),
-        "gt_mask": m.gt.as_ref().map(measurements_json),
+        // The same fields `segment --json` and `listen` write.
+        "pred": m.pred.as_ref().map(|p| super::segment::measurement_json(p, m.kind, spacing)),
+        "gt_mask": m.gt.as_ref().map(|g| super::segment::measurement_json(g, m.kind, spacing)),
         "reference_hc": m.reference_hc,
         "hc_echo_ridge": m.hc_echo_ridge,
     })
