@@ -77,11 +77,16 @@ pub fn load_rgb(path: &Path) -> Result<RgbFrame> {
 /// Decode PNG/JPEG bytes, bounded by [`MAX_SIDE`] before any pixel buffer is allocated. JPEG goes
 /// through [`jpeg`], which decodes as the models' reference pipelines do.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbFrame> {
+    decode_rgb_within(bytes, MAX_SIDE)
+}
+
+/// [`decode_rgb`] with a smaller side limit (fuzzing, thumbnails).
+pub fn decode_rgb_within(bytes: &[u8], max_side: u32) -> Result<RgbFrame> {
     if bytes.is_empty() {
         bail!("the file is empty");
     }
     if jpeg::is_jpeg(bytes) {
-        return jpeg::decode(bytes, MAX_SIDE, MAX_SIDE);
+        return jpeg::decode(bytes, max_side, max_side);
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -90,8 +95,8 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbFrame> {
         bail!("not a PNG or JPEG image");
     }
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| anyhow::anyhow!("{e}"))?;
     let rgb = img.to_rgb8();

@@ -13,6 +13,8 @@ pub mod cpu;
 pub mod dataset;
 pub mod dicom;
 pub mod everything;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod heap;
 pub mod image_io;
 pub mod link;

@@ -300,7 +300,14 @@ fn eval_measures_with_per_image_pixel_sizes() {
     );
     let sj: serde_json::Value = serde_json::from_slice(&seg.stdout).unwrap();
     assert_eq!(sj["area"], m0["pred_area"], "the same mask");
-    for k in ["area", "hc", "hc_mask", "long_axis", "short_axis", "ellipse"] {
+    for k in [
+        "area",
+        "hc",
+        "hc_mask",
+        "long_axis",
+        "short_axis",
+        "ellipse",
+    ] {
         let (a, b) = (&sj["measure"][k], &m0["measure"]["pred"][k]);
         assert_eq!(a, b, "{k}: segment {sj} vs eval {m0}");
     }

@@ -222,7 +222,13 @@ impl Manifest {
                 path.display()
             )
         })?;
-        let mut m: Manifest = toml::from_str(&text)
+        Self::from_text(&text, dir)
+    }
+
+    /// Parses and checks a manifest's text; `dir` is where its model files are.
+    pub fn from_text(text: &str, dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let mut m: Manifest = toml::from_str(text)
             .with_context(|| format!("malformed model manifest {}", path.display()))?;
         if m.format != 1 {
             bail!(

@@ -254,7 +254,17 @@ impl PromptBank {
     /// (its embeddings live in another space and would select garbage silently).
     pub fn load(path: &Path, text_model_sha256: &str, embed_dim: usize) -> Result<Self> {
         let raw = crate::bounded::read_text(path, crate::bounded::TEXT_BYTES, "prompt bank")?;
-        let b: PromptBank = serde_json::from_str(&raw)
+        Self::from_text(&raw, path, text_model_sha256, embed_dim)
+    }
+
+    /// Parses and checks a bank's JSON; `path` names it in messages.
+    pub fn from_text(
+        raw: &str,
+        path: &Path,
+        text_model_sha256: &str,
+        embed_dim: usize,
+    ) -> Result<Self> {
+        let b: PromptBank = serde_json::from_str(raw)
             .with_context(|| format!("malformed prompt bank {}", path.display()))?;
         if b.format != 1 {
             bail!(
