@@ -93,6 +93,11 @@ def write_variant(name, ds, pixels, ts, photometric, rgb_ref):
     ds.file_meta.TransferSyntaxUID = ts
     ds.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "1.2.840.10008.5.1.4.1.1.6.1")
     ds.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "1.2.3.4")
+    # A conformant File Meta group (its length, version and implementation UID; pydicom fills in
+    # the length): strict readers (dicom-rs, tests/dicom_rs_crosscheck.rs) refuse files without it.
+    ds.file_meta.FileMetaInformationGroupLength = 0
+    ds.file_meta.FileMetaInformationVersion = b"\x00\x01"
+    ds.file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     ds.PhotometricInterpretation = photometric
     ds.PixelData = pixels
     ds["PixelData"].VR = "OB" if ds.BitsAllocated == 8 else "OW"
