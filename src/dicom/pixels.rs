@@ -45,6 +45,17 @@ impl Palette {
                 )
             };
             let entries = if d[0] == 0 { 65536 } else { d[0] as usize };
+            // The three descriptors must agree (PS3.3 C.7.6.3.1.5): a shorter green or blue
+            // table would be indexed past its end.
+            if k > 0 && (entries != lut[0].len() || d[1] as i64 != first) {
+                bail!(
+                    "palette descriptors disagree: red has {} entries from {first}, ({:04X},{:04X}) says {entries} from {}",
+                    lut[0].len(),
+                    desc >> 16,
+                    desc & 0xFFFF,
+                    d[1]
+                );
+            }
             first = d[1] as i64;
             let bits = d[2];
             let raw = h.bytes(data).ok_or_else(|| {
@@ -64,11 +75,9 @@ impl Palette {
                 }
                 8 => {
                     // 8-bit entries are stored one per 16-bit word (low byte) or packed.
-                    if raw.len() >= entries * 2 {
-                        h.u16s(data).unwrap_or_default()[..entries]
-                            .iter()
-                            .map(|v| *v as u8)
-                            .collect()
+                    let words = h.u16s(data).unwrap_or_default();
+                    if let Some(w) = words.get(..entries).filter(|_| raw.len() >= entries * 2) {
+                        w.iter().map(|v| *v as u8).collect()
                     } else if raw.len() >= entries {
                         raw[..entries].to_vec()
                     } else {
