@@ -234,7 +234,12 @@ impl DeviceLink {
     pub fn finish(mut self, drain: Duration) -> io::Result<LinkSummary> {
         self.queue.close();
         let deadline = Instant::now() + drain;
-        while !self.queue.is_empty() && Instant::now() < deadline {
+        // Wait for the queue to drain and, for a source that ended at once, for the link's first
+        // open attempt to finish, so Hello and the final Status go out (bounded by `drain`).
+        let opening = |s: &Shared| {
+            !s.ever_connected.load(Ordering::Relaxed) && lock(&s.last_open_error).is_none()
+        };
+        while (!self.queue.is_empty() || opening(&self.shared)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.shared.stop.store(true, Ordering::Relaxed);
