@@ -12,30 +12,19 @@ const MAX_FRAMES: u32 = 4;
 /// Side limit for fuzzed images: a 16384-px claim would only make the fuzzer slow.
 const MAX_SIDE: u32 = 2048;
 
-/// The names of the targets, as in tests/fuzz/Cargo.toml and tests/fuzz/corpus/.
-pub const TARGETS: &[&str] = &[
-    "dicom_reader",
-    "raw_stream",
-    "prompt_file",
-    "prompt_bank",
-    "board_file",
-    "manifest",
-    "image_loader",
-];
+/// A target's entry: arbitrary bytes in, nothing out (a panic is the finding).
+pub type FuzzFn = fn(&[u8]);
 
-/// Runs target `name` on `data`. Unknown names panic (a test bug, not an input).
-pub fn run(name: &str, data: &[u8]) {
-    match name {
-        "dicom_reader" => dicom_reader(data),
-        "raw_stream" => raw_stream(data),
-        "prompt_file" => prompt_file(data),
-        "prompt_bank" => prompt_bank(data),
-        "board_file" => board_file(data),
-        "manifest" => manifest(data),
-        "image_loader" => image_loader(data),
-        other => panic!("no fuzz target {other}"),
-    }
-}
+/// Every target by name, as in tests/fuzz/Cargo.toml and tests/fuzz/corpus/.
+pub const TARGETS: &[(&str, FuzzFn)] = &[
+    ("dicom_reader", dicom_reader),
+    ("raw_stream", raw_stream),
+    ("prompt_file", prompt_file),
+    ("prompt_bank", prompt_bank),
+    ("board_file", board_file),
+    ("manifest", manifest),
+    ("image_loader", image_loader),
+];
 
 /// The DICOM reader: header, pixel data, every transfer syntax it accepts, the first frames.
 pub fn dicom_reader(data: &[u8]) {

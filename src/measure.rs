@@ -169,11 +169,19 @@ pub struct Measurements {
     pub hc: Option<f64>,
     /// Where `hc` and `ellipse` come from.
     pub hc_source: HcSource,
-    /// HC of the mask's own ellipse (the same as `hc` unless the skull echo moved it).
-    pub hc_mask: Option<f64>,
+    /// The ellipse fitted to the mask itself (the same as `ellipse` unless the skull echo
+    /// moved it).
+    pub mask_ellipse: Option<Ellipse>,
     /// Longest diameter (maximum Feret), and the widest extent perpendicular to it.
     pub long_axis: Caliper,
     pub short_axis: Caliper,
+}
+
+impl Measurements {
+    /// HC of the mask's own ellipse (the same as `hc` unless the skull echo moved it).
+    pub fn hc_mask(&self) -> Option<f64> {
+        self.mask_ellipse.map(|e| e.circumference())
+    }
 }
 
 /// Where a head circumference was measured.
@@ -290,7 +298,7 @@ pub fn measure(mask: &Mask, spacing: Option<Spacing>, s: &mut Scratch) -> Option
         perimeter,
         hc: ellipse.map(|e| e.circumference()),
         hc_source: HcSource::MaskEllipse,
-        hc_mask: ellipse.map(|e| e.circumference()),
+        mask_ellipse: ellipse,
         ellipse,
         long_axis,
         short_axis,

@@ -8,7 +8,7 @@ use std::path::Path;
 fn every_corpus_file_runs_without_panicking() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
     let mut total = 0;
-    for target in sonomask::fuzzing::TARGETS {
+    for &(target, run) in sonomask::fuzzing::TARGETS {
         let dir = root.join(target);
         let files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
@@ -18,7 +18,7 @@ fn every_corpus_file_runs_without_panicking() {
         assert!(!files.is_empty(), "corpus {} is empty", dir.display());
         for f in &files {
             let data = std::fs::read(f).unwrap();
-            sonomask::fuzzing::run(target, &data);
+            run(&data);
         }
         eprintln!("{target}: {} corpus files replayed", files.len());
         total += files.len();

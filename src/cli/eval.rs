@@ -501,12 +501,13 @@ impl MeasureCfg {
         };
         let gt = crate::measure::measure(&gm, spacing, &mut scratch);
         // Diagnostic: the skull's middle (the echo's ridge) instead of its outer border.
+        // (from the mask's own ellipse, which the measurement above already fitted)
         let hc_echo_ridge = (self.kind == crate::measure::Target::Hc)
             .then(|| {
-                let m = crate::measure::measure(mask, spacing, &mut scratch)?;
+                let e = pred.as_ref()?.mask_ellipse?;
                 let (w, h) = (frame.width as usize, frame.height as usize);
                 let ridge = crate::measure::EchoEdge::Ridge;
-                crate::measure::refine_on_echo(&m.ellipse?, spacing, &frame.pixels, w, h, ridge)
+                crate::measure::refine_on_echo(&e, spacing, &frame.pixels, w, h, ridge)
             })
             .flatten()
             .map(|r| r.circumference());
@@ -746,7 +747,7 @@ fn measure_fields(m: Option<&Measured>) -> String {
         p.filter(|p| p.hc.is_some())
             .map(|p| p.hc_source.as_str())
             .unwrap_or(""),
-        f(p.and_then(|p| p.hc_mask)),
+        f(p.and_then(|p| p.hc_mask())),
         f(m.hc_echo_ridge),
     )
 }
@@ -793,7 +794,7 @@ fn measure_summary(rows: &[Row]) -> serde_json::Value {
     let hc = |x: &Measured| x.pred.as_ref().and_then(|p| p.hc);
     let hc_gt = |x: &Measured| x.gt.as_ref().and_then(|p| p.hc);
     let reference = |x: &Measured| x.reference_hc;
-    let hc_mask = |x: &Measured| x.pred.as_ref().and_then(|p| p.hc_mask);
+    let hc_mask = |x: &Measured| x.pred.as_ref().and_then(|p| p.hc_mask());
     let ridge = |x: &Measured| x.hc_echo_ridge;
     let long = |x: &Measured| x.pred.as_ref().map(|p| p.long_axis.length);
     let long_gt = |x: &Measured| x.gt.as_ref().map(|p| p.long_axis.length);

@@ -79,7 +79,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     };
     if textseg::wants_text(&a) {
         let mut t = Timings::default();
-        let frame = t.stage("load_image", || load_single(Path::new(image)))?;
+        let (frame, _) = t.stage("load_image", || load_single(Path::new(image)))?;
         return textseg::run_segment(&a, image, frame, t);
     }
     let boxes = a
@@ -138,7 +138,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     let out = PathBuf::from(a.get("out").unwrap_or("mask.png"));
 
     let mut t = Timings::default();
-    let frame = t.stage("load_image", || load_single(Path::new(image)))?;
+    let (frame, file_spacing) = t.stage("load_image", || load_single(Path::new(image)))?;
     let prompts: Vec<Prompt> = if boxes.is_empty() {
         vec![Prompt {
             bbox: None,
@@ -166,7 +166,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         Some(v) => Some(crate::measure::Spacing::isotropic(
             crate::measure::parse_pixel_size(v)?,
         )),
-        None => dicom_spacing(Path::new(image)),
+        None => file_spacing,
     };
     let mut session = opts.load_session()?;
     let (mask, results) = segment_frame(&mut session, &frame, &prompts, &mut t)?;
@@ -256,17 +256,6 @@ pub fn run(argv: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// A DICOM's pixel spacing (None for other files or a DICOM without one).
-fn dicom_spacing(path: &Path) -> Option<crate::measure::Spacing> {
-    if !(path.is_file() && source::is_dicom(path)) {
-        return None;
-    }
-    let d = DicomFile::open(path).ok()?;
-    d.info
-        .pixel_spacing_mm
-        .map(crate::measure::Spacing::from_row_col)
-}
-
 /// One line for people: `HC 183.2 mm (skull outer border)`, `lesion 21.4 x 13.0 mm, 215.3 mm²`.
 pub fn measurement_text(
     m: &crate::measure::Measurements,
@@ -300,7 +289,7 @@ pub fn measurement_json(
         "pixel_spacing_mm": spacing.map(|s| [s.x_mm, s.y_mm]),
         "hc": m.hc,
         "hc_source": m.hc.map(|_| m.hc_source.as_str()),
-        "hc_mask": m.hc_mask,
+        "hc_mask": m.hc_mask(),
         "area": m.area,
         "perimeter": m.perimeter,
         "ellipse": m.ellipse.map(|e| serde_json::json!({
@@ -328,12 +317,17 @@ fn multi_frame_source(spec: &str) -> Result<Option<Box<dyn FrameSource>>> {
     Ok(None)
 }
 
-/// A still image, or the only frame of a DICOM file.
-fn load_single(path: &Path) -> Result<RgbFrame> {
+/// A still image, or the only frame of a DICOM file, with the DICOM's pixel spacing if it has one.
+fn load_single(path: &Path) -> Result<(RgbFrame, Option<crate::measure::Spacing>)> {
     if path.is_file() && source::is_dicom(path) {
-        return DicomFile::open(path)?.frame(0);
+        let d = DicomFile::open(path)?;
+        let spacing = d
+            .info
+            .pixel_spacing_mm
+            .map(crate::measure::Spacing::from_row_col);
+        return Ok((d.frame(0)?, spacing));
     }
-    image_io::load_rgb(path)
+    Ok((image_io::load_rgb(path)?, None))
 }
 
 /// One encoder pass, one decoder pass per prompt, masks ORed.

@@ -407,29 +407,25 @@ pub fn run(argv: &[String]) -> Result<()> {
                         }
                     }
                 } else {
-                    let mut pixels = link.buffer(frame.pixels.len() / 3);
-                    for (p, rgb) in pixels.iter_mut().zip(frame.pixels.chunks_exact(3)) {
+                    let mut mask = crate::mask::Mask {
+                        width: frame.width,
+                        height: frame.height,
+                        data: link.buffer(frame.pixels.len() / 3),
+                    };
+                    for (p, rgb) in mask.data.iter_mut().zip(frame.pixels.chunks_exact(3)) {
                         *p = (rgb.iter().copied().max().unwrap_or(0) > 127) as u8;
                     }
                     let target = explicit_target.unwrap_or(crate::measure::Target::None);
-                    let measure = (target != crate::measure::Target::None)
-                        .then(|| {
-                            let m = crate::mask::Mask {
-                                width: frame.width,
-                                height: frame.height,
-                                data: pixels.clone(),
-                            };
-                            // The frame is the mask here: no echo to refine on.
-                            crate::measure::measure_for(
-                                target,
-                                &m,
-                                &[],
-                                spacing,
-                                &mut measure_scratch,
-                            )
-                            .map(|m| crate::stream::measure_msg(frame_id, 0, target, &m, spacing))
-                        })
-                        .flatten();
+                    // The frame is the mask here: no echo to refine on.
+                    let measure = crate::measure::measure_for(
+                        target,
+                        &mask,
+                        &[],
+                        spacing,
+                        &mut measure_scratch,
+                    )
+                    .map(|m| crate::stream::measure_msg(frame_id, 0, target, &m, spacing));
+                    let pixels = mask.data;
                     MaskJob {
                         meta: meta(0, f32::NAN),
                         width: frame.width,
