@@ -29,6 +29,17 @@ pub fn keep_freed_memory() -> bool {
     })
 }
 
+/// This process's resident set in KiB (Linux `/proc/self/status` VmRSS); None elsewhere.
+pub fn resident_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
     use std::os::raw::c_int;
@@ -72,5 +83,22 @@ mod tests {
         // A big block after the change is still usable memory.
         let v = vec![1u8; 80 << 20];
         assert_eq!(v.iter().map(|&x| x as usize).sum::<usize>(), 80 << 20);
+    }
+
+    #[test]
+    fn resident_memory_counts_what_is_held() {
+        // black_box: the writes must happen (an optimiser may drop stores nobody reads).
+        let held = std::hint::black_box(vec![7u8; 64 << 20]);
+        let kb = super::resident_kb();
+        if cfg!(target_os = "linux") {
+            let kb = kb.expect("VmRSS on Linux");
+            assert!(
+                kb >= 64 << 10,
+                "{kb} KiB resident while 64 MiB are held and written"
+            );
+        } else {
+            assert_eq!(kb, None);
+        }
+        assert_eq!(held[held.len() - 1], 7);
     }
 }

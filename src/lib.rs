@@ -36,4 +36,5 @@ pub mod stream;
 pub mod text;
 pub mod textseg;
 pub mod timing;
-pub mod wire;
+/// The wire protocol (its own `no_std` crate, `crates/sonomask-wire`).
+pub use sonomask_wire as wire;

@@ -3,7 +3,10 @@
 //! [`Kernel`] so tests can prove them equal on the machine they run on (x86 here, aarch64 under
 //! qemu in CI for the NEON path).
 
-/// An implementation choice for the kernels below.
+/// An implementation choice for the kernels below. `Avx2` means AVX2 *and* FMA: the x86
+/// kernels are compiled with both (`#[target_feature(enable = "avx2,fma")]` or fused
+/// multiply-adds in their twins), and CPUs and VMs with AVX2 but no FMA exist, where running
+/// them is undefined behaviour (SIGILL at best). Every dispatch goes through [`Kernel::usable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Scalar,
@@ -11,18 +14,57 @@ pub enum Kernel {
     Neon,
 }
 
+/// The CPU features the kernels depend on, read once per process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    pub avx2: bool,
+    pub fma: bool,
+    pub neon: bool,
+}
+
+impl Features {
+    /// This CPU's features (detected once; `is_*_feature_detected` also caches).
+    pub fn host() -> Features {
+        static HOST: std::sync::OnceLock<Features> = std::sync::OnceLock::new();
+        *HOST.get_or_init(|| Features {
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            fma: std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "aarch64")]
+            neon: std::arch::is_aarch64_feature_detected!("neon"),
+            ..Features::default()
+        })
+    }
+}
+
 impl Kernel {
+    /// Whether a CPU with features `f` may run this kernel's paths.
+    pub fn runs_on(self, f: Features) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2 => cfg!(target_arch = "x86_64") && f.avx2 && f.fma,
+            Kernel::Neon => cfg!(target_arch = "aarch64") && f.neon,
+        }
+    }
+
+    /// Whether this CPU may run this kernel's paths: the check every unsafe dispatch makes.
+    #[inline]
+    pub fn usable(self) -> bool {
+        self.runs_on(Features::host())
+    }
+
+    /// The fastest kernel a CPU with features `f` runs.
+    pub fn best_on(f: Features) -> Kernel {
+        [Kernel::Avx2, Kernel::Neon]
+            .into_iter()
+            .find(|k| k.runs_on(f))
+            .unwrap_or(Kernel::Scalar)
+    }
+
     /// The fastest kernel this CPU runs.
     pub fn best() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Kernel::Avx2;
-        }
-        #[cfg(target_arch = "aarch64")]
-        if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernel::Neon;
-        }
-        Kernel::Scalar
+        Kernel::best_on(Features::host())
     }
 
     /// Every kernel this CPU can run (scalar first).
@@ -35,17 +77,17 @@ impl Kernel {
     }
 }
 
-/// Runs the path for kernel `$k`: AVX2 or NEON where asked for and present, else scalar.
+/// Runs the path for kernel `$k`: AVX2+FMA or NEON where asked for and usable, else scalar.
 macro_rules! dispatch {
     ($k:expr, $scalar:expr, $avx2:expr, $neon:expr) => {
         match $k {
             #[cfg(target_arch = "x86_64")]
-            $crate::simd::Kernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
-                // SAFETY: AVX2 presence checked just above.
+            $crate::simd::Kernel::Avx2 if $crate::simd::Kernel::Avx2.usable() => {
+                // SAFETY: AVX2 and FMA presence checked just above.
                 unsafe { $avx2 }
             }
             #[cfg(target_arch = "aarch64")]
-            $crate::simd::Kernel::Neon if std::arch::is_aarch64_feature_detected!("neon") => {
+            $crate::simd::Kernel::Neon if $crate::simd::Kernel::Neon.usable() => {
                 // SAFETY: NEON presence checked just above.
                 unsafe { $neon }
             }
@@ -73,12 +115,12 @@ pub fn sad_u8_with(k: Kernel, a: &[u8], b: &[u8]) -> u64 {
     assert_eq!(a.len(), b.len(), "sad_u8 needs slices of equal length");
     match k {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
+        Kernel::Avx2 if Kernel::Avx2.usable() => {
             // SAFETY: AVX2 presence checked just above.
             unsafe { sad_avx2(a, b) }
         }
         #[cfg(target_arch = "aarch64")]
-        Kernel::Neon if std::arch::is_aarch64_feature_detected!("neon") => {
+        Kernel::Neon if Kernel::Neon.usable() => {
             // SAFETY: NEON presence checked just above.
             unsafe { sad_neon(a, b) }
         }
@@ -166,6 +208,70 @@ pub fn luma_thumbnail(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn avx2_kernels_need_fma_too() {
+        let avx2_only = Features {
+            avx2: true,
+            fma: false,
+            neon: false,
+        };
+        assert!(!Kernel::Avx2.runs_on(avx2_only));
+        assert_eq!(Kernel::best_on(avx2_only), Kernel::Scalar);
+        let both = Features {
+            fma: true,
+            ..avx2_only
+        };
+        assert_eq!(Kernel::Avx2.runs_on(both), cfg!(target_arch = "x86_64"));
+        assert!(!Kernel::Neon.runs_on(both));
+        assert!(Kernel::Scalar.runs_on(Features::default()));
+        assert_eq!(Kernel::best_on(Features::default()), Kernel::Scalar);
+        // What this process picks, it may run.
+        assert!(Kernel::best().usable());
+        assert!(Kernel::available().iter().all(|k| k.usable()));
+    }
+
+    /// Every `#[target_feature]` function asks only for features the kernel table checks
+    /// (AVX2, FMA, NEON): a kernel that enabled, say, AVX-512 would run behind a check that
+    /// does not cover it.
+    #[test]
+    fn target_features_are_covered_by_the_kernel_check() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut sites = 0;
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let Some(rest) = line.trim().strip_prefix("#[target_feature(enable = \"") else {
+                    continue;
+                };
+                sites += 1;
+                let feats = rest.split('"').next().unwrap();
+                for feat in feats.split(',') {
+                    assert!(
+                        ["avx2", "fma", "neon"].contains(&feat.trim()),
+                        "{}:{}: enables {feat}, which Kernel::usable does not check",
+                        f.display(),
+                        i + 1
+                    );
+                }
+            }
+        }
+        assert!(sites > 20, "found only {sites} target_feature sites");
+    }
 
     #[test]
     fn every_sad_kernel_equals_scalar() {

@@ -5,12 +5,10 @@
 
 mod common;
 
-use common::{Rng, of_type};
-use serialport::{SerialPort, TTYPort};
-use std::io::{Read, Write};
+use common::of_type;
+use common::pty::{Bridge, pty};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,98 +26,6 @@ fn tmp(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// One pty pair: the test keeps the slave open (so the master never sees a hangup while the
-/// program under test reopens it) and hands the slave's path to the program.
-struct Pty {
-    master: TTYPort,
-    _slave: TTYPort,
-    path: String,
-}
-
-fn pty() -> Pty {
-    let (master, slave) = TTYPort::pair().expect("openpty");
-    let path = slave.name().expect("slave path");
-    Pty {
-        master,
-        _slave: slave,
-        path,
-    }
-}
-
-/// Copies bytes between two pty masters; `corrupt` may damage the device-to-host direction.
-struct Bridge {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    pub damaged: Arc<AtomicU64>,
-}
-
-impl Bridge {
-    fn start(dev: &Pty, host: &Pty, flip_one_in: Option<u64>) -> Bridge {
-        let stop = Arc::new(AtomicBool::new(false));
-        let damaged = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
-        for (from, to, corrupt) in [
-            (
-                dev.master.try_clone_native().unwrap(),
-                host.master.try_clone_native().unwrap(),
-                flip_one_in,
-            ),
-            (
-                host.master.try_clone_native().unwrap(),
-                dev.master.try_clone_native().unwrap(),
-                None,
-            ),
-        ] {
-            let (stop, damaged) = (stop.clone(), damaged.clone());
-            threads.push(std::thread::spawn(move || {
-                copy(from, to, corrupt, &stop, &damaged)
-            }));
-        }
-        Bridge {
-            stop,
-            threads,
-            damaged,
-        }
-    }
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
-fn copy(
-    mut from: TTYPort,
-    mut to: TTYPort,
-    corrupt: Option<u64>,
-    stop: &AtomicBool,
-    damaged: &AtomicU64,
-) {
-    let mut rng = Rng(0xB1D6E);
-    let mut buf = [0u8; 4096];
-    from.set_timeout(Duration::from_millis(50)).unwrap();
-    to.set_timeout(Duration::from_millis(50)).unwrap();
-    while !stop.load(Ordering::Relaxed) {
-        match from.read(&mut buf) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(10)),
-            Ok(n) => {
-                if let Some(k) = corrupt {
-                    for b in &mut buf[..n] {
-                        if rng.next().is_multiple_of(k) {
-                            *b ^= 1 << rng.below(8);
-                            damaged.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                // Nobody reading the far end (a host not yet listening): the line loses bytes.
-                let _ = to.write_all(&buf[..n]);
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
 }
 
 fn spawn(cmd: &mut Command) -> Child {
@@ -350,7 +256,7 @@ fn serial_noisy_line_delivers_only_intact_masks() {
         Duration::from_secs(30),
     );
     let _ = listener.wait();
-    let damaged = bridge.damaged.load(Ordering::Relaxed);
+    let damaged = bridge.damaged();
     bridge.stop();
     assert!(
         device.status.success(),

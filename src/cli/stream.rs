@@ -266,6 +266,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         }
     });
     let mut last_prompt_id: Option<u16> = None;
+    let mut last_health = 0u32;
     let mut text_box: TextBox = None;
     // SIGTERM (systemd's stop) and SIGINT end the loop between frames; the queue and a final
     // Status are flushed below on every way out.
@@ -277,6 +278,11 @@ pub fn run(argv: &[String]) -> Result<()> {
     let outcome: Result<()> = (|| {
         'frames: loop {
             loop {
+                if frame_id > 0 && frame_id.is_multiple_of(HEALTH_EVERY) && frame_id != last_health
+                {
+                    last_health = frame_id;
+                    log_health(frame_id, &link.totals());
+                }
                 if count.is_some_and(|c| frame_id as u64 >= c)
                     || signal.load(Ordering::Relaxed) != 0
                 {
@@ -459,9 +465,12 @@ pub fn run(argv: &[String]) -> Result<()> {
         "type": "summary",
         "frames": frame_id,
         "frames_waiting_for_prompt": skipped,
+        "masks_queued": summary.masks_queued,
         "masks_sent": summary.masks_sent,
         "queue_drops": summary.queue_drops,
         "reconnects": summary.reconnects,
+        "errors": summary.errors,
+        "rss_kb": crate::heap::resident_kb(),
         "prompts_received": summary.prompts_received,
         "wire_bytes": summary.wire_bytes,
         "seconds": started.elapsed().as_secs_f64(),
@@ -718,4 +727,22 @@ fn hex_to_bytes(hex: &str, out: &mut [u8; 32]) -> bool {
         }
     }
     true
+}
+
+/// Frames between two heartbeats (`sonomask::health` at info).
+const HEALTH_EVERY: u32 = 100;
+
+/// The device's heartbeat: one `key=value` line a service log (journald) keeps and a soak
+/// test parses. Resident memory shows a leak long before the board runs out.
+fn log_health(frames: u32, t: &crate::stream::LinkSummary) {
+    let rss = crate::heap::resident_kb().map_or_else(|| "unknown".into(), |k| k.to_string());
+    log::info!(
+        target: "sonomask::health",
+        "health frames={frames} rss_kb={rss} queued={} sent={} queue_drops={} reconnects={} errors={}",
+        t.masks_queued,
+        t.masks_sent,
+        t.queue_drops,
+        t.reconnects,
+        t.errors
+    );
 }

@@ -9,7 +9,6 @@
 //! - `stdout` (device) / `stdin` (host), or `file:PATH` (or a bare path for `listen`): a
 //!   recorded stream.
 
-pub mod receiver;
 pub mod serial;
 
 use anyhow::{Context, Result, bail};
@@ -19,7 +18,7 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use receiver::{Received, Receiver, ReceiverStats};
+pub use sonomask_wire::receiver::{Received, Receiver, ReceiverStats};
 
 /// How long a blocking read waits before the caller's loop gets control back (to notice a
 /// stop request or a replaced connection).

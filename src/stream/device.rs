@@ -62,12 +62,19 @@ impl Default for LinkOptions {
     }
 }
 
+/// `log` target of the per-mask sent record (`SONOMASK_LOG=...,sonomask::sent=debug`).
+pub const SENT_LOG: &str = "sonomask::sent";
+
 /// Totals at the end of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkSummary {
+    /// Masks handed to the link; each is either sent or counted in `queue_drops`.
+    pub masks_queued: u32,
     pub masks_sent: u32,
     pub queue_drops: u64,
     pub reconnects: u32,
+    /// Faults reported to the host (Error messages), as Status counts them.
+    pub errors: u32,
     pub wire_bytes: u64,
     pub prompts_received: u32,
     /// Whether the link opened at least once; if not, why the last attempt failed.
@@ -89,6 +96,7 @@ struct Shared {
     /// The generation whose reader saw the link close.
     dead_generation: AtomicU64,
     frames_in: AtomicU32,
+    masks_queued: AtomicU32,
     masks_sent: AtomicU32,
     errors: AtomicU32,
     reconnects: AtomicU32,
@@ -135,6 +143,7 @@ impl DeviceLink {
             generation: AtomicU64::new(0),
             dead_generation: AtomicU64::new(u64::MAX),
             frames_in: AtomicU32::new(0),
+            masks_queued: AtomicU32::new(0),
             masks_sent: AtomicU32::new(0),
             errors: AtomicU32::new(0),
             reconnects: AtomicU32::new(0),
@@ -179,6 +188,7 @@ impl DeviceLink {
 
     /// Queues a mask; never blocks. A mask evicted by a newer one is counted as a drop.
     pub fn submit(&self, job: MaskJob) {
+        self.shared.masks_queued.fetch_add(1, Ordering::Relaxed);
         if let Some(old) = self.queue.push(job) {
             lock(&self.shared.recycle).push(old.pixels);
         }
@@ -224,6 +234,22 @@ impl DeviceLink {
         }));
     }
 
+    /// The totals so far (the device's heartbeat reads them; `finish` returns the last ones).
+    pub fn totals(&self) -> LinkSummary {
+        let s = &self.shared;
+        LinkSummary {
+            masks_queued: s.masks_queued.load(Ordering::Relaxed),
+            masks_sent: s.masks_sent.load(Ordering::Relaxed),
+            queue_drops: self.queue.drops(),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            wire_bytes: s.wire_bytes.load(Ordering::Relaxed),
+            prompts_received: s.prompts.load(Ordering::Relaxed),
+            ever_connected: s.ever_connected.load(Ordering::Relaxed),
+            last_open_error: lock(&s.last_open_error).clone(),
+        }
+    }
+
     /// Masks waiting to be sent.
     pub fn pending(&self) -> usize {
         self.queue.len()
@@ -244,16 +270,7 @@ impl DeviceLink {
         }
         self.shared.stop.store(true, Ordering::Relaxed);
         let r = self.thread.take().map(|t| t.join());
-        let s = &self.shared;
-        let summary = LinkSummary {
-            masks_sent: s.masks_sent.load(Ordering::Relaxed),
-            queue_drops: self.queue.drops(),
-            reconnects: s.reconnects.load(Ordering::Relaxed),
-            wire_bytes: s.wire_bytes.load(Ordering::Relaxed),
-            prompts_received: s.prompts.load(Ordering::Relaxed),
-            ever_connected: s.ever_connected.load(Ordering::Relaxed),
-            last_open_error: lock(&s.last_open_error).clone(),
-        };
+        let summary = self.totals();
         match r {
             Some(Ok(Err(e))) => Err(e),
             Some(Err(_)) => Err(io::Error::other("link thread panicked")),
@@ -408,11 +425,12 @@ fn link_thread(
                             send_msg(&mut tx, &mut cc, &Message::Hello(hello(&s)), &s)
                         });
                         last_hello = now;
-                        if r.is_err() {
-                            // Opened but unwritable (a host that accepts and resets): retry later.
-                            next_retry = now + opts.retry_every;
+                        conn = Some(cc);
+                        if let Err(e) = r {
+                            // Opened but unwritable (a host that accepts and resets, a stalled
+                            // line): retry later.
+                            link_down(&name, &e, &mut conn, &mut next_retry, &opts, &s);
                         }
-                        conn = r.is_ok().then_some(cc);
                     }
                 }
                 Err(e) => {
@@ -440,9 +458,9 @@ fn link_thread(
                 Control::Error(e) => Message::Error(e),
             };
             if let Some(cc) = conn.as_mut()
-                && send_msg(&mut tx, cc, &msg, &s).is_err()
+                && let Err(e) = send_msg(&mut tx, cc, &msg, &s)
             {
-                conn = None;
+                link_down(&name, &e, &mut conn, &mut next_retry, &opts, &s);
             }
         }
         if let Some(cc) = conn.as_mut() {
@@ -456,7 +474,7 @@ fn link_thread(
                 r = send_msg(&mut tx, cc, &Message::Hello(hello(&s)), &s);
             }
             if let Err(e) = r {
-                link_down(&name, &e, &mut conn, &mut next_retry, &opts);
+                link_down(&name, &e, &mut conn, &mut next_retry, &opts, &s);
             }
         }
 
@@ -468,7 +486,7 @@ fn link_thread(
                         Ok(()) => {}
                         Err(SendError::Link(e)) => {
                             queue.count_drop();
-                            link_down(&name, &e, &mut conn, &mut next_retry, &opts);
+                            link_down(&name, &e, &mut conn, &mut next_retry, &opts, &s);
                         }
                         Err(e) => {
                             queue.count_drop();
@@ -495,15 +513,22 @@ fn link_thread(
     Ok(())
 }
 
+/// Gives a failed connection up. Its reader thread is told to exit too (a new generation): it
+/// holds the port open, and a serial port is opened exclusively (TIOCEXCL and flock), so until
+/// it lets go every reopen fails. Found by the soak: a host that stopped reading made one write
+/// time out, and the device never reconnected to the same port.
 fn link_down(
     name: &str,
     e: &io::Error,
     conn: &mut Option<Conn>,
     next_retry: &mut Instant,
     opts: &LinkOptions,
+    s: &Shared,
 ) {
     log::warn!("link {name}: down ({e}); masks are dropped until it is back");
-    *conn = None;
+    if conn.take().is_some() {
+        s.generation.fetch_add(1, Ordering::Relaxed);
+    }
     *next_retry = Instant::now() + opts.retry_every;
 }
 
@@ -530,6 +555,16 @@ fn send_mask(
     })?;
     c.writer.flush().map_err(SendError::Link)?;
     s.masks_sent.fetch_add(1, Ordering::Relaxed);
+    // What left the device, for an audit of the host's copy (the soak benchmark compares them).
+    if log::log_enabled!(target: SENT_LOG, log::Level::Debug) {
+        log::debug!(
+            target: SENT_LOG,
+            "sent frame={} object={} crc32={:08x}",
+            job.meta.frame_id,
+            job.meta.object,
+            crate::wire::crc::crc32(&job.pixels)
+        );
+    }
     if let Some(m) = job.measure {
         // After the mask's last frame, so no receiver's reassembly is interrupted.
         send_msg(tx, c, &Message::Measure(m), s).map_err(SendError::Link)?;
@@ -695,5 +730,155 @@ fn handle_host(ev: Received<'_>, s: &Shared) {
         Received::FrameError(e) => log::debug!("link: damaged frame from host: {e}"),
         Received::Lost { frames } => log::debug!("link: {frames} frame(s) from host lost"),
         Received::Mask { .. } | Received::MaskDropped(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::Connection;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A port that, like a serial port, cannot be opened while any earlier connection's reader
+    /// still holds it; the first connection's writes time out (a host that stopped reading).
+    struct ExclusivePort {
+        /// Writes the first connection takes before it stalls.
+        first_ok: usize,
+        holders: Arc<AtomicUsize>,
+        opens: Arc<AtomicUsize>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    struct Holder(Arc<AtomicUsize>);
+    impl Read for Holder {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(20));
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes `ok` writes, then times out on every one.
+    struct Stalled {
+        ok: usize,
+    }
+    impl Write for Stalled {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.ok == 0 {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.ok -= 1;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Transport for ExclusivePort {
+        fn open(&mut self) -> io::Result<Connection> {
+            if self.holders.load(Ordering::SeqCst) > 0 {
+                return Err(io::Error::other("Unable to acquire exclusive lock"));
+            }
+            self.holders.fetch_add(1, Ordering::SeqCst);
+            let first = self.opens.fetch_add(1, Ordering::SeqCst) == 0;
+            let writer: Box<dyn Write + Send> = if first {
+                Box::new(Stalled { ok: self.first_ok })
+            } else {
+                Box::new(Sink(self.written.clone()))
+            };
+            Ok(Connection {
+                reader: Some(Box::new(Holder(self.holders.clone()))),
+                writer: Some(writer),
+            })
+        }
+        fn describe(&self) -> String {
+            "exclusive test port".into()
+        }
+    }
+
+    #[test]
+    fn a_write_timeout_releases_the_port_so_it_can_be_reopened() {
+        // 0: the first write (the delimiter) stalls; 2: the delimiter and Hello go, the first
+        // Status stalls.
+        for first_ok in [0, 2] {
+            reopens_after_a_stall(first_ok);
+        }
+    }
+
+    fn reopens_after_a_stall(first_ok: usize) {
+        let (holders, opens) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let port = ExclusivePort {
+            first_ok,
+            holders: holders.clone(),
+            opens: opens.clone(),
+            written: written.clone(),
+        };
+        let info = DeviceInfo {
+            device: "test".into(),
+            board: "test".into(),
+            models: vec![],
+            pipelines: vec![Pipeline::Interactive],
+            measures: false,
+        };
+        let opts = LinkOptions {
+            retry_every: Duration::from_millis(20),
+            status_every: Duration::from_millis(30),
+            ..LinkOptions::default()
+        };
+        let link = DeviceLink::start(Box::new(port), info, opts).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while opens.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            opens.load(Ordering::SeqCst),
+            2,
+            "the port was never reopened after the stalled write ({first_ok} writes went)"
+        );
+        let mut pixels = link.buffer(64);
+        pixels[..8].fill(1);
+        link.submit(MaskJob {
+            meta: MaskMeta {
+                frame_id: 7,
+                timestamp_us: 0,
+                prompt_id: 0,
+                object: 0,
+                score: 0.5,
+            },
+            width: 8,
+            height: 8,
+            pixels,
+            measure: None,
+        });
+        let summary = link.finish(Duration::from_secs(2)).unwrap();
+        assert_eq!(summary.reconnects, 1, "{summary:?}");
+        assert_eq!(summary.masks_sent, 1, "{summary:?}");
+        assert_eq!(summary.masks_queued, 1);
+        // The reopened connection carried the mask: the host decodes it.
+        let mut rx = Receiver::new();
+        let mut frames = vec![];
+        rx.push(&lock(&written), |ev| {
+            if let Received::Mask { header, .. } = ev {
+                frames.push(header.frame_id);
+            }
+        });
+        assert_eq!(frames, [7]);
     }
 }

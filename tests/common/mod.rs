@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod pty;
+pub mod soak;
 pub mod wire;
 
 pub fn fixtures() -> PathBuf {

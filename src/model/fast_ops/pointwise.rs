@@ -190,15 +190,7 @@ pub unsafe fn multiply(
 /// The vector path `kernel` can take here (AVX2 needs FMA too), if any.
 pub(crate) fn kernel_has_fma(kernel: Kernel) -> Option<Kernel> {
     match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma") =>
-        {
-            Some(Kernel::Avx2)
-        }
-        #[cfg(target_arch = "aarch64")]
-        Kernel::Neon if std::arch::is_aarch64_feature_detected!("neon") => Some(Kernel::Neon),
+        Kernel::Avx2 | Kernel::Neon if kernel.usable() => Some(kernel),
         _ => None,
     }
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonomask::wire::maskcodec::{Encoding, MaskDecoder};
+use sonomask_wire::maskcodec::{Encoding, MaskDecoder};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonomask::link::{Received, Receiver};
+use sonomask_wire::{Received, Receiver};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the chunk size, so splits inside frames and varints get explored.

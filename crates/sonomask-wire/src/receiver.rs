@@ -2,9 +2,10 @@
 //! and mask reassembly in one place, for the host (`listen`), the device's prompt channel and
 //! the tests. The mask buffer is the only allocation; it grows to the largest mask seen.
 
-use crate::wire::assemble::{Assembler, DropReason, Progress, SeqTracker};
-use crate::wire::frame::{Event, FrameDecoder, FrameError, VERSION};
-use crate::wire::message::{MaskHeader, Message, ParseError};
+use crate::assemble::{Assembler, DropReason, Progress, SeqTracker};
+use crate::frame::{Event, FrameDecoder, FrameError, VERSION};
+use crate::message::{MaskHeader, Message, ParseError};
+use alloc::vec::Vec;
 
 /// One thing the receiver learned from the byte stream.
 #[derive(Debug)]
