@@ -24,6 +24,8 @@ pub const TARGETS: &[(&str, FuzzFn)] = &[
     ("board_file", board_file),
     ("manifest", manifest),
     ("image_loader", image_loader),
+    ("wire_receiver", crate::wire::fuzzing::wire_receiver),
+    ("mask_decoder", crate::wire::fuzzing::mask_decoder),
 ];
 
 /// The DICOM reader: header, pixel data, every transfer syntax it accepts, the first frames.

@@ -23,6 +23,9 @@ pub mod assemble;
 pub mod cobs;
 pub mod crc;
 pub mod frame;
+#[cfg(feature = "alloc")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod maskcodec;
 pub mod message;
 #[cfg(feature = "alloc")]
