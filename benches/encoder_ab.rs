@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use sonomask::image_io::load_rgb;
 use sonomask::model::Manifest;
-use sonomask::model::fast_ops::OWN_OPS_OFF_ENV;
 use sonomask::model::fast_ops::STOCK_OPS_ENV;
+use sonomask::model::fast_ops::{Fusions, OWN_OPS_OFF_ENV};
 use sonomask::model::onnx::{self, f32s};
 use sonomask::model::sam::{ENCODER_KNOBS, encoder_contract};
 use sonomask::model::{Embedding, Precision, SamDecoder};
@@ -78,13 +78,15 @@ fn main() {
     let mut states = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();
-        // SAFETY (set_var): nothing else runs yet; the variable is read while planning only.
-        match (&off, i) {
-            (Some(kinds), 0) => unsafe { std::env::set_var(OWN_OPS_OFF_ENV, kinds) },
-            _ => unsafe { std::env::remove_var(OWN_OPS_OFF_ENV) },
-        }
+        let fusions = match (&off, i) {
+            (Some(kinds), 0) => {
+                Fusions::without(&kinds.split(',').collect::<Vec<_>>()).expect("OFF")
+            }
+            _ => Fusions::all(),
+        };
         let parsed = onnx::parse(f, &bytes, encoder_contract(s))
             .unwrap()
+            .with_fusions(fusions)
             .with_stock_ops(own_ops && i == 0 && off.is_none());
         states.push(
             onnx::spawn(

@@ -20,6 +20,8 @@ pub struct Parsed {
     contract: Contract,
     /// Plan with tract's operators only (no [`super::fast_ops`] replacements).
     stock_ops: bool,
+    /// Which replacements a plan applies (when `stock_ops` is off).
+    fusions: fast_ops::Fusions,
 }
 
 /// tract errors come as chains; keep them all in one line for the user.
@@ -49,6 +51,7 @@ pub fn parse(file: &Path, bytes: &[u8], contract: Contract) -> Result<Parsed> {
         model,
         contract,
         stock_ops: fast_ops::stock_ops_requested(),
+        fusions: fast_ops::Fusions::from_env()?,
     })
 }
 
@@ -57,6 +60,13 @@ impl Parsed {
     /// replacements where they apply (`false`, the default unless `SONOMASK_STOCK_OPS` is set).
     pub fn with_stock_ops(mut self, stock: bool) -> Self {
         self.stock_ops = stock;
+        self
+    }
+
+    /// Plans made from here on apply only the replacements `fusions` leaves on (by default
+    /// those [`fast_ops::OWN_OPS_OFF_ENV`] leaves on).
+    pub fn with_fusions(mut self, fusions: fast_ops::Fusions) -> Self {
+        self.fusions = fusions;
         self
     }
 
@@ -162,11 +172,11 @@ impl Parsed {
         }
         let k = crate::simd::Kernel::best();
         let replace_failed = || format!("{}: operator replacement failed", file.display());
-        let a = fast_ops::substitute_decluttered(&mut model, k)
+        let a = fast_ops::substitute_decluttered_with(&mut model, k, &self.fusions)
             .map_err(flat)
             .with_context(replace_failed)?;
         model.optimize().map_err(flat).with_context(failed)?;
-        let b = fast_ops::substitute(&mut model, k)
+        let b = fast_ops::substitute_with(&mut model, k, &self.fusions)
             .map_err(flat)
             .with_context(replace_failed)?;
         log::debug!(

@@ -285,7 +285,7 @@ impl Gemm {
     /// now) if it is one: a single product whose B rows and C rows are contiguous (a
     /// channels-first 1x1 convolution), with no scale or softmax and at most a per-row bias.
     /// Call after the folds. Returns whether it will.
-    pub fn pack_direct(&mut self, a: &Tensor, kernel: Kernel) -> bool {
+    pub fn pack_direct(&mut self, a: &Tensor, kernel: Kernel, always_stream: bool) -> bool {
         let [(rsa, csa), ..] = self.layout();
         let plain_a = self.offsets == [0, 0]
             && a.datum_type() == DatumType::F32
@@ -301,7 +301,7 @@ impl Gemm {
             kernel,
             weights,
             bias,
-            stream: self.m.len * self.n.len >= STREAM_MIN || super::off("cached_c"),
+            stream: self.m.len * self.n.len >= STREAM_MIN || always_stream,
         });
         true
     }

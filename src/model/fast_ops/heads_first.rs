@@ -36,7 +36,7 @@ use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
 use super::few_keys::{FewKeysAttention, Operand};
 use super::gemm::strides;
-use super::{konst, off, sole_user};
+use super::{konst, sole_user};
 use crate::simd::Kernel;
 
 /// What follows a rewritten tensor: logically `[tokens..., rest...]`, stored `[rest...,
@@ -61,7 +61,11 @@ enum Step {
 
 /// Rewrites every matching projection; returns how many were rewritten (each with its
 /// attention where it has one), and how many attentions were made [`FewKeysAttention`]s.
-pub(super) fn rewrite(model: &mut TypedModel, kernel: Kernel) -> TractResult<(usize, usize)> {
+pub(super) fn rewrite(
+    model: &mut TypedModel,
+    kernel: Kernel,
+    few_keys_on: bool,
+) -> TractResult<(usize, usize)> {
     let (mut done, mut attentions) = (0, 0);
     for id in 0..model.nodes.len() {
         let Some(chain) = projection(model, id) else {
@@ -73,9 +77,7 @@ pub(super) fn rewrite(model: &mut TypedModel, kernel: Kernel) -> TractResult<(us
             rewire(&mut patch, model, &readers, wire, chain.tokens_out)?;
             patch.apply(model)?;
             done += 1;
-        } else if !off("few_keys")
-            && let Some(att) = few_keys(model, &chain, kernel)
-        {
+        } else if few_keys_on && let Some(att) = few_keys(model, &chain, kernel) {
             let mut patch = TypedModelPatch::default();
             let q = heads_first(&mut patch, model, id, &chain)?;
             // The op's q shape is the chain's end rotated (`few_keys`); wiring checks it.

@@ -419,7 +419,8 @@ mod tests {
 
     use super::*;
     use crate::model::fast_ops::{
-        Replaced, max_abs_diff, run_one, substitute_decluttered, substitute_except, test_values,
+        Fusions, Replaced, max_abs_diff, run_one, substitute_decluttered, substitute_with,
+        test_values,
     };
 
     /// A `k x k` convolution from `ci` to `co` channels in `group`s, stride `s`, padding `k / 2`.
@@ -517,7 +518,7 @@ mod tests {
             m.declutter().unwrap();
             substitute_decluttered(&mut m, kernel).unwrap();
             m.optimize().unwrap();
-            let done = substitute_except(&mut m, kernel, except).unwrap();
+            let done = substitute_with(&mut m, kernel, &Fusions::without(except).unwrap()).unwrap();
             let ops = m
                 .nodes
                 .iter()

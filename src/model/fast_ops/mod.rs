@@ -196,15 +196,80 @@ pub(crate) fn planned_facts(
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
 
-/// Environment variable naming replacements to leave out, comma-separated (`gemm`, `direct`,
-/// `linear`, `small_a`, `heads_first`, `few_keys`, `cached_c`, `softmax_fold`, `attention`, `movement`, `mbconv`, `mbconv_merge`, `patch_embed`, `deconv`, `add`, `layer_norm`, `conv3x3`, `conv_packed`, `nhwc`, `softmax`, `pad`, `gelu`):
-/// for measuring one replacement against the plan without it in the same process
-/// (`benches/encoder_ab.rs`).
+/// Environment variable naming replacements to leave out, comma-separated (any of
+/// [`Fusions::KINDS`]): for measuring one replacement against the plan without it in the same
+/// process (`benches/encoder_ab.rs`). Read once per model load ([`Fusions::from_env`]).
 pub const OWN_OPS_OFF_ENV: &str = "SONOMASK_OWN_OPS_OFF";
 
-/// Whether replacement `kind` is left out by [`OWN_OPS_OFF_ENV`].
-fn off(kind: &str) -> bool {
-    std::env::var(OWN_OPS_OFF_ENV).is_ok_and(|v| v.split(',').any(|k| k.trim() == kind))
+/// Which of the own-operator rewrites a plan applies: all by default. Decided once, when a
+/// model is loaded, and handed to the rewrite passes; no pass reads the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fusions {
+    off: Vec<&'static str>,
+}
+
+impl Fusions {
+    /// Every rewrite, in the order the passes apply them: the one list of the own operators
+    /// (`SONOMASK_OWN_OPS_OFF` takes these names).
+    pub const KINDS: &'static [&'static str] = &[
+        // Before tract's code generation (`substitute_decluttered_with`).
+        "heads_first",
+        "few_keys",
+        "gemm",
+        "softmax_fold",
+        "direct",
+        "cached_c",
+        "linear",
+        "small_a",
+        "layer_norm",
+        "deconv",
+        "nhwc",
+        "conv3x3",
+        "conv_packed",
+        "attention",
+        // After it (`substitute_with`).
+        "movement",
+        "softmax",
+        "gelu",
+        "pad",
+        "mbconv",
+        "mbconv_merge",
+        "patch_embed",
+        "add",
+    ];
+
+    /// Every rewrite on.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Every rewrite but `kinds`; a name not in [`Fusions::KINDS`] is an error that lists them.
+    pub fn without(kinds: &[&str]) -> anyhow::Result<Self> {
+        let mut off = Vec::new();
+        for k in kinds.iter().map(|k| k.trim()).filter(|k| !k.is_empty()) {
+            match Self::KINDS.iter().find(|&&known| known == k) {
+                Some(&known) => off.push(known),
+                None => anyhow::bail!(
+                    "unknown own-operator kind {k:?} (known: {})",
+                    Self::KINDS.join(", ")
+                ),
+            }
+        }
+        Ok(Fusions { off })
+    }
+
+    /// From [`OWN_OPS_OFF_ENV`] (all on when it is unset).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let v = std::env::var(OWN_OPS_OFF_ENV).unwrap_or_default();
+        let kinds: Vec<&str> = v.split(',').collect();
+        Self::without(&kinds).map_err(|e| anyhow::anyhow!("{OWN_OPS_OFF_ENV}: {e}"))
+    }
+
+    /// Whether rewrite `kind` is left out.
+    pub fn is_off(&self, kind: &str) -> bool {
+        debug_assert!(Self::KINDS.contains(&kind), "unlisted kind {kind}");
+        self.off.contains(&kind)
+    }
 }
 
 /// Whether the environment asks for tract's stock operators only.
@@ -273,14 +338,24 @@ impl Replaced {
 /// Replaces, in a decluttered model (before tract's code generation turns convolutions and
 /// products into its own kernels), the convolutions and products our operators compute faster.
 pub fn substitute_decluttered(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replaced> {
+    substitute_decluttered_with(model, kernel, &Fusions::all())
+}
+
+/// [`substitute_decluttered`] with only the rewrites `fusions` leaves on.
+pub fn substitute_decluttered_with(
+    model: &mut TypedModel,
+    kernel: Kernel,
+    fusions: &Fusions,
+) -> TractResult<Replaced> {
+    let off = |kind: &str| fusions.is_off(kind);
     let mut done = Replaced::default();
     if !off("heads_first") && !off("gemm") {
-        (done.heads_first, done.few_keys) = heads_first::rewrite(model, kernel)?;
+        (done.heads_first, done.few_keys) = heads_first::rewrite(model, kernel, !off("few_keys"))?;
     }
     for id in 0..model.nodes.len() {
         if model.nodes[id].op_is::<EinSum>() {
             if !off("gemm") {
-                substitute_product(model, id, kernel, &mut done)?;
+                substitute_product(model, id, kernel, fusions, &mut done)?;
             }
             continue;
         }
@@ -384,8 +459,10 @@ fn substitute_product(
     model: &mut TypedModel,
     id: usize,
     kernel: Kernel,
+    fusions: &Fusions,
     done: &mut Replaced,
 ) -> TractResult<()> {
+    let off = |kind: &str| fusions.is_off(kind);
     let node = &model.nodes[id];
     let Some(einsum) = node.op_as::<EinSum>() else {
         return Ok(());
@@ -452,7 +529,7 @@ fn substitute_product(
     let a_input = if gemm.swapped() { 1 } else { 0 };
     if let Some(w) = model.outlet_fact(wires[a_input])?.konst.clone()
         && !off("direct")
-        && gemm.pack_direct(&w, kernel)
+        && gemm.pack_direct(&w, kernel, off("cached_c"))
     {
         done.gemm_direct += 1;
     } else if let Some(w) = model.outlet_fact(wires[1 - a_input])?.konst.clone()
@@ -670,17 +747,17 @@ fn sliced_view(model: &TypedModel, input: OutletId) -> Option<(View, OutletId)> 
 
 /// Replaces, in an optimized model, every node one of our operators computes faster.
 pub fn substitute(model: &mut TypedModel, kernel: Kernel) -> TractResult<Replaced> {
-    substitute_except(model, kernel, &[])
+    substitute_with(model, kernel, &Fusions::all())
 }
 
-/// [`substitute`] without the replacement kinds in `except` (tests compare plans with and
+/// [`substitute`] with only the rewrites `fusions` leaves on (tests compare plans with and
 /// without one, as [`OWN_OPS_OFF_ENV`] does for benchmarks).
-pub(crate) fn substitute_except(
+pub fn substitute_with(
     model: &mut TypedModel,
     kernel: Kernel,
-    except: &[&str],
+    fusions: &Fusions,
 ) -> TractResult<Replaced> {
-    let off = |kind: &str| off(kind) || except.contains(&kind);
+    let off = |kind: &str| fusions.is_off(kind);
     let mut done = Replaced::default();
     if !off("movement") {
         fuse_movements(model, &mut done)?;
@@ -979,4 +1056,33 @@ fn fuse_movements(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()
         model.compact()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fusions_tests {
+    use super::Fusions;
+
+    #[test]
+    fn kinds_are_unique_and_each_can_be_turned_off_alone() {
+        for (i, k) in Fusions::KINDS.iter().enumerate() {
+            assert!(!Fusions::KINDS[i + 1..].contains(k), "{k} listed twice");
+            let f = Fusions::without(&[k]).unwrap();
+            assert!(f.is_off(k));
+            assert!(
+                Fusions::KINDS
+                    .iter()
+                    .filter(|o| o != &k)
+                    .all(|o| !f.is_off(o))
+            );
+        }
+        assert!(Fusions::KINDS.iter().all(|k| !Fusions::all().is_off(k)));
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_by_name() {
+        let e = Fusions::without(&["gemm", "gem"]).unwrap_err().to_string();
+        assert!(e.contains("\"gem\"") && e.contains("softmax_fold"), "{e}");
+        // Blanks (a trailing comma in the variable) are ignored.
+        assert_eq!(Fusions::without(&["", " "]).unwrap(), Fusions::all());
+    }
 }

@@ -283,7 +283,8 @@ mod tests {
 
     use super::*;
     use crate::model::fast_ops::{
-        Replaced, max_abs_diff, run_one, substitute_decluttered, substitute_except, test_values,
+        Fusions, Replaced, max_abs_diff, run_one, substitute_decluttered, substitute_with,
+        test_values,
     };
     use crate::simd::Kernel;
 
@@ -346,7 +347,7 @@ mod tests {
             m.declutter().unwrap();
             substitute_decluttered(&mut m, kernel).unwrap();
             m.optimize().unwrap();
-            let done = substitute_except(&mut m, kernel, except).unwrap();
+            let done = substitute_with(&mut m, kernel, &Fusions::without(except).unwrap()).unwrap();
             assert!(done.patch_embed == 0 || m.nodes.len() == 2, "{m}");
             (run_one(m, x), done)
         };
