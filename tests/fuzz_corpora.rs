@@ -2,26 +2,36 @@
 //! through the same entry points the fuzz targets call, so a crash the fuzzer once found, or a
 //! seed it grew from, stays covered in CI without nightly or cargo-fuzz.
 
+mod common;
+
+use common::Rng;
 use std::path::Path;
+
+/// The files of `target`'s corpus, in name order (so the mutation run is deterministic).
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "corpus {} is empty", dir.display());
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
 
 #[test]
 fn every_corpus_file_runs_without_panicking() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
     let mut total = 0;
     for &(target, run) in sonomask::fuzzing::TARGETS {
-        let dir = root.join(target);
-        let files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .collect();
-        assert!(!files.is_empty(), "corpus {} is empty", dir.display());
-        for f in &files {
-            let data = std::fs::read(f).unwrap();
-            run(&data);
+        let inputs = corpus(target);
+        for data in &inputs {
+            run(data);
         }
-        eprintln!("{target}: {} corpus files replayed", files.len());
-        total += files.len();
+        eprintln!("{target}: {} corpus files replayed", inputs.len());
+        total += inputs.len();
     }
     assert!(total >= sonomask::fuzzing::TARGETS.len());
 }
@@ -35,16 +45,9 @@ fn every_corpus_file_runs_without_panicking() {
 fn seeded_mutations_of_every_corpus_run_without_panicking() {
     const PER_FILE: usize = 256;
     const MAX_PER_TARGET: usize = 50_000;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
     let mut rng = Rng(0x5EED_F022);
     for &(target, run) in sonomask::fuzzing::TARGETS {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(target))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        let inputs: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        let inputs = corpus(target);
         let started = std::time::Instant::now();
         let mut runs = 0;
         'target: for (i, base) in inputs.iter().enumerate() {
@@ -62,21 +65,6 @@ fn seeded_mutations_of_every_corpus_run_without_panicking() {
             "{target}: {runs} mutated inputs in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-    }
-}
-
-/// xorshift64*, as tests/common's (this file stands alone).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
     }
 }
 
