@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo bench --bench soak                      # 10,000 frames, models/, 1 thread
 //! SOAK_FRAMES=2000 SOAK_MODELS=models cargo bench --bench soak
+//! SOAK_BIN=/tmp/sonomask-copy cargo bench --bench soak   # run that binary instead
 //! ```
 //!
 //! Source: the 30-frame JPEG ultrasound cine in ../shared/data/dicom_us, looped, in cine mode
@@ -43,7 +44,8 @@ fn main() {
     };
     let frames = env_or("SOAK_FRAMES", 10_000u32);
     let cfg = Config {
-        bin: env!("CARGO_BIN_EXE_sonomask").into(),
+        // SOAK_BIN: a copy of the binary, so rebuilding during a long soak changes nothing.
+        bin: std::env::var("SOAK_BIN").map_or(env!("CARGO_BIN_EXE_sonomask").into(), Into::into),
         models: models.clone(),
         source: shared.join("data/dicom_us/examples_ybr_color.dcm"),
         prompt_box: "60,40,260,200".into(),

@@ -1,3 +1,7 @@
+/// Tensors from a size-class pool, small blocks from glibc (src/heap.rs: why).
+#[global_allocator]
+static HEAP: sonomask::heap::KeptHeap = sonomask::heap::KeptHeap;
+
 fn main() {
     sonomask::logger::init(log::LevelFilter::Info);
     sonomask::heap::keep_freed_memory();

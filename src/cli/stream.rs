@@ -733,12 +733,14 @@ fn hex_to_bytes(hex: &str, out: &mut [u8; 32]) -> bool {
 const HEALTH_EVERY: u32 = 100;
 
 /// The device's heartbeat: one `key=value` line a service log (journald) keeps and a soak
-/// test parses. Resident memory shows a leak long before the board runs out.
+/// test parses. Resident memory shows a leak long before the board runs out; `pool_kb` is the
+/// part of it the tensors' pool holds (src/heap.rs).
 fn log_health(frames: u32, t: &crate::stream::LinkSummary) {
     let rss = crate::heap::resident_kb().map_or_else(|| "unknown".into(), |k| k.to_string());
     log::info!(
         target: "sonomask::health",
-        "health frames={frames} rss_kb={rss} queued={} sent={} queue_drops={} reconnects={} errors={}",
+        "health frames={frames} rss_kb={rss} pool_kb={} queued={} sent={} queue_drops={} reconnects={} errors={}",
+        crate::heap::pool_stats().mapped >> 10,
         t.masks_queued,
         t.masks_sent,
         t.queue_drops,
