@@ -18,17 +18,25 @@ fn segment_cine(
     out: &std::path::Path,
     extra: &[&str],
 ) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sonomask"))
-        .env("SONOMASK_LOG", "error")
+    segment_cine_cmd(source, bbox, out, extra).output().unwrap()
+}
+
+fn segment_cine_cmd(
+    source: &std::ffi::OsStr,
+    bbox: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sonomask"));
+    c.env("SONOMASK_LOG", "error")
         .arg("segment")
         .arg(source)
         .args(["--box", bbox, "--precision", "fp32", "--json", "--models"])
         .arg(common::models_tiny())
         .arg("-o")
         .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(extra);
+    c
 }
 
 fn session() -> SamSession {
@@ -311,23 +319,36 @@ fn raw_frames_over_a_serial_link_and_tcp() {
     let mut frame = Vec::new();
     sonomask::source::write_raw_frame(&mut frame, &a).unwrap();
 
-    // Serial: a capture device writes frames into the far end of a pty pair.
+    // Serial: a capture device writes frames into the far end of a pty pair, once sonomask
+    // has the port open (bytes written before would be flushed by its open).
     let (mut master, slave) = serialport::TTYPort::pair().unwrap();
     let path = serialport::SerialPort::name(&slave).unwrap();
-    let bytes = frame.repeat(4);
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        serialport::SerialPort::set_timeout(&mut master, std::time::Duration::from_secs(5))
-            .unwrap();
-        for c in bytes.chunks(4096) {
-            master.write_all(c).unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        drop(slave);
-    });
-    let j = segment_raw(&format!("raw:serial:{path}@921600"), 3, "serial");
+    let out = std::env::temp_dir().join(format!("sonomask-rawlink-serial-{}", std::process::id()));
+    let child = segment_cine_cmd(
+        format!("raw:serial:{path}@921600").as_ref(),
+        "40,30,150,120",
+        &out,
+        &["--max-frames", "3"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    common::wait_until(
+        "sonomask to open the serial port",
+        std::time::Duration::from_secs(20),
+        || common::holds_open(child.id(), std::path::Path::new(&path)),
+    );
+    serialport::SerialPort::set_timeout(&mut master, std::time::Duration::from_secs(5)).unwrap();
+    for c in frame.repeat(4).chunks(4096) {
+        master.write_all(c).unwrap();
+    }
+    // The far end stays open until sonomask has read its three frames and exited.
+    let o = child.wait_with_output().unwrap();
+    drop(slave);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["frames"], 3);
-    writer.join().unwrap();
 
     // TCP: the device connects to a frame server.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -75,6 +75,29 @@ fn wait(child: Child, limit: Duration) -> Output {
     c.wait_with_output().unwrap()
 }
 
+/// The listener's messages so far, as text (lines are flushed as written).
+fn jsonl_text(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("messages.jsonl")).unwrap_or_default()
+}
+
+/// Waits until a serial listener has opened its end of the line.
+fn wait_open(out: &Path) {
+    common::wait_until(
+        "the listener to open its port",
+        Duration::from_secs(20),
+        || jsonl_text(out).contains(r#""type":"link""#),
+    );
+}
+
+/// Waits until `n` masks have reached the listener.
+fn wait_masks(out: &Path, n: usize) {
+    common::wait_until(
+        &format!("{n} masks at the host"),
+        Duration::from_secs(30),
+        || jsonl_text(out).matches(r#""type":"mask""#).count() >= n,
+    );
+}
+
 fn jsonl(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("messages.jsonl"))
         .unwrap_or_default()
@@ -92,7 +115,11 @@ fn gray(path: &Path) -> Vec<u8> {
 }
 
 fn device_summary(out: &Output) -> serde_json::Value {
-    let err = String::from_utf8_lossy(&out.stderr);
+    summary_in(&String::from_utf8_lossy(&out.stderr))
+}
+
+/// The device's closing summary line in its log.
+fn summary_in(err: &str) -> serde_json::Value {
     let line = err
         .lines()
         .rev()
@@ -250,7 +277,7 @@ fn serial_noisy_line_delivers_only_intact_masks() {
         &out,
         &["--idle", "2", "--timeout", "60"],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_open(&out);
     let device = wait(
         stream_masks(&masks_dir, &format!("serial:{}", dev.path), 100, 360),
         Duration::from_secs(30),
@@ -307,13 +334,30 @@ fn serial_unplug_and_replug_device_side_resumes() {
         &out,
         &["--idle", "6", "--timeout", "60"],
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let device = stream_masks(&masks_dir, &format!("serial:{}", link.display()), 40, 280);
-    std::thread::sleep(Duration::from_millis(2000));
+    wait_open(&out);
+    // The device's log goes to a file the test reads while it runs.
+    let device_log = out.join("device.log");
+    let mut cmd = bin();
+    cmd.env("SONOMASK_LOG", "info").args([
+        "stream", "--masks", "--loop", "--fps", "40", "--count", "280", "--source",
+    ]);
+    cmd.arg(&masks_dir)
+        .args(["--sink", &format!("serial:{}", link.display())])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&device_log).unwrap());
+    let device = cmd.spawn().expect("spawn sonomask");
+    let log = || std::fs::read_to_string(&device_log).unwrap_or_default();
+    wait_masks(&out, 3);
     // Unplug: the device's tty hangs up (both ends of its pair close).
     bridge1.stop();
     drop(dev1);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Unplugged until the device has found the port gone and tried to reopen it (frames made
+    // meanwhile are dropped and counted).
+    common::wait_until(
+        "the device to retry the port",
+        Duration::from_secs(20),
+        || log().contains("cannot open"),
+    );
     // Replug: a new tty appears under the same by-id style name.
     let dev2 = pty();
     std::fs::remove_file(&link).unwrap();
@@ -322,12 +366,8 @@ fn serial_unplug_and_replug_device_side_resumes() {
     let device = wait(device, Duration::from_secs(30));
     let _ = listener.wait();
     bridge2.stop();
-    assert!(
-        device.status.success(),
-        "device died on unplug: {}",
-        String::from_utf8_lossy(&device.stderr)
-    );
-    let s = device_summary(&device);
+    assert!(device.status.success(), "device died on unplug: {}", log());
+    let s = summary_in(&log());
     assert!(s["reconnects"].as_u64().unwrap() >= 1, "no reconnect: {s}");
     assert!(
         s["queue_drops"].as_u64().unwrap() > 0,
@@ -379,7 +419,10 @@ fn tcp_host_restart_device_reconnects() {
     let ep = format!("tcp:127.0.0.1:{port}");
     let (out1, out2) = (tmp("tcp1"), tmp("tcp2"));
     let l1 = listen(&ep, &out1, &["--count", "10", "--timeout", "20"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Bound once messages.jsonl exists (it is created after the bind).
+    common::wait_until("the listener to bind", Duration::from_secs(20), || {
+        out1.join("messages.jsonl").exists()
+    });
     let device = stream_masks(&masks_dir, &ep, 30, 240);
     let l1 = wait(l1, Duration::from_secs(25));
     assert!(
@@ -387,7 +430,7 @@ fn tcp_host_restart_device_reconnects() {
         "{}",
         String::from_utf8_lossy(&l1.stderr)
     );
-    std::thread::sleep(Duration::from_millis(700));
+    // A new host at once: the device must notice the old one gone and reconnect by itself.
     let l2 = wait(
         listen(&ep, &out2, &["--count", "10", "--timeout", "20"]),
         Duration::from_secs(25),

@@ -195,8 +195,11 @@ struct JsonLog {
 }
 
 impl JsonLog {
+    /// One message per line, flushed: a tail -f, a supervisor or a killed listener sees every
+    /// line it wrote (and a test can wait for `link open` instead of sleeping).
     fn line(&mut self, v: Value) -> Result<()> {
         writeln!(self.file, "{v}")?;
+        self.file.flush()?;
         if !self.quiet {
             println!("{v}");
         }
