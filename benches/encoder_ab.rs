@@ -5,7 +5,7 @@
 //! Run: `A=models/sam_encoder.fp32.onnx B=/tmp/rewritten.onnx ROUNDS=9 cargo bench --bench encoder_ab`
 //!
 //! Without `B`, file A is planned twice, with tract's stock operators (A) and with sonomask's
-//! own operators (B, `src/model/fast_ops`): the check for an operator replacement.
+//! own operators (B, `crates/sonomask-ops`): the check for an operator replacement.
 //! `OFF=kind[,kind]` (without `B`) plans A with own operators too, but without those kinds
 //! (`SONOMASK_OWN_OPS_OFF`, see `fast_ops`): the check for one replacement on its own.
 //! `THREADS=N` runs both under tract's N-thread executor (default 1).

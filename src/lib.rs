@@ -30,7 +30,8 @@ pub mod prompt;
 pub mod saliency;
 pub mod salip;
 pub mod segment;
-pub mod simd;
+/// The slice kernels and the process's kernel choice (their own crate, `crates/sonomask-kernels`).
+pub use sonomask_kernels as simd;
 pub mod source;
 pub mod stream;
 pub mod text;

@@ -225,7 +225,7 @@ fn end_to_end(dir: &Path) {
     assert!(t.stages.iter().any(|s| s.0 == "encoder") && t.stages.iter().any(|s| s.0 == "decoder"));
 }
 
-/// sonomask's own operators (src/model/fast_ops) do go into the encoder's plan, and the plan
+/// sonomask's own operators (crates/sonomask-ops) do go into the encoder's plan, and the plan
 /// with them and the one with tract's stock operators both meet the fp32 parity bar.
 #[test]
 fn own_operators_replace_stock_ones_within_parity() {

@@ -2,7 +2,8 @@
 
 pub mod clip;
 pub mod contract;
-pub mod fast_ops;
+/// The own tract operators and their rewrite passes (`crates/sonomask-ops`).
+pub use sonomask_ops as fast_ops;
 pub mod manifest;
 pub mod onnx;
 pub mod sam;

@@ -277,7 +277,16 @@ pub fn ensure_finite(values: &[f32], what: &str, file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A runnable state of an optimized plan. Loading is over for this model by now: the one-off
+/// large buffers of parsing and optimizing are handed back (see `heap::release_unused`).
 pub fn spawn(plan: &Plan) -> Result<State> {
+    let released = crate::heap::release_unused();
+    if released > 0 {
+        log::debug!(
+            "model load: {} MiB of one-off buffers unmapped",
+            released >> 20
+        );
+    }
     plan.spawn().map_err(flat)
 }
 
@@ -396,10 +405,7 @@ pub fn run_profiled(
 
 /// The f32 contents of a plain in-memory tensor.
 pub fn f32s(t: &Tensor) -> Result<&[f32]> {
-    t.try_as_plain_ram()
-        .map_err(flat)?
-        .as_slice::<f32>()
-        .map_err(flat)
+    fast_ops::f32s(t).map_err(flat)
 }
 
 #[cfg(test)]

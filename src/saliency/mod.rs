@@ -15,7 +15,7 @@
 //!
 //! Both give a map at image resolution in [0, 1]. The hot loops are in [`kernels`].
 
-pub mod kernels;
+pub use sonomask_kernels::saliency as kernels;
 
 use anyhow::{Result, bail};
 

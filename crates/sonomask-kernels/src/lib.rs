@@ -2,6 +2,15 @@
 //! fallback that defines the result. Each kernel has all its paths reachable through
 //! [`Kernel`] so tests can prove them equal on the machine they run on (x86 here, aarch64 under
 //! qemu in CI for the NEON path).
+//!
+//! Pure slice kernels: nothing here knows of tensors, graphs or models. The kernel choice
+//! ([`Kernel::best`]) is made once per process from [`Features::host`]; the operators in
+//! `sonomask-ops` and the saliency code in `sonomask` call these with that choice.
+
+// `dispatch!` runs its SIMD arguments in `unsafe` by design (see its doc).
+#![allow(clippy::macro_metavars_in_unsafe)]
+
+pub mod saliency;
 
 /// An implementation choice for the kernels below. `Avx2` means AVX2 *and* FMA: the x86
 /// kernels are compiled with both (`#[target_feature(enable = "avx2,fma")]` or fused
@@ -78,16 +87,21 @@ impl Kernel {
 }
 
 /// Runs the path for kernel `$k`: AVX2+FMA or NEON where asked for and usable, else scalar.
+///
+/// The AVX2 and NEON arguments run in an `unsafe` block: they are calls of `#[target_feature]`
+/// functions, unsafe only for the CPU check this macro makes (hence the lint allowed for the
+/// crate: clippy takes no allow on the macro itself).
+#[macro_export]
 macro_rules! dispatch {
     ($k:expr, $scalar:expr, $avx2:expr, $neon:expr) => {
         match $k {
             #[cfg(target_arch = "x86_64")]
-            $crate::simd::Kernel::Avx2 if $crate::simd::Kernel::Avx2.usable() => {
+            $crate::Kernel::Avx2 if $crate::Kernel::Avx2.usable() => {
                 // SAFETY: AVX2 and FMA presence checked just above.
                 unsafe { $avx2 }
             }
             #[cfg(target_arch = "aarch64")]
-            $crate::simd::Kernel::Neon if $crate::simd::Kernel::Neon.usable() => {
+            $crate::Kernel::Neon if $crate::Kernel::Neon.usable() => {
                 // SAFETY: NEON presence checked just above.
                 unsafe { $neon }
             }
@@ -95,7 +109,6 @@ macro_rules! dispatch {
         }
     };
 }
-pub(crate) use dispatch;
 
 /// Eight partial sums reduced in one fixed order, shared by every path of a kernel that keeps
 /// eight lanes (AVX2 as one register, NEON as two, scalar as an array) so that they agree
@@ -246,11 +259,11 @@ mod tests {
                 }
             }
         }
+        // Every crate of the workspace: the operators and the runtime call these kernels' twins.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut files = Vec::new();
-        walk(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut files,
-        );
+        walk(&root.join("src"), &mut files);
+        walk(&root.join("crates"), &mut files);
         let mut sites = 0;
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();

@@ -7,7 +7,7 @@
 //! in every path (NEON as two 4-lane halves), reduced in one fixed order. Tests compare with
 //! `==` on random inputs.
 
-use crate::simd::{Kernel, dispatch, reduce8};
+use crate::{Kernel, dispatch, reduce8};
 
 /// `sum(a[i] * b[i])`.
 pub fn dot(k: Kernel, a: &[f32], b: &[f32]) -> f32 {

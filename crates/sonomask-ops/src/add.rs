@@ -12,7 +12,7 @@ use tract_core::internal::*;
 use tract_core::ops::binary::OptBinUnicast;
 use tract_core::ops::math::Add;
 
-use super::{SharedMut, par_tasks};
+use crate::exec::{SharedMut, par_tasks};
 
 /// `a + b` for f32 tensors of one (concrete) shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -137,7 +137,7 @@ impl TypedOp for AddSame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::{substitute, test_values};
+    use crate::{substitute, test_values};
 
     /// `x + y` where `x` is also an output of the model (so still read elsewhere: the sum
     /// cannot go into it), against tract, bit for bit.
@@ -178,14 +178,11 @@ mod tests {
             let stock = m.clone().into_optimized().unwrap();
             let want = stock.into_runnable().unwrap().run(input()).unwrap();
             let mut ours = m.into_optimized().unwrap();
-            let done = substitute(&mut ours, crate::simd::Kernel::best()).unwrap();
+            let done = substitute(&mut ours, sonomask_kernels::Kernel::best()).unwrap();
             assert_eq!(done.add, 1, "{shared:?}");
             let got = ours.into_runnable().unwrap().run(input()).unwrap();
             for (w, g) in want.iter().zip(&got) {
-                let (w, g) = (
-                    crate::model::onnx::f32s(w).unwrap(),
-                    crate::model::onnx::f32s(g).unwrap(),
-                );
+                let (w, g) = (crate::f32s(w).unwrap(), crate::f32s(g).unwrap());
                 assert_eq!(w, g, "{shared:?}");
             }
         }

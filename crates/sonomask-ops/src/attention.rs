@@ -17,7 +17,7 @@
 //!
 //! Every path (AVX2+FMA, NEON, scalar) does the same IEEE operations in the same order (fused
 //! multiply-adds along the reduced axis, then a multiply and an add; `exp` as in
-//! [`softmax`](super::softmax); the sums in eight lanes reduced in one fixed order), so they
+//! [`softmax`](crate::softmax); the sums in eight lanes reduced in one fixed order), so they
 //! agree bit for bit (tested with `==`); against the unfused products and softmax the sums run
 //! in another order (tested to 1e-5).
 
@@ -25,11 +25,11 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 
-use super::gemm::Gemm;
-use super::pointwise::kernel_has_fma;
-use super::softmax::{LN2_HI, LN2_LO, LOG2E, P, X_HI, X_LO};
-use super::{SharedMut, par_tasks};
-use crate::simd::{Kernel, dispatch, reduce8};
+use crate::exec::{SharedMut, par_tasks};
+use crate::gemm::Gemm;
+use crate::pointwise::kernel_has_fma;
+use crate::softmax::{LN2_HI, LN2_LO, LOG2E, P, X_HI, X_LO};
+use sonomask_kernels::{Kernel, dispatch, reduce8};
 
 /// Most rows per register block.
 const MR: usize = 6;
@@ -403,7 +403,7 @@ fn lanes_max(l: &[f32]) -> f32 {
     l[1..8].iter().fold(l[0], |m, &x| if x > m { x } else { m })
 }
 
-/// `exp(x)` as [`softmax`](super::softmax)'s (same range reduction and polynomial, ~2 ulp), by
+/// `exp(x)` as [`softmax`](crate::softmax)'s (same range reduction and polynomial, ~2 ulp), by
 /// fused multiply-adds: a shorter dependency chain than its multiply-then-add, the same
 /// operations as [`exp8_avx2`] and [`exp4_neon`].
 #[inline]
@@ -917,9 +917,7 @@ mod tests {
     use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
     use super::*;
-    use crate::model::fast_ops::{
-        Replaced, max_abs_diff, run_one, substitute_decluttered, test_values,
-    };
+    use crate::{Replaced, max_abs_diff, run_one, substitute_decluttered, test_values};
 
     /// TinyViT's attention on one `[windows, tokens, heads, 3 d]` qkv tensor: q, k, v sliced
     /// out of it, `softmax(q.k^T * scale (+ bias[heads, tokens, tokens]))`, then `. v` into

@@ -18,8 +18,8 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_core::ops::nn::DataFormat;
 
-use super::SharedMut;
-use crate::simd::{Kernel, dispatch};
+use crate::exec::SharedMut;
+use sonomask_kernels::{Kernel, dispatch};
 
 /// Replaces a decluttered f32 [`Conv`] that is 3x3 with constant weights, depthwise or dense
 /// over at most [`MAX_DENSE_INPUTS`] channels. Inputs stay those of the conv: image, kernel
@@ -544,11 +544,11 @@ impl TypedOp for Conv3x3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::max_abs_diff;
-    use crate::model::onnx::f32s;
+    use crate::f32s;
+    use crate::max_abs_diff;
     use tract_core::ops::cnn::PoolSpec;
 
-    use crate::model::fast_ops::test_values as rand;
+    use crate::test_values as rand;
 
     fn conv(c: usize, stride: usize, pad: [(usize, usize); 2], fmt: DataFormat) -> Conv {
         dense_conv(c, c, c, stride, pad, fmt)
@@ -745,7 +745,7 @@ mod tests {
 #[cfg(test)]
 mod band_tests {
     use super::*;
-    use crate::model::fast_ops::test_values as rand;
+    use crate::test_values as rand;
 
     /// The dense path split into row bands (as threads run it) writes what one band does.
     #[test]

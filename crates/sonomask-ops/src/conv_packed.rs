@@ -14,10 +14,10 @@
 use tract_core::internal::*;
 use tract_core::ops::cnn::Conv;
 
-use super::conv3x3::Geometry3x3;
-use super::pointwise::{self, Columns, NR, PackedWeights};
-use super::{SharedMut, par_tasks};
-use crate::simd::Kernel;
+use crate::conv3x3::Geometry3x3;
+use crate::exec::{SharedMut, par_tasks};
+use crate::pointwise::{self, Columns, NR, PackedWeights};
+use sonomask_kernels::Kernel;
 
 /// The longest reduction taken: a `K x 16` tile of 32 KiB.
 pub const MAX_K: usize = 512;
@@ -269,9 +269,9 @@ impl TypedOp for Conv3x3Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::test_values as rand;
-    use crate::model::fast_ops::{max_abs_diff, substitute_decluttered};
-    use crate::model::onnx::f32s;
+    use crate::f32s;
+    use crate::test_values as rand;
+    use crate::{max_abs_diff, substitute_decluttered};
     use tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::nn::DataFormat;
 

@@ -24,9 +24,9 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Deconv, KernelFormat};
 use tract_core::ops::nn::DataFormat;
 
-use super::pointwise::{self, PackedWeights, Rows};
-use super::{eval_by_rows, planned_facts};
-use crate::simd::Kernel;
+use crate::exec::{eval_by_rows, planned_facts};
+use crate::pointwise::{self, PackedWeights, Rows};
+use sonomask_kernels::Kernel;
 
 thread_local! {
     /// Each thread's product block (`4 C_out` rows of one input row), reused across calls.
@@ -224,7 +224,7 @@ mod tests {
     use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
     use super::*;
-    use crate::model::fast_ops::{max_abs_diff, run_one, substitute_decluttered, test_values};
+    use crate::{max_abs_diff, run_one, substitute_decluttered, test_values};
 
     /// A one-node model: tract's 2x2 stride-2 transposed convolution from `ci` to `co`
     /// channels over `h x w` (`bias`: 0 for a scalar bias, as tract-onnx wires a missing one,

@@ -16,7 +16,7 @@
 
 use tract_core::internal::*;
 
-use crate::simd::{Kernel, dispatch};
+use sonomask_kernels::{Kernel, dispatch};
 
 /// Channels accumulated together; the channel count must be a multiple.
 pub const LANES: usize = 32;
@@ -214,8 +214,8 @@ impl TypedOp for DepthwiseNhwc3x3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::test_values as rand;
-    use crate::model::fast_ops::{max_abs_diff, run_one, substitute_decluttered};
+    use crate::test_values as rand;
+    use crate::{max_abs_diff, run_one, substitute_decluttered};
     use tract_core::ops::change_axes::AxisOp;
     use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
     use tract_core::ops::nn::DataFormat;

@@ -1,10 +1,10 @@
 //! Attention of many channels-first queries over a few keys, `softmax(scale q.k^T) . v` per
 //! head, vectorised over the queries: SAM's image-to-token attention (4096 image tokens over 7
 //! prompt tokens), its queries and output kept channels-first (see
-//! [`heads_first`](super::heads_first), which puts it in).
+//! [`heads_first`](crate::heads_first), which puts it in).
 //!
 //! Why: with 7 keys each query's scores are 7 values: taken row by row (the fused
-//! [`Attention`](super::Attention)) the register blocks are mostly padding, and the softmax a
+//! [`Attention`](crate::Attention)) the register blocks are mostly padding, and the softmax a
 //! pass per 7-long row; it ran at 12-14 GFLOP/s, and its token-major output made the output
 //! projection after it read a transposed operand through the sgemm (60 GFLOP/s). Here a lane is
 //! a query: for 8 queries (4 on NEON) of one head the scores are `keys` vectors accumulated over
@@ -15,16 +15,16 @@
 //!
 //! Every path (AVX2+FMA, NEON, scalar) does the same IEEE operations in the same order (fused
 //! multiply-adds over the channels, the scale, the maximum in key order, `exp` as
-//! [`attention`](super::attention)'s, the sum in key order, `1 / sum`, fused multiply-adds over
+//! [`attention`](crate::attention)'s, the sum in key order, `1 / sum`, fused multiply-adds over
 //! the keys, then the multiply by `1 / sum`), so they agree bit for bit (tested with `==`);
 //! against tract (normalised before the product with v) they agree to 1e-5.
 
 use tract_core::internal::*;
 
-use super::attention::exp_fma;
-use super::pointwise::kernel_has_fma;
-use super::{SharedMut, par_tasks};
-use crate::simd::Kernel;
+use crate::attention::exp_fma;
+use crate::exec::{SharedMut, par_tasks};
+use crate::pointwise::kernel_has_fma;
+use sonomask_kernels::Kernel;
 
 /// Most keys: the scores of 8 queries live in `MAX_KEYS` vectors.
 pub const MAX_KEYS: usize = 16;
@@ -196,7 +196,7 @@ unsafe fn block_avx2<const T: usize>(
     out: *mut f32,
     os: isize,
 ) {
-    use super::attention::exp8_avx2;
+    use crate::attention::exp8_avx2;
     use std::arch::x86_64::*;
     let (k, v) = (hd.k.as_ptr(), hd.v.as_ptr());
     let mut s = [_mm256_setzero_ps(); T];
@@ -244,7 +244,7 @@ unsafe fn block_neon<const T: usize>(
     out: *mut f32,
     os: isize,
 ) {
-    use super::attention::exp4_neon;
+    use crate::attention::exp4_neon;
     use std::arch::aarch64::*;
     let (k, v) = (hd.k.as_ptr(), hd.v.as_ptr());
     let mut s = [vdupq_n_f32(0.0); T];
@@ -386,8 +386,8 @@ impl TypedOp for FewKeysAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::test_values;
-    use crate::model::onnx::f32s;
+    use crate::f32s;
+    use crate::test_values;
 
     /// The op on q `[heads, dim, tokens]`, k and v `[keys, heads, dim]`, out `[heads, dim_v,
     /// tokens]`, with `kernel`.

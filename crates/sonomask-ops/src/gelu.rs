@@ -15,9 +15,9 @@ use tract_core::internal::*;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::GeluExact;
 
-use super::pointwise::kernel_has_fma;
-use super::{SharedMut, par_tasks};
-use crate::simd::Kernel;
+use crate::exec::{SharedMut, par_tasks};
+use crate::pointwise::kernel_has_fma;
+use sonomask_kernels::Kernel;
 
 const A: [f32; 6] = [
     0.070_523_08,
@@ -148,7 +148,7 @@ impl TypedOp for Gelu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::substitute;
+    use crate::substitute;
 
     /// Values over GELU's whole interesting range, and its extremes.
     fn values() -> Vec<f32> {
@@ -179,12 +179,12 @@ mod tests {
         let input = || tvec!(Tensor::from_shape(&[n], &x).unwrap().into_tvalue());
         let stock = m.clone().into_optimized().unwrap();
         let want = stock.into_runnable().unwrap().run(input()).unwrap();
-        let want = crate::model::onnx::f32s(&want[0]).unwrap().to_vec();
+        let want = crate::f32s(&want[0]).unwrap().to_vec();
         let mut ours = m.into_optimized().unwrap();
         let done = substitute(&mut ours, Kernel::best()).unwrap();
         assert_eq!(done.gelu, 1);
         let got = ours.into_runnable().unwrap().run(input()).unwrap();
-        let got = crate::model::onnx::f32s(&got[0]).unwrap().to_vec();
+        let got = crate::f32s(&got[0]).unwrap().to_vec();
         for (i, (a, b)) in want.iter().zip(&got).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-6 * a.abs().max(1.0),

@@ -17,11 +17,11 @@
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
-use super::pointwise::{self, NR, PackedWeights};
-use super::softmax::{exp_scalar, softmax_rows};
-use super::{linear, par_tasks};
-use crate::model::onnx::f32s;
-use crate::simd::{Kernel, dispatch, reduce8};
+use crate::f32s;
+use crate::pointwise::{self, NR, PackedWeights};
+use crate::softmax::{exp_scalar, softmax_rows};
+use crate::{exec::par_tasks, linear};
+use sonomask_kernels::{Kernel, dispatch, reduce8};
 
 /// One group of einsum axes merged into one strided matrix dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -964,11 +964,11 @@ impl TypedOp for Gemm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::{Replaced, compare_with_tract, substitute_decluttered};
-    use crate::model::onnx::f32s;
-    use crate::simd::Kernel;
+    use crate::f32s;
+    use crate::{Replaced, compare_with_tract, substitute_decluttered};
+    use sonomask_kernels::Kernel;
 
-    use crate::model::fast_ops::test_values as rand;
+    use crate::test_values as rand;
 
     fn tensor(seed: &mut u64, shape: &[usize]) -> Tensor {
         Tensor::from_shape(shape, &rand(seed, shape.iter().product())).unwrap()

@@ -1,5 +1,5 @@
 //! Projections of channels-first tokens written channels-first: a rewrite of the decluttered
-//! graph (einsums, before they become [`super::Gemm`]s) that changes where a product's columns
+//! graph (einsums, before they become [`crate::Gemm`]s) that changes where a product's columns
 //! go, not what it computes.
 //!
 //! Why: SAM's decoder keeps the image tokens as the encoder made them, `[256, 4096]` (channels
@@ -8,7 +8,7 @@
 //! which no kernel here ran faster than the sgemm's packing (62-67 GFLOP/s; docs/BENCHMARKS.md,
 //! seventh step). Written channels-first, `W^T . x` is a 1x1 convolution: constant weights on
 //! the left, rows of `x` read in order, rows of C written in order, the case
-//! [`super::pointwise`] was built for.
+//! [`crate::pointwise`] was built for.
 //!
 //! The rewrite: the product's last output axis (the projection's columns, `N`) moves to the
 //! front; a bias added along it follows; reshapes of the token axes shift behind it, reshapes of
@@ -34,10 +34,10 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::{Add, Mul};
 use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
-use super::few_keys::{FewKeysAttention, Operand};
-use super::gemm::strides;
-use super::{konst, sole_user};
-use crate::simd::Kernel;
+use crate::few_keys::{FewKeysAttention, Operand};
+use crate::gemm::strides;
+use crate::graph::{konst, sole_user};
+use sonomask_kernels::Kernel;
 
 /// What follows a rewritten tensor: logically `[tokens..., rest...]`, stored `[rest...,
 /// tokens...]` from the rewrite on.
@@ -370,7 +370,7 @@ fn few_keys(model: &TypedModel, q: &Chain, kernel: Kernel) -> Option<FewKeys> {
     let mut next = sole_user(model, scores.id)?;
     let mut scale = 1f32;
     if next.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Mul>()) && next.inputs.len() == 2 {
-        let k = super::other_konst(model, next, scores.id)?;
+        let k = crate::graph::other_konst(model, next, scores.id)?;
         if k.len() != 1 || k.datum_type() != DatumType::F32 {
             return None;
         }
@@ -488,7 +488,7 @@ fn few_keys(model: &TypedModel, q: &Chain, kernel: Kernel) -> Option<FewKeys> {
 }
 #[cfg(test)]
 mod tests {
-    use super::super::{Replaced, compare_with_tract, test_values};
+    use crate::{Replaced, compare_with_tract, test_values};
     use tract_core::internal::*;
     use tract_core::ops::change_axes::AxisOp;
     use tract_core::ops::einsum::EinSum;
@@ -676,11 +676,7 @@ mod tests {
     fn too_many_keys_stay_token_major() {
         // More prompt tokens than FewKeysAttention takes: the queries' projection is left as
         // it is (its reader wants the tokens as rows).
-        let (m, inputs) = image_to_token(
-            300,
-            super::super::few_keys::MAX_KEYS + 1,
-            SoftmaxKind::Softmax,
-        );
+        let (m, inputs) = image_to_token(300, crate::few_keys::MAX_KEYS + 1, SoftmaxKind::Softmax);
         let (done, diff) = compare_with_tract(m, inputs);
         assert_eq!((done.heads_first, done.few_keys), (0, 0));
         assert!(diff < 1e-5, "{diff}");

@@ -17,8 +17,8 @@
 
 use tract_core::internal::*;
 
-use super::{SharedMut, par_tasks};
-use crate::simd::{Kernel, dispatch, reduce8};
+use crate::exec::{SharedMut, par_tasks};
+use sonomask_kernels::{Kernel, dispatch, reduce8};
 
 /// Columns normalised together on the strided path: 64 f32 sums (a few registers' worth per
 /// pass), and a `len x COLS` block of at most 80 KiB for a 320-channel axis (L2-resident
@@ -280,13 +280,13 @@ impl TypedOp for AxisLayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fast_ops::{max_abs_diff, run_one, substitute_decluttered};
+    use crate::{max_abs_diff, run_one, substitute_decluttered};
     use tract_core::ops::math;
     use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
     /// Values in [-1, 3): a mean away from zero, as activations have.
     fn rand(seed: &mut u64, n: usize) -> Vec<f32> {
-        let v = crate::model::fast_ops::test_values(seed, n);
+        let v = crate::test_values(seed, n);
         v.into_iter().map(|x| x * 4.0 + 1.0).collect()
     }
 

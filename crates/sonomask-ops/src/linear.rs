@@ -11,7 +11,7 @@
 //! accumulators: 2 loads of W and 6 broadcasts of A per 12 multiply-adds), starting from the bias
 //! or from the partial sums of the previous slice of `k`. `A` is read in place: a register
 //! block's 6 rows of the current `k` slice come from memory once and from L1 for every other
-//! panel. That wants A's rows contiguous ([`Gemm`](super::gemm::Gemm) leaves a transposed A,
+//! panel. That wants A's rows contiguous ([`Gemm`](crate::gemm::Gemm) leaves a transposed A,
 //! the decoder's channels-first image tokens, to the packed sgemm: copying each block's columns
 //! here measured 0.945x the decoder at 2 threads).
 //!
@@ -23,9 +23,9 @@
 //! order (from the bias, then `p = 0, 1, ..., k - 1`; a partial sum stored between `k` slices is
 //! an f32 either way), so they agree bit for bit (tested with `==`).
 
-use crate::simd::Kernel;
+use sonomask_kernels::Kernel;
 
-use super::pointwise::kernel_has_fma;
+use crate::pointwise::kernel_has_fma;
 
 /// Rows per register block.
 pub const MR: usize = 6;
@@ -302,7 +302,7 @@ unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
 mod tests {
     use super::*;
 
-    use crate::model::fast_ops::test_values as rand;
+    use crate::test_values as rand;
 
     /// C for `a` (`m x k`, transposed in memory if `at`) and `w` (`k x n`), computed in two
     /// row bands and two column bands as threads would.

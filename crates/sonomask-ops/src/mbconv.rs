@@ -28,14 +28,14 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 
-use super::conv3x3::{Conv3x3, taps_rows};
-use super::gelu::gelu_slice;
-use super::gemm::Gemm;
-use super::pointwise::{self, PackedWeights, Rows};
-use super::ring::{PaddedRow, slot};
-use super::{eval_by_rows, planned_facts};
-use crate::model::onnx::f32s;
-use crate::simd::Kernel;
+use crate::conv3x3::{Conv3x3, taps_rows};
+use crate::exec::{eval_by_rows, planned_facts};
+use crate::f32s;
+use crate::gelu::gelu_slice;
+use crate::gemm::Gemm;
+use crate::pointwise::{self, PackedWeights, Rows};
+use crate::ring::{PaddedRow, slot};
+use sonomask_kernels::Kernel;
 
 thread_local! {
     /// Each thread's expanded-row ring, depthwise output row and projected row, reused across
@@ -418,7 +418,7 @@ mod tests {
     use tract_core::ops::nn::{DataFormat, GeluExact};
 
     use super::*;
-    use crate::model::fast_ops::{
+    use crate::{
         Fusions, Replaced, max_abs_diff, run_one, substitute_decluttered, substitute_with,
         test_values,
     };

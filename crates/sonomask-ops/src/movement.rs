@@ -18,7 +18,7 @@ use tract_core::internal::*;
 use tract_core::ops::array::{Pad, PadMode, Slice};
 use tract_core::ops::change_axes::{AxisOp, IntoShape};
 
-use super::{SharedMut, par_tasks};
+use crate::exec::{SharedMut, par_tasks};
 
 /// Shortest mean run taken: shorter runs (a transpose of the last axis) copy too little per
 /// run to beat tract's transpose.
@@ -229,7 +229,7 @@ mod tests {
     use tract_core::ops::math::add;
 
     use super::*;
-    use crate::model::fast_ops::{Replaced, substitute, test_values};
+    use crate::{Replaced, substitute, test_values};
 
     /// A TinyViT block's window partition of `[h, w, c]` tokens into `win x win` windows
     /// (zero padding to whole windows), the reverse with the crop, and the residual add:
@@ -288,7 +288,7 @@ mod tests {
     }
 
     fn run(m: TypedModel, x: &Tensor) -> Vec<f32> {
-        crate::model::fast_ops::run_one(m, x)
+        crate::run_one(m, x)
     }
 
     #[test]
@@ -299,7 +299,7 @@ mod tests {
             let stock = windows_model(h, w, c, win).into_optimized().unwrap();
             let want = run(stock.clone(), &x);
             let mut ours = stock;
-            let done = substitute(&mut ours, crate::simd::Kernel::best()).unwrap();
+            let done = substitute(&mut ours, sonomask_kernels::Kernel::best()).unwrap();
             assert_eq!(
                 (done.movement, done.movement_add),
                 (2, 1),
@@ -333,7 +333,7 @@ mod tests {
         let t = m.wire_node("t", AxisOp::Move(0, 1), &[x]).unwrap();
         m.select_output_outlets(&t).unwrap();
         let mut m = m.into_optimized().unwrap();
-        let done = substitute(&mut m, crate::simd::Kernel::best()).unwrap();
+        let done = substitute(&mut m, sonomask_kernels::Kernel::best()).unwrap();
         assert_eq!(done, Replaced::default());
     }
 }

@@ -128,7 +128,7 @@ impl TypedOp for RowPad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::onnx::f32s;
+    use crate::f32s;
 
     #[test]
     fn equals_tract_pad_exactly() {

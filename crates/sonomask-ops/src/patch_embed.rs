@@ -24,13 +24,13 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 
-use super::conv_packed::Conv3x3Packed;
-use super::conv3x3::{Conv3x3, RowCache};
-use super::gelu::gelu_slice;
-use super::pointwise::{self, Columns};
-use super::ring::{PaddedRow, slot};
-use super::{eval_by_rows, planned_facts};
-use crate::model::onnx::f32s;
+use crate::conv_packed::Conv3x3Packed;
+use crate::conv3x3::{Conv3x3, RowCache};
+use crate::exec::{eval_by_rows, planned_facts};
+use crate::f32s;
+use crate::gelu::gelu_slice;
+use crate::pointwise::{self, Columns};
+use crate::ring::{PaddedRow, slot};
 
 thread_local! {
     /// Each thread's ring of intermediate rows and staging row, reused across calls.
@@ -282,11 +282,11 @@ mod tests {
     use tract_core::ops::nn::{DataFormat, GeluExact};
 
     use super::*;
-    use crate::model::fast_ops::{
+    use crate::{
         Fusions, Replaced, max_abs_diff, run_one, substitute_decluttered, substitute_with,
         test_values,
     };
-    use crate::simd::Kernel;
+    use sonomask_kernels::Kernel;
 
     /// A dense 3x3 convolution from `ci` to `co` channels, stride `s`, padding 1.
     fn conv(ci: usize, co: usize, s: usize) -> Conv {

@@ -17,7 +17,7 @@
 //! (bias first, then input channel by input channel), so they agree bit for bit (tested with
 //! `==`); against tract the sums are taken in another order (tested to 1e-5 in `gemm.rs`).
 
-use crate::simd::Kernel;
+use sonomask_kernels::Kernel;
 
 /// Output channels per register block.
 pub const MR: usize = 6;
@@ -306,7 +306,7 @@ unsafe fn tile_neon(a: &[f32], k: usize, init: &[f32; MR], t: &Tile) {
 mod tests {
     use super::*;
 
-    use crate::model::fast_ops::test_values as rand;
+    use crate::test_values as rand;
 
     fn run(kernel: Kernel, (m, k, n): (usize, usize, usize), seed: u64) -> Vec<f32> {
         let mut s = seed;

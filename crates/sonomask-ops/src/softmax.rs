@@ -14,7 +14,7 @@
 use tract_core::internal::*;
 use tract_core::ops::nn::{Softmax, SoftmaxKind};
 
-use crate::simd::{Kernel, dispatch, reduce8};
+use sonomask_kernels::{Kernel, dispatch, reduce8};
 
 pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two (Cody-Waite) so that `x - n ln2` stays exact for the `n` used here.
@@ -338,10 +338,10 @@ impl TypedOp for RowSoftmax {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::onnx::f32s;
+    use crate::f32s;
 
     fn rand_row(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
-        let v = crate::model::fast_ops::test_values(seed, n);
+        let v = crate::test_values(seed, n);
         v.into_iter().map(|x| x * scale).collect()
     }
 
