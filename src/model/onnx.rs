@@ -292,8 +292,8 @@ pub fn spawn(plan: &Plan) -> Result<State> {
 
 /// Runs the plan once. Under a multi-thread executor the whole run happens on one of its pool's
 /// workers: each operator's parallel section then starts on a worker that is already running
-/// instead of waking the pool from outside and parking the caller until it is done (measured,
-/// same process, interleaved: encoder 1.026x, decoder 1.014-1.023x at 2 threads).
+/// instead of waking the pool from outside and parking the caller until it is done (measured
+/// faster at 2 threads: docs/BENCHMARKS.md, appendix, sixth step).
 pub fn run(state: &mut State, inputs: TVec<TValue>, file: &Path) -> Result<TVec<TValue>> {
     let run = move || state.run(inputs);
     #[cfg(feature = "multithread-mm")]

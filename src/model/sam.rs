@@ -63,8 +63,8 @@ impl Embedding {
 /// tract knobs for the encoder, measured per architecture (`cargo bench --bench knobs`: the
 /// settings planned in one process and run interleaved). On x86-64 the im2col + matrix-product
 /// path for the two 3x3 stride-2 patch-embedding convolutions beats tract's direct spatial
-/// convolution: the whole encoder 4.5-4.6% faster in two runs (2815 -> 2694 ms, 2702 -> 2583
-/// ms), outputs within 9e-6. Not measured on ARM: tract's defaults there.
+/// convolution (figures: docs/BENCHMARKS.md, appendix, first step). Not measured on ARM:
+/// tract's defaults there.
 pub const ENCODER_KNOBS: &[(&str, &str)] = if cfg!(target_arch = "x86_64") {
     &[("TRACT_DISABLE_DIRECT_SPATIAL", "1")]
 } else {

@@ -10,9 +10,8 @@
 //! [`pointwise`] kernel into a block that stays in cache, and its four `(a, b)` tap planes are
 //! interleaved into output rows `2y` and `2y + 1`.
 //!
-//! Measured in the decoder (same process, 100 interleaved calls, against tract's op): 1.032x
-//! the whole decoder pass at 1 thread; per node 15.3 -> 11.9 ms (the larger layer at 74
-//! GFLOP/s).
+//! Measured in the decoder against tract's op, interleaved in one process: docs/BENCHMARKS.md,
+//! appendix, sixth step.
 //!
 //! The sums are taken in another order than tract's (bias first, then input channel by input
 //! channel): tested to 1e-5 against tract. Every kernel path gives the same bits (the

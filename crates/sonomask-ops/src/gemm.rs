@@ -693,7 +693,8 @@ impl Gemm {
 
 /// Fewest elements of a C the 1x1 kernel stores around the cache: a smaller C (the decoder's
 /// 2 MiB projections) stays in the shared last-level cache for the attention that reads it next
-/// (streamed, the decoder's six channels-first projections ran 0.93x at 2 threads).
+/// (streamed, the decoder's channels-first projections ran slower at 2 threads:
+/// docs/BENCHMARKS.md, appendix, eighth step).
 const STREAM_MIN: usize = 1 << 21;
 
 /// Widest C computed by [`narrow`]: one 8-lane vector per row.

@@ -23,9 +23,8 @@
 //!   queries channels-first and writes its output channels-first, whose readers (the output
 //!   projection, then a 1x1 convolution too) are rewritten the same way.
 //!
-//! Measured on the decoder (`DECODER=1 OFF=heads_first ROUNDS=30 cargo bench --bench
-//! encoder_ab`, same process, interleaved), the token-to-image half: 1.048x at 1 thread, 1.014x
-//! at 2; each projection 4.0 -> 3.5 ms, each score product 1.0 -> 0.6 ms (1 thread).
+//! Measured on the decoder with `DECODER=1 OFF=heads_first cargo bench --bench encoder_ab`
+//! (figures: docs/BENCHMARKS.md, appendix, eighth step).
 
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;

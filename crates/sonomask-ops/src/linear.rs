@@ -13,7 +13,7 @@
 //! block's 6 rows of the current `k` slice come from memory once and from L1 for every other
 //! panel. That wants A's rows contiguous ([`Gemm`](crate::gemm::Gemm) leaves a transposed A,
 //! the decoder's channels-first image tokens, to the packed sgemm: copying each block's columns
-//! here measured 0.945x the decoder at 2 threads).
+//! here was measured slower, docs/BENCHMARKS.md, appendix, seventh step).
 //!
 //! Blocking (per thread, over its band of rows): `k` in slices of at most [`KC`] (one block's 6
 //! rows of A stay in L1), the columns in groups whose `k` slice of W fits in L2 ([`L2_BYTES`]),

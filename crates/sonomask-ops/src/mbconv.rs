@@ -13,12 +13,10 @@
 //! next input row or two (GELU applied while it is in cache), runs the depthwise taps and GELU
 //! into one row of all expanded channels, projects that back, and finishes the row (residual
 //! and GELU, or the store). Rows above and below a thread's run are expanded twice (once by
-//! each thread). Measured (same process, interleaved, against the unfused plan): the MBConv
-//! fusion 1.087x the whole encoder at 1 thread, 1.143x at 2; a block 90 ms, of which the two
-//! products take 28 ms each (77 GFLOP/s), the GELUs ~20, the depthwise taps ~8. The patch
-//! merging after stage 0 (64 -> 128 -> 128 channels, 256x256 -> 128x128 tokens): 1.025x at 1
-//! thread, 1.081x at 2 (its unfused expansion scaled poorly and its transpose ran on one
-//! thread); its six nodes ~50 ms at 1 thread, the fused op ~35.
+//! each thread). The same for the patch merging after stage 0 (64 -> 128 -> 128 channels,
+//! 256x256 -> 128x128 tokens), whose unfused expansion scaled poorly and whose transpose ran on
+//! one thread. Measured against the unfused plan, interleaved in one process:
+//! docs/BENCHMARKS.md, appendix, sixth step.
 //!
 //! The kernels are the unfused ops' own ([`pointwise::multiply`], [`taps_rows`],
 //! [`gelu_slice`]) in the same order per value, so the result equals the unfused plan bit for

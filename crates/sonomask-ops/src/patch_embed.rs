@@ -13,8 +13,8 @@
 //! first convolution's taps for all 32 channels, GELU), then the second convolution as the
 //! [`pointwise`] product over the ring's 288 tap rows.
 //!
-//! Measured (same process, 21 interleaved rounds, against the unfused plan): the whole
-//! encoder 1.029x at 1 thread, 1.051x at 2; per node ~87 -> ~55 ms at 1 thread.
+//! Measured against the unfused plan, interleaved in one process: docs/BENCHMARKS.md,
+//! appendix, sixth step.
 //!
 //! The kernels are the unfused ops' own ([`Conv3x3::dense_rows`], [`gelu_slice`],
 //! [`pointwise::multiply`] with the taps in the same order), so the result equals the unfused

@@ -10,8 +10,8 @@
 //! 64-256 streams) are copied into contiguous blocks (the rows are a power of two apart, one
 //! cache set), then every block of 6 output channels is accumulated in registers over all input
 //! channels (6 x 16, the classic AVX2 shape), tile after tile of the group, and stored once,
-//! around the cache where aligned and C is big (the next layer reads it from memory anyway). Measured in the encoder (same process, interleaved, against the packed
-//! sgemm): 1.027x the whole pass at 1 thread, 1.088x at 2.
+//! around the cache where aligned and C is big (the next layer reads it from memory anyway). Measured in the encoder against the packed
+//! sgemm, interleaved in one process: docs/BENCHMARKS.md, appendix, third step.
 //!
 //! Every path (AVX2+FMA, NEON, scalar) does the same fused multiply-adds in the same order
 //! (bias first, then input channel by input channel), so they agree bit for bit (tested with
@@ -26,8 +26,8 @@ pub const NR: usize = 16;
 /// Tiles of [`NR`] pixels copied together: each input row's 4 cache lines adjacent (its rows
 /// are a power of two apart, so separate tiles' lines conflict in the cache sets and the
 /// prefetches ahead are evicted before use), and each block of weights used on all 4 while in
-/// L1. Measured (same process, interleaved, against 1): decoder 1.043x at 1 thread, 1.031x at
-/// 2 (its channels-first projections, rows 16 KiB apart); encoder 0.988-1.025x (noise).
+/// L1. Measured against one tile (the decoder's channels-first projections, rows 16 KiB apart):
+/// docs/BENCHMARKS.md, appendix, eighth step.
 const TILES: usize = 4;
 
 thread_local! {
