@@ -13,7 +13,7 @@ use crate::timing::Timings;
 
 pub const USAGE: &str = "\
 sonomask bench IMAGE --box x0,y0,x1,y1 [--models DIR] [--precision fp32|int8|auto] [--threads N]
-               [--runs N] [--warmup N]
+               [--decoder-precision fp32|int8] [--runs N] [--warmup N]
 sonomask bench IMAGE --table [--models DIR] [--threads N] [--runs N] [--warmup N]
 
   Loads the models once, then times preprocessing, the encoder and the box-prompted decoder
@@ -39,7 +39,15 @@ fn stats(times: Vec<f64>) -> serde_json::Value {
 pub fn run(argv: &[String]) -> Result<()> {
     let a = args::parse(
         argv,
-        &["box", "models", "precision", "threads", "runs", "warmup"],
+        &[
+            "box",
+            "models",
+            "precision",
+            "decoder-precision",
+            "threads",
+            "runs",
+            "warmup",
+        ],
         &["help", "table"],
     )?;
     if a.has("help") {
@@ -94,6 +102,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         "multithread_mm": cfg!(feature = "multithread-mm"),
         "threads": threads,
         "precision": s.precision.as_str(),
+        "decoder_precision": opts.decoder_precision.unwrap_or(opts.precision).as_str(),
         "synthetic_weights": s.manifest.sam.synthetic,
         "model": {"family": s.manifest.sam.family.as_str(), "weights": s.manifest.sam.weights_label(),
                   "input_size": s.manifest.sam.image_size},
