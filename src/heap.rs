@@ -16,7 +16,7 @@
 //! sit in a pooled one. A request whose class has no free block takes a free one of up to eight
 //! classes larger (at most twice its size) before mapping a new one, so tensors of neighbouring
 //! sizes share blocks as they did in glibc's heap; a block of class c is only mapped while every
-//! block of classes c to c+4... is live, which bounds the pool by the workload's peak.
+//! block of classes c to c+8 is live, which bounds the pool by the workload's peak.
 //!
 //! Only glibc (the boards' `-gnu` targets and x86-64 Linux) has these knobs; elsewhere this is a
 //! no-op. `SONOMASK_STOCK_HEAP=1` leaves glibc's defaults and no pool (for measuring the
