@@ -76,8 +76,8 @@ const CLASSES: usize = 16 * SUB;
 /// caller's block follows it, still page-aligned.
 const HEADER: usize = 4096;
 
-/// The size class of a large request: its index and its block size (at most 1/8 over `size`).
-fn class_of(size: usize) -> Option<(usize, usize)> {
+/// The size class of a large request (its block, [`class_size`], is at most 1/8 over `size`).
+fn class_of(size: usize) -> Option<usize> {
     if size < LARGE_BLOCK {
         return None;
     }
@@ -87,7 +87,7 @@ fn class_of(size: usize) -> Option<(usize, usize)> {
     let rounded = size.checked_add(step - 1)? & !(step - 1);
     // rounded / step is SUB+1..=2*SUB: SUB classes per doubling.
     let index = (k - 19) * SUB + (rounded / step - SUB - 1);
-    (index < CLASSES).then_some((index, rounded))
+    (index < CLASSES).then_some(index)
 }
 
 /// The block size of class `index` (the inverse of [`class_of`]).
@@ -108,7 +108,7 @@ static POOL: LargePool = LargePool::new();
 
 /// Whether this layout is served by the global pool. The answer never changes for a layout once
 /// a large block exists (the state is settled by then), so `dealloc` routes as `alloc` did.
-fn pooled(layout: Layout) -> Option<(usize, usize)> {
+fn pooled(layout: Layout) -> Option<usize> {
     if layout.size() < LARGE_BLOCK || layout.align() > MAX_ALIGN || !imp::CAN_MAP {
         return None;
     }
@@ -134,13 +134,13 @@ pub struct KeptHeap;
 unsafe impl GlobalAlloc for KeptHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match pooled(layout) {
-            Some(class) => POOL.take(class.0, layout.size(), false),
+            Some(class) => POOL.take(class, layout.size(), false),
             None => unsafe { System.alloc(layout) },
         }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match pooled(layout) {
-            Some(class) => POOL.take(class.0, layout.size(), true),
+            Some(class) => POOL.take(class, layout.size(), true),
             None => unsafe { System.alloc_zeroed(layout) },
         }
     }
@@ -192,8 +192,8 @@ pub fn release_unused() -> usize {
     POOL.release_unused()
 }
 
-/// Free lists of mapped blocks per size class. The list links live in the free blocks' first
-/// word, so the pool itself never allocates.
+/// Free lists of mapped blocks per size class. The list links live in the free mappings' header
+/// pages, so the pool itself never allocates.
 struct LargePool {
     lists: Mutex<Lists>,
 }
@@ -389,16 +389,21 @@ mod tests {
     #[test]
     fn size_classes_cover_each_size_with_at_most_an_eighth_more() {
         assert_eq!(class_of(LARGE_BLOCK - 1), None);
-        assert_eq!(class_of(LARGE_BLOCK), Some((SUB - 1, LARGE_BLOCK)));
+        assert_eq!(class_of(LARGE_BLOCK), Some(SUB - 1));
+        assert_eq!(class_size(SUB - 1), LARGE_BLOCK);
         let mut last = (0, 0);
         let mut size = LARGE_BLOCK;
         while size < 1 << 34 {
-            let (index, block) = class_of(size).unwrap();
+            let index = class_of(size).unwrap();
+            let block = class_size(index);
             assert!(
                 block >= size && block - size <= size / SUB,
                 "{size} -> {block}"
             );
-            assert_eq!(block, class_size(index), "{size}");
+            assert!(
+                index == 0 || class_size(index - 1) < size,
+                "{size}: the smallest class that holds it"
+            );
             assert!(
                 index >= last.0 && block >= last.1,
                 "classes grow with the size"
@@ -419,7 +424,7 @@ mod tests {
     #[test]
     fn a_freed_block_serves_the_next_request_of_its_class_or_a_smaller_one() {
         let pool = LargePool::new();
-        let (c3, _) = class_of(3 << 20).unwrap();
+        let c3 = class_of(3 << 20).unwrap();
         let a = pool.take(c3, 3 << 20, false);
         assert!(!a.is_null());
         assert_eq!(a as usize % MAX_ALIGN, 0);
@@ -435,7 +440,7 @@ mod tests {
             }
         );
         // 2.9 MiB is the same class: the same block, nothing new mapped, zeroed when asked.
-        assert_eq!(class_of((29 << 20) / 10).unwrap().0, c3);
+        assert_eq!(class_of((29 << 20) / 10).unwrap(), c3);
         let b = pool.take(c3, (29 << 20) / 10, true);
         assert_eq!(b, a);
         let bytes = unsafe { std::slice::from_raw_parts(b, (29 << 20) / 10) };
@@ -449,7 +454,7 @@ mod tests {
         );
         unsafe { pool.give(b) };
         // 2 MiB (two classes down) borrows the free 3 MiB block; it goes back to its own class.
-        let (c2, _) = class_of(2 << 20).unwrap();
+        let c2 = class_of(2 << 20).unwrap();
         assert!(c2 < c3);
         let c = pool.take(c2, 2 << 20, false);
         assert_eq!(c, a);
@@ -457,7 +462,7 @@ mod tests {
         unsafe { pool.give(c) };
         assert_eq!(pool.take(c3, 3 << 20, false), a, "back on the 3 MiB list");
         // Nothing free for 5 MiB: a new mapping.
-        let (c5, _) = class_of(5 << 20).unwrap();
+        let c5 = class_of(5 << 20).unwrap();
         let d = pool.take(c5, 5 << 20, false);
         assert!(!d.is_null() && d != a);
         unsafe {
@@ -473,7 +478,7 @@ mod tests {
             }
         );
         // 1 MiB with the 3 and 5 MiB blocks free: the smaller of the two (best fit by class).
-        let (c1, _) = class_of(1 << 20).unwrap();
+        let c1 = class_of(1 << 20).unwrap();
         let e = pool.take(c1, 1 << 20, false);
         assert_eq!(e, a);
         unsafe { pool.give(e) };
@@ -512,7 +517,7 @@ mod tests {
             let mut held: Vec<*mut u8> = Vec::new();
             for &(take, v) in &script {
                 if take {
-                    let p = pool.take(class_of(v).unwrap().0, v, false);
+                    let p = pool.take(class_of(v).unwrap(), v, false);
                     assert!(!p.is_null());
                     // Touch both ends: a block is at least the size asked for.
                     unsafe {

@@ -178,7 +178,7 @@ fn run_streams_with_a_board_profile_and_overrides() {
 fn bench_takes_the_decoder_precision_like_segment() {
     let tiny = common::models_tiny();
     let img = tiny.join("input.png");
-    let run = |extra: &[&str]| {
+    let bench = |extra: &[&str]| {
         let mut args = vec![
             "bench",
             img.to_str().unwrap(),
@@ -194,27 +194,23 @@ fn bench_takes_the_decoder_precision_like_segment() {
             "0",
         ];
         args.extend_from_slice(extra);
-        let o = sonomask(&args);
+        sonomask(&args)
+    };
+    let precisions = |extra: &[&str]| {
+        let o = bench(extra);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (j["precision"].clone(), j["decoder_precision"].clone())
     };
-    assert_eq!(run(&[]), ("fp32".into(), "fp32".into()));
+    assert_eq!(precisions(&[]), ("fp32".into(), "fp32".into()));
     assert_eq!(
-        run(&["--decoder-precision", "int8"]),
+        precisions(&["--decoder-precision", "int8"]),
         ("fp32".into(), "int8".into())
     );
-    let o = sonomask(&[
-        "bench",
-        img.to_str().unwrap(),
-        "--box",
-        "40,30,150,120",
-        "--models",
-        tiny.to_str().unwrap(),
-        "--decoder-precision",
-        "int4",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        bench(&["--decoder-precision", "int4"]).status.code(),
+        Some(1)
+    );
 }
 
 #[test]

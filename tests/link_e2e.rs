@@ -47,15 +47,18 @@ fn listen(endpoint: &str, out: &Path, extra: &[&str]) -> Child {
 
 /// `sonomask stream --masks --loop` over the masks in `dir`.
 fn stream_masks(dir: &Path, sink: &str, fps: u32, count: u32) -> Child {
+    spawn(&mut stream_masks_cmd(dir, sink, fps, count))
+}
+
+fn stream_masks_cmd(dir: &Path, sink: &str, fps: u32, count: u32) -> Command {
     let (fps, count) = (fps.to_string(), count.to_string());
-    spawn(
-        bin()
-            .args([
-                "stream", "--masks", "--loop", "--fps", &fps, "--count", &count, "--source",
-            ])
-            .arg(dir)
-            .args(["--sink", sink]),
-    )
+    let mut c = bin();
+    c.args([
+        "stream", "--masks", "--loop", "--fps", &fps, "--count", &count, "--source",
+    ])
+    .arg(dir)
+    .args(["--sink", sink]);
+    c
 }
 
 fn wait(child: Child, limit: Duration) -> Output {
@@ -80,15 +83,6 @@ fn jsonl_text(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("messages.jsonl")).unwrap_or_default()
 }
 
-/// Waits until a serial listener has opened its end of the line.
-fn wait_open(out: &Path) {
-    common::wait_until(
-        "the listener to open its port",
-        Duration::from_secs(20),
-        || jsonl_text(out).contains(r#""type":"link""#),
-    );
-}
-
 /// Waits until `n` masks have reached the listener.
 fn wait_masks(out: &Path, n: usize) {
     common::wait_until(
@@ -99,8 +93,7 @@ fn wait_masks(out: &Path, n: usize) {
 }
 
 fn jsonl(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("messages.jsonl"))
-        .unwrap_or_default()
+    jsonl_text(dir)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -277,7 +270,7 @@ fn serial_noisy_line_delivers_only_intact_masks() {
         &out,
         &["--idle", "2", "--timeout", "60"],
     );
-    wait_open(&out);
+    common::wait_listener_open(&out);
     let device = wait(
         stream_masks(&masks_dir, &format!("serial:{}", dev.path), 100, 360),
         Duration::from_secs(30),
@@ -334,18 +327,14 @@ fn serial_unplug_and_replug_device_side_resumes() {
         &out,
         &["--idle", "6", "--timeout", "60"],
     );
-    wait_open(&out);
+    common::wait_listener_open(&out);
     // The device's log goes to a file the test reads while it runs.
     let device_log = out.join("device.log");
-    let mut cmd = bin();
-    cmd.env("SONOMASK_LOG", "info").args([
-        "stream", "--masks", "--loop", "--fps", "40", "--count", "280", "--source",
-    ]);
-    cmd.arg(&masks_dir)
-        .args(["--sink", &format!("serial:{}", link.display())])
+    let device = stream_masks_cmd(&masks_dir, &format!("serial:{}", link.display()), 40, 280)
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&device_log).unwrap());
-    let device = cmd.spawn().expect("spawn sonomask");
+        .stderr(std::fs::File::create(&device_log).unwrap())
+        .spawn()
+        .expect("spawn sonomask");
     let log = || std::fs::read_to_string(&device_log).unwrap_or_default();
     wait_masks(&out, 3);
     // Unplug: the device's tty hangs up (both ends of its pair close).

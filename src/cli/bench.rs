@@ -102,7 +102,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         "multithread_mm": cfg!(feature = "multithread-mm"),
         "threads": threads,
         "precision": s.precision.as_str(),
-        "decoder_precision": opts.decoder_precision.unwrap_or(opts.precision).as_str(),
+        "decoder_precision": opts.decoder().as_str(),
         "synthetic_weights": s.manifest.sam.synthetic,
         "model": {"family": s.manifest.sam.family.as_str(), "weights": s.manifest.sam.weights_label(),
                   "input_size": s.manifest.sam.image_size},

@@ -46,12 +46,13 @@ impl ModelOptions {
         })
     }
 
+    /// The decoder's precision: `--decoder-precision`, else `--precision`'s.
+    pub fn decoder(&self) -> Precision {
+        self.decoder_precision.unwrap_or(self.precision)
+    }
+
     pub fn load_session(&self) -> Result<SamSession> {
-        SamSession::load_mixed(
-            &self.models,
-            self.precision,
-            self.decoder_precision.unwrap_or(self.precision),
-        )
+        SamSession::load_mixed(&self.models, self.precision, self.decoder())
     }
 }
 

@@ -170,7 +170,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             let p = TextPipeline::load(
                 &opts.models,
                 opts.precision,
-                opts.decoder_precision.unwrap_or(opts.precision),
+                opts.decoder(),
                 opts.precision,
                 8,
             )

@@ -193,7 +193,7 @@ pub fn load_pipeline(a: &Args, opts: &ModelOptions, method: Method) -> Result<Te
     TextPipeline::load(
         &opts.models,
         opts.precision,
-        opts.decoder_precision.unwrap_or(opts.precision),
+        opts.decoder(),
         clip_precision(a, opts)?,
         batch,
     )

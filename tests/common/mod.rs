@@ -189,6 +189,19 @@ pub fn wait_until(what: &str, limit: std::time::Duration, mut ready: impl FnMut(
     }
 }
 
+/// Waits until `sonomask listen --out OUT` has opened its port (its first line, `link open`, is
+/// in OUT/messages.jsonl; listen flushes every line).
+pub fn wait_listener_open(out: &Path) {
+    wait_until(
+        "the listener to open its port",
+        std::time::Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(out.join("messages.jsonl"))
+                .is_ok_and(|t| t.contains(r#""type":"link""#))
+        },
+    );
+}
+
 /// Whether process `pid` holds `path` open (Linux: its /proc/PID/fd links).
 pub fn holds_open(pid: u32, path: &Path) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {

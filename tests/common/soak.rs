@@ -241,14 +241,7 @@ pub fn run(cfg: &Config) -> Report {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn sonomask listen");
-    super::wait_until(
-        "the listener to open its port",
-        Duration::from_secs(20),
-        || {
-            std::fs::read_to_string(out.join("messages.jsonl"))
-                .is_ok_and(|t| t.contains(r#""type":"link""#))
-        },
-    );
+    super::wait_listener_open(&out);
 
     let mut device = Command::new(&cfg.bin);
     device
