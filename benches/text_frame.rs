@@ -194,8 +194,9 @@ fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io:
     for s in [
         "preprocess",
         "encoder",
+        "decoder_frame",
+        "decoder_grid",
         "decoder",
-        "everything_filter",
         "postprocess",
         "everything_nms",
         "salip_crops",
@@ -209,9 +210,15 @@ fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io:
         }
     }
     println!("| **whole frame** | **{total:.1}** | 100% |");
-    let grid_ms = median(stages.get_mut("decoder").unwrap());
+    // an int8 session decodes the grid on tract, one call per prompt ("decoder")
+    let (stage, how) = if stages.contains_key("decoder_grid") {
+        ("decoder_grid", "native decoder")
+    } else {
+        ("decoder", "tract, one call per prompt")
+    };
+    let grid_ms = median(stages.get_mut(stage).unwrap());
     println!(
-        "\nGrid decoder: {} prompts in {grid_ms:.0} ms = {:.1} prompts/s (one call per point, batch 1).",
+        "\nGrid decoder: {} prompts in {grid_ms:.0} ms = {:.1} prompts/s ({how}).",
         pps * pps,
         (pps * pps) as f64 * 1e3 / grid_ms
     );

@@ -11,6 +11,7 @@
 use anyhow::{Result, bail};
 
 use crate::mask::{Mask, upscale_logits};
+use crate::model::native_decoder::{self, FramePrep, NativeDecoder, Scratch};
 use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
 use crate::segment::{EncodedFrame, SamSession};
 use crate::timing::Timings;
@@ -26,6 +27,19 @@ pub enum GridPrompts {
     Boxes,
 }
 
+/// Which decoder runs the grid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GridDecoder {
+    /// The native decoder (src/model/native_decoder.rs): per-frame work shared by every
+    /// prompt, masks upscaled only for prompts whose predicted IoU passes. fp32 sessions; an
+    /// int8 session falls back to `Tract`.
+    #[default]
+    Native,
+    /// One tract run of the decoder graph per prompt: the reference the native one is tested
+    /// against (`--grid-decoder tract`).
+    Tract,
+}
+
 /// Box sides of the box grid, as fractions of the frame's width and height.
 pub const BOX_GRID_SCALES: [f32; 2] = [0.15, 0.3];
 
@@ -34,6 +48,7 @@ pub struct EverythingOptions {
     /// Points per side of the prompt grid (points_per_side^2 prompts).
     pub points_per_side: usize,
     pub grid: GridPrompts,
+    pub decoder: GridDecoder,
     /// Keep masks whose predicted IoU is at least this.
     pub pred_iou_thresh: f32,
     /// Keep masks whose stability score is at least this.
@@ -58,6 +73,7 @@ impl Default for EverythingOptions {
         EverythingOptions {
             points_per_side: 16,
             grid: GridPrompts::Points,
+            decoder: GridDecoder::Native,
             pred_iou_thresh: 0.88,
             stability_thresh: 0.95,
             stability_offset: 1.0,
@@ -306,7 +322,6 @@ pub fn generate(
     let mut f = Funnel::default();
     let mut kept: Vec<Survivor> = Vec::new();
     let (mut coords, mut labels) = (Vec::with_capacity(4), Vec::with_capacity(2));
-    let mut crop = vec![0f32; lw * lh];
     let centres: Vec<(f32, f32)> = point_grid(o.points_per_side)
         .into_iter()
         .map(|(px, py)| ((px * w).min(w - 1.0), (py * h).min(h - 1.0)))
@@ -352,38 +367,57 @@ pub fn generate(
             0..1,
         ),
     };
-    for (point, p) in prompts {
-        p.encode(&g, &mut coords, &mut labels);
-        let out = t.stage("decoder", || {
-            sam.decoder_mut().run(&frame.embedding, &coords, &labels)
-        })?;
-        f.prompts += 1;
-        t.stage("everything_filter", || -> Result<()> {
-            for token in tokens.clone() {
-                f.masks += 1;
-                let iou = out.iou[token];
-                if iou < o.pred_iou_thresh {
-                    continue;
-                }
-                f.after_iou += 1;
-                let plane = out.plane(token)?;
-                for y in 0..lh {
-                    crop[y * lw..(y + 1) * lw].copy_from_slice(&plane[y * low..y * low + lw]);
-                }
-                let st = stability_score(&crop, thr, o.stability_offset);
-                if st < o.stability_thresh {
-                    continue;
-                }
-                f.after_stability += 1;
-                kept.push(Survivor {
-                    low_res: plane.to_vec(),
-                    iou,
-                    stability: st,
-                    point,
-                });
+    let judge = Judge {
+        tokens: tokens.clone(),
+        pred_iou: o.pred_iou_thresh,
+        stability: o.stability_thresh,
+        offset: o.stability_offset,
+        thr,
+        low,
+        crop: (lw, lh),
+    };
+    let encoded: Vec<(Vec<f32>, Vec<f32>)> = prompts
+        .iter()
+        .map(|(_, p)| {
+            p.encode(&g, &mut coords, &mut labels);
+            (coords.clone(), labels.clone())
+        })
+        .collect();
+    let per_prompt = match (o.decoder, sam_native(sam, o, t)) {
+        (GridDecoder::Native, Some(nd)) => {
+            let prep = t.stage("decoder_frame", || nd.prepare(frame.embedding.as_slice()?))?;
+            t.stage("decoder_grid", || run_native(nd, &prep, &encoded, &judge))?
+        }
+        _ => {
+            let mut crop = vec![0f32; lw * lh];
+            let mut all = Vec::with_capacity(encoded.len());
+            for (coords, labels) in &encoded {
+                let out = t.stage("decoder", || {
+                    sam.decoder_mut().run(&frame.embedding, coords, labels)
+                })?;
+                let planes = (0..out.iou.len())
+                    .map(|k| out.plane(k))
+                    .collect::<Result<Vec<_>>>()?;
+                all.push(judge.judge(&out.iou, |_| Ok(planes.clone()), &mut crop)?);
             }
-            Ok(())
-        })?;
+            all
+        }
+    };
+    for ((point, _), (counts, survivors)) in prompts.iter().zip(per_prompt) {
+        f.prompts += 1;
+        f.masks += counts.0;
+        f.after_iou += counts.1;
+        f.after_stability += survivors.len();
+        kept.extend(
+            survivors
+                .into_iter()
+                .map(|(iou, stability, low_res)| Survivor {
+                    low_res,
+                    iou,
+                    stability,
+                    point: *point,
+                }),
+        );
     }
     let area = (g.orig_w as f64) * (g.orig_h as f64);
     let mut cands: Vec<Candidate> = t.stage("postprocess", || {
@@ -413,6 +447,123 @@ pub fn generate(
     let out: Vec<Candidate> = keep.into_iter().filter_map(|i| slots[i].take()).collect();
     f.after_nms = out.len();
     Ok((out, f))
+}
+
+/// The native decoder when the options ask for it and the session has one.
+fn sam_native<'a>(
+    sam: &'a mut SamSession,
+    o: &EverythingOptions,
+    t: &mut Timings,
+) -> Option<&'a NativeDecoder> {
+    match o.decoder {
+        GridDecoder::Native => sam.native_decoder(t),
+        GridDecoder::Tract => None,
+    }
+}
+
+/// A prompt's outcome: (masks looked at, masks past the IoU filter), and its survivors as
+/// (predicted IoU, stability, low-res logits).
+type Judged = ((usize, usize), Vec<(f32, f32, Vec<f32>)>);
+
+/// The filters of one prompt's masks, the same for both decoders.
+struct Judge {
+    tokens: std::ops::Range<usize>,
+    pred_iou: f32,
+    stability: f32,
+    offset: f32,
+    thr: f32,
+    low: usize,
+    /// The part of the low-res grid covering the image.
+    crop: (usize, usize),
+}
+
+impl Judge {
+    /// Predicted IoU first; `planes` (all the prompt's low-res planes) is asked for only when a
+    /// token passed it, so a native prompt that fails pays no upscaling.
+    fn judge<'p>(
+        &self,
+        iou: &[f32],
+        planes: impl FnOnce(&[usize]) -> Result<Vec<&'p [f32]>>,
+        crop: &mut [f32],
+    ) -> Result<Judged> {
+        let looked = self.tokens.len();
+        let passed: Vec<usize> = self
+            .tokens
+            .clone()
+            .filter(|&k| iou[k] >= self.pred_iou)
+            .collect();
+        if passed.is_empty() {
+            return Ok(((looked, 0), Vec::new()));
+        }
+        let planes = planes(&passed)?;
+        let (lw, lh) = self.crop;
+        let mut out = Vec::new();
+        for &k in &passed {
+            let plane = planes[k];
+            for y in 0..lh {
+                crop[y * lw..(y + 1) * lw].copy_from_slice(&plane[y * self.low..y * self.low + lw]);
+            }
+            let st = stability_score(crop, self.thr, self.offset);
+            if st >= self.stability {
+                out.push((iou[k], st, plane.to_vec()));
+            }
+        }
+        Ok(((looked, passed.len()), out))
+    }
+}
+
+/// Every prompt through the native decoder on `native_decoder::worker_threads()` workers
+/// (`--threads`), each with its own buffers; results in prompt order.
+fn run_native(
+    nd: &NativeDecoder,
+    prep: &FramePrep,
+    prompts: &[(Vec<f32>, Vec<f32>)],
+    judge: &Judge,
+) -> Result<Vec<Judged>> {
+    let workers = native_decoder::worker_threads().clamp(1, prompts.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let plane = judge.low * judge.low;
+    let work = || -> Result<Vec<(usize, Judged)>> {
+        let mut scratch = Scratch::default();
+        let mut masks = Vec::new();
+        let mut crop = vec![0f32; judge.crop.0 * judge.crop.1];
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((coords, labels)) = prompts.get(i) else {
+                return Ok(done);
+            };
+            let tp = nd.tokens(prep, coords, labels, &mut scratch)?;
+            crate::model::onnx::ensure_finite(&tp.iou, "iou_predictions", nd.file())?;
+            let j = judge.judge(
+                &tp.iou,
+                |_| {
+                    nd.masks(&tp, &mut scratch, &mut masks);
+                    crate::model::onnx::ensure_finite(&masks, "low_res_masks", nd.file())?;
+                    Ok(masks.chunks_exact(plane).collect())
+                },
+                &mut crop,
+            )?;
+            done.push((i, j));
+        }
+    };
+    let mut all: Vec<(usize, Judged)> = if workers == 1 {
+        work()?
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
+            let mut all = Vec::with_capacity(prompts.len());
+            for h in handles {
+                all.extend(
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a native decoder worker panicked"))??,
+                );
+            }
+            Ok::<_, anyhow::Error>(all)
+        })?
+    };
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, j)| j).collect())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::image_io::RgbFrame;
 use crate::mask::{Mask, upscale_logits};
+use crate::model::native_decoder::{self, NativeDecoder};
 use crate::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
 use crate::preprocess::{Geometry, Recipe, sam_input_into};
 use crate::prompt::Prompt;
@@ -22,6 +23,16 @@ pub struct SamSession {
     input: Vec<f32>,
     coords: Vec<f32>,
     labels: Vec<f32>,
+    native: NativeState,
+}
+
+/// Everything mode's native decoder, loaded on its first use.
+enum NativeState {
+    Unloaded,
+    Ready(Box<NativeDecoder>),
+    /// Not usable here (an int8 decoder session, or a decoder file it cannot read): everything
+    /// mode runs the tract decoder; said once in the log.
+    Unavailable,
 }
 
 /// A frame's embedding with the geometry needed to map prompts in and masks out.
@@ -86,6 +97,7 @@ impl SamSession {
             input: vec![0.0; 3 * s * s],
             coords: Vec::with_capacity(64),
             labels: Vec::with_capacity(32),
+            native: NativeState::Unloaded,
         })
     }
 
@@ -137,6 +149,38 @@ impl SamSession {
     /// The threshold that turns logits into a mask.
     pub fn mask_threshold(&self) -> f32 {
         self.manifest.sam.mask_threshold
+    }
+
+    /// Everything mode's native decoder (src/model/native_decoder.rs), read from the manifest's
+    /// fp32 decoder file on first use. `None` (and the tract decoder, said once in the log)
+    /// when the session decodes in int8 (the native decoder is fp32) or the file cannot be read
+    /// by SAM's module names: everything mode degrades to the slower path, it does not fail.
+    pub fn native_decoder(&mut self, t: &mut Timings) -> Option<&NativeDecoder> {
+        if let NativeState::Unloaded = self.native {
+            self.native = if self.decoder_precision != Precision::Fp32 {
+                log::info!(
+                    "everything mode: the native decoder is fp32 only; the {} decoder runs each prompt on tract",
+                    self.decoder_precision.as_str()
+                );
+                NativeState::Unavailable
+            } else {
+                match t.stage("load_native_decoder", || {
+                    native_decoder::load(&self.manifest, crate::simd::Kernel::best())
+                }) {
+                    Ok(d) => NativeState::Ready(Box::new(d)),
+                    Err(e) => {
+                        log::warn!(
+                            "everything mode: native decoder unavailable ({e:#}); running each prompt on tract"
+                        );
+                        NativeState::Unavailable
+                    }
+                }
+            };
+        }
+        match &self.native {
+            NativeState::Ready(d) => Some(d),
+            _ => None,
+        }
     }
 
     /// Low-level access for parity tests and benchmarks.

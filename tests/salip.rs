@@ -125,8 +125,9 @@ fn busi_frame_end_to_end() {
     }
     for stage in [
         "encoder",
+        "decoder_frame",
+        "decoder_grid",
         "decoder",
-        "everything_filter",
         "clip_image",
         "salip_scores",
     ] {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::args::{self, Args};
 use super::common::{self, ModelOptions};
 use crate::autoprompt::{Output, Rule};
-use crate::everything::{EverythingOptions, GridPrompts};
+use crate::everything::{EverythingOptions, GridDecoder, GridPrompts};
 use crate::image_io::RgbFrame;
 use crate::model::{Precision, Role};
 use crate::overlay;
@@ -41,6 +41,7 @@ pub const SALIP_USAGE: &str = "\
 sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] | --bank B
                  [--points-per-side N] [--pred-iou F] [--stability F] [--nms F] [--crop masked|box]
                  [--top-k K] [--score-floor F] [--crop-layers 0|1|2] [--grid points|boxes]
+                 [--grid-decoder native|tract]
                  [-o mask.png] [--overlay overlay.png]
                  [--candidates-out candidates.png] [--json]
 
@@ -54,7 +55,10 @@ sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] |
   one more encoder pass and one more grid of decoder calls (layer 2: 16 more).
   --grid boxes    prompt each grid cell with boxes (15% and 30% of the frame, single-mask output)
                   instead of a point: for box-trained models such as LiteMedSAM, whose point
-                  masks rarely pass the predicted-IoU filter (docs/ACCURACY.md).";
+                  masks rarely pass the predicted-IoU filter (docs/ACCURACY.md).
+  --grid-decoder  native (default): the grid's prompts share the frame's decoder work and only
+                  prompts passing --pred-iou pay for their masks (fp32; an int8 decoder runs on
+                  tract); tract: one decoder graph run per prompt, the reference.";
 
 pub const BANK_USAGE: &str = "\
 sonomask prompt-bank (--prompt-file F | --text T [--name N]) [-o bank.json] [--models DIR]
@@ -89,6 +93,7 @@ pub const TEXT_VALUES: &[&str] = &[
     "candidates-out",
     "crop-layers",
     "grid",
+    "grid-decoder",
 ];
 
 /// `--pipeline`: medclip-sam (default) or salip.
@@ -120,6 +125,11 @@ pub fn salip_from(a: &Args) -> Result<SalipOptions> {
                 "points" => GridPrompts::Points,
                 "boxes" => GridPrompts::Boxes,
                 g => bail!("--grid '{g}': expected points or boxes"),
+            },
+            decoder: match a.get("grid-decoder").unwrap_or("native") {
+                "native" => GridDecoder::Native,
+                "tract" => GridDecoder::Tract,
+                d => bail!("--grid-decoder '{d}': expected native or tract"),
             },
             ..e
         },

@@ -5,6 +5,7 @@ pub mod contract;
 /// The own tract operators and their rewrite passes (`crates/sonomask-ops`).
 pub use sonomask_ops as fast_ops;
 pub mod manifest;
+pub mod native_decoder;
 pub mod onnx;
 pub mod sam;
 

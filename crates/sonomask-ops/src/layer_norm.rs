@@ -94,7 +94,7 @@ impl AxisLayerNorm {
         if inner == 1 {
             return par(data, len, total, |_, rows: &mut [f32]| {
                 for row in rows.chunks_exact_mut(len) {
-                    norm_row(self.kernel, row, self.eps, &self.gamma, &self.beta);
+                    layer_norm_row(self.kernel, row, self.eps, &self.gamma, &self.beta);
                 }
                 Ok(())
             });
@@ -112,8 +112,8 @@ impl AxisLayerNorm {
     }
 }
 
-/// One row, in place.
-fn norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
+/// Layer norm of one row, in place (the operator's row kernel, also used by the native decoder).
+pub fn layer_norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
     assert!(
         gamma.len() == x.len() && beta.len() == x.len(),
         "row parameters"
@@ -377,10 +377,10 @@ mod tests {
             let x = rand(&mut seed, n);
             let (g, b) = (rand(&mut seed, n), rand(&mut seed, n));
             let mut want = x.clone();
-            norm_row(Kernel::Scalar, &mut want, 1e-5, &g, &b);
+            layer_norm_row(Kernel::Scalar, &mut want, 1e-5, &g, &b);
             for k in Kernel::available() {
                 let mut got = x.clone();
-                norm_row(k, &mut got, 1e-5, &g, &b);
+                layer_norm_row(k, &mut got, 1e-5, &g, &b);
                 assert_eq!(got, want, "{k:?} n {n}");
             }
         }

@@ -63,6 +63,58 @@ pub fn softmax_rows(k: Kernel, data: &mut [f32], row_len: usize) {
     }
 }
 
+/// `exp` of every value of `xs`, in place: [`exp_scalar`]'s function on every path, equal to
+/// it bit for bit (for softmaxes whose rows are too short for a vector, e.g. over 7 tokens,
+/// vectorised across rows by the caller).
+pub fn exp_in_place(k: Kernel, xs: &mut [f32]) {
+    dispatch!(
+        k,
+        exp_slice_scalar(xs),
+        exp_slice_avx2(xs),
+        exp_slice_neon(xs)
+    )
+}
+
+fn exp_slice_scalar(xs: &mut [f32]) {
+    xs.iter_mut().for_each(|x| *x = exp_scalar(*x));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_slice_avx2(xs: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c holds 8 values.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(c.as_ptr()))) };
+    }
+    let tail = chunks.into_remainder();
+    let mut t = [0f32; 8];
+    t[..tail.len()].copy_from_slice(tail);
+    // SAFETY: t holds 8 values.
+    unsafe { _mm256_storeu_ps(t.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(t.as_ptr()))) };
+    let n = tail.len();
+    tail.copy_from_slice(&t[..n]);
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn exp_slice_neon(xs: &mut [f32]) {
+    use std::arch::aarch64::*;
+    let mut chunks = xs.chunks_exact_mut(4);
+    for c in &mut chunks {
+        // SAFETY: c holds 4 values.
+        unsafe { vst1q_f32(c.as_mut_ptr(), exp_neon(vld1q_f32(c.as_ptr()))) };
+    }
+    let tail = chunks.into_remainder();
+    let mut t = [0f32; 4];
+    t[..tail.len()].copy_from_slice(tail);
+    // SAFETY: t holds 4 values.
+    unsafe { vst1q_f32(t.as_mut_ptr(), exp_neon(vld1q_f32(t.as_ptr()))) };
+    let n = tail.len();
+    tail.copy_from_slice(&t[..n]);
+}
+
 fn row_scalar(row: &mut [f32]) {
     let mut m = row[0];
     for &x in row.iter() {
@@ -374,6 +426,26 @@ mod tests {
                     let mut got = row.clone();
                     softmax_rows(k, &mut got, len);
                     assert_eq!(got, want, "{k:?} len {len} scale {scale}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_in_place_equals_scalar_bit_for_bit_on_every_kernel() {
+        let mut seed = 5;
+        for len in 0..=37 {
+            for scale in [0.5f32, 30.0, 120.0] {
+                let xs = rand_row(&mut seed, len, scale);
+                let want: Vec<f32> = xs.iter().map(|&x| exp_scalar(x)).collect();
+                for k in Kernel::available() {
+                    let mut got = xs.clone();
+                    exp_in_place(k, &mut got);
+                    let (g, w): (Vec<u32>, Vec<u32>) = (
+                        got.iter().map(|v| v.to_bits()).collect(),
+                        want.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert_eq!(g, w, "{k:?} len {len} scale {scale}");
                 }
             }
         }

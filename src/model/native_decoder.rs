@@ -1,0 +1,1152 @@
+//! SAM's mask decoder (prompt encoder + two-way transformer + heads) in plain Rust, for the
+//! many prompts of everything mode on one embedding.
+//!
+//! Why not tract: a grid of 256 prompts runs the decoder 256 times on one embedding, and every
+//! run recomputes what all prompts share. Here the work is split by what it depends on:
+//! - **per model** (at load): the dense positional encoding of the embedding grid, every weight
+//!   packed once for the linear-layer kernel (`sonomask_ops::linear`);
+//! - **per frame** ([`NativeDecoder::prepare`]): the embedding plus the no-mask dense embedding,
+//!   and the first layer's image-side projections (token-to-image keys and values,
+//!   image-to-token queries), the largest products of a decoder run;
+//! - **per prompt** ([`NativeDecoder::tokens`]): the rest of the transformer and the predicted
+//!   IoUs. With only `T` tokens (7 for one point), every product between the 4096 image rows and
+//!   the tokens of a later layer goes through a `C x (heads * T)` matrix instead of a
+//!   `C x C/2` projection (`(k W_k) . q = k . (W_k q)`, the value and output projections
+//!   likewise): fewer multiply-adds than the graph's order, and the image rows are streamed
+//!   in place through a small packed right-hand side;
+//! - **per surviving prompt** ([`NativeDecoder::masks`]): the output upscaling and the
+//!   hypernetwork product, paid only by prompts whose predicted IoU passed the filter.
+//!
+//! The weights are read from the same fp32 decoder ONNX file tract runs, by the module paths
+//! SAM's exporter writes into node and initializer names; a file that lacks one is refused with
+//! its name. The arithmetic is fp32 in another order than the graph's: outputs match tract's
+//! within rounding (`tests/native_decoder.rs` states and checks the tolerance).
+
+use anyhow::{Context, Result, anyhow, ensure};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
+use tract_onnx::prelude::*;
+
+use super::fast_ops::linear::{self as lin, WeightPanels};
+use super::fast_ops::{gelu::gelu_slice, layer_norm::layer_norm_row, softmax};
+use super::manifest::SamSection;
+use crate::simd::Kernel;
+
+/// `C[0..m, 0..w.n] = A . W (+ bias)` by the linear-layer kernel: `A` is `m x w.k` read in
+/// place (rows `rsa` apart, columns `csa` apart), `W` packed, `C` rows `rsc` apart. Checks that
+/// every element the strides reach lies inside its slice.
+fn mul(
+    k: Kernel,
+    a: &[f32],
+    (m, rsa, csa): (usize, usize, usize),
+    w: &WeightPanels,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    rsc: usize,
+) {
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    assert!(
+        w.k == 0 || (m - 1) * rsa + (w.k - 1) * csa < a.len(),
+        "mul: A out of bounds"
+    );
+    assert!((m - 1) * rsc + w.n <= c.len(), "mul: C out of bounds");
+    assert!(bias.is_none_or(|b| b.len() >= w.n), "mul: short bias");
+    // SAFETY: A's `m x k` elements and C's `m x n` block were checked above; `c` is exclusively
+    // borrowed, so no one else writes it.
+    unsafe {
+        lin::multiply(
+            k,
+            (a.as_ptr(), rsa as isize, csa as isize),
+            w,
+            (c.as_mut_ptr(), rsc),
+            (0..m, 0..w.n),
+            bias,
+        )
+    }
+}
+
+/// `y = x W + b` for `rows` rows; `w` is `[inp, out]` row-major (kept for the products that
+/// fold a projection into the tokens), `p` the same packed.
+#[derive(Clone, Debug)]
+struct Linear {
+    w: Vec<f32>,
+    p: WeightPanels,
+    b: Vec<f32>,
+    inp: usize,
+    out: usize,
+}
+
+impl Linear {
+    fn new(w: Vec<f32>, b: Vec<f32>, inp: usize, out: usize) -> Self {
+        let p = WeightPanels::pack(&w, inp, out, (out, 1));
+        Linear { w, p, b, inp, out }
+    }
+
+    fn apply(&self, k: Kernel, x: &[f32], rows: usize, y: &mut [f32]) {
+        mul(
+            k,
+            x,
+            (rows, self.inp, 1),
+            &self.p,
+            Some(&self.b),
+            y,
+            self.out,
+        );
+    }
+
+    fn applied(&self, k: Kernel, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * self.out];
+        self.apply(k, x, rows, &mut y);
+        y
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Norm {
+    g: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn rows(&self, k: Kernel, x: &mut [f32]) {
+        for r in x.chunks_exact_mut(self.g.len()) {
+            layer_norm_row(k, r, self.eps, &self.g, &self.b);
+        }
+    }
+}
+
+/// SAM's `Attention`: projections to `internal` channels split into `heads`; the value and
+/// output projections also packed per head (`[C, dh]` and `[dh, C]`).
+#[derive(Clone, Debug)]
+struct Attn {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    v_heads: Vec<WeightPanels>,
+    o_heads: Vec<WeightPanels>,
+}
+
+impl Attn {
+    fn new(q: Linear, k: Linear, v: Linear, o: Linear, heads: usize) -> Self {
+        let dh = q.out / heads;
+        let v_heads = (0..heads)
+            .map(|h| WeightPanels::pack(&v.w[h * dh..], v.inp, dh, (v.out, 1)))
+            .collect();
+        let o_heads = (0..heads)
+            .map(|h| WeightPanels::pack(&o.w[h * dh * o.out..], dh, o.out, (o.out, 1)))
+            .collect();
+        Attn {
+            q,
+            k,
+            v,
+            o,
+            heads,
+            v_heads,
+            o_heads,
+        }
+    }
+
+    fn dh(&self) -> usize {
+        self.q.out / self.heads
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.dh() as f32).sqrt()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    self_attn: Attn,
+    norm1: Norm,
+    t2i: Attn,
+    norm2: Norm,
+    lin1: Linear,
+    lin2: Linear,
+    norm3: Norm,
+    i2t: Attn,
+    norm4: Norm,
+}
+
+/// SAM's `MLP`: linear layers with ReLU between them.
+#[derive(Clone, Debug)]
+struct Mlp(Vec<Linear>);
+
+impl Mlp {
+    fn apply(&self, k: Kernel, x: &[f32]) -> Vec<f32> {
+        let mut cur = x.to_vec();
+        for (i, l) in self.0.iter().enumerate() {
+            let mut y = l.applied(k, &cur, 1);
+            if i + 1 < self.0.len() {
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            cur = y;
+        }
+        cur
+    }
+}
+
+/// A 2x2 stride-2 transposed convolution as a product: `[pixels, cin] . [cin, cout*4]`
+/// (columns `(o, dy, dx)`, the ONNX weight's own order), packed.
+#[derive(Clone, Debug)]
+struct Up {
+    w: WeightPanels,
+    b: Vec<f32>,
+    cin: usize,
+    cout: usize,
+}
+
+/// SAM's mask decoder with its weights, ready for [`NativeDecoder::prepare`].
+pub struct NativeDecoder {
+    file: PathBuf,
+    kernel: Kernel,
+    /// Channels of the embedding and tokens.
+    c: usize,
+    /// Side of the embedding grid (64).
+    side: usize,
+    image_size: f32,
+    low_res: usize,
+    gauss: Vec<f32>,
+    point_embed: [Vec<f32>; 4],
+    not_a_point: Vec<f32>,
+    no_mask: Vec<f32>,
+    /// The IoU token then the mask tokens, `[1 + masks, C]`.
+    out_tokens: Vec<f32>,
+    blocks: Vec<Block>,
+    final_attn: Attn,
+    norm_final: Norm,
+    up1: Up,
+    up_norm: Norm,
+    up2: Up,
+    hyper: Vec<Mlp>,
+    iou_head: Mlp,
+    /// Dense positional encoding of the embedding grid, `[side*side, C]`.
+    pe: Vec<f32>,
+}
+
+/// What every prompt of one frame shares (see the module doc).
+pub struct FramePrep {
+    /// Embedding + no-mask embedding, `[pixels, C]`.
+    src: Vec<f32>,
+    /// First layer, image-to-token queries of `src + pe`, `[pixels, Ci]`.
+    q0: Vec<f32>,
+    /// First layer, token-to-image keys per head, packed as `[dh, pixels]`.
+    k0: Vec<WeightPanels>,
+    /// First layer, token-to-image values per head, packed as `[pixels, dh]`.
+    v0: Vec<WeightPanels>,
+}
+
+/// Reusable buffers of one worker: a prompt allocates nothing large once they have grown.
+#[derive(Default)]
+pub struct Scratch {
+    keys: Vec<f32>,
+    keys_pe: Vec<f32>,
+    delta: Vec<f32>,
+    scores: Vec<f32>,
+    r: Vec<f32>,
+    u: Vec<f32>,
+    g: Vec<f32>,
+    up1: Vec<f32>,
+    up_mid: Vec<f32>,
+    up2: Vec<f32>,
+    planes: Vec<f32>,
+}
+
+/// One prompt after the transformer: its predicted IoUs and what its masks need (the mask
+/// tokens before the final attention, with their positional tokens).
+pub struct TokenPass {
+    pub iou: Vec<f32>,
+    queries: Vec<f32>,
+    qpe: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Per head `h`, `[c, t]` = `W[:, head h] . q[:, head h]^T` into columns `h*t..` of `r`
+/// (`[c, heads*t]`): the projection folded into the tokens (`W` `[c, Ci]` row-major, `q`
+/// `[t, Ci]`).
+fn fold_heads(k: Kernel, w: &Linear, q: &[f32], t: usize, heads: usize, r: &mut [f32]) {
+    let (ci, dh) = (w.out, w.out / heads);
+    for h in 0..heads {
+        let qt = WeightPanels::pack(&q[h * dh..], dh, t, (1, ci));
+        mul(
+            k,
+            &w.w[h * dh..],
+            (w.inp, ci, 1),
+            &qt,
+            None,
+            &mut r[h * t..],
+            heads * t,
+        );
+    }
+}
+
+/// The ONNX file's tensors and nodes, looked up by SAM's module paths.
+struct Source<'a> {
+    file: &'a Path,
+    inits: HashMap<&'a str, &'a TensorProto>,
+    graph: &'a GraphProto,
+    constants: HashMap<&'a str, &'a TensorProto>,
+}
+
+impl<'a> Source<'a> {
+    fn new(file: &'a Path, graph: &'a GraphProto) -> Self {
+        let inits = graph
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        let constants = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Constant")
+            .filter_map(|n| {
+                let t = n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
+                Some((n.output.first()?.as_str(), t))
+            })
+            .collect();
+        Source {
+            file,
+            inits,
+            graph,
+            constants,
+        }
+    }
+
+    fn missing(&self, what: &str) -> anyhow::Error {
+        anyhow!(
+            "{}: no {what}: not a SAM mask decoder exported by quantize/export_sam.py (the native everything-mode decoder reads its weights by SAM's module names)",
+            self.file.display()
+        )
+    }
+
+    fn tensor(&self, t: &TensorProto) -> Result<Vec<f32>> {
+        let x = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)
+            .map_err(|e| anyhow!("{}: tensor {}: {e}", self.file.display(), t.name))?;
+        ensure!(
+            x.datum_type() == f32::datum_type(),
+            "{}: tensor {} is {:?}, the native decoder needs the fp32 model",
+            self.file.display(),
+            t.name,
+            x.datum_type()
+        );
+        Ok(super::onnx::f32s(&x)?.to_vec())
+    }
+
+    /// The initializer whose name ends with `suffix` (SAM's parameter path), with its shape.
+    fn named(&self, suffix: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let mut hits = self.inits.iter().filter(|(n, _)| n.ends_with(suffix));
+        let (_, t) = hits.next().ok_or_else(|| self.missing(suffix))?;
+        ensure!(
+            hits.next().is_none(),
+            "{}: more than one tensor named *{suffix}",
+            self.file.display()
+        );
+        Ok((self.tensor(t)?, dims(t)))
+    }
+
+    fn vec(&self, suffix: &str, len: usize) -> Result<Vec<f32>> {
+        let (v, _) = self.named(suffix)?;
+        ensure!(
+            v.len() == len,
+            "{}: {suffix} has {} values, expected {len}",
+            self.file.display(),
+            v.len()
+        );
+        Ok(v)
+    }
+
+    fn node(&self, name: &str) -> Result<&'a NodeProto> {
+        self.graph
+            .node
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| self.missing(&format!("node {name}")))
+    }
+
+    /// The constant input of node `name` (an initializer or a Constant node's value).
+    fn const_input(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let node = self.node(name)?;
+        for i in &node.input {
+            if let Some(t) = self.inits.get(i.as_str()) {
+                return Ok((self.tensor(t)?, dims(t)));
+            }
+        }
+        for i in &node.input {
+            if let Some(t) = self.constants.get(i.as_str()) {
+                return Ok((self.tensor(t)?, dims(t)));
+            }
+        }
+        Err(self.missing(&format!("constant input of {name}")))
+    }
+
+    /// An integer constant feeding input `index` of node `name`.
+    fn int_input(&self, name: &str, index: usize) -> Result<i64> {
+        let node = self.node(name)?;
+        let input = node
+            .input
+            .get(index)
+            .ok_or_else(|| self.missing(&format!("input {index} of {name}")))?;
+        let t = self
+            .constants
+            .get(input.as_str())
+            .or_else(|| self.inits.get(input.as_str()))
+            .ok_or_else(|| self.missing(&format!("constant input {index} of {name}")))?;
+        let x = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)
+            .map_err(|e| anyhow!("{}: {name}: {e}", self.file.display()))?;
+        let x = x.cast_to::<i64>().map_err(|e| anyhow!("{e}"))?;
+        let plain = x.try_as_plain_ram().map_err(|e| anyhow!("{e}"))?;
+        let s = plain.as_slice::<i64>().map_err(|e| anyhow!("{e}"))?;
+        ensure!(
+            s.len() == 1,
+            "{}: {name}: not a scalar",
+            self.file.display()
+        );
+        Ok(s[0])
+    }
+
+    fn float_attr(&self, node: &str, attr: &str, default: f32) -> Result<f32> {
+        let n = self.node(node)?;
+        Ok(n.attribute
+            .iter()
+            .find(|a| a.name == attr)
+            .map_or(default, |a| a.f))
+    }
+
+    /// A `MatMul` weight (`[inp, out]`) and its bias, by module path (`transformer/layers.0/...`).
+    fn matmul(&self, module: &str) -> Result<Linear> {
+        let (w, d) = self.const_input(&format!("/{module}/MatMul"))?;
+        ensure!(
+            d.len() == 2,
+            "{}: {module} weight is not a matrix",
+            self.file.display()
+        );
+        let b = self.vec(
+            &format!("mask_decoder.{}.bias", module.replace('/', ".")),
+            d[1],
+        )?;
+        Ok(Linear::new(w, b, d[0], d[1]))
+    }
+
+    /// A `Gemm` (torch `Linear` exported with `transB = 1`), stored as `[inp, out]`.
+    fn gemm_layer(&self, module: &str) -> Result<Linear> {
+        let path = format!("mask_decoder.{}", module.replace('/', "."));
+        let (w, d) = self.named(&format!("{path}.weight"))?;
+        ensure!(
+            d.len() == 2,
+            "{}: {path} is not a matrix",
+            self.file.display()
+        );
+        let node = self.node(&format!("/{module}/Gemm"))?;
+        let trans_b = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "transB")
+            .is_some_and(|a| a.i == 1);
+        let (inp, out) = if trans_b { (d[1], d[0]) } else { (d[0], d[1]) };
+        let w = if trans_b {
+            let mut t = vec![0f32; w.len()];
+            for o in 0..out {
+                for i in 0..inp {
+                    t[i * out + o] = w[o * inp + i];
+                }
+            }
+            t
+        } else {
+            w
+        };
+        let b = self.vec(&format!("{path}.bias"), out)?;
+        Ok(Linear::new(w, b, inp, out))
+    }
+
+    fn attn(&self, module: &str) -> Result<Attn> {
+        let heads = self.int_input(&format!("/{module}/Concat"), 2)?;
+        let q = self.matmul(&format!("{module}/q_proj"))?;
+        ensure!(
+            heads > 0 && q.out % heads as usize == 0,
+            "{}: {module}: {heads} heads do not divide {} channels",
+            self.file.display(),
+            q.out
+        );
+        Ok(Attn::new(
+            q,
+            self.matmul(&format!("{module}/k_proj"))?,
+            self.matmul(&format!("{module}/v_proj"))?,
+            self.matmul(&format!("{module}/out_proj"))?,
+            heads as usize,
+        ))
+    }
+
+    fn norm(&self, module: &str, c: usize) -> Result<Norm> {
+        let p = format!("mask_decoder.{}", module.replace('/', "."));
+        Ok(Norm {
+            g: self.vec(&format!("{p}.weight"), c)?,
+            b: self.vec(&format!("{p}.bias"), c)?,
+            eps: self.float_attr(&format!("/{module}/LayerNormalization"), "epsilon", 1e-5)?,
+        })
+    }
+
+    fn mlp(&self, module: &str) -> Result<Mlp> {
+        let mut layers = Vec::new();
+        while let Ok(l) = self.gemm_layer(&format!("{module}/layers.{}", layers.len())) {
+            layers.push(l);
+        }
+        ensure!(!layers.is_empty(), self.missing(module));
+        Ok(Mlp(layers))
+    }
+
+    fn up(&self, index: usize) -> Result<Up> {
+        let p = format!("mask_decoder.output_upscaling.{index}");
+        let (w, d) = self.named(&format!("{p}.weight"))?;
+        ensure!(
+            d.len() == 4 && d[2] == 2 && d[3] == 2,
+            "{}: {p} is not a 2x2 transposed convolution",
+            self.file.display()
+        );
+        let node = self.node(&format!(
+            "/output_upscaling/output_upscaling.{index}/ConvTranspose"
+        ))?;
+        let strides: Vec<i64> = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "strides")
+            .map(|a| a.ints.clone())
+            .unwrap_or_default();
+        ensure!(
+            strides == [2, 2],
+            "{}: {p} has strides {strides:?}, expected [2, 2]",
+            self.file.display()
+        );
+        let b = self.vec(&format!("{p}.bias"), d[1])?;
+        Ok(Up {
+            w: WeightPanels::pack(&w, d[0], d[1] * 4, (d[1] * 4, 1)),
+            b,
+            cin: d[0],
+            cout: d[1],
+        })
+    }
+}
+
+fn dims(t: &TensorProto) -> Vec<usize> {
+    t.dims.iter().map(|&d| d.max(0) as usize).collect()
+}
+
+/// `[sin(2 pi (2c - 1) G), cos(...)]` of a point in [0, 1]^2 (SAM's `PositionEmbeddingRandom`).
+fn pe_encode(gauss: &[f32], x: f32, y: f32, out: &mut [f32]) {
+    let half = gauss.len() / 2;
+    let (x, y) = (2.0 * x - 1.0, 2.0 * y - 1.0);
+    for j in 0..half {
+        let v = 2.0 * std::f32::consts::PI * (x * gauss[j] + y * gauss[half + j]);
+        out[j] = v.sin();
+        out[half + j] = v.cos();
+    }
+}
+
+impl NativeDecoder {
+    /// Reads the decoder's weights from the fp32 ONNX `bytes` of `file`.
+    pub fn from_onnx(file: &Path, bytes: &[u8], s: &SamSection, kernel: Kernel) -> Result<Self> {
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| anyhow!("cannot parse ONNX model {}: {e}", file.display()))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: no graph", file.display()))?;
+        let src = Source::new(file, graph);
+        let c = s.embed_dim as usize;
+        let (gauss, gd) = src.named("pe_layer.positional_encoding_gaussian_matrix")?;
+        ensure!(
+            gd == [2, c / 2],
+            "{}: positional encoding matrix is {gd:?}, expected [2, {}]",
+            file.display(),
+            c / 2
+        );
+        let point_embed = [
+            src.vec("point_embeddings.0.weight", c)?,
+            src.vec("point_embeddings.1.weight", c)?,
+            src.vec("point_embeddings.2.weight", c)?,
+            src.vec("point_embeddings.3.weight", c)?,
+        ];
+        let not_a_point = src.vec("not_a_point_embed.weight", c)?;
+        // Two tensors the exporter leaves unnamed, found by their unique shapes: the no-mask
+        // dense embedding `[1, C, 1, 1]` and the output tokens `[1, 1 + masks, C]`.
+        let by_shape = |want: &dyn Fn(&[usize]) -> bool, what: &str| -> Result<Vec<f32>> {
+            let hits: Vec<&&TensorProto> = src
+                .inits
+                .values()
+                .filter(|t| t.name.starts_with("onnx::") && want(&dims(t)))
+                .collect();
+            ensure!(hits.len() == 1, src.missing(what));
+            src.tensor(hits[0])
+        };
+        let no_mask = by_shape(&|d| d == [1, c, 1, 1], "no-mask embedding [1, C, 1, 1]")?;
+        let out_tokens = by_shape(
+            &|d| d.len() == 3 && d[0] == 1 && d[1] >= 2 && d[2] == c,
+            "output tokens [1, 1 + masks, C]",
+        )?;
+        let n_tokens = out_tokens.len() / c;
+        let mut blocks = Vec::new();
+        while src
+            .node(&format!(
+                "/transformer/layers.{}/self_attn/q_proj/MatMul",
+                blocks.len()
+            ))
+            .is_ok()
+        {
+            let p = format!("transformer/layers.{}", blocks.len());
+            blocks.push(Block {
+                self_attn: src.attn(&format!("{p}/self_attn"))?,
+                norm1: src.norm(&format!("{p}/norm1"), c)?,
+                t2i: src.attn(&format!("{p}/cross_attn_token_to_image"))?,
+                norm2: src.norm(&format!("{p}/norm2"), c)?,
+                lin1: src.matmul(&format!("{p}/mlp/lin1"))?,
+                lin2: src.matmul(&format!("{p}/mlp/lin2"))?,
+                norm3: src.norm(&format!("{p}/norm3"), c)?,
+                i2t: src.attn(&format!("{p}/cross_attn_image_to_token"))?,
+                norm4: src.norm(&format!("{p}/norm4"), c)?,
+            });
+        }
+        ensure!(!blocks.is_empty(), src.missing("transformer layers"));
+        let up1 = src.up(0)?;
+        let up2 = src.up(3)?;
+        ensure!(
+            up1.cin == c && up2.cin == up1.cout,
+            "{}: output upscaling channels {} -> {} -> {} do not chain from {c}",
+            file.display(),
+            up1.cin,
+            up1.cout,
+            up2.cout
+        );
+        let (g, _) = src.const_input("/output_upscaling/output_upscaling.1/Mul")?;
+        let (b, _) = src.const_input("/output_upscaling/output_upscaling.1/Add_1")?;
+        ensure!(
+            g.len() == up1.cout && b.len() == up1.cout,
+            "{}: upscaling norm has {} values, expected {}",
+            file.display(),
+            g.len(),
+            up1.cout
+        );
+        // LayerNorm2d's epsilon is the constant added to the variance
+        let (eps, _) = src.const_input("/output_upscaling/output_upscaling.1/Add")?;
+        ensure!(eps.len() == 1, "{}: upscaling norm epsilon", file.display());
+        let masks = n_tokens - 1;
+        let hyper = (0..masks)
+            .map(|i| src.mlp(&format!("output_hypernetworks_mlps.{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let iou_head = src.mlp("iou_prediction_head")?;
+        ensure!(
+            hyper
+                .iter()
+                .all(|m| m.0.last().is_some_and(|l| l.out == up2.cout))
+                && iou_head.0.last().is_some_and(|l| l.out == masks),
+            "{}: head sizes do not match {masks} masks of {} channels",
+            file.display(),
+            up2.cout
+        );
+        let side = s.embedding_size as usize;
+        ensure!(
+            side * 4 == s.low_res_size as usize,
+            "{}: low-res masks ({}) are not 4x the embedding ({side})",
+            file.display(),
+            s.low_res_size
+        );
+        let mut pe = vec![0f32; side * side * c];
+        for (i, row) in pe.chunks_exact_mut(c).enumerate() {
+            let (y, x) = (i / side, i % side);
+            pe_encode(
+                &gauss,
+                (x as f32 + 0.5) / side as f32,
+                (y as f32 + 0.5) / side as f32,
+                row,
+            );
+        }
+        Ok(NativeDecoder {
+            file: file.to_path_buf(),
+            kernel,
+            c,
+            side,
+            image_size: s.image_size as f32,
+            low_res: s.low_res_size as usize,
+            gauss,
+            point_embed,
+            not_a_point,
+            no_mask,
+            out_tokens,
+            final_attn: src.attn("transformer/final_attn_token_to_image")?,
+            norm_final: src.norm("transformer/norm_final_attn", c)?,
+            blocks,
+            up1,
+            up_norm: Norm { g, b, eps: eps[0] },
+            up2,
+            hyper,
+            iou_head,
+            pe,
+        })
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Mask tokens (and predicted IoUs) per prompt.
+    pub fn mask_count(&self) -> usize {
+        self.hyper.len()
+    }
+
+    fn pixels(&self) -> usize {
+        self.side * self.side
+    }
+
+    /// The per-frame part, from the encoder's `[1, C, side, side]` embedding.
+    pub fn prepare(&self, embedding: &[f32]) -> Result<FramePrep> {
+        let (c, n, k) = (self.c, self.pixels(), self.kernel);
+        ensure!(
+            embedding.len() == c * n,
+            "embedding has {} values, the decoder needs {}",
+            embedding.len(),
+            c * n
+        );
+        let mut src = vec![0f32; n * c];
+        for ch in 0..c {
+            let plane = &embedding[ch * n..(ch + 1) * n];
+            for (i, &v) in plane.iter().enumerate() {
+                src[i * c + ch] = v + self.no_mask[ch];
+            }
+        }
+        let src_pe: Vec<f32> = src.iter().zip(&self.pe).map(|(a, b)| a + b).collect();
+        let b0 = &self.blocks[0];
+        let (t2i, ci) = (&b0.t2i, b0.t2i.q.out);
+        let dh = t2i.dh();
+        let k0 = t2i.k.applied(k, &src_pe, n);
+        let v0 = t2i.v.applied(k, &src, n);
+        Ok(FramePrep {
+            q0: b0.i2t.q.applied(k, &src_pe, n),
+            k0: (0..t2i.heads)
+                .map(|h| WeightPanels::pack(&k0[h * dh..], dh, n, (1, ci)))
+                .collect(),
+            v0: (0..t2i.heads)
+                .map(|h| WeightPanels::pack(&v0[h * dh..], n, dh, (ci, 1)))
+                .collect(),
+            src,
+        })
+    }
+
+    /// The prompt's tokens `[T, C]`: output tokens then one embedding per point (`coords` in the
+    /// model input frame, `labels` as the ONNX decoder takes them).
+    fn prompt_tokens(&self, coords: &[f32], labels: &[f32]) -> Vec<f32> {
+        let c = self.c;
+        let mut t = self.out_tokens.clone();
+        let mut e = vec![0f32; c];
+        for (p, &l) in coords.chunks_exact(2).zip(labels) {
+            let label = l as i64;
+            if label == -1 {
+                e.copy_from_slice(&self.not_a_point);
+            } else {
+                let s = self.image_size;
+                pe_encode(&self.gauss, (p[0] + 0.5) / s, (p[1] + 0.5) / s, &mut e);
+                if let Some(pe) = usize::try_from(label)
+                    .ok()
+                    .and_then(|i| self.point_embed.get(i))
+                {
+                    e.iter_mut().zip(pe).for_each(|(a, b)| *a += b);
+                }
+            }
+            t.extend_from_slice(&e);
+        }
+        t
+    }
+
+    /// Self-attention among the tokens; `q_in` already carries the positional encoding.
+    fn token_attn(&self, a: &Attn, q_in: &[f32], v_in: &[f32], t: usize) -> Vec<f32> {
+        let k = self.kernel;
+        let ci = a.q.out;
+        let (q, kk, v) = (
+            a.q.applied(k, q_in, t),
+            a.k.applied(k, q_in, t),
+            a.v.applied(k, v_in, t),
+        );
+        let (dh, scale) = (a.dh(), a.scale());
+        let mut mixed = vec![0f32; t * ci];
+        let mut p = vec![0f32; t];
+        for h in 0..a.heads {
+            let cols = h * dh..(h + 1) * dh;
+            for i in 0..t {
+                for (j, pj) in p.iter_mut().enumerate() {
+                    let d: f32 = q[i * ci..][cols.clone()]
+                        .iter()
+                        .zip(&kk[j * ci..][cols.clone()])
+                        .map(|(x, y)| x * y)
+                        .sum();
+                    *pj = d * scale;
+                }
+                softmax::softmax_rows(k, &mut p, t);
+                for (j, &pj) in p.iter().enumerate() {
+                    for (o, x) in mixed[i * ci..][cols.clone()]
+                        .iter_mut()
+                        .zip(&v[j * ci..][cols.clone()])
+                    {
+                        *o += pj * x;
+                    }
+                }
+            }
+        }
+        a.o.applied(k, &mixed, t)
+    }
+
+    /// First-layer token-to-image attention on the frame's packed keys and values.
+    fn t2i_first(
+        &self,
+        a: &Attn,
+        q_in: &[f32],
+        t: usize,
+        f: &FramePrep,
+        s: &mut Scratch,
+    ) -> Vec<f32> {
+        let (n, ci, dh, k) = (self.pixels(), a.q.out, a.dh(), self.kernel);
+        let mut q = a.q.applied(k, q_in, t);
+        q.iter_mut().for_each(|v| *v *= a.scale());
+        let p = grow(&mut s.scores, t * n);
+        let mut mixed = vec![0f32; t * ci];
+        for h in 0..a.heads {
+            mul(k, &q[h * dh..], (t, ci, 1), &f.k0[h], None, p, n);
+            softmax::softmax_rows(k, p, n);
+            mul(k, p, (t, n, 1), &f.v0[h], None, &mut mixed[h * dh..], ci);
+        }
+        a.o.applied(k, &mixed, t)
+    }
+
+    /// Token-to-image attention of the first `t_out` tokens over `keys` (`[pixels, C]`, with
+    /// `keys_pe` = keys + pe): `R = W_k q` per head and token, so the scores are one product of
+    /// the image rows with `R` (`[C, heads * t_out]`), and the values `(P keys) W_v`.
+    fn t2i_generic(
+        &self,
+        a: &Attn,
+        q_in: &[f32],
+        t_out: usize,
+        keys: &[f32],
+        keys_pe: &[f32],
+        s: &mut Scratch,
+    ) -> Vec<f32> {
+        let (c, n, ci, dh, k) = (self.c, self.pixels(), a.q.out, a.dh(), self.kernel);
+        let ht = a.heads * t_out;
+        let mut q = a.q.applied(k, q_in, t_out);
+        q.iter_mut().for_each(|v| *v *= a.scale());
+        // The key bias adds q.b_k to all of a (head, token)'s scores: the softmax over pixels
+        // cancels it.
+        let r = grow(&mut s.r, c * ht);
+        fold_heads(k, &a.k, &q, t_out, a.heads, r);
+        let rp = WeightPanels::pack(r, c, ht, (ht, 1));
+        let sc = grow(&mut s.scores, n * ht);
+        mul(k, keys_pe, (n, c, 1), &rp, None, sc, ht);
+        // softmax down each column; the normalisation is applied to G below
+        let mut max = vec![f32::NEG_INFINITY; ht];
+        for row in sc.chunks_exact(ht) {
+            max.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
+        }
+        for row in sc.chunks_exact_mut(ht) {
+            row.iter_mut().zip(&max).for_each(|(x, m)| *x -= m);
+        }
+        softmax::exp_in_place(k, sc);
+        let mut sum = vec![0f32; ht];
+        for row in sc.chunks_exact(ht) {
+            sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
+        }
+        // G^T [C, ht] = keys^T . E
+        let ep = WeightPanels::pack(sc, n, ht, (ht, 1));
+        let g = grow(&mut s.g, c * ht);
+        mul(k, keys, (c, 1, c), &ep, None, g, ht);
+        for row in g.chunks_exact_mut(ht) {
+            row.iter_mut().zip(&sum).for_each(|(x, s)| *x /= s);
+        }
+        // out[j, head h] = G[h*t + j] . W_v[:, head h] + b_v
+        let mut mixed = vec![0f32; t_out * ci];
+        for h in 0..a.heads {
+            mul(
+                k,
+                &g[h * t_out..],
+                (t_out, 1, ht),
+                &a.v_heads[h],
+                Some(&a.v.b[h * dh..]),
+                &mut mixed[h * dh..],
+                ci,
+            );
+        }
+        a.o.applied(k, &mixed, t_out)
+    }
+
+    /// Image-to-token attention into `keys` in place: `scores` `[pixels, heads * t]` softmaxed in
+    /// groups of `t`, then `keys = norm(keys + scores . U + b_o)` with
+    /// `U[h*t + j] = v[j, head h] . W_o[head h, :]`.
+    #[allow(clippy::too_many_arguments)]
+    fn i2t_update(
+        &self,
+        a: &Attn,
+        norm: &Norm,
+        scores: &mut [f32],
+        v: &[f32],
+        t: usize,
+        (base, keys, keys_pe): (Option<&[f32]>, &mut [f32], &mut [f32]),
+        s: &mut Scratch,
+    ) {
+        let (c, n, ci, dh, k) = (self.c, self.pixels(), a.q.out, a.dh(), self.kernel);
+        let ht = a.heads * t;
+        for grp in scores.chunks_exact_mut(t) {
+            let m = grp.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            grp.iter_mut().for_each(|x| *x -= m);
+        }
+        softmax::exp_in_place(k, scores);
+        for grp in scores.chunks_exact_mut(t) {
+            let inv = 1.0 / grp.iter().sum::<f32>();
+            grp.iter_mut().for_each(|x| *x *= inv);
+        }
+        let u = grow(&mut s.u, ht * c);
+        for h in 0..a.heads {
+            mul(
+                k,
+                &v[h * dh..],
+                (t, ci, 1),
+                &a.o_heads[h],
+                None,
+                &mut u[h * t * c..],
+                c,
+            );
+        }
+        let up = WeightPanels::pack(u, ht, c, (c, 1));
+        let delta = grow(&mut s.delta, n * c);
+        mul(k, scores, (n, ht, 1), &up, Some(&a.o.b), delta, c);
+        // keys = norm((base or keys) + delta), and keys_pe = keys + pe, in one pass
+        let rows = keys
+            .chunks_exact_mut(c)
+            .zip(keys_pe.chunks_exact_mut(c))
+            .zip(delta.chunks_exact(c).zip(self.pe.chunks_exact(c)));
+        for (i, ((row, row_pe), (d, pe))) in rows.enumerate() {
+            match base {
+                Some(b) => row
+                    .iter_mut()
+                    .zip(&b[i * c..(i + 1) * c])
+                    .zip(d)
+                    .for_each(|((x, b), y)| *x = b + y),
+                None => row.iter_mut().zip(d).for_each(|(x, y)| *x += y),
+            }
+            layer_norm_row(k, row, norm.eps, &norm.g, &norm.b);
+            row_pe
+                .iter_mut()
+                .zip(row.iter().zip(pe))
+                .for_each(|(o, (x, p))| *o = x + p);
+        }
+    }
+
+    /// The transformer for one prompt: predicted IoUs, and the final keys left in `s` for
+    /// [`Self::masks`].
+    pub fn tokens(
+        &self,
+        f: &FramePrep,
+        coords: &[f32],
+        labels: &[f32],
+        s: &mut Scratch,
+    ) -> Result<TokenPass> {
+        ensure!(
+            !labels.is_empty() && coords.len() == 2 * labels.len(),
+            "decoder needs N>0 labels and 2N coordinates (got {} and {})",
+            labels.len(),
+            coords.len()
+        );
+        let (c, n, k) = (self.c, self.pixels(), self.kernel);
+        let qpe = self.prompt_tokens(coords, labels);
+        let t = qpe.len() / c;
+        let mut queries = qpe.clone();
+        let add =
+            |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+        let mut keys = std::mem::take(&mut s.keys);
+        let mut keys_pe = std::mem::take(&mut s.keys_pe);
+        let mut scores = std::mem::take(&mut s.scores);
+        grow(&mut keys, n * c);
+        grow(&mut keys_pe, n * c);
+        for (li, b) in self.blocks.iter().enumerate() {
+            // self-attention (the first layer skips the positional encoding and the residual)
+            if li == 0 {
+                queries = self.token_attn(&b.self_attn, &queries, &queries, t);
+            } else {
+                let q = add(&queries, &qpe);
+                let out = self.token_attn(&b.self_attn, &q, &queries, t);
+                queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+            }
+            b.norm1.rows(k, &mut queries);
+            // token to image
+            let q = add(&queries, &qpe);
+            s.scores = std::mem::take(&mut scores);
+            let out = if li == 0 {
+                self.t2i_first(&b.t2i, &q, t, f, s)
+            } else {
+                self.t2i_generic(&b.t2i, &q, t, &keys, &keys_pe, s)
+            };
+            scores = std::mem::take(&mut s.scores);
+            queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+            b.norm2.rows(k, &mut queries);
+            // MLP
+            let mut hid = b.lin1.applied(k, &queries, t);
+            hid.iter_mut().for_each(|v| *v = v.max(0.0));
+            let out = b.lin2.applied(k, &hid, t);
+            queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+            b.norm3.rows(k, &mut queries);
+            // image to token
+            let a = &b.i2t;
+            let (ci, dh, ht) = (a.q.out, a.dh(), a.heads * t);
+            let mut kt = a.k.applied(k, &add(&queries, &qpe), t);
+            kt.iter_mut().for_each(|v| *v *= a.scale());
+            let vt = a.v.applied(k, &queries, t);
+            let sc = grow(&mut scores, n * ht);
+            if li == 0 {
+                // scores[i, h*t + j] = q0[i, head h] . kt[j, head h]
+                for h in 0..a.heads {
+                    let kp = WeightPanels::pack(&kt[h * dh..], dh, t, (1, ci));
+                    mul(
+                        k,
+                        &f.q0[h * dh..],
+                        (n, ci, 1),
+                        &kp,
+                        None,
+                        &mut sc[h * t..],
+                        ht,
+                    );
+                }
+            } else {
+                // scores = keys_pe . R2 + c2, R2[:, h*t + j] = W_q[:, head h] . kt[j, head h]
+                let r = grow(&mut s.r, c * ht);
+                fold_heads(k, &a.q, &kt, t, a.heads, r);
+                let rp = WeightPanels::pack(r, c, ht, (ht, 1));
+                let mut c2 = vec![0f32; ht];
+                for h in 0..a.heads {
+                    for j in 0..t {
+                        c2[h * t + j] = a.q.b[h * dh..(h + 1) * dh]
+                            .iter()
+                            .zip(&kt[j * ci + h * dh..j * ci + (h + 1) * dh])
+                            .map(|(x, y)| x * y)
+                            .sum();
+                    }
+                }
+                mul(k, &keys_pe, (n, c, 1), &rp, Some(&c2), sc, ht);
+            }
+            let base = (li == 0).then_some(f.src.as_slice());
+            self.i2t_update(a, &b.norm4, sc, &vt, t, (base, &mut keys, &mut keys_pe), s);
+        }
+        // Final token-to-image attention: the IoU token now (the filter needs nothing else);
+        // the mask tokens in `masks`, for the prompts that pass it (each token attends alone).
+        s.scores = scores;
+        s.keys = keys;
+        s.keys_pe = keys_pe;
+        let t_out = self.out_tokens.len() / c;
+        let hs = self.final_tokens(&queries[..c], &qpe[..c], 1, s);
+        Ok(TokenPass {
+            iou: self.iou_head.apply(k, &hs),
+            queries: queries[c..t_out * c].to_vec(),
+            qpe: qpe[c..t_out * c].to_vec(),
+        })
+    }
+
+    /// The final attention and norm of `t` tokens (`queries`, their `qpe`) over the keys in `s`.
+    fn final_tokens(&self, queries: &[f32], qpe: &[f32], t: usize, s: &mut Scratch) -> Vec<f32> {
+        let q: Vec<f32> = queries.iter().zip(qpe).map(|(a, b)| a + b).collect();
+        let (keys, keys_pe) = (std::mem::take(&mut s.keys), std::mem::take(&mut s.keys_pe));
+        let out = self.t2i_generic(&self.final_attn, &q, t, &keys, &keys_pe, s);
+        s.keys = keys;
+        s.keys_pe = keys_pe;
+        let mut hs = queries.to_vec();
+        hs.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+        self.norm_final.rows(self.kernel, &mut hs);
+        hs
+    }
+
+    /// The low-res mask logits `[masks, low, low]` of the prompt whose [`Self::tokens`] ran
+    /// last on `s` (its final keys are there).
+    pub fn masks(&self, tp: &TokenPass, s: &mut Scratch, out: &mut Vec<f32>) {
+        let (n, side, k) = (self.pixels(), self.side, self.kernel);
+        let tokens = self.final_tokens(&tp.queries, &tp.qpe, self.hyper.len(), s);
+        let (u1, u2) = (&self.up1, &self.up2);
+        // first transposed convolution: [n, C] . [C, cout*4], scattered to [2side, 2side, cout]
+        let y1 = grow(&mut s.up1, n * u1.cout * 4);
+        mul(k, &s.keys, (n, u1.cin, 1), &u1.w, None, y1, u1.cout * 4);
+        let side2 = side * 2;
+        let mid = grow(&mut s.up_mid, 4 * n * u1.cout);
+        for (i, px) in y1.chunks_exact(u1.cout * 4).enumerate() {
+            let (y, x) = (i / side, i % side);
+            for d in 0..4 {
+                let o = ((2 * y + d / 2) * side2 + 2 * x + d % 2) * u1.cout;
+                for ch in 0..u1.cout {
+                    mid[o + ch] = px[ch * 4 + d] + u1.b[ch];
+                }
+            }
+        }
+        self.up_norm.rows(k, mid);
+        gelu_slice(k, mid);
+        // second: [4n, cout1] . [cout1, cout2*4], scattered to [4side, 4side, cout2]
+        let y2 = grow(&mut s.up1, 4 * n * u2.cout * 4);
+        mul(k, mid, (4 * n, u2.cin, 1), &u2.w, None, y2, u2.cout * 4);
+        let side4 = side * 4;
+        let up = grow(&mut s.up2, 16 * n * u2.cout);
+        for (i, px) in y2.chunks_exact(u2.cout * 4).enumerate() {
+            let (y, x) = (i / side2, i % side2);
+            for d in 0..4 {
+                let o = ((2 * y + d / 2) * side4 + 2 * x + d % 2) * u2.cout;
+                for ch in 0..u2.cout {
+                    up[o + ch] = px[ch * 4 + d] + u2.b[ch];
+                }
+            }
+        }
+        gelu_slice(k, up);
+        // hypernetwork: [pixels, m] = up . hyper^T, then one plane per mask
+        let m = self.hyper.len();
+        let mut hyper = Vec::with_capacity(m * u2.cout);
+        for (i, mlp) in self.hyper.iter().enumerate() {
+            hyper.extend(mlp.apply(k, &tokens[i * self.c..(i + 1) * self.c]));
+        }
+        let hp = WeightPanels::pack(&hyper, u2.cout, m, (1, u2.cout));
+        let px = self.low_res * self.low_res;
+        let planes = grow(&mut s.planes, px * m);
+        mul(k, up, (px, u2.cout, 1), &hp, None, planes, m);
+        out.clear();
+        out.resize(m * px, 0.0);
+        for (p, row) in planes.chunks_exact(m).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                out[j * px + p] = v;
+            }
+        }
+    }
+}
+
+/// Workers for the prompts of a frame: tract's thread count (`--threads`).
+pub fn worker_threads() -> usize {
+    #[cfg(feature = "multithread-mm")]
+    if let tract_linalg::multithread::Executor::MultiThread(pool) =
+        tract_linalg::multithread::current_tract_executor()
+    {
+        return pool.current_num_threads().max(1);
+    }
+    1
+}
+
+impl std::fmt::Debug for NativeDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NativeDecoder({})", self.file.display())
+    }
+}
+
+/// The native decoder of a manifest's fp32 decoder file (its sha256 checked as for tract).
+pub fn load(manifest: &super::Manifest, kernel: Kernel) -> Result<NativeDecoder> {
+    let entry = manifest.entry(super::Role::SamDecoder, super::Precision::Fp32)?;
+    let bytes = manifest.read_verified(entry)?;
+    let file = manifest.path_of(entry);
+    NativeDecoder::from_onnx(&file, &bytes, &manifest.sam, kernel)
+        .with_context(|| format!("native decoder from {}", file.display()))
+}
