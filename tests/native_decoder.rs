@@ -257,3 +257,22 @@ fn everything_mode_keeps_the_same_candidates_on_the_real_litemedsam() {
     let n = same_candidates(&dir, &shared.join("data/hc18/images/000_HC.png"), o);
     assert!(n > 0, "no candidate to compare");
 }
+
+#[test]
+fn an_int8_decoder_session_runs_the_grid_on_tract() {
+    // the native decoder is fp32 only: everything mode must degrade, not fail
+    let dir = common::fixtures().join("models_tiny_lite");
+    let mut sam = SamSession::load_mixed(&dir, Precision::Fp32, Precision::Int8).unwrap();
+    let mut t = Timings::default();
+    assert!(sam.native_decoder(&mut t).is_none());
+    let frame = sonomask::image_io::load_rgb(&dir.join("input.png")).unwrap();
+    let enc = sam.encode(&frame, &mut t).unwrap();
+    let o = EverythingOptions {
+        points_per_side: 4,
+        ..Default::default()
+    };
+    let (_, f) = generate(&mut sam, &enc, &o, &mut t).unwrap();
+    assert_eq!(f.prompts, 16);
+    assert!(t.stages.iter().any(|(s, _)| *s == "decoder"));
+    assert!(!t.stages.iter().any(|(s, _)| *s == "decoder_grid"));
+}
