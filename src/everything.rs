@@ -398,15 +398,15 @@ pub fn generate(
                 let planes = (0..out.iou.len())
                     .map(|k| out.plane(k))
                     .collect::<Result<Vec<_>>>()?;
-                all.push(judge.judge(&out.iou, |_| Ok(planes.clone()), &mut crop)?);
+                all.push(judge.judge(&out.iou, || Ok(planes.clone()), &mut crop)?);
             }
             all
         }
     };
-    for ((point, _), (counts, survivors)) in prompts.iter().zip(per_prompt) {
+    for ((point, _), (passed_iou, survivors)) in prompts.iter().zip(per_prompt) {
         f.prompts += 1;
-        f.masks += counts.0;
-        f.after_iou += counts.1;
+        f.masks += tokens.len();
+        f.after_iou += passed_iou;
         f.after_stability += survivors.len();
         kept.extend(
             survivors
@@ -461,9 +461,9 @@ fn sam_native<'a>(
     }
 }
 
-/// A prompt's outcome: (masks looked at, masks past the IoU filter), and its survivors as
-/// (predicted IoU, stability, low-res logits).
-type Judged = ((usize, usize), Vec<(f32, f32, Vec<f32>)>);
+/// A prompt's outcome: its masks past the IoU filter, and its survivors as (predicted IoU,
+/// stability, low-res logits).
+type Judged = (usize, Vec<(f32, f32, Vec<f32>)>);
 
 /// The filters of one prompt's masks, the same for both decoders.
 struct Judge {
@@ -483,19 +483,18 @@ impl Judge {
     fn judge<'p>(
         &self,
         iou: &[f32],
-        planes: impl FnOnce(&[usize]) -> Result<Vec<&'p [f32]>>,
+        planes: impl FnOnce() -> Result<Vec<&'p [f32]>>,
         crop: &mut [f32],
     ) -> Result<Judged> {
-        let looked = self.tokens.len();
         let passed: Vec<usize> = self
             .tokens
             .clone()
             .filter(|&k| iou[k] >= self.pred_iou)
             .collect();
         if passed.is_empty() {
-            return Ok(((looked, 0), Vec::new()));
+            return Ok((0, Vec::new()));
         }
-        let planes = planes(&passed)?;
+        let planes = planes()?;
         let (lw, lh) = self.crop;
         let mut out = Vec::new();
         for &k in &passed {
@@ -508,7 +507,7 @@ impl Judge {
                 out.push((iou[k], st, plane.to_vec()));
             }
         }
-        Ok(((looked, passed.len()), out))
+        Ok((passed.len(), out))
     }
 }
 
@@ -537,7 +536,7 @@ fn run_native(
             crate::model::onnx::ensure_finite(&tp.iou, "iou_predictions", nd.file())?;
             let j = judge.judge(
                 &tp.iou,
-                |_| {
+                || {
                     nd.masks(&tp, &mut scratch, &mut masks);
                     crate::model::onnx::ensure_finite(&masks, "low_res_masks", nd.file())?;
                     Ok(masks.chunks_exact(plane).collect())

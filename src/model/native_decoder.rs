@@ -248,7 +248,10 @@ pub struct Scratch {
     keys: Vec<f32>,
     keys_pe: Vec<f32>,
     delta: Vec<f32>,
+    /// Token-to-image scores (`t2i_first`, `t2i_generic`).
     scores: Vec<f32>,
+    /// Image-to-token scores of a layer, `[pixels, heads * T]`.
+    i2t_scores: Vec<f32>,
     r: Vec<f32>,
     u: Vec<f32>,
     g: Vec<f32>,
@@ -295,13 +298,15 @@ fn fold_heads(k: Kernel, w: &Linear, q: &[f32], t: usize, heads: usize, r: &mut 
 /// The ONNX file's tensors and nodes, looked up by SAM's module paths.
 struct Source<'a> {
     file: &'a Path,
+    /// Resolves tensor data (built once: `tract_onnx::onnx()` builds the whole op registry).
+    onnx: &'a tract_onnx::Onnx,
     inits: HashMap<&'a str, &'a TensorProto>,
     graph: &'a GraphProto,
     constants: HashMap<&'a str, &'a TensorProto>,
 }
 
 impl<'a> Source<'a> {
-    fn new(file: &'a Path, graph: &'a GraphProto) -> Self {
+    fn new(file: &'a Path, onnx: &'a tract_onnx::Onnx, graph: &'a GraphProto) -> Self {
         let inits = graph
             .initializer
             .iter()
@@ -318,6 +323,7 @@ impl<'a> Source<'a> {
             .collect();
         Source {
             file,
+            onnx,
             inits,
             graph,
             constants,
@@ -332,7 +338,7 @@ impl<'a> Source<'a> {
     }
 
     fn tensor(&self, t: &TensorProto) -> Result<Vec<f32>> {
-        let x = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)
+        let x = tract_onnx::tensor::load_tensor(&*self.onnx.provider, t, None)
             .map_err(|e| anyhow!("{}: tensor {}: {e}", self.file.display(), t.name))?;
         ensure!(
             x.datum_type() == f32::datum_type(),
@@ -403,7 +409,7 @@ impl<'a> Source<'a> {
             .get(input.as_str())
             .or_else(|| self.inits.get(input.as_str()))
             .ok_or_else(|| self.missing(&format!("constant input {index} of {name}")))?;
-        let x = tract_onnx::tensor::load_tensor(&*tract_onnx::onnx().provider, t, None)
+        let x = tract_onnx::tensor::load_tensor(&*self.onnx.provider, t, None)
             .map_err(|e| anyhow!("{}: {name}: {e}", self.file.display()))?;
         let x = x.cast_to::<i64>().map_err(|e| anyhow!("{e}"))?;
         let plain = x.try_as_plain_ram().map_err(|e| anyhow!("{e}"))?;
@@ -556,14 +562,15 @@ fn pe_encode(gauss: &[f32], x: f32, y: f32, out: &mut [f32]) {
 impl NativeDecoder {
     /// Reads the decoder's weights from the fp32 ONNX `bytes` of `file`.
     pub fn from_onnx(file: &Path, bytes: &[u8], s: &SamSection, kernel: Kernel) -> Result<Self> {
-        let proto = tract_onnx::onnx()
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| anyhow!("cannot parse ONNX model {}: {e}", file.display()))?;
         let graph = proto
             .graph
             .as_ref()
             .ok_or_else(|| anyhow!("{}: no graph", file.display()))?;
-        let src = Source::new(file, graph);
+        let src = Source::new(file, &onnx, graph);
         let c = s.embed_dim as usize;
         let (gauss, gd) = src.named("pe_layer.positional_encoding_gaussian_matrix")?;
         ensure!(
@@ -970,7 +977,7 @@ impl NativeDecoder {
             |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
         let mut keys = std::mem::take(&mut s.keys);
         let mut keys_pe = std::mem::take(&mut s.keys_pe);
-        let mut scores = std::mem::take(&mut s.scores);
+        let mut scores = std::mem::take(&mut s.i2t_scores);
         grow(&mut keys, n * c);
         grow(&mut keys_pe, n * c);
         for (li, b) in self.blocks.iter().enumerate() {
@@ -985,13 +992,11 @@ impl NativeDecoder {
             b.norm1.rows(k, &mut queries);
             // token to image
             let q = add(&queries, &qpe);
-            s.scores = std::mem::take(&mut scores);
             let out = if li == 0 {
                 self.t2i_first(&b.t2i, &q, t, f, s)
             } else {
                 self.t2i_generic(&b.t2i, &q, t, &keys, &keys_pe, s)
             };
-            scores = std::mem::take(&mut s.scores);
             queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
             b.norm2.rows(k, &mut queries);
             // MLP
@@ -1043,7 +1048,7 @@ impl NativeDecoder {
         }
         // Final token-to-image attention: the IoU token now (the filter needs nothing else);
         // the mask tokens in `masks`, for the prompts that pass it (each token attends alone).
-        s.scores = scores;
+        s.i2t_scores = scores;
         s.keys = keys;
         s.keys_pe = keys_pe;
         let t_out = self.out_tokens.len() / c;
