@@ -9,11 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
-use sonomask::autoprompt::{Rule, prompts_from};
-use sonomask::image_io::{RgbFrame, load_rgb};
+use sonomask::input::image_io::{RgbFrame, load_rgb};
 use sonomask::model::clip::{VOCAB_ENV, load_tokenizer};
 use sonomask::model::{ClipImageEncoder, ClipTextEncoder, Manifest, Precision};
-use sonomask::saliency::{Method, SaliencyEngine, kernels};
+use sonomask::prompting::autoprompt::{Rule, prompts_from};
+use sonomask::prompting::saliency::{Method, SaliencyEngine, kernels};
 use sonomask::simd::Kernel;
 use sonomask::timing::Timings;
 

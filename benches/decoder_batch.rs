@@ -9,11 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::contract::{Contract, Dim, TensorContract};
 use sonomask::model::onnx;
 use sonomask::model::{Manifest, Precision};
-use sonomask::segment::SamSession;
+use sonomask::pipelines::segment::SamSession;
 use sonomask::timing::Timings;
 use tract_onnx::prelude::*;
 

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::Manifest;
 use sonomask::model::fast_ops::STOCK_OPS_ENV;
 use sonomask::model::fast_ops::{Fusions, OWN_OPS_OFF_ENV};

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::{Manifest, Precision, SamEncoder};
 use sonomask::preprocess::sam_input_into;
 

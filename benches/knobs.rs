@@ -9,12 +9,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::onnx::{self, f32s, parse_role};
 use sonomask::model::sam::{decoder_contract, encoder_contract};
 use sonomask::model::{Manifest, Precision, Role};
 use sonomask::preprocess::sam_input_into;
-use sonomask::prompt::{BoxPrompt, Prompt};
+use sonomask::prompting::prompt::{BoxPrompt, Prompt};
 use tract_core::knobs::KnobScope;
 use tract_onnx::prelude::*;
 

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::onnx::{NodeTime, by_op};
 use sonomask::model::{Manifest, Precision, SamDecoder, SamEncoder};
 use sonomask::preprocess::sam_input_into;

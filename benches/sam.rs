@@ -6,11 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use sonomask::image_io::{RgbFrame, load_rgb};
+use sonomask::input::image_io::{RgbFrame, load_rgb};
 use sonomask::model::{Manifest, Precision};
+use sonomask::pipelines::segment::SamSession;
 use sonomask::preprocess::{Normalize, Recipe, sam_input_into};
-use sonomask::prompt::{BoxPrompt, Prompt};
-use sonomask::segment::SamSession;
+use sonomask::prompting::prompt::{BoxPrompt, Prompt};
 use sonomask::timing::Timings;
 
 fn main() {

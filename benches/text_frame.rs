@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sonomask::autoprompt::Rule;
-use sonomask::dataset::read_pairs;
-use sonomask::image_io::load_rgb;
+use sonomask::input::dataset::read_pairs;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::clip::VOCAB_ENV;
 use sonomask::model::{Manifest, Precision};
-use sonomask::saliency::Method;
-use sonomask::textseg::TextPipeline;
+use sonomask::pipelines::textseg::TextPipeline;
+use sonomask::prompting::autoprompt::Rule;
+use sonomask::prompting::saliency::Method;
 use sonomask::timing::Timings;
 
 fn median(v: &mut [f64]) -> f64 {
@@ -96,7 +96,7 @@ fn main() {
             p.text = {
                 let tok = sonomask::model::clip::load_tokenizer(&p.sam.manifest).unwrap();
                 let model = sonomask::model::ClipTextEncoder::load(&p.sam.manifest, cp).unwrap();
-                sonomask::text::prompts::TextEncoder::new(tok, model, String::new())
+                sonomask::prompting::bank::TextEncoder::new(tok, model, String::new())
             };
             let t1 = Instant::now();
             let e = p.embed_text(&texts, &mut t).unwrap();
@@ -149,9 +149,9 @@ fn main() {
 /// SaLIP: the whole frame per stage, the grid decoder's prompts/s and CLIP's crops/s. The
 /// filters are opened (predicted IoU and stability 0) because synthetic weights would leave
 /// no candidate to score; NMS and area bounds as by default.
-fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::image_io::RgbFrame]) {
-    use sonomask::everything::EverythingOptions;
-    use sonomask::salip::{self, SalipOptions};
+fn salip(dir: &Path, sp: Precision, cp: Precision, images: &[sonomask::input::image_io::RgbFrame]) {
+    use sonomask::pipelines::everything::EverythingOptions;
+    use sonomask::pipelines::salip::{self, SalipOptions};
     let n: usize = std::env::var("SALIP_FRAMES")
         .ok()
         .and_then(|v| v.parse().ok())

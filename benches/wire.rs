@@ -36,7 +36,7 @@ fn load(dataset: &str) -> Vec<M> {
             continue;
         };
         for m in masks.split(';').filter(|m| !m.is_empty()) {
-            let f = sonomask::image_io::load_rgb(&dir.join(m)).unwrap();
+            let f = sonomask::input::image_io::load_rgb(&dir.join(m)).unwrap();
             let px = f
                 .pixels
                 .chunks_exact(3)

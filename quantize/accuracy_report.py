@@ -193,7 +193,7 @@ def main():
         "**Reference.** The package's own PyTorch model with LiteMedSAM's official inference recipe",
         "(`CVPR24_LiteMedSAM_infer.py`: OpenCV INTER_AREA to 256, min-max, zero pad, box `int(v*256/max(H,W))`,",
         "single-mask output, crop and bilinear resize of the logits, logit > 0), on the same images with the",
-        "same prompts (`quantize/oracle_prompts.py` draws exactly the prompts of `src/oracle.rs`).",
+        "same prompts (`quantize/oracle_prompts.py` draws exactly the prompts of `src/prompting/oracle.rs`).",
         "",
         "**Prompts.** `box`: the ground truth's tight bounding box. Dice is over the images with a non-empty",
         "ground truth (an empty one has no box); per set, the mean over its images.",

@@ -1,4 +1,4 @@
-"""Prompts drawn from a ground-truth mask, identical to sonomask's `src/oracle.rs` (the tests
+"""Prompts drawn from a ground-truth mask, identical to sonomask's `src/prompting/oracle.rs` (the tests
 pin the agreement): the tight box, a loose box (grown by a fraction of its size), a seeded
 jittered box (each side moved by up to a fraction of the box size: boxes as a person draws
 them) and one interior click (the pixel farthest from the background in city-block distance,

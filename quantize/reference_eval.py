@@ -1,7 +1,7 @@
 """The PyTorch reference for docs/ACCURACY.md: LiteMedSAM with its official recipe
 (`lite_medsam.segment_box`, the package's model code and verified checkpoint) on every labelled
 set in ../shared/data, with the same oracle prompts as `sonomask eval` (quantize/oracle_prompts.py
-mirrors src/oracle.rs). One encoder pass per image, one decoder pass per prompt mode.
+mirrors src/prompting/oracle.rs). One encoder pass per image, one decoder pass per prompt mode.
 
 usage: .venv/bin/python quantize/reference_eval.py --out eval_out/accuracy [--sets a,b] [--limit N]
 Writes OUT/<set>/reference.csv: image, then Dice per mode (empty for an empty ground truth).

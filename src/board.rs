@@ -193,11 +193,11 @@ impl Board {
             bail!("pipeline.queue must be at least 1");
         }
         if let Some(m) = &self.pipeline.measure {
-            crate::measure::Target::parse(m)
+            crate::output::measure::Target::parse(m)
                 .map_err(|_| anyhow::anyhow!("pipeline.measure '{m}' is not hc, lesion or none"))?;
         }
         if let Some(mm) = self.pipeline.pixel_size_mm {
-            crate::measure::parse_pixel_size(&mm.to_string()).map_err(|_| {
+            crate::output::measure::parse_pixel_size(&mm.to_string()).map_err(|_| {
                 anyhow::anyhow!("pipeline.pixel_size_mm {mm} is not a pixel size in mm")
             })?;
         }

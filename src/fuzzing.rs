@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use crate::source::FrameSource;
+use crate::input::source::FrameSource;
 
 /// Frames a fuzzed source may decode: enough to reach the multi-frame paths, bounded work.
 const MAX_FRAMES: u32 = 4;
@@ -30,7 +30,7 @@ pub const TARGETS: &[(&str, FuzzFn)] = &[
 
 /// The DICOM reader: header, pixel data, every transfer syntax it accepts, the first frames.
 pub fn dicom_reader(data: &[u8]) {
-    if let Ok(d) = crate::dicom::DicomFile::parse(data.to_vec()) {
+    if let Ok(d) = crate::input::dicom::DicomFile::parse(data.to_vec()) {
         for i in 0..d.frame_count().min(MAX_FRAMES) {
             if let Ok(f) = d.frame(i) {
                 assert_eq!(f.pixels.len(), f.width as usize * f.height as usize * 3);
@@ -41,7 +41,7 @@ pub fn dicom_reader(data: &[u8]) {
 
 /// The raw frame stream (`raw:` sources).
 pub fn raw_stream(data: &[u8]) {
-    let mut s = crate::source::RawStream::new(Cursor::new(data), "fuzz".into());
+    let mut s = crate::input::source::RawStream::new(Cursor::new(data), "fuzz".into());
     for _ in 0..MAX_FRAMES {
         match s.next_frame() {
             Some(Ok(f)) => assert_eq!(
@@ -56,14 +56,14 @@ pub fn raw_stream(data: &[u8]) {
 /// Prompt files (plain lines, class lists, per-image JSON).
 pub fn prompt_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::text::prompts::PromptFile::parse(text);
+        let _ = crate::prompting::bank::PromptFile::parse(text);
     }
 }
 
 /// Prompt banks (JSON with embeddings), checked against a 4-dimensional text model.
 pub fn prompt_bank(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = crate::text::prompts::PromptBank::from_text(text, Path::new("fuzz"), "ab", 4);
+        let _ = crate::prompting::bank::PromptBank::from_text(text, Path::new("fuzz"), "ab", 4);
     }
 }
 
@@ -83,7 +83,7 @@ pub fn manifest(data: &[u8]) {
 
 /// The image loader (PNG, JPEG through libjpeg-turbo or zune-jpeg).
 pub fn image_loader(data: &[u8]) {
-    if let Ok(f) = crate::image_io::decode_rgb_within(data, MAX_SIDE) {
+    if let Ok(f) = crate::input::image_io::decode_rgb_within(data, MAX_SIDE) {
         assert_eq!(f.pixels.len(), f.width as usize * f.height as usize * 3);
     }
 }

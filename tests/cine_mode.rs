@@ -3,11 +3,11 @@
 
 mod common;
 
-use sonomask::cine::{Cine, CineOptions};
-use sonomask::image_io::{RgbFrame, load_rgb};
+use sonomask::input::image_io::{RgbFrame, load_rgb};
 use sonomask::model::Precision;
-use sonomask::prompt::{BoxPrompt, Prompt};
-use sonomask::segment::SamSession;
+use sonomask::pipelines::cine::{Cine, CineOptions};
+use sonomask::pipelines::segment::SamSession;
+use sonomask::prompting::prompt::{BoxPrompt, Prompt};
 use sonomask::timing::Timings;
 use std::process::Command;
 
@@ -277,10 +277,10 @@ fn raw_frame_stream_source_and_a_size_change() {
     let raw = dir.join("frames.raw");
     let mut bytes = Vec::new();
     for _ in 0..3 {
-        sonomask::source::write_raw_frame(&mut bytes, &a).unwrap();
+        sonomask::input::source::write_raw_frame(&mut bytes, &a).unwrap();
     }
     let small = RgbFrame::new(100, 50, vec![9; 100 * 50 * 3]).unwrap();
-    sonomask::source::write_raw_frame(&mut bytes, &small).unwrap();
+    sonomask::input::source::write_raw_frame(&mut bytes, &small).unwrap();
     std::fs::write(&raw, &bytes).unwrap();
     let out = dir.join("out");
     let o = segment_cine(
@@ -317,7 +317,7 @@ fn raw_frames_over_a_serial_link_and_tcp() {
     use std::io::Write;
     let a = load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let mut frame = Vec::new();
-    sonomask::source::write_raw_frame(&mut frame, &a).unwrap();
+    sonomask::input::source::write_raw_frame(&mut frame, &a).unwrap();
 
     // Serial: a capture device writes frames into the far end of a pty pair, once sonomask
     // has the port open (bytes written before would be flushed by its open).

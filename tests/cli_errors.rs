@@ -348,11 +348,11 @@ fn segment_measures_its_mask() {
         height: png.height(),
         data: png.pixels().map(|p| (p.0[0] > 127) as u8).collect(),
     };
-    let want = sonomask::measure::measure_for(
-        sonomask::measure::Target::Lesion,
+    let want = sonomask::output::measure::measure_for(
+        sonomask::output::measure::Target::Lesion,
         &mask,
         &[],
-        Some(sonomask::measure::Spacing::isotropic(0.1)),
+        Some(sonomask::output::measure::Spacing::isotropic(0.1)),
         &mut Default::default(),
     );
     match want {

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{compare, models_tiny, read_f32};
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::{ClipImageEncoder, ClipTextEncoder, Manifest, Precision};
 use sonomask::preprocess::{Normalize, clip_input_into};
 

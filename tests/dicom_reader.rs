@@ -5,7 +5,7 @@
 mod common;
 
 use sha2::{Digest, Sha256};
-use sonomask::dicom::{DicomFile, Photometric, Syntax};
+use sonomask::input::dicom::{DicomFile, Photometric, Syntax};
 use std::path::PathBuf;
 
 fn fixture(p: &str) -> PathBuf {
@@ -91,7 +91,8 @@ fn real_jpeg_cine_matches_pydicom_within_jpeg_decoder_differences() {
         }
     }
     for k in [0u32, 29] {
-        let png = sonomask::image_io::load_rgb(&fixture(&format!("ybr_frame{k:02}.png"))).unwrap();
+        let png =
+            sonomask::input::image_io::load_rgb(&fixture(&format!("ybr_frame{k:02}.png"))).unwrap();
         let fr = f.frame(k).unwrap();
         let diffs: Vec<i32> = fr
             .pixels

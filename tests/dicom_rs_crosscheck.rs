@@ -5,7 +5,7 @@
 mod common;
 
 use dicom_object::{Tag, open_file};
-use sonomask::dicom::{DicomFile, Photometric};
+use sonomask::input::dicom::{DicomFile, Photometric};
 use std::path::{Path, PathBuf};
 
 fn files() -> Vec<PathBuf> {

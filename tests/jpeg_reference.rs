@@ -7,7 +7,7 @@
 
 mod common;
 
-use sonomask::image_io::{jpeg, load_rgb};
+use sonomask::input::image_io::{jpeg, load_rgb};
 use sonomask::model::manifest::sha256_hex;
 use sonomask::preprocess::{Recipe, sam_input_into};
 

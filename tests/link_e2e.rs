@@ -100,7 +100,7 @@ fn jsonl(dir: &Path) -> Vec<serde_json::Value> {
 }
 
 fn gray(path: &Path) -> Vec<u8> {
-    let f = sonomask::image_io::load_rgb(path).unwrap();
+    let f = sonomask::input::image_io::load_rgb(path).unwrap();
     f.pixels
         .chunks_exact(3)
         .map(|p| (p[0] > 127) as u8)
@@ -125,7 +125,7 @@ fn summary_in(err: &str) -> serde_json::Value {
 fn mask_dir(tag: &str, n: usize) -> Option<(PathBuf, Vec<Vec<u8>>)> {
     let shared = common::shared()?;
     let dir = shared.join("data/busi/masks");
-    let files = sonomask::source::image_files(&dir).unwrap();
+    let files = sonomask::input::source::image_files(&dir).unwrap();
     let files: Vec<PathBuf> = files.into_iter().take(n).collect();
     // One directory per test: tests run in parallel in this process.
     let d = tmp(&format!("masks-{tag}"));

@@ -12,10 +12,10 @@
 mod common;
 
 use common::{compare, models_tiny, read_f32};
-use sonomask::everything::{EverythingOptions, GridDecoder, GridPrompts, generate};
 use sonomask::model::native_decoder::{self, Scratch};
 use sonomask::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
-use sonomask::segment::SamSession;
+use sonomask::pipelines::everything::{EverythingOptions, GridDecoder, GridPrompts, generate};
+use sonomask::pipelines::segment::SamSession;
 use sonomask::simd::Kernel;
 use sonomask::timing::Timings;
 use std::path::{Path, PathBuf};
@@ -123,7 +123,8 @@ fn matches_tract_on_the_real_litemedsam() {
         return;
     };
     let frame =
-        sonomask::image_io::load_rgb(&shared.join("data/busi/images/benign (10).png")).unwrap();
+        sonomask::input::image_io::load_rgb(&shared.join("data/busi/images/benign (10).png"))
+            .unwrap();
     let mut enc = SamEncoder::load(&manifest, Precision::Fp32).unwrap();
     let recipe = manifest.sam.recipe();
     let n = manifest.sam.image_size as usize;
@@ -165,7 +166,7 @@ fn a_decoder_without_sam_module_names_is_refused_naming_the_file() {
 /// frame) agreeing on at least 99.9% of their union.
 fn same_candidates(models: &Path, image: &Path, o: EverythingOptions) -> usize {
     let mut sam = SamSession::load(models, Precision::Fp32).unwrap();
-    let frame = sonomask::image_io::load_rgb(image).unwrap();
+    let frame = sonomask::input::image_io::load_rgb(image).unwrap();
     let mut t = Timings::default();
     let enc = sam.encode(&frame, &mut t).unwrap();
     let run = |sam: &mut SamSession, d: GridDecoder, t: &mut Timings| {
@@ -265,7 +266,7 @@ fn an_int8_decoder_session_runs_the_grid_on_tract() {
     let mut sam = SamSession::load_mixed(&dir, Precision::Fp32, Precision::Int8).unwrap();
     let mut t = Timings::default();
     assert!(sam.native_decoder(&mut t).is_none());
-    let frame = sonomask::image_io::load_rgb(&dir.join("input.png")).unwrap();
+    let frame = sonomask::input::image_io::load_rgb(&dir.join("input.png")).unwrap();
     let enc = sam.encode(&frame, &mut t).unwrap();
     let o = EverythingOptions {
         points_per_side: 4,

@@ -1,12 +1,12 @@
 //! `sonomask eval`'s oracle prompts are the ones the PyTorch reference is scored with: the boxes
-//! and clicks src/oracle.rs draws from real ground truths equal those of
+//! and clicks src/prompting/oracle.rs draws from real ground truths equal those of
 //! quantize/oracle_prompts.py (tests/fixtures/oracle_reference.toml, `make_fixtures.py oracle`).
 
 mod common;
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::mask::Mask;
-use sonomask::oracle::{BoxNoise, interior_point, oracle_box};
+use sonomask::prompting::oracle::{BoxNoise, interior_point, oracle_box};
 
 #[test]
 fn oracle_prompts_equal_the_python_reference_on_shared_masks() {
@@ -32,7 +32,7 @@ fn oracle_prompts_equal_the_python_reference_on_shared_masks() {
             .map(|m| shared.join("data").join(m.as_str().unwrap()))
             .collect();
         let first = load_rgb(&paths[0]).unwrap();
-        let data = sonomask::dataset::load_masks(&paths, first.width, first.height).unwrap();
+        let data = sonomask::input::dataset::load_masks(&paths, first.width, first.height).unwrap();
         let gt = Mask {
             width: first.width,
             height: first.height,

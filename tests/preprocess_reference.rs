@@ -4,7 +4,7 @@
 
 mod common;
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::manifest::sha256_hex;
 use sonomask::preprocess::{Geometry, Recipe, resize_area_u8, resize_bilinear_u8, sam_input_into};
 

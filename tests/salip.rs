@@ -2,19 +2,19 @@
 //! crop scoring, retrieval and the box re-prompt, and the documented empty results. Synthetic
 //! weights: the tests check the chain computes what it reports (retrieval = best CLIP score,
 //! final box = that candidate's box), never that it finds anatomy. The hand-made known-answer
-//! tests of grid, stability, NMS and retrieval are unit tests in src/everything.rs and
-//! src/salip.rs.
+//! tests of grid, stability, NMS and retrieval are unit tests in src/pipelines/everything.rs and
+//! src/pipelines/salip.rs.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use sonomask::everything::{EverythingOptions, generate, generate_layers};
-use sonomask::image_io::{RgbFrame, load_rgb};
+use sonomask::input::image_io::{RgbFrame, load_rgb};
 use sonomask::model::Precision;
-use sonomask::salip::{self, SalipOptions, Status};
-use sonomask::textseg::TextPipeline;
+use sonomask::pipelines::everything::{EverythingOptions, generate, generate_layers};
+use sonomask::pipelines::salip::{self, SalipOptions, Status};
+use sonomask::pipelines::textseg::TextPipeline;
 use sonomask::timing::Timings;
 
 fn sonomask(args: &[&str]) -> Output {

@@ -14,11 +14,11 @@
 mod common;
 
 use common::{compare, models_tiny, read_f32};
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::mask::upscale_logits;
 use sonomask::model::{Embedding, Family, Manifest, Precision, SamDecoder, SamEncoder};
 use sonomask::preprocess::sam_input_into;
-use sonomask::prompt::{BoxPrompt, PointPrompt, Prompt};
+use sonomask::prompting::prompt::{BoxPrompt, PointPrompt, Prompt};
 use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
@@ -209,7 +209,7 @@ fn end_to_end_mask_matches_reference_mask() {
 }
 
 fn end_to_end(dir: &Path) {
-    let mut s = sonomask::segment::SamSession::load(dir, Precision::Fp32).unwrap();
+    let mut s = sonomask::pipelines::segment::SamSession::load(dir, Precision::Fp32).unwrap();
     let frame = load_rgb(&dir.join("input.png")).unwrap();
     let mut t = sonomask::timing::Timings::default();
     let f = s.encode(&frame, &mut t).unwrap();

@@ -278,13 +278,14 @@ fn stream_waits_for_a_live_frame_feed_that_starts_late() {
         .local_addr()
         .unwrap()
         .port();
-    let img = sonomask::image_io::load_rgb(&common::models_tiny().join("input.png")).unwrap();
+    let img =
+        sonomask::input::image_io::load_rgb(&common::models_tiny().join("input.png")).unwrap();
     let feeder = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(1500));
         let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let (mut s, _) = l.accept().unwrap();
         let mut b = Vec::new();
-        sonomask::source::write_raw_frame(&mut b, &img).unwrap();
+        sonomask::input::source::write_raw_frame(&mut b, &img).unwrap();
         s.write_all(&b).unwrap();
     });
     let dir = tmp("late-feed");

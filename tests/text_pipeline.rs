@@ -8,9 +8,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sonomask::image_io::load_rgb;
+use sonomask::input::image_io::load_rgb;
 use sonomask::model::{Manifest, Precision};
-use sonomask::saliency::{Method, SaliencyEngine};
+use sonomask::prompting::saliency::{Method, SaliencyEngine};
 use sonomask::timing::Timings;
 
 fn busi() -> Option<PathBuf> {

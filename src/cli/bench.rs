@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::args;
 use super::common::ModelOptions;
-use crate::image_io;
-use crate::prompt::{BoxPrompt, Prompt};
+use crate::input::image_io;
+use crate::prompting::prompt::{BoxPrompt, Prompt};
 use crate::timing::Timings;
 
 pub const USAGE: &str = "\

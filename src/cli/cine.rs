@@ -8,12 +8,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::common;
-use crate::cine::{Cine, CineOptions};
-use crate::image_io::RgbFrame;
-use crate::overlay;
-use crate::prompt::Prompt;
-use crate::segment::SamSession;
-use crate::source::FrameSource;
+use crate::input::image_io::RgbFrame;
+use crate::input::source::FrameSource;
+use crate::output::overlay;
+use crate::pipelines::cine::{Cine, CineOptions};
+use crate::pipelines::segment::SamSession;
+use crate::prompting::prompt::Prompt;
 use crate::timing::Timings;
 
 /// Frames kept for the animated overlay (downscaled); later frames still get masks.

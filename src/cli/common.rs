@@ -4,9 +4,9 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 use super::args::Args;
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::model::Precision;
-use crate::segment::SamSession;
+use crate::pipelines::segment::SamSession;
 use crate::timing::Timings;
 
 pub struct ModelOptions {

@@ -43,7 +43,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         "simd_kernel": format!("{:?}", cpu.kernel()),
         "auto_precision": precision.as_str(),
         "fast_int8": cpu.fast_int8(),
-        "jpeg_decoder": crate::image_io::jpeg::DECODER,
+        "jpeg_decoder": crate::input::image_io::jpeg::DECODER,
         "models": models_json,
         "serial_ports": ports,
         "warnings": warnings,
@@ -76,7 +76,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         cpu.fast_int8()
     );
     println!("--precision auto -> {}", precision.as_str());
-    println!("jpeg decoder: {}", crate::image_io::jpeg::DECODER);
+    println!("jpeg decoder: {}", crate::input::image_io::jpeg::DECODER);
     println!(
         "models ({}): {}",
         models.display(),

@@ -10,14 +10,14 @@ use std::time::Instant;
 use super::args;
 use super::common::ModelOptions;
 use super::textseg::{self, Pipeline};
-use crate::dataset::{Pair, load_gt, read_pairs};
-use crate::image_io::RgbFrame;
+use crate::input::dataset::{Pair, load_gt, read_pairs};
+use crate::input::image_io::RgbFrame;
 use crate::mask::Mask;
-use crate::metrics::{mean_std, score};
-use crate::prompt::Prompt;
-use crate::salip::SalipOptions;
-use crate::segment::SamSession;
-use crate::textseg::TextPipeline;
+use crate::output::metrics::{mean_std, score};
+use crate::pipelines::salip::SalipOptions;
+use crate::pipelines::segment::SamSession;
+use crate::pipelines::textseg::TextPipeline;
+use crate::prompting::prompt::Prompt;
 use crate::timing::Timings;
 
 pub const USAGE: &str = "\
@@ -57,9 +57,9 @@ sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | -
 /// Which prompt the ground truth gives the SAM stage.
 #[derive(Clone, Copy, Debug)]
 enum Oracle {
-    Box(crate::oracle::BoxNoise),
+    Box(crate::prompting::oracle::BoxNoise),
     Point,
-    Bound(crate::everything::EverythingOptions),
+    Bound(crate::pipelines::everything::EverythingOptions),
 }
 
 impl Oracle {
@@ -68,7 +68,7 @@ impl Oracle {
             Oracle::Box(n) if n.jitter > 0.0 => "jittered-box",
             Oracle::Box(_) => "oracle-box",
             Oracle::Point => "oracle-point",
-            Oracle::Bound(o) if o.grid == crate::everything::GridPrompts::Boxes => {
+            Oracle::Bound(o) if o.grid == crate::pipelines::everything::GridPrompts::Boxes => {
                 "everything-bound (box grid)"
             }
             Oracle::Bound(_) => "everything-bound (point grid)",
@@ -88,7 +88,7 @@ struct Row {
     height: u32,
     gt_area: usize,
     pred_area: usize,
-    scores: Option<crate::metrics::Scores>,
+    scores: Option<crate::output::metrics::Scores>,
     ms: f64,
     note: Option<String>,
     error: Option<String>,
@@ -163,7 +163,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     }
     let mode = match a.get("prompt") {
         None => None,
-        Some("oracle-box") => Some(Oracle::Box(crate::oracle::BoxNoise {
+        Some("oracle-box") => Some(Oracle::Box(crate::prompting::oracle::BoxNoise {
             loose,
             ..Default::default()
         })),
@@ -172,7 +172,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             if !(jitter > 0.0 && jitter <= 1.0) {
                 bail!("--jitter must be in (0, 1] (a fraction of the box size)");
             }
-            Some(Oracle::Box(crate::oracle::BoxNoise {
+            Some(Oracle::Box(crate::prompting::oracle::BoxNoise {
                 loose,
                 jitter,
                 seed: a.parse_or("seed", 0u64)?,
@@ -322,13 +322,13 @@ fn eval_one(
     pair: &Pair,
     index: u64,
     name: &str,
-    method: crate::saliency::Method,
-    rule: &crate::autoprompt::Rule,
+    method: crate::prompting::saliency::Method,
+    rule: &crate::prompting::autoprompt::Rule,
     tol: f64,
     shared_text: &mut Option<(Vec<f32>, String)>,
     measure: Option<&MeasureCfg>,
 ) -> Result<Row> {
-    let frame: RgbFrame = crate::image_io::load_rgb(&pair.image)?;
+    let frame: RgbFrame = crate::input::image_io::load_rgb(&pair.image)?;
     let gt = load_gt(pair, frame.width, frame.height)?;
     let gt_area = gt.iter().filter(|&&v| v != 0).count();
     let mut t = Timings::default();
@@ -341,21 +341,27 @@ fn eval_one(
             };
             let prompt = match mode {
                 Oracle::Box(noise) => {
-                    crate::oracle::oracle_box(&gm, noise, index).map(|b| Prompt {
+                    crate::prompting::oracle::oracle_box(&gm, noise, index).map(|b| Prompt {
                         bbox: Some(b),
                         points: vec![],
                     })
                 }
-                Oracle::Point => crate::oracle::interior_point(&gm).map(|p| Prompt {
+                Oracle::Point => crate::prompting::oracle::interior_point(&gm).map(|p| Prompt {
                     bbox: None,
                     points: vec![p],
                 }),
                 Oracle::Bound(o) => {
                     let enc = session.encode(&frame, &mut t)?;
-                    let (cands, _) = crate::everything::generate(session, &enc, o, &mut t)?;
+                    let (cands, _) =
+                        crate::pipelines::everything::generate(session, &enc, o, &mut t)?;
                     let best = cands
                         .iter()
-                        .map(|c| (crate::metrics::overlap(&c.mask.data, &gt).0, &c.mask))
+                        .map(|c| {
+                            (
+                                crate::output::metrics::overlap(&c.mask.data, &gt).0,
+                                &c.mask,
+                            )
+                        })
                         .max_by(|a, b| a.0.total_cmp(&b.0));
                     let mask = best
                         .map(|(_, m)| m.clone())
@@ -382,8 +388,9 @@ fn eval_one(
         }
         Predictor::Salip(p, so) => {
             let text = text_for(a, p, name, shared_text, &mut t)?;
-            let r = crate::salip::segment(p, &frame, &text, so, &mut t)?;
-            let note = (r.status != crate::salip::Status::Ok).then(|| r.status.describe());
+            let r = crate::pipelines::salip::segment(p, &frame, &text, so, &mut t)?;
+            let note =
+                (r.status != crate::pipelines::salip::Status::Ok).then(|| r.status.describe());
             (r.mask, note)
         }
     };
@@ -431,17 +438,17 @@ fn finish(
 
 /// `--measure`: which biometry, and where each image's pixel size comes from.
 struct MeasureCfg {
-    kind: crate::measure::Target,
-    sizes: Option<crate::dataset::PixelSizes>,
+    kind: crate::output::measure::Target,
+    sizes: Option<crate::input::dataset::PixelSizes>,
     fixed_mm: Option<f64>,
 }
 
 /// One image's measurements: the predicted mask's, the ground truth mask's, the reference.
 struct Measured {
-    kind: crate::measure::Target,
+    kind: crate::output::measure::Target,
     pixel_mm: Option<f64>,
-    pred: Option<crate::measure::Measurements>,
-    gt: Option<crate::measure::Measurements>,
+    pred: Option<crate::output::measure::Measurements>,
+    gt: Option<crate::output::measure::Measurements>,
     /// The CSV's reference HC (mm), when it has one.
     reference_hc: Option<f64>,
     /// HC of the predicted mask's ellipse moved onto the skull echo's ridge (diagnostic).
@@ -457,17 +464,17 @@ impl MeasureCfg {
                 }
                 return Ok(None);
             }
-            Some(k) => crate::measure::Target::parse(k)?,
+            Some(k) => crate::output::measure::Target::parse(k)?,
         };
-        if kind == crate::measure::Target::None {
+        if kind == crate::output::measure::Target::None {
             return Ok(None);
         }
         let sizes = match a.get("pixel-size-csv") {
-            Some(p) => Some(crate::dataset::PixelSizes::read(Path::new(p))?),
+            Some(p) => Some(crate::input::dataset::PixelSizes::read(Path::new(p))?),
             None => None,
         };
         let fixed_mm = match a.get("pixel-size") {
-            Some(v) => Some(crate::measure::parse_pixel_size(v)?),
+            Some(v) => Some(crate::output::measure::parse_pixel_size(v)?),
             None => None,
         };
         if sizes.is_some() && fixed_mm.is_some() {
@@ -490,24 +497,29 @@ impl MeasureCfg {
             }
             (None, mm) => (mm, None),
         };
-        let spacing = pixel_mm.map(crate::measure::Spacing::isotropic);
-        let mut scratch = crate::measure::Scratch::default();
-        let pred =
-            crate::measure::measure_for(self.kind, mask, &frame.pixels, spacing, &mut scratch);
+        let spacing = pixel_mm.map(crate::output::measure::Spacing::isotropic);
+        let mut scratch = crate::output::measure::Scratch::default();
+        let pred = crate::output::measure::measure_for(
+            self.kind,
+            mask,
+            &frame.pixels,
+            spacing,
+            &mut scratch,
+        );
         let gm = Mask {
             width: mask.width,
             height: mask.height,
             data: gt.to_vec(),
         };
-        let gt = crate::measure::measure(&gm, spacing, &mut scratch);
+        let gt = crate::output::measure::measure(&gm, spacing, &mut scratch);
         // Diagnostic: the skull's middle (the echo's ridge) instead of its outer border.
         // (from the mask's own ellipse, which the measurement above already fitted)
-        let hc_echo_ridge = (self.kind == crate::measure::Target::Hc)
+        let hc_echo_ridge = (self.kind == crate::output::measure::Target::Hc)
             .then(|| {
                 let e = pred.as_ref()?.mask_ellipse?;
                 let (w, h) = (frame.width as usize, frame.height as usize);
-                let ridge = crate::measure::EchoEdge::Ridge;
-                crate::measure::refine_on_echo(&e, spacing, &frame.pixels, w, h, ridge)
+                let ridge = crate::output::measure::EchoEdge::Ridge;
+                crate::output::measure::refine_on_echo(&e, spacing, &frame.pixels, w, h, ridge)
             })
             .flatten()
             .map(|r| r.circumference());
@@ -616,7 +628,7 @@ fn write_reports(
     std::fs::write(dir.join("eval.csv"), csv)
         .with_context(|| format!("cannot write {}", dir.display()))?;
     let scored: Vec<&Row> = rows.iter().filter(|r| r.scores.is_some()).collect();
-    let stat = |f: fn(&crate::metrics::Scores) -> f64| {
+    let stat = |f: fn(&crate::output::metrics::Scores) -> f64| {
         let v: Vec<f64> = scored
             .iter()
             .filter_map(|r| r.scores.as_ref().map(f))
@@ -753,7 +765,7 @@ fn measure_fields(m: Option<&Measured>) -> String {
 }
 
 fn measured_json(m: &Measured) -> serde_json::Value {
-    let spacing = m.pixel_mm.map(crate::measure::Spacing::isotropic);
+    let spacing = m.pixel_mm.map(crate::output::measure::Spacing::isotropic);
     serde_json::json!({
         "pixel_mm": m.pixel_mm,
         // The same fields `segment --json` and `listen` write.

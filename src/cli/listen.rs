@@ -348,7 +348,7 @@ fn prompt_from_args(a: &args::Args) -> Result<Option<PromptMsg>> {
         Ok(v.round() as u16)
     };
     if let Some(b) = a.get("box") {
-        let b = crate::prompt::BoxPrompt::parse(b)?;
+        let b = crate::prompting::prompt::BoxPrompt::parse(b)?;
         p.flags |= prompt_flags::HAS_BOX;
         p.bbox = Rect {
             x0: u16_of(b.x0, "box")?,
@@ -358,7 +358,7 @@ fn prompt_from_args(a: &args::Args) -> Result<Option<PromptMsg>> {
         };
     }
     for s in a.all("point") {
-        let q = crate::prompt::PointPrompt::parse(s)?;
+        let q = crate::prompting::prompt::PointPrompt::parse(s)?;
         let pt = Point {
             x: u16_of(q.x, "point")?,
             y: u16_of(q.y, "point")?,

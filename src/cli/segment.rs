@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use super::args;
 use super::common::{self, ModelOptions};
 use super::textseg;
-use crate::cine::CineOptions;
-use crate::dicom::DicomFile;
-use crate::image_io::{self, RgbFrame};
+use crate::input::dicom::DicomFile;
+use crate::input::image_io::{self, RgbFrame};
+use crate::input::source::{self, FrameSource};
 use crate::mask::Mask;
-use crate::overlay;
-use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
-use crate::segment::{SamSession, Segmentation};
-use crate::source::{self, FrameSource};
+use crate::output::overlay;
+use crate::pipelines::cine::CineOptions;
+use crate::pipelines::segment::{SamSession, Segmentation};
+use crate::prompting::prompt::{BoxPrompt, PointPrompt, Prompt};
 use crate::timing::Timings;
 
 pub const USAGE: &str = "\
@@ -36,7 +36,7 @@ sonomask segment CINE.dcm|DIR|raw:SRC --box ...|--point ... [-o DIR] [--cine-thr
                 else in pixels (said so). Drawn on --overlay.
 
   A multi-frame source (a multi-frame DICOM, a directory of images/DICOM files, or raw:-,
-  raw:FILE, raw:tcp:HOST:PORT in the raw frame format of src/source.rs) runs in cine mode: one
+  raw:FILE, raw:tcp:HOST:PORT in the raw frame format of src/input/source.rs) runs in cine mode: one
   prompt for every frame, the encoder re-run only when the frame changed. -o is then a
   directory (default cine_out) that receives mask_NNNNN.png per frame, frames.jsonl (per frame:
   encoder ran or not, change, timings), overlay.png (animated PNG) and strip.png.
@@ -159,20 +159,20 @@ pub fn run(argv: &[String]) -> Result<()> {
     }
 
     let target = match a.get("measure") {
-        Some(m) => crate::measure::Target::parse(m)?,
-        None => crate::measure::Target::None,
+        Some(m) => crate::output::measure::Target::parse(m)?,
+        None => crate::output::measure::Target::None,
     };
     let spacing = match a.get("pixel-size") {
-        Some(v) => Some(crate::measure::Spacing::isotropic(
-            crate::measure::parse_pixel_size(v)?,
+        Some(v) => Some(crate::output::measure::Spacing::isotropic(
+            crate::output::measure::parse_pixel_size(v)?,
         )),
         None => file_spacing,
     };
     let mut session = opts.load_session()?;
     let (mask, results) = segment_frame(&mut session, &frame, &prompts, &mut t)?;
     let measured = t.stage("measure", || {
-        let mut scratch = crate::measure::Scratch::default();
-        crate::measure::measure_for(target, &mask, &frame.pixels, spacing, &mut scratch)
+        let mut scratch = crate::output::measure::Scratch::default();
+        crate::output::measure::measure_for(target, &mask, &frame.pixels, spacing, &mut scratch)
     });
     t.stage("write_outputs", || {
         write_outputs(&frame, &mask, &boxes, &out, a.get("overlay").map(Path::new))?;
@@ -187,9 +187,10 @@ pub fn run(argv: &[String]) -> Result<()> {
     let s = &session.manifest.sam;
     let gt_scores = a
         .get("gt")
-        .map(|gt| -> Result<crate::metrics::Scores> {
-            let g = crate::dataset::load_masks(&[PathBuf::from(gt)], frame.width, frame.height)?;
-            Ok(crate::metrics::score(
+        .map(|gt| -> Result<crate::output::metrics::Scores> {
+            let g =
+                crate::input::dataset::load_masks(&[PathBuf::from(gt)], frame.width, frame.height)?;
+            Ok(crate::output::metrics::score(
                 &mask.data,
                 &g,
                 frame.width as usize,
@@ -258,12 +259,12 @@ pub fn run(argv: &[String]) -> Result<()> {
 
 /// One line for people: `HC 183.2 mm (skull outer border)`, `lesion 21.4 x 13.0 mm, 215.3 mm²`.
 pub fn measurement_text(
-    m: &crate::measure::Measurements,
-    target: crate::measure::Target,
+    m: &crate::output::measure::Measurements,
+    target: crate::output::measure::Target,
 ) -> String {
     let u = m.unit.as_str();
     match (target, m.hc) {
-        (crate::measure::Target::Hc, Some(hc)) => {
+        (crate::output::measure::Target::Hc, Some(hc)) => {
             format!(
                 "HC {hc:.1} {u} ({}), area {:.1} {u}²",
                 m.hc_source.as_str(),
@@ -279,9 +280,9 @@ pub fn measurement_text(
 
 /// The measurement as JSON (the same fields `eval` writes per image).
 pub fn measurement_json(
-    m: &crate::measure::Measurements,
-    target: crate::measure::Target,
-    spacing: Option<crate::measure::Spacing>,
+    m: &crate::output::measure::Measurements,
+    target: crate::output::measure::Target,
+    spacing: Option<crate::output::measure::Spacing>,
 ) -> serde_json::Value {
     serde_json::json!({
         "target": target.as_str(),
@@ -318,13 +319,13 @@ fn multi_frame_source(spec: &str) -> Result<Option<Box<dyn FrameSource>>> {
 }
 
 /// A still image, or the only frame of a DICOM file, with the DICOM's pixel spacing if it has one.
-fn load_single(path: &Path) -> Result<(RgbFrame, Option<crate::measure::Spacing>)> {
+fn load_single(path: &Path) -> Result<(RgbFrame, Option<crate::output::measure::Spacing>)> {
     if path.is_file() && source::is_dicom(path) {
         let d = DicomFile::open(path)?;
         let spacing = d
             .info
             .pixel_spacing_mm
-            .map(crate::measure::Spacing::from_row_col);
+            .map(crate::output::measure::Spacing::from_row_col);
         return Ok((d.frame(0)?, spacing));
     }
     Ok((image_io::load_rgb(path)?, None))

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 
 use super::args::{self, Args};
 use super::common::{self, ModelOptions};
-use crate::autoprompt::{Output, Rule};
-use crate::everything::{EverythingOptions, GridDecoder, GridPrompts};
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::model::{Precision, Role};
-use crate::overlay;
-use crate::saliency::Method;
-use crate::salip::{self, CropMode, SalipOptions};
-use crate::text::prompts::{PromptBank, PromptFile};
-use crate::textseg::TextPipeline;
+use crate::output::overlay;
+use crate::pipelines::everything::{EverythingOptions, GridDecoder, GridPrompts};
+use crate::pipelines::salip::{self, CropMode, SalipOptions};
+use crate::pipelines::textseg::TextPipeline;
+use crate::prompting::autoprompt::{Output, Rule};
+use crate::prompting::bank::{PromptBank, PromptFile};
+use crate::prompting::saliency::Method;
 use crate::timing::Timings;
 
 pub const TEXT_USAGE: &str = "\
@@ -464,7 +464,7 @@ pub fn run_bank(argv: &[String]) -> Result<()> {
     let tokenizer = crate::model::clip::load_tokenizer(&m)?;
     let model = crate::model::ClipTextEncoder::load(&m, prec)?;
     let sha = m.entry(Role::ClipText, prec)?.sha256.clone();
-    let mut enc = crate::text::prompts::TextEncoder::new(tokenizer, model, sha);
+    let mut enc = crate::prompting::bank::TextEncoder::new(tokenizer, model, sha);
     let bank = PromptBank::build(&mut enc, &classes)?;
     let out = PathBuf::from(a.get("out").unwrap_or("prompt_bank.json"));
     bank.save(&out)?;

@@ -16,7 +16,7 @@ mod area;
 
 pub use area::resize_area_u8;
 
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 
 /// How prompt coordinates in original pixels reach the model input frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

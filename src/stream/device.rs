@@ -450,19 +450,7 @@ fn link_thread(
             }
         }
 
-        let controls: Vec<Control> = lock(&s.control).drain(..).collect();
-        for c in controls {
-            let msg = match c {
-                Control::Hello => Message::Hello(hello(&s)),
-                Control::Ack(a) => Message::Ack(a),
-                Control::Error(e) => Message::Error(e),
-            };
-            if let Some(cc) = conn.as_mut()
-                && let Err(e) = send_msg(&mut tx, cc, &msg, &s)
-            {
-                link_down(&name, &e, &mut conn, &mut next_retry, &opts, &s);
-            }
-        }
+        send_controls(&mut tx, &mut conn, &s, &name, &mut next_retry, &opts);
         if let Some(cc) = conn.as_mut() {
             let mut r = Ok(());
             if now.duration_since(last_status) >= opts.status_every {
@@ -505,12 +493,39 @@ fn link_thread(
             break;
         }
     }
+    // Errors and Acks queued while the loop waited for its stop (the source's last frames)
+    // go out before the final Status: losing them would hide why those frames had no mask.
+    send_controls(&mut tx, &mut conn, &s, &name, &mut next_retry, &opts);
     if let Some(cc) = conn.as_mut() {
         let _ = send_msg(&mut tx, cc, &Message::Status(status(&s, queue.drops())), &s);
         let _ = cc.writer.flush();
     }
     s.generation.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Sends the queued Hello/Ack/Error messages (dropped while the link is down).
+fn send_controls(
+    tx: &mut Sender,
+    conn: &mut Option<Conn>,
+    s: &Shared,
+    name: &str,
+    next_retry: &mut Instant,
+    opts: &LinkOptions,
+) {
+    let controls: Vec<Control> = lock(&s.control).drain(..).collect();
+    for c in controls {
+        let msg = match c {
+            Control::Hello => Message::Hello(hello(s)),
+            Control::Ack(a) => Message::Ack(a),
+            Control::Error(e) => Message::Error(e),
+        };
+        if let Some(cc) = conn.as_mut()
+            && let Err(e) = send_msg(tx, cc, &msg, s)
+        {
+            link_down(name, &e, conn, next_retry, opts, s);
+        }
+    }
 }
 
 /// Gives a failed connection up. Its reader thread is told to exit too (a new generation): it

@@ -6,7 +6,7 @@ pub mod queue;
 
 pub use device::{DeviceInfo, DeviceLink, LinkOptions, LinkSummary, MaskJob};
 
-use crate::measure::{HcSource, Measurements, Spacing, Target, Unit};
+use crate::output::measure::{HcSource, Measurements, Spacing, Target, Unit};
 use crate::wire::message::{MeasureMsg, WireCaliper, measure_flags};
 
 /// A mask's measurements as the Measure message that follows it on the wire.
@@ -17,7 +17,7 @@ pub fn measure_msg(
     m: &Measurements,
     spacing: Option<Spacing>,
 ) -> MeasureMsg {
-    let caliper = |c: &crate::measure::Caliper| WireCaliper {
+    let caliper = |c: &crate::output::measure::Caliper| WireCaliper {
         x0: c.from.0 as f32,
         y0: c.from.1 as f32,
         x1: c.to.0 as f32,

@@ -1,9 +1,9 @@
 //! Text side of the text-prompted pipelines: open_clip's clean-up and BPE tokenizer ported
-//! to Rust, and prompt banks (precomputed, model-bound text embeddings).
+//! to Rust: the text side of preprocessing (prompt banks, which need the text model, are
+//! `prompting::bank`).
 
 pub mod bpe;
 pub mod clean;
-pub mod prompts;
 
 mod tables;
 

@@ -93,7 +93,7 @@ pub fn shared_masks(shared: &Path, dataset: &str, limit: usize) -> Vec<TestMask>
             if out.len() >= limit {
                 return out;
             }
-            let f = sonomask::image_io::load_rgb(&dir.join(m)).unwrap();
+            let f = sonomask::input::image_io::load_rgb(&dir.join(m)).unwrap();
             let pixels = f
                 .pixels
                 .chunks_exact(3)

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use std::ops::Range;
 
 use super::{DicomInfo, Header, Photometric};
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 
 /// Bytes one native frame occupies.
 pub fn native_frame_bytes(i: &DicomInfo) -> usize {
@@ -244,7 +244,7 @@ pub fn group_fragments(
 /// One JPEG baseline frame to RGB8 (the decoder turns YCbCr into RGB). The header's Rows and
 /// Columns bound the decoder: a frame that claims more is refused before it is decoded.
 pub fn jpeg(i: &DicomInfo, bytes: &[u8]) -> Result<RgbFrame> {
-    let frame = crate::image_io::jpeg::decode(bytes, i.columns, i.rows)
+    let frame = crate::input::image_io::jpeg::decode(bytes, i.columns, i.rows)
         .map_err(|e| anyhow::anyhow!("JPEG decode failed: {e:#}"))?;
     if frame.width != i.columns || frame.height != i.rows {
         bail!(

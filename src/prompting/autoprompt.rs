@@ -12,10 +12,10 @@
 
 use anyhow::{Result, bail};
 
-use crate::components::{Component, label};
-use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
-use crate::saliency::SaliencyMap;
-use crate::saliency::kernels;
+use crate::prompting::components::{Component, label};
+use crate::prompting::prompt::{BoxPrompt, PointPrompt, Prompt};
+use crate::prompting::saliency::SaliencyMap;
+use crate::prompting::saliency::kernels;
 use crate::simd::Kernel;
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -15,13 +15,13 @@ use anyhow::{Context, Result, bail};
 use std::ops::Range;
 use std::path::Path;
 
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use parse::{Cursor, EXPLICIT_LE, Element, Encoding, TAG_PIXEL_DATA, Value};
 
 /// Files larger than this are refused before reading (a cart's cine loops are tens of MB).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 /// Largest frame side accepted (as for images).
-pub const MAX_SIDE: u32 = crate::image_io::MAX_SIDE;
+pub const MAX_SIDE: u32 = crate::input::image_io::MAX_SIDE;
 /// Most frames accepted in one file.
 pub const MAX_FRAMES: u32 = 100_000;
 

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-use crate::image_io::load_rgb;
+use crate::input::image_io::load_rgb;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pair {

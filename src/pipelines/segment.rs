@@ -4,12 +4,12 @@
 use anyhow::Result;
 use std::path::Path;
 
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::mask::{Mask, upscale_logits};
 use crate::model::native_decoder::{self, NativeDecoder};
 use crate::model::{Embedding, Manifest, Precision, SamDecoder, SamEncoder};
 use crate::preprocess::{Geometry, Recipe, sam_input_into};
-use crate::prompt::Prompt;
+use crate::prompting::prompt::Prompt;
 use crate::timing::Timings;
 
 /// Both SAM models plus the buffers reused across frames.

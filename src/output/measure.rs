@@ -250,7 +250,7 @@ pub struct Scratch {
 /// Measure the largest structure in `mask`. None when the mask is empty.
 pub fn measure(mask: &Mask, spacing: Option<Spacing>, s: &mut Scratch) -> Option<Measurements> {
     let (w, h) = (mask.width as usize, mask.height as usize);
-    let comps = crate::components::label(&mask.data, w, h, &mut s.labels);
+    let comps = crate::prompting::components::label(&mask.data, w, h, &mut s.labels);
     let best = comps.iter().max_by_key(|c| c.area)?;
     let unit = if spacing.is_some() {
         Unit::Mm
@@ -373,7 +373,7 @@ fn contour_length(
     solid: &[u8],
     w: usize,
     h: usize,
-    c: &crate::components::Component,
+    c: &crate::prompting::components::Component,
     sp: Spacing,
 ) -> f64 {
     let inside = |x: isize, y: isize| {

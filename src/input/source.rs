@@ -23,8 +23,8 @@ use std::cmp::Ordering;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::dicom::DicomFile;
-use crate::image_io::{self, MAX_SIDE, RgbFrame};
+use crate::input::dicom::DicomFile;
+use crate::input::image_io::{self, MAX_SIDE, RgbFrame};
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 const DICOM_EXTENSIONS: &[&str] = &["dcm", "dicom"];

@@ -7,13 +7,13 @@
 
 use anyhow::Result;
 
-use crate::everything::{Candidate, EverythingOptions, Funnel, generate_layers};
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::mask::Mask;
-use crate::prompt::{BoxPrompt, Prompt};
-use crate::saliency::kernels;
-use crate::segment::Segmentation;
-use crate::textseg::TextPipeline;
+use crate::pipelines::everything::{Candidate, EverythingOptions, Funnel, generate_layers};
+use crate::pipelines::segment::Segmentation;
+use crate::pipelines::textseg::TextPipeline;
+use crate::prompting::prompt::{BoxPrompt, Prompt};
+use crate::prompting::saliency::kernels;
 use crate::timing::Timings;
 
 /// What a candidate's crop shows CLIP.

@@ -16,10 +16,10 @@
 
 use anyhow::Result;
 
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::mask::Mask;
-use crate::prompt::Prompt;
-use crate::segment::{EncodedFrame, SamSession, Segmentation};
+use crate::pipelines::segment::{EncodedFrame, SamSession, Segmentation};
+use crate::prompting::prompt::Prompt;
 use crate::simd;
 use crate::timing::Timings;
 

@@ -4,14 +4,14 @@
 use anyhow::Result;
 use std::path::Path;
 
-use crate::autoprompt::{AutoPrompt, Rule, prompts_from};
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::mask::Mask;
 use crate::model::clip::load_tokenizer;
 use crate::model::{ClipTextEncoder, Precision, Role};
-use crate::saliency::{Method, SaliencyEngine, SaliencyMap};
-use crate::segment::{SamSession, Segmentation};
-use crate::text::prompts::TextEncoder;
+use crate::pipelines::segment::{SamSession, Segmentation};
+use crate::prompting::autoprompt::{AutoPrompt, Rule, prompts_from};
+use crate::prompting::bank::TextEncoder;
+use crate::prompting::saliency::{Method, SaliencyEngine, SaliencyMap};
 use crate::timing::Timings;
 
 /// SAM, the CLIP image side (saliency) and the CLIP text side, with reusable buffers.

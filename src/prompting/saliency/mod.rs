@@ -19,7 +19,7 @@ pub use sonomask_kernels::saliency as kernels;
 
 use anyhow::{Result, bail};
 
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::model::manifest::ClipSection;
 use crate::model::{ClipImageEncoder, Manifest, Precision};
 use crate::preprocess::{Normalize, clip_input_into};

@@ -12,8 +12,8 @@ use anyhow::{Result, bail};
 
 use crate::mask::{Mask, upscale_logits};
 use crate::model::native_decoder::{self, FramePrep, NativeDecoder, Scratch};
-use crate::prompt::{BoxPrompt, PointPrompt, Prompt};
-use crate::segment::{EncodedFrame, SamSession};
+use crate::pipelines::segment::{EncodedFrame, SamSession};
+use crate::prompting::prompt::{BoxPrompt, PointPrompt, Prompt};
 use crate::timing::Timings;
 
 /// What each grid cell prompts with.
@@ -241,7 +241,7 @@ pub fn near_crop_edge(b: Bbox, crop: (u32, u32, u32, u32), frame: (u32, u32), to
 /// the official generator does).
 pub fn generate_layers(
     sam: &mut SamSession,
-    frame: &crate::image_io::RgbFrame,
+    frame: &crate::input::image_io::RgbFrame,
     full: &EncodedFrame,
     o: &EverythingOptions,
     t: &mut Timings,

@@ -5,7 +5,7 @@
 //! both score the same prompts.
 
 use crate::mask::Mask;
-use crate::prompt::{BoxPrompt, PointPrompt};
+use crate::prompting::prompt::{BoxPrompt, PointPrompt};
 
 /// SplitMix64: a tiny, well-known generator both sides implement identically.
 pub struct SplitMix64(u64);

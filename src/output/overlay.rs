@@ -1,9 +1,9 @@
 //! The overlay a clinician reads: the frame, the mask tinted, its outline drawn solid, and the
 //! prompt box (if any) outlined in a second colour so the input is visible next to the answer.
 
-use crate::image_io::RgbFrame;
+use crate::input::image_io::RgbFrame;
 use crate::mask::{Bbox, Mask};
-use crate::prompt::BoxPrompt;
+use crate::prompting::prompt::BoxPrompt;
 
 const TINT: [u8; 3] = [0, 220, 90];
 const OUTLINE: [u8; 3] = [255, 230, 0];
@@ -184,18 +184,18 @@ pub fn line(f: &mut RgbFrame, a: (f64, f64), b: (f64, f64), color: [u8; 3]) {
 /// the figure beside them (`HC 183.2MM`, `54.1X32.0MM`; `PX` without a pixel spacing).
 pub fn measurements(
     f: &mut RgbFrame,
-    m: &crate::measure::Measurements,
-    target: crate::measure::Target,
-    spacing: Option<crate::measure::Spacing>,
+    m: &crate::output::measure::Measurements,
+    target: crate::output::measure::Target,
+    spacing: Option<crate::output::measure::Spacing>,
 ) {
     const COLOR: [u8; 3] = [255, 225, 25];
-    let unit = if m.unit == crate::measure::Unit::Mm {
+    let unit = if m.unit == crate::output::measure::Unit::Mm {
         "MM"
     } else {
         "PX"
     };
     let (text, anchor) = match (target, m.ellipse, m.hc) {
-        (crate::measure::Target::Hc, Some(e), Some(hc)) => {
+        (crate::output::measure::Target::Hc, Some(e), Some(hc)) => {
             let pts = e.outline_px(spacing, 180);
             for (k, &p) in pts.iter().enumerate() {
                 line(f, p, pts[(k + 1) % pts.len()], COLOR);
