@@ -184,7 +184,7 @@ fn a_box_prompt_gives_the_masks_the_sam_pipeline_gives() {
         assert_eq!((*w as u32, *h as u32), (want.width, want.height));
         assert_eq!(pixels, &want.data, "the device's mask is the pipeline's");
     }
-    assert!(want.data.iter().any(|&p| p == 1), "a non-empty mask");
+    assert!(want.data.contains(&1), "a non-empty mask");
 
     // A prompt that cannot fit the frames: each frame is skipped and reported, none fails
     // the run.
