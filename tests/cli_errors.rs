@@ -384,3 +384,48 @@ fn segment_measures_its_mask() {
     bad("--pixel-size", "-1", "not a pixel size");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn help_and_flag_errors_come_from_the_declarations() {
+    for sub in [
+        "segment",
+        "prompt-bank",
+        "stream",
+        "listen",
+        "run",
+        "eval",
+        "bench",
+        "doctor",
+    ] {
+        let out = sonomask(&[sub, "--help"]);
+        assert!(out.status.success(), "{sub} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains(&format!("Usage: sonomask {sub}")),
+            "{sub}: {help}"
+        );
+    }
+    // bench once lacked the shared --decoder-precision; the flattened group gives it.
+    let bench = sonomask(&["bench", "--help"]);
+    assert!(String::from_utf8_lossy(&bench.stdout).contains("--decoder-precision"));
+    let top = sonomask(&["--help"]);
+    assert!(String::from_utf8_lossy(&top.stdout).contains("prompt-bank"));
+    fails_with(
+        &sonomask(&["segment", "x.png", "--bogus"]),
+        "unknown option --bogus",
+    );
+    fails_with(
+        &sonomask(&["segment", "x.png", "--box"]),
+        "--box needs a value",
+    );
+    fails_with(&sonomask(&["doctor", "--json=1"]), "--json takes no value");
+    fails_with(&sonomask(&["frobnicate"]), "unknown command 'frobnicate'");
+    fails_with(
+        &sonomask(&["stream", "stray", "--sink", "stdout"]),
+        "unexpected argument 'stray'",
+    );
+    fails_with(
+        &sonomask(&["bench", "x.png", "--runs", "many", "--box", "1,2,3,4"]),
+        "--runs 'many' is not valid",
+    );
+}

@@ -7,20 +7,10 @@ use std::time::Instant;
 
 use super::args;
 use super::common::ModelOptions;
+use super::flags::BenchArgs;
 use crate::input::image_io;
 use crate::prompting::prompt::{BoxPrompt, Prompt};
 use crate::timing::Timings;
-
-pub const USAGE: &str = "\
-sonomask bench IMAGE --box x0,y0,x1,y1 [--models DIR] [--precision fp32|int8|auto] [--threads N]
-               [--decoder-precision fp32|int8] [--runs N] [--warmup N]
-sonomask bench IMAGE --table [--models DIR] [--threads N] [--runs N] [--warmup N]
-
-  Loads the models once, then times preprocessing, the encoder and the box-prompted decoder
-  over --runs runs (after --warmup runs). Prints one JSON object (milliseconds).
-  --table  on the board itself: every model (SAM encoder and decoder, CLIP image and text) in
-           every precision the manifest has, medians in one run, int8 against fp32, and the
-           faster precision per model for this CPU (a markdown table, then one JSON line).";
 
 /// Mean, median, extremes and count of run times in milliseconds, with the times themselves in
 /// run order (`quantize/compare_runtimes.py --rounds` pools them over rounds).
@@ -36,40 +26,27 @@ fn stats(times: Vec<f64>) -> serde_json::Value {
     serde_json::json!({"mean": mean, "median": median, "min": v[0], "max": v[v.len() - 1], "runs": v.len(), "times": times})
 }
 
-pub fn run(argv: &[String]) -> Result<()> {
-    let a = args::parse(
-        argv,
-        &[
-            "box",
-            "models",
-            "precision",
-            "decoder-precision",
-            "threads",
-            "runs",
-            "warmup",
-        ],
-        &["help", "table"],
-    )?;
-    if a.has("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let [image] = a.positional.as_slice() else {
-        bail!("bench needs one IMAGE\n\n{USAGE}")
+pub fn run(a: BenchArgs) -> Result<()> {
+    let [image] = a.image.as_slice() else {
+        bail!("bench needs one IMAGE\n\n{}", super::usage::<BenchArgs>())
     };
-    if a.has("table") {
+    if a.table {
         return table(&a, Path::new(image));
     }
-    let Some(b) = a.get("box") else {
-        bail!("bench needs --box\n\n{USAGE}")
+    let Some(b) = a.boxes.as_deref() else {
+        bail!("bench needs --box\n\n{}", super::usage::<BenchArgs>())
     };
-    let runs: usize = a.parse_or("runs", 5)?;
-    let warmup: usize = a.parse_or("warmup", 1)?;
+    let runs: usize = args::parse_or("runs", a.runs.as_deref(), 5)?;
+    let warmup: usize = args::parse_or("warmup", a.warmup.as_deref(), 1)?;
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let threads: usize = a.parse_or("threads", super::common::default_threads())?;
-    let opts = ModelOptions::from_args(&a)?;
+    let threads: usize = args::parse_or(
+        "threads",
+        a.model.threads.as_deref(),
+        super::common::default_threads(),
+    )?;
+    let opts = ModelOptions::from_args(&a.model)?;
     let frame = image_io::load_rgb(Path::new(image))?;
     let prompt = Prompt {
         bbox: Some(BoxPrompt::parse(b)?),
@@ -121,19 +98,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Every model in every precision the manifest has, timed on this CPU in one run.
-fn table(a: &args::Args, image: &Path) -> Result<()> {
+fn table(a: &BenchArgs, image: &Path) -> Result<()> {
     use crate::model::clip::load_tokenizer;
     use crate::model::{ClipImageEncoder, ClipTextEncoder, Manifest, Precision, Role, SamDecoder};
     use crate::preprocess::{Normalize, clip_input_into, sam_input_into};
 
-    let runs: usize = a.parse_or("runs", 3)?;
-    let warmup: usize = a.parse_or("warmup", 1)?;
+    let runs: usize = args::parse_or("runs", a.runs.as_deref(), 3)?;
+    let warmup: usize = args::parse_or("warmup", a.warmup.as_deref(), 1)?;
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let threads: usize = a.parse_or("threads", super::common::default_threads())?;
+    let threads: usize = args::parse_or(
+        "threads",
+        a.model.threads.as_deref(),
+        super::common::default_threads(),
+    )?;
     super::common::set_threads(threads)?;
-    let models = super::common::models_dir(a);
+    let models = super::common::models_dir(a.model.models.as_deref());
     let m = Manifest::load(&models)?;
     let frame = image_io::load_rgb(image)?;
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-use super::args::Args;
+use super::args;
+use super::flags::ModelArgs;
 use crate::input::image_io::RgbFrame;
 use crate::model::Precision;
 use crate::pipelines::segment::SamSession;
@@ -27,17 +28,18 @@ pub fn auto_precision() -> Precision {
 }
 
 impl ModelOptions {
-    pub fn from_args(a: &Args) -> Result<Self> {
-        let models = models_dir(a);
-        let precision = match a.get("precision").unwrap_or("auto") {
+    pub fn from_args(a: &ModelArgs) -> Result<Self> {
+        let models = models_dir(a.models.as_deref());
+        let precision = match a.precision.as_deref().unwrap_or("auto") {
             "auto" => auto_precision(),
             p => Precision::parse(p)?,
         };
         let decoder_precision = a
-            .get("decoder-precision")
+            .decoder_precision
+            .as_deref()
             .map(Precision::parse)
             .transpose()?;
-        let threads: usize = a.parse_or("threads", default_threads())?;
+        let threads: usize = args::parse_or("threads", a.threads.as_deref(), default_threads())?;
         set_threads(threads)?;
         Ok(ModelOptions {
             models,
@@ -57,8 +59,8 @@ impl ModelOptions {
 }
 
 /// `--models`, else SONOMASK_MODELS, else ./models.
-pub fn models_dir(a: &Args) -> PathBuf {
-    a.get("models")
+pub fn models_dir(models: Option<&str>) -> PathBuf {
+    models
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("SONOMASK_MODELS").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("models"))

@@ -4,8 +4,8 @@
 use anyhow::Result;
 use std::path::Path;
 
-use super::args;
 use super::common::auto_precision;
+use super::flags::DoctorArgs;
 use crate::cpu::CpuFeatures;
 use crate::model::{Manifest, Precision};
 
@@ -16,13 +16,8 @@ sonomask doctor [--models DIR] [--json]
   status (files present, sha256, synthetic or real weights), the serial ports present, and
   warnings. Exit status 0 even with warnings; 1 only if the check itself failed.";
 
-pub fn run(argv: &[String]) -> Result<()> {
-    let a = args::parse(argv, &["models"], &["json", "help"])?;
-    if a.has("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let models = super::common::models_dir(&a);
+pub fn run(a: DoctorArgs) -> Result<()> {
+    let models = super::common::models_dir(a.models.as_deref());
     let cpu = CpuFeatures::detect();
     let precision = auto_precision();
     let mut warnings: Vec<String> = Vec::new();
@@ -48,7 +43,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         "serial_ports": ports,
         "warnings": warnings,
     });
-    if a.has("json") {
+    if a.json {
         println!("{j}");
         return Ok(());
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::args;
 use super::common::ModelOptions;
+use super::flags::EvalArgs;
 use super::textseg::{self, Pipeline};
 use crate::input::dataset::{Pair, load_gt, read_pairs};
 use crate::input::image_io::RgbFrame;
@@ -19,40 +20,6 @@ use crate::pipelines::segment::SamSession;
 use crate::pipelines::textseg::TextPipeline;
 use crate::prompting::prompt::Prompt;
 use crate::timing::Timings;
-
-pub const USAGE: &str = "\
-sonomask eval --pairs DATA/pairs.csv (--text T | --prompt-file F [--class C] | --bank B [--class C]
-              | --prompt oracle-box|jittered-box|oracle-point) [--pipeline medclip-sam|salip]
-              [--limit N] [--out-dir DIR] [--nsd-tol PX] [--loose F] [--jitter F] [--seed N]
-              [--measure hc|lesion [--pixel-size-csv FILE | --pixel-size MM]]
-              [segment's text options: --saliency, --prompt-rule, --threshold, ...]
-              [--models DIR] [--precision ...]
-
-  Segments every image of a labelled set and scores it against the union of its ground-truth
-  masks: Dice, IoU and NSD (normalised surface distance, tolerance --nsd-tol px, default 2) per
-  image, mean and std over the images with a non-empty ground truth; images with an empty
-  ground truth are reported apart (correct when the prediction is empty too).
-  --prompt oracle-box  prompt SAM with the ground truth's bounding box: the SAM stage alone
-  --loose F            ... grown by the fraction F of its size (0.1 = +10%), clamped to the image
-  --prompt jittered-box  the box as a person draws it: each side moved by up to --jitter F of
-                       the box size (default 0.1), seeded by --seed N (default 0) and the
-                       image's row, so runs repeat (quantize/oracle_prompts.py draws the same)
-  --prompt oracle-point  one foreground click at the ground truth's deepest pixel
-  --prompt everything-bound  SAM everything mode (SaLIP's first stage, 16x16 grid, its filters)
-                       scored by its best candidate: the Dice a perfect CLIP retrieval would
-                       reach; the note gives the candidate count. --grid points|boxes picks
-                       point prompts (official) or a grid of boxes (for box-trained models)
-  --measure hc         biometry per image (head circumference: ellipse fit, Ramanujan): the
-                       predicted mask's, the ground-truth mask's, and the reference HC when
-                       --pixel-size-csv has it (HC18's pixel_size_and_HC.csv); differences in mm
-                       with mean absolute, mean signed and SD, as HC18 reports them
-  --measure lesion     the longest diameter, its perpendicular and the area, predicted against
-                       the ground-truth mask's
-  --pixel-size-csv F   pixel size per image (filename,pixel size(mm)[,head circumference (mm)]);
-  --pixel-size MM      one pixel size for every image; without either, pixels (said so)
-  --pipeline salip     SaLIP (segment's SaLIP options apply: --points-per-side, --top-k, ...)
-  Writes DIR/eval.csv and DIR/eval.json (default DIR eval_out). A failing image is recorded
-  with its error and the run goes on.";
 
 /// Which prompt the ground truth gives the SAM stage.
 #[derive(Clone, Copy, Debug)]
@@ -115,97 +82,78 @@ fn progress(i: usize, n: usize, name: &str, per: f64, tty: bool) {
     let _ = std::io::stderr().flush();
 }
 
-pub fn run(argv: &[String]) -> Result<()> {
-    let mut values = vec![
-        "pairs",
-        "prompt",
-        "loose",
-        "jitter",
-        "seed",
-        "pipeline",
-        "limit",
-        "out-dir",
-        "nsd-tol",
-        "models",
-        "precision",
-        "decoder-precision",
-        "threads",
-        "measure",
-        "pixel-size-csv",
-        "pixel-size",
-    ];
-    values.extend_from_slice(textseg::TEXT_VALUES);
-    let a = args::parse(argv, &values, &["help"])?;
-    if a.has("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
+pub fn run(a: EvalArgs) -> Result<()> {
     let csv = PathBuf::from(
-        a.get("pairs")
+        a.pairs
+            .as_deref()
             .context("eval needs --pairs DATA/pairs.csv")?,
     );
     let mut pairs = read_pairs(&csv)?;
-    if let Some(n) = a.get("limit") {
+    if let Some(n) = a.limit.as_deref() {
         let n: usize = n
             .parse()
             .map_err(|_| anyhow::anyhow!("--limit '{n}' is not a count"))?;
         pairs.truncate(n);
     }
-    let tol: f64 = a.parse_or("nsd-tol", 2.0)?;
+    let tol: f64 = args::parse_or("nsd-tol", a.nsd_tol.as_deref(), 2.0)?;
     if !(0.0..=50.0).contains(&tol) {
         bail!("--nsd-tol must be 0..=50 px");
     }
-    let opts = ModelOptions::from_args(&a)?;
+    let opts = ModelOptions::from_args(&a.model)?;
     let measure = MeasureCfg::from_args(&a)?;
-    let loose: f64 = a.parse_or("loose", 0.0)?;
+    let loose: f64 = args::parse_or("loose", a.loose.as_deref(), 0.0)?;
     if !(0.0..=2.0).contains(&loose) {
         bail!("--loose must be between 0 and 2 (a fraction of the box size)");
     }
-    let mode = match a.get("prompt") {
+    let mode = match a.prompt.as_deref() {
         None => None,
         Some("oracle-box") => Some(Oracle::Box(crate::prompting::oracle::BoxNoise {
             loose,
             ..Default::default()
         })),
         Some("jittered-box") => {
-            let jitter: f64 = a.parse_or("jitter", 0.1)?;
+            let jitter: f64 = args::parse_or("jitter", a.jitter.as_deref(), 0.1)?;
             if !(jitter > 0.0 && jitter <= 1.0) {
                 bail!("--jitter must be in (0, 1] (a fraction of the box size)");
             }
             Some(Oracle::Box(crate::prompting::oracle::BoxNoise {
                 loose,
                 jitter,
-                seed: a.parse_or("seed", 0u64)?,
+                seed: args::parse_or("seed", a.seed.as_deref(), 0u64)?,
             }))
         }
         Some("oracle-point") => Some(Oracle::Point),
-        Some("everything-bound") => Some(Oracle::Bound(textseg::salip_from(&a)?.everything)),
+        Some("everything-bound") => Some(Oracle::Bound(textseg::salip_from(&a.text)?.everything)),
         Some(p) => bail!(
             "--prompt '{p}': the prompt modes are oracle-box, jittered-box, oracle-point and everything-bound"
         ),
     };
-    if mode.is_none() && (a.get("loose").is_some() || a.get("jitter").is_some()) {
+    if mode.is_none() && (a.loose.as_deref().is_some() || a.jitter.as_deref().is_some()) {
         bail!("--loose and --jitter shape oracle boxes: give --prompt oracle-box or jittered-box");
     }
     let oracle = mode.is_some();
-    let pipeline = textseg::pipeline_from(&a)?;
-    if !oracle && !textseg::wants_text(&a) {
+    let pipeline = textseg::pipeline_from(&a.text)?;
+    if !oracle && !textseg::wants_text(&a.text) {
         bail!(
-            "eval needs a text prompt (--text, --prompt-file, --bank) or --prompt oracle-box\n\n{USAGE}"
+            "eval needs a text prompt (--text, --prompt-file, --bank) or --prompt oracle-box\n\n{}",
+            super::usage::<EvalArgs>()
         );
     }
-    let method = textseg::method_from(&a)?;
-    let rule = textseg::rule_from(&a)?;
+    let method = textseg::method_from(&a.text)?;
+    let rule = textseg::rule_from(&a.text)?;
     let mut predictor = match (oracle, pipeline) {
         (true, _) => {
             Predictor::OracleBox(Box::new(opts.load_session()?), mode.expect("oracle mode"))
         }
         (false, Pipeline::MedClipSam) => {
-            Predictor::MedClipSam(Box::new(textseg::load_pipeline(&a, &opts, method)?))
+            Predictor::MedClipSam(Box::new(textseg::load_pipeline(&a.text, &opts, method)?))
         }
         (false, Pipeline::Salip) => {
-            let so = textseg::salip_from(&a)?;
-            Predictor::Salip(Box::new(textseg::load_pipeline(&a, &opts, method)?), so)
+            let so = textseg::salip_from(&a.text)?;
+            Predictor::Salip(
+                Box::new(textseg::load_pipeline(&a.text, &opts, method)?),
+                so,
+            )
         }
     };
     let synthetic = match &predictor {
@@ -276,7 +224,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             tty,
         );
     }
-    let out_dir = PathBuf::from(a.get("out-dir").unwrap_or("eval_out"));
+    let out_dir = PathBuf::from(a.out_dir.as_deref().unwrap_or("eval_out"));
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let labels = match &predictor {
@@ -317,7 +265,7 @@ pub fn run(argv: &[String]) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 fn eval_one(
-    a: &args::Args,
+    a: &EvalArgs,
     predictor: &mut Predictor,
     pair: &Pair,
     index: u64,
@@ -456,10 +404,10 @@ struct Measured {
 }
 
 impl MeasureCfg {
-    fn from_args(a: &args::Args) -> Result<Option<Self>> {
-        let kind = match a.get("measure") {
+    fn from_args(a: &EvalArgs) -> Result<Option<Self>> {
+        let kind = match a.measure.as_deref() {
             None => {
-                if a.get("pixel-size-csv").is_some() || a.get("pixel-size").is_some() {
+                if a.pixel_size_csv.as_deref().is_some() || a.pixel_size.as_deref().is_some() {
                     bail!("--pixel-size and --pixel-size-csv go with --measure hc|lesion");
                 }
                 return Ok(None);
@@ -469,11 +417,11 @@ impl MeasureCfg {
         if kind == crate::output::measure::Target::None {
             return Ok(None);
         }
-        let sizes = match a.get("pixel-size-csv") {
+        let sizes = match a.pixel_size_csv.as_deref() {
             Some(p) => Some(crate::input::dataset::PixelSizes::read(Path::new(p))?),
             None => None,
         };
-        let fixed_mm = match a.get("pixel-size") {
+        let fixed_mm = match a.pixel_size.as_deref() {
             Some(v) => Some(crate::output::measure::parse_pixel_size(v)?),
             None => None,
         };
@@ -536,17 +484,17 @@ impl MeasureCfg {
 
 /// The text embedding: computed once for a fixed text, per image for per-image prompt files.
 fn text_for(
-    a: &args::Args,
+    a: &EvalArgs,
     p: &mut TextPipeline,
     name: &str,
     shared_text: &mut Option<(Vec<f32>, String)>,
     t: &mut Timings,
 ) -> Result<Vec<f32>> {
-    let per_image = a.get("prompt-file").is_some();
+    let per_image = a.text.prompt_file.as_deref().is_some();
     match shared_text {
         Some(s) if !per_image => Ok(s.0.clone()),
         _ => {
-            let e = textseg::text_embedding(a, p, name, t)?;
+            let e = textseg::text_embedding(&a.text, p, name, t)?;
             let v = e.0.clone();
             if !per_image {
                 *shared_text = Some(e);
@@ -589,7 +537,7 @@ fn write_reports(
     dir: &Path,
     pairs: &Path,
     rows: &[Row],
-    a: &args::Args,
+    a: &EvalArgs,
     pipeline: &str,
     synthetic: bool,
     tol: f64,
@@ -664,10 +612,10 @@ fn write_reports(
         "clip_weights": labels.clip.map(|syn| if syn { "SYNTHETIC" } else { "real" }),
         "precision": labels.precision,
         "pipeline": pipeline,
-        "text": a.all("text"),
-        "prompt_file": a.get("prompt-file"),
+        "text": a.text.text.as_slice(),
+        "prompt_file": a.text.prompt_file.as_deref(),
         "saliency_method": (pipeline == "medclip-sam").then_some(method),
-        "prompt_rule": (pipeline == "medclip-sam").then(|| a.get("prompt-rule").unwrap_or("v2")),
+        "prompt_rule": (pipeline == "medclip-sam").then(|| a.text.prompt_rule.as_deref().unwrap_or("v2")),
         "nsd_tolerance_px": tol,
         "dice": stat(|s| s.dice),
         "iou": stat(|s| s.iou),

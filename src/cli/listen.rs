@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::args;
 use super::common;
+use super::flags::ListenArgs;
 use crate::link::{Endpoint, Received, Receiver, is_idle};
 use crate::wire::frame::{MAX_PAYLOAD, VERSION};
 use crate::wire::message::{
@@ -18,52 +19,31 @@ use crate::wire::message::{
 };
 use crate::wire::send::Sender;
 
-pub const USAGE: &str = "\
-sonomask listen ENDPOINT --out DIR [--box x0,y0,x1,y1] [--point x,y[,label]]... [--text T]
-                [--pipeline interactive|medclip-sam|salip] [--clear] [--count N] [--timeout S]
-                [--idle S] [--quiet]
-
-  Host side of the link (protocol: docs/PROTOCOL.md). ENDPOINT is serial:PATH[@BAUD],
-  tcp:HOST:PORT (listens; the device connects), stdin, or a recorded stream file.
-  Writes DIR/mask_FRAME_OBJECT.png (0/255) for every mask that arrives intact and
-  DIR/messages.jsonl (also on stdout unless --quiet) with one JSON line per message or event.
-  --box/--point/--text  send a Prompt (id 1) each time the link opens; --pipeline picks the
-                        pipeline (default interactive; medclip-sam or salip with --text)
-  --clear               send a Prompt that stops the device segmenting
-  --count N             stop after N masks (exit 1 if the timeout comes first)
-  --timeout S           stop after S seconds (default: until the stream ends)
-  --idle S              stop when nothing arrived for S seconds after the first byte";
-
-pub fn run(argv: &[String]) -> Result<()> {
-    let a = args::parse(
-        argv,
-        &[
-            "out", "box", "point", "text", "pipeline", "count", "timeout", "idle",
-        ],
-        &["clear", "quiet", "help"],
-    )?;
-    if a.has("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let [endpoint] = a.positional.as_slice() else {
-        bail!("listen needs exactly one ENDPOINT\n\n{USAGE}");
+pub fn run(a: ListenArgs) -> Result<()> {
+    let [endpoint] = a.endpoint.as_slice() else {
+        bail!(
+            "listen needs exactly one ENDPOINT\n\n{}",
+            super::usage::<ListenArgs>()
+        );
     };
     let endpoint = Endpoint::parse(endpoint, true)?;
-    let out = PathBuf::from(a.get("out").context("listen needs --out DIR")?);
+    let out = PathBuf::from(a.out.as_deref().context("listen needs --out DIR")?);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let count: Option<u64> = a
-        .get("count")
-        .map(|_| a.parse_or("count", 0u64))
+        .count
+        .as_deref()
+        .map(|_| args::parse_or("count", a.count.as_deref(), 0u64))
         .transpose()?;
     let timeout: Option<f64> = a
-        .get("timeout")
-        .map(|_| a.parse_or("timeout", 0.0))
+        .timeout
+        .as_deref()
+        .map(|_| args::parse_or("timeout", a.timeout.as_deref(), 0.0))
         .transpose()?;
     let idle: Option<Duration> = a
-        .get("idle")
+        .idle
+        .as_deref()
         .map(|_| {
-            a.parse_or("idle", 0.0)
+            args::parse_or("idle", a.idle.as_deref(), 0.0)
                 .map(|s: f64| Duration::from_secs_f64(s.max(0.0)))
         })
         .transpose()?;
@@ -76,7 +56,7 @@ pub fn run(argv: &[String]) -> Result<()> {
     let jsonl = File::create(out.join("messages.jsonl")).context("cannot create messages.jsonl")?;
     let mut log = JsonLog {
         file: std::io::BufWriter::new(jsonl),
-        quiet: a.has("quiet"),
+        quiet: a.quiet,
     };
     let mut rx = Receiver::new();
     let mut tx = Sender::new();
@@ -322,8 +302,8 @@ fn host_hello() -> Hello {
     }
 }
 
-fn prompt_from_args(a: &args::Args) -> Result<Option<PromptMsg>> {
-    let pipeline = match a.get("pipeline").unwrap_or("interactive") {
+fn prompt_from_args(a: &ListenArgs) -> Result<Option<PromptMsg>> {
+    let pipeline = match a.pipeline.as_deref().unwrap_or("interactive") {
         "interactive" => Pipeline::Interactive,
         "medclip-sam" => Pipeline::MedClipSam,
         "salip" => Pipeline::Salip,
@@ -337,7 +317,7 @@ fn prompt_from_args(a: &args::Args) -> Result<Option<PromptMsg>> {
         points: heapless::Vec::new(),
         text: heapless::String::new(),
     };
-    if a.has("clear") {
+    if a.clear {
         p.flags |= prompt_flags::CLEAR;
         return Ok(Some(p));
     }
@@ -347,7 +327,7 @@ fn prompt_from_args(a: &args::Args) -> Result<Option<PromptMsg>> {
         }
         Ok(v.round() as u16)
     };
-    if let Some(b) = a.get("box") {
+    if let Some(b) = a.boxes.as_deref() {
         let b = crate::prompting::prompt::BoxPrompt::parse(b)?;
         p.flags |= prompt_flags::HAS_BOX;
         p.bbox = Rect {
@@ -357,7 +337,7 @@ fn prompt_from_args(a: &args::Args) -> Result<Option<PromptMsg>> {
             y1: u16_of(b.y1, "box")?,
         };
     }
-    for s in a.all("point") {
+    for s in a.point.as_slice() {
         let q = crate::prompting::prompt::PointPrompt::parse(s)?;
         let pt = Point {
             x: u16_of(q.x, "point")?,
@@ -368,13 +348,13 @@ fn prompt_from_args(a: &args::Args) -> Result<Option<PromptMsg>> {
             .push(pt)
             .map_err(|_| anyhow::anyhow!("at most 16 --point"))?;
     }
-    if let Some(t) = a.get("text") {
+    if let Some(t) = a.text.as_deref() {
         p.text
             .push_str(t)
             .map_err(|_| anyhow::anyhow!("--text is longer than 512 bytes"))?;
     }
     let any = p.has_box() || !p.points.is_empty() || !p.text.is_empty();
-    if !any && a.get("pipeline").is_some() {
+    if !any && a.pipeline.as_deref().is_some() {
         bail!("--pipeline needs --box, --point or --text");
     }
     Ok(any.then_some(p))

@@ -5,37 +5,31 @@
 use anyhow::{Result, bail};
 use std::path::PathBuf;
 
+use super::flags::{RunArgs, StreamArgs};
 use crate::board::Board;
 use crate::cpu::CpuFeatures;
 
-pub const USAGE: &str = "\
-sonomask run --board NAME|FILE.toml [--boards DIR] [--dry-run] [stream options...]
-
-  Runs `sonomask stream` configured by a board profile (boards/NAME.toml; --boards or
-  SONOMASK_BOARDS picks the directory, default ./boards then /opt/sonomask/boards). Options
-  after the board override the profile's, e.g. --sink tcp:10.0.0.2:7000 or --box 1,2,3,4.
-  --dry-run prints the stream command it would run and exits.";
-
-pub fn run(argv: &[String]) -> Result<()> {
-    let mut board_name = None;
-    let mut dir = std::env::var_os("SONOMASK_BOARDS").map(PathBuf::from);
-    let mut dry = false;
+pub fn run(a: RunArgs) -> Result<()> {
+    let mut board_name = a.board;
+    let mut dir = a
+        .boards
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("SONOMASK_BOARDS").map(PathBuf::from));
+    let mut dry = a.dry_run;
+    // The stream options come last, but run's own flags may still be among them (`run --board
+    // x --sink stdout --dry-run`): clap hands everything after the first stream option over.
     let mut rest: Vec<String> = Vec::new();
-    let mut it = argv.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            "--board" => board_name = it.next().cloned(),
+    let mut it = a.stream.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--board" => board_name = it.next(),
             "--boards" => dir = it.next().map(PathBuf::from),
             "--dry-run" => dry = true,
-            _ => rest.push(a.clone()),
+            _ => rest.push(arg),
         }
     }
     let Some(name) = board_name else {
-        bail!("run needs --board NAME\n\n{USAGE}")
+        bail!("run needs --board NAME\n\n{}", super::usage::<RunArgs>())
     };
     let dir = dir.unwrap_or_else(|| {
         let local = PathBuf::from("boards");
@@ -100,5 +94,5 @@ pub fn run(argv: &[String]) -> Result<()> {
         b.description,
         args.join(" ")
     );
-    super::stream::run(&args)
+    super::stream::run(super::parse::<StreamArgs>("stream", &args)?)
 }

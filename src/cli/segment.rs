@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::args;
 use super::common::{self, ModelOptions};
+use super::flags::SegmentArgs;
 use super::textseg;
 use crate::input::dicom::DicomFile;
 use crate::input::image_io::{self, RgbFrame};
@@ -16,86 +17,37 @@ use crate::pipelines::segment::{SamSession, Segmentation};
 use crate::prompting::prompt::{BoxPrompt, PointPrompt, Prompt};
 use crate::timing::Timings;
 
-pub const USAGE: &str = "\
-sonomask segment IMAGE [--box x0,y0,x1,y1]... [--point x,y[,label]]... [-o mask.png]
-                 [--overlay overlay.png] [--json] [--models DIR] [--precision fp32|int8|auto]
-                 [--threads N]
-sonomask segment CINE.dcm|DIR|raw:SRC --box ...|--point ... [-o DIR] [--cine-threshold F]
-                 [--reencode-every N] [--smooth W] [--no-reuse] [--max-frames N] [--json] ...
-
-  Segments IMAGE (PNG/JPEG) with MobileSAM. Each --box is one object (the masks of several boxes
-  are ORed); --point adds foreground (label 1, default) or background (label 0) clicks to every
-  box, or prompts on its own. Coordinates are pixels of the original image.
-  -o/--out      mask PNG (0/255), default mask.png
-  --overlay     image with the mask tinted and outlined, and the box drawn
-  --json        print a JSON summary (areas, IoU predictions, per-stage timings) on stdout
-  --gt MASK     score the mask against a ground-truth mask of the image (Dice, IoU)
-  --measure hc|lesion|none  biometry of the mask (docs/BIOMETRY.md): hc = the head's ellipse on
-                the skull's outer border and its circumference; lesion = longest diameter, the
-                perpendicular one, area. In mm with --pixel-size MM or a DICOM's pixel spacing,
-                else in pixels (said so). Drawn on --overlay.
-
-  A multi-frame source (a multi-frame DICOM, a directory of images/DICOM files, or raw:-,
-  raw:FILE, raw:tcp:HOST:PORT in the raw frame format of src/input/source.rs) runs in cine mode: one
-  prompt for every frame, the encoder re-run only when the frame changed. -o is then a
-  directory (default cine_out) that receives mask_NNNNN.png per frame, frames.jsonl (per frame:
-  encoder ran or not, change, timings), overlay.png (animated PNG) and strip.png.
-  --cine-threshold F  re-encode when the mean luma change exceeds F (0..1, default 0.01)
-  --reencode-every N  re-encode at least every N frames (default 10)
-  --smooth W          blend logits W*new + (1-W)*previous when masks overlap (IoU >= 0.5);
-                      1 turns smoothing off (default 0.6)
-  --no-reuse          run the encoder on every frame (the reference for the speed-up)";
-
-pub fn run(argv: &[String]) -> Result<()> {
-    let mut values = vec![
-        "box",
-        "point",
-        "gt",
-        "out",
-        "overlay",
-        "models",
-        "precision",
-        "decoder-precision",
-        "threads",
-        "cine-threshold",
-        "reencode-every",
-        "smooth",
-        "max-frames",
-        "measure",
-        "pixel-size",
-    ];
-    values.extend_from_slice(textseg::TEXT_VALUES);
-    let a = args::parse(argv, &values, &["json", "help", "no-reuse"])?;
-    if a.has("help") {
-        println!(
-            "{USAGE}\n\n{}\n\n{}",
-            textseg::TEXT_USAGE,
-            textseg::SALIP_USAGE
+pub fn run(a: SegmentArgs) -> Result<()> {
+    let [image] = a.image.as_slice() else {
+        bail!(
+            "segment needs exactly one IMAGE\n\n{}",
+            super::usage::<SegmentArgs>()
         );
-        return Ok(());
-    }
-    let [image] = a.positional.as_slice() else {
-        bail!("segment needs exactly one IMAGE\n\n{USAGE}");
     };
-    if textseg::wants_text(&a) {
+    if textseg::wants_text(&a.text) {
         let mut t = Timings::default();
         let (frame, _) = t.stage("load_image", || load_single(Path::new(image)))?;
         return textseg::run_segment(&a, image, frame, t);
     }
     let boxes = a
-        .all("box")
+        .boxes
+        .as_slice()
         .iter()
         .map(|s| BoxPrompt::parse(s))
         .collect::<Result<Vec<_>>>()?;
     let points = a
-        .all("point")
+        .point
+        .as_slice()
         .iter()
         .map(|s| PointPrompt::parse(s))
         .collect::<Result<Vec<_>>>()?;
     if boxes.is_empty() && points.is_empty() {
-        bail!("no prompt: give --box and/or --point, or --text\n\n{USAGE}");
+        bail!(
+            "no prompt: give --box and/or --point, or --text\n\n{}",
+            super::usage::<SegmentArgs>()
+        );
     }
-    let opts = ModelOptions::from_args(&a)?;
+    let opts = ModelOptions::from_args(&a.model)?;
     if let Some(source) = multi_frame_source(image)? {
         if boxes.len() > 1 {
             bail!("cine mode takes one --box (one object followed through the frames)");
@@ -105,23 +57,32 @@ pub fn run(argv: &[String]) -> Result<()> {
             points: points.clone(),
         };
         let mut cine_opts = CineOptions {
-            threshold: a.parse_or("cine-threshold", CineOptions::default().threshold)?,
-            max_reuse: a.parse_or("reencode-every", CineOptions::default().max_reuse)?,
-            smooth: a.parse_or("smooth", CineOptions::default().smooth)?,
+            threshold: args::parse_or(
+                "cine-threshold",
+                a.cine.cine_threshold.as_deref(),
+                CineOptions::default().threshold,
+            )?,
+            max_reuse: args::parse_or(
+                "reencode-every",
+                a.cine.reencode_every.as_deref(),
+                CineOptions::default().max_reuse,
+            )?,
+            smooth: args::parse_or("smooth", a.smooth.as_deref(), CineOptions::default().smooth)?,
             ..CineOptions::default()
         };
         if !(0.0..=1.0).contains(&cine_opts.threshold) || !(0.0..=1.0).contains(&cine_opts.smooth) {
             bail!("--cine-threshold and --smooth must be between 0 and 1");
         }
-        if a.has("no-reuse") {
+        if a.cine.no_reuse {
             cine_opts.threshold = 0.0;
             cine_opts.max_reuse = 0;
         }
         let max_frames = a
-            .get("max-frames")
-            .map(|_| a.parse_or("max-frames", 0u32))
+            .max_frames
+            .as_deref()
+            .map(|_| args::parse_or("max-frames", a.max_frames.as_deref(), 0u32))
             .transpose()?;
-        let out = PathBuf::from(a.get("out").unwrap_or("cine_out"));
+        let out = PathBuf::from(a.out.as_deref().unwrap_or("cine_out"));
         let mut session = opts.load_session()?;
         return super::cine::run(
             &mut session,
@@ -131,11 +92,11 @@ pub fn run(argv: &[String]) -> Result<()> {
                 out: &out,
                 opts: cine_opts,
                 max_frames,
-                json: a.has("json"),
+                json: a.json,
             },
         );
     }
-    let out = PathBuf::from(a.get("out").unwrap_or("mask.png"));
+    let out = PathBuf::from(a.out.as_deref().unwrap_or("mask.png"));
 
     let mut t = Timings::default();
     let (frame, file_spacing) = t.stage("load_image", || load_single(Path::new(image)))?;
@@ -158,11 +119,11 @@ pub fn run(argv: &[String]) -> Result<()> {
             .with_context(|| format!("prompt for {image}"))?;
     }
 
-    let target = match a.get("measure") {
+    let target = match a.measure.measure.as_deref() {
         Some(m) => crate::output::measure::Target::parse(m)?,
         None => crate::output::measure::Target::None,
     };
-    let spacing = match a.get("pixel-size") {
+    let spacing = match a.measure.pixel_size.as_deref() {
         Some(v) => Some(crate::output::measure::Spacing::isotropic(
             crate::output::measure::parse_pixel_size(v)?,
         )),
@@ -175,8 +136,14 @@ pub fn run(argv: &[String]) -> Result<()> {
         crate::output::measure::measure_for(target, &mask, &frame.pixels, spacing, &mut scratch)
     });
     t.stage("write_outputs", || {
-        write_outputs(&frame, &mask, &boxes, &out, a.get("overlay").map(Path::new))?;
-        if let (Some(p), Some(m)) = (a.get("overlay"), &measured) {
+        write_outputs(
+            &frame,
+            &mask,
+            &boxes,
+            &out,
+            a.overlay.as_deref().map(Path::new),
+        )?;
+        if let (Some(p), Some(m)) = (a.overlay.as_deref(), &measured) {
             let mut o = overlay::render(&frame, &mask, boxes.first());
             overlay::measurements(&mut o, m, target, spacing);
             common::save_rgb(Path::new(p), &o)?;
@@ -186,7 +153,8 @@ pub fn run(argv: &[String]) -> Result<()> {
 
     let s = &session.manifest.sam;
     let gt_scores = a
-        .get("gt")
+        .gt
+        .as_deref()
         .map(|gt| -> Result<crate::output::metrics::Scores> {
             let g =
                 crate::input::dataset::load_masks(&[PathBuf::from(gt)], frame.width, frame.height)?;
@@ -199,7 +167,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             ))
         })
         .transpose()?;
-    if a.has("json") {
+    if a.json {
         let j = serde_json::json!({
             "image": image,
             "width": frame.width,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::args;
 use super::common::ModelOptions;
+use super::flags::StreamArgs;
 use crate::link::Endpoint;
 use crate::output::measure::{Spacing, Target, parse_pixel_size};
 use crate::pipelines::cine::CineOptions;
@@ -16,105 +17,50 @@ use crate::pipelines::textseg::TextPipeline;
 use crate::stream::{DeviceLink, LinkOptions};
 use crate::wire::message::Pipeline;
 
-pub const USAGE: &str = "\
-sonomask stream --source IMAGE|DIR|CINE.dcm|raw:SRC --sink ENDPOINT [--box x0,y0,x1,y1]
-                [--point x,y[,label]]... [--masks] [--fps F] [--loop] [--count N] [--queue K]
-                [--text T [--pipeline medclip-sam|salip]] [--no-text] [--no-reuse] [--board NAME]
-                [--models DIR] [--precision fp32|int8|auto] [--threads N]
-
-  Device side of the link (protocol: docs/PROTOCOL.md). Each frame of the source (an image, a
-  directory of PNG/JPEG/DICOM in natural order, a DICOM cine, or a raw frame stream raw:-,
-  raw:FILE, raw:tcp:HOST:PORT, raw:serial:PATH[@BAUD]) is segmented with MobileSAM in cine mode
-  (the encoder re-runs only when the picture changed; --no-reuse runs it on every frame) and its
-  mask sent to the sink; the host can replace the prompt at any time with a Prompt message.
-  ENDPOINT      serial:PATH[@BAUD] (UART, USB CDC-ACM; default 921600 baud), tcp:HOST:PORT
-                (connects to `sonomask listen tcp:...`), stdout, or file:PATH
-  --box/--point the prompt until the host sends one; without either, frames wait for a host
-                prompt (needs a two-way link)
-  --text T      a text prompt instead (MedCLIP-SAM, or SaLIP with --pipeline salip); host Prompts
-                may also carry text. MedCLIP-SAM runs in cine mode: CLIP saliency and its box are
-                recomputed only with a new embedding; SaLIP runs whole on every frame. Available
-                when the models include CLIP; --no-text skips loading CLIP (less memory)
-  --masks       the source holds masks (nonzero = foreground): send them as they are, no models
-  --fps F       pace the source at F frames per second (default: as fast as it runs)
-  --loop        repeat the source until --count frames
-  --count N     stop after N frames
-  --queue K     masks waiting for the link before the oldest is dropped (default 2)
-  --cine-threshold F, --reencode-every N  cine settings (see segment --help)
-  --decoder-precision P                   the decoder's precision when it differs
-  --measure hc|lesion|none  send each mask's biometry as a Measure message after it
-                (docs/BIOMETRY.md, docs/PROTOCOL.md 5.8); default: from the text prompt (a head
-                gets hc, a lesion/tumour/mass/nodule/cyst lesion), else none
-  --pixel-size MM  pixel size in mm for the measurements; overrides a DICOM's spacing
-  Serial and TCP links that fail are reopened every 250 ms; masks produced meanwhile are
-  dropped and counted in Status. A summary goes to stderr.";
-
-pub fn run(argv: &[String]) -> Result<()> {
-    let a = args::parse(
-        argv,
-        &[
-            "source",
-            "sink",
-            "box",
-            "point",
-            "fps",
-            "count",
-            "queue",
-            "board",
-            "models",
-            "precision",
-            "threads",
-            "measure",
-            "pixel-size",
-            "decoder-precision",
-            "cine-threshold",
-            "reencode-every",
-            "text",
-            "pipeline",
-        ],
-        &["masks", "loop", "help", "no-reuse", "no-text"],
-    )?;
-    if a.has("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
+pub fn run(a: StreamArgs) -> Result<()> {
     if !a.positional.is_empty() {
-        bail!("unexpected argument '{}'\n\n{USAGE}", a.positional[0]);
+        bail!(
+            "unexpected argument '{}'\n\n{}",
+            a.positional[0],
+            super::usage::<StreamArgs>()
+        );
     }
-    a.get("source")
+    a.source
+        .as_deref()
         .context("stream needs --source IMAGE|DIR|CINE.dcm|raw:SRC")?;
     let sink = Endpoint::parse(
-        a.get("sink").context("stream needs --sink ENDPOINT")?,
+        a.sink.as_deref().context("stream needs --sink ENDPOINT")?,
         false,
     )?;
-    let source_spec = a.get("source").unwrap_or_default().to_string();
+    let source_spec = a.source.as_deref().unwrap_or_default().to_string();
     // Open now so a bad source fails before the link and the models are set up; a live feed
     // that is not up yet is waited for.
     let mut frames = open_source(&source_spec)?;
-    let fps: f64 = a.parse_or("fps", 0.0)?;
+    let fps: f64 = args::parse_or("fps", a.fps.as_deref(), 0.0)?;
     if !(fps >= 0.0 && fps.is_finite()) {
         bail!("--fps must be a positive number");
     }
     let count: Option<u64> = a
-        .get("count")
-        .map(|_| a.parse_or("count", 0u64))
+        .count
+        .as_deref()
+        .map(|_| args::parse_or("count", a.count.as_deref(), 0u64))
         .transpose()?;
-    let looping = a.has("loop");
-    let queue: usize = a.parse_or("queue", 2)?;
+    let looping = a.looping;
+    let queue: usize = args::parse_or("queue", a.queue.as_deref(), 2)?;
     if queue == 0 {
         bail!("--queue must be at least 1");
     }
-    let replay = a.has("masks");
-    let cli_prompt = cli_prompt(a.all("box"), a.all("point"))?;
-    if replay && (cli_prompt.is_some() || a.get("text").is_some()) {
+    let replay = a.masks;
+    let cli_prompt = cli_prompt(a.boxes.as_slice(), a.point.as_slice())?;
+    if replay && (cli_prompt.is_some() || a.text.as_deref().is_some()) {
         bail!("--masks streams masks as they are: --box/--point/--text do not apply");
     }
-    let cli_text: Option<(Pipeline, String)> = match a.get("text") {
+    let cli_text: Option<(Pipeline, String)> = match a.text.as_deref() {
         None => None,
         Some(_) if cli_prompt.is_some() => bail!("give --text or --box/--point, not both"),
         Some(t) if t.trim().is_empty() => bail!("empty text prompt"),
         Some(t) => Some((
-            match a.get("pipeline").unwrap_or("medclip-sam") {
+            match a.pipeline.as_deref().unwrap_or("medclip-sam") {
                 "medclip-sam" => Pipeline::MedClipSam,
                 "salip" => Pipeline::Salip,
                 p => bail!("--pipeline '{p}': expected medclip-sam or salip"),
@@ -122,7 +68,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             t.to_string(),
         )),
     };
-    if cli_text.is_some() && a.has("no-text") {
+    if cli_text.is_some() && a.no_text {
         bail!("--text needs the CLIP models: drop --no-text");
     }
     let cli_prompt: Option<FramePrompt> = match (cli_prompt, cli_text) {
@@ -141,19 +87,15 @@ pub fn run(argv: &[String]) -> Result<()> {
     // the first text Prompt from the host (`lazy_clip`), so a box-prompted device never holds it.
     let mut models = device::Models::default();
     if !replay {
-        let opts = ModelOptions::from_args(&a)?;
+        let opts = ModelOptions::from_args(&a.model)?;
         let manifest = crate::model::Manifest::load(&opts.models)?;
         let has_clip = manifest.clip.is_some();
         let wants_text = matches!(cli_prompt, Some(FramePrompt::Text { .. }));
-        if wants_text && (!has_clip || a.has("no-text")) {
+        if wants_text && (!has_clip || a.no_text) {
             bail!(
                 "--text needs CLIP models, and {} has none{}",
                 opts.models.display(),
-                if a.has("no-text") {
-                    " loaded (--no-text)"
-                } else {
-                    ""
-                }
+                if a.no_text { " loaded (--no-text)" } else { "" }
             );
         }
         models.engine = Some(if wants_text {
@@ -167,7 +109,7 @@ pub fn run(argv: &[String]) -> Result<()> {
             .context("--text needs the CLIP models")?;
             Engine::Text(Box::new(p))
         } else {
-            if has_clip && !a.has("no-text") {
+            if has_clip && !a.no_text {
                 // The vocabulary is the one CLIP file not checked with the models at load.
                 match crate::model::clip::vocab_path(&manifest) {
                     Ok(v) if v.is_file() => {
@@ -187,28 +129,36 @@ pub fn run(argv: &[String]) -> Result<()> {
     }
     // An explicit --measure (or the board's) wins; otherwise each frame's text prompt (the
     // command line's or the host's) chooses: a head gets HC, a lesion calipers.
-    let explicit_target = a.get("measure").map(Target::parse).transpose()?;
-    let fixed_spacing = match a.get("pixel-size") {
+    let explicit_target = a.measure.as_deref().map(Target::parse).transpose()?;
+    let fixed_spacing = match a.pixel_size.as_deref() {
         Some(v) => Some(Spacing::isotropic(parse_pixel_size(v)?)),
         None => None,
     };
     if let Some(t) = explicit_target {
         log::info!("measuring each mask: {}", t.as_str());
     }
-    let cine = if a.has("no-reuse") {
+    let cine = if a.cine.no_reuse {
         CineOptions {
             threshold: 0.0,
             max_reuse: 0,
             ..CineOptions::default()
         }
     } else {
-        let threshold: f32 = a.parse_or("cine-threshold", CineOptions::default().threshold)?;
+        let threshold: f32 = args::parse_or(
+            "cine-threshold",
+            a.cine.cine_threshold.as_deref(),
+            CineOptions::default().threshold,
+        )?;
         if !(0.0..=1.0).contains(&threshold) {
             bail!("--cine-threshold must be between 0 and 1");
         }
         CineOptions {
             threshold,
-            max_reuse: a.parse_or("reencode-every", CineOptions::default().max_reuse)?,
+            max_reuse: args::parse_or(
+                "reencode-every",
+                a.cine.reencode_every.as_deref(),
+                CineOptions::default().max_reuse,
+            )?,
             ..CineOptions::default()
         }
     };
@@ -222,7 +172,7 @@ pub fn run(argv: &[String]) -> Result<()> {
         spacing: fixed_spacing,
         cine,
     };
-    let board = a.get("board").map(str::to_string).unwrap_or_else(|| {
+    let board = a.board.as_deref().map(str::to_string).unwrap_or_else(|| {
         crate::cpu::board_model().unwrap_or_else(|| std::env::consts::ARCH.to_string())
     });
     let info = models.device_info(board, explicit_target);

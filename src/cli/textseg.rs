@@ -4,8 +4,9 @@
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
-use super::args::{self, Args};
+use super::args;
 use super::common::{self, ModelOptions};
+use super::flags::{BankArgs, SegmentArgs, TextArgs};
 use crate::input::image_io::RgbFrame;
 use crate::model::{Precision, Role};
 use crate::output::overlay;
@@ -17,85 +18,7 @@ use crate::prompting::bank::{PromptBank, PromptFile};
 use crate::prompting::saliency::Method;
 use crate::timing::Timings;
 
-pub const TEXT_USAGE: &str = "\
-sonomask segment IMAGE --text \"breast tumor\" [--text ...] | --prompt-file F [--class NAME]
-                 | --bank BANK.json [--class NAME]
-                 [--saliency similarity|scorecam] [--scorecam-k K] [--prompt-rule v1|v2|v2-boxes|v2-points]
-                 [--threshold otsu|kmeans|F] [--top-k N] [--points N] [--clip-precision fp32|int8|auto]
-                 [-o mask.png] [--overlay overlay.png] [--saliency-out saliency.png] [--json]
-
-  Text-prompted segmentation (MedCLIP-SAM, gradient-free): CLIP saliency of the text over the
-  frame, a box (or points) from it by the prompt rule, then SAM.
-  --text          a description; several --text are a prompt ensemble (averaged, normalised)
-  --prompt-file   descriptions: one per line, a SaLIP JSON {\"class\": [..]} (--class picks one),
-                  or a MedCLIP-SAMv2 per-image JSON {\"image.png\": \"..\"}
-  --bank          precomputed embeddings from `sonomask prompt-bank` (bound to the text model)
-  --saliency      similarity (one CLIP pass, default) or scorecam (K masked CLIP passes)
-  --prompt-rule   v1: threshold 0.5, largest component, one box; v2 (default): k-means split,
-                  top-K components, one box around them; v2-boxes: one box per component
-                  (top 2: lungs); v2-points: N positive points
-  --threshold     override the binarisation: otsu, kmeans or a fixed value in [0, 1]
-  Nothing salient: one whole-frame box is used and reported (\"prompt_fallback\").";
-
-pub const SALIP_USAGE: &str = "\
-sonomask segment IMAGE --pipeline salip --text T | --prompt-file F [--class C] | --bank B
-                 [--points-per-side N] [--pred-iou F] [--stability F] [--nms F] [--crop masked|box]
-                 [--top-k K] [--score-floor F] [--crop-layers 0|1|2] [--grid points|boxes]
-                 [--grid-decoder native|tract]
-                 [-o mask.png] [--overlay overlay.png]
-                 [--candidates-out candidates.png] [--json]
-
-  SaLIP: SAM everything mode (an N x N point grid, default 16, on one encoder pass; masks kept
-  with predicted IoU >= --pred-iou (0.88), stability >= --stability (0.95), box NMS --nms (0.7)),
-  each mask's crop (--crop masked: outside the mask blacked out; box: the plain box) scored by
-  CLIP against the text, the top --top-k (1; 2 for lungs) retrieved and SAM re-prompted with
-  their boxes. candidates.png shows every candidate with its CLIP score (* = retrieved). No
-  candidate, or a best score below --score-floor: an empty mask and a status saying why.
-  --crop-layers L adds SAM's crop layers (off by default): layer 1 runs 4 overlapping crops, each
-  one more encoder pass and one more grid of decoder calls (layer 2: 16 more).
-  --grid boxes    prompt each grid cell with boxes (15% and 30% of the frame, single-mask output)
-                  instead of a point: for box-trained models such as LiteMedSAM, whose point
-                  masks rarely pass the predicted-IoU filter (docs/ACCURACY.md).
-  --grid-decoder  native (default): the grid's prompts share the frame's decoder work and only
-                  prompts passing --pred-iou pay for their masks (fp32; an int8 decoder runs on
-                  tract); tract: one decoder graph run per prompt, the reference.";
-
-pub const BANK_USAGE: &str = "\
-sonomask prompt-bank (--prompt-file F | --text T [--name N]) [-o bank.json] [--models DIR]
-                     [--clip-precision fp32|int8|auto]
-
-  Precompute text embeddings on a host: each class of a SaLIP-style JSON file (or the lines of
-  a text file, or the --text descriptions) becomes one ensemble embedding, written to a small
-  JSON file bound to the text model's sha256. `segment --bank` refuses a bank from another
-  text model.";
-
 /// The flags the text path adds to `segment`.
-pub const TEXT_VALUES: &[&str] = &[
-    "text",
-    "prompt-file",
-    "class",
-    "bank",
-    "saliency",
-    "scorecam-k",
-    "prompt-rule",
-    "threshold",
-    "top-k",
-    "points",
-    "clip-precision",
-    "saliency-out",
-    "pipeline",
-    "points-per-side",
-    "pred-iou",
-    "stability",
-    "nms",
-    "crop",
-    "score-floor",
-    "candidates-out",
-    "crop-layers",
-    "grid",
-    "grid-decoder",
-];
-
 /// `--pipeline`: medclip-sam (default) or salip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pipeline {
@@ -103,45 +26,58 @@ pub enum Pipeline {
     Salip,
 }
 
-pub fn pipeline_from(a: &Args) -> Result<Pipeline> {
-    match a.get("pipeline").unwrap_or("medclip-sam") {
+pub fn pipeline_from(a: &TextArgs) -> Result<Pipeline> {
+    match a.pipeline.as_deref().unwrap_or("medclip-sam") {
         "medclip-sam" => Ok(Pipeline::MedClipSam),
         "salip" => Ok(Pipeline::Salip),
         p => bail!("--pipeline '{p}': expected medclip-sam or salip"),
     }
 }
 
-pub fn salip_from(a: &Args) -> Result<SalipOptions> {
+pub fn salip_from(a: &TextArgs) -> Result<SalipOptions> {
     let d = SalipOptions::default();
     let e = d.everything;
     let o = SalipOptions {
         everything: EverythingOptions {
-            points_per_side: a.parse_or("points-per-side", e.points_per_side)?,
-            pred_iou_thresh: a.parse_or("pred-iou", e.pred_iou_thresh)?,
-            stability_thresh: a.parse_or("stability", e.stability_thresh)?,
-            box_nms_thresh: a.parse_or("nms", e.box_nms_thresh)?,
-            crop_n_layers: a.parse_or("crop-layers", e.crop_n_layers)?,
-            grid: match a.get("grid").unwrap_or("points") {
+            points_per_side: args::parse_or(
+                "points-per-side",
+                a.points_per_side.as_deref(),
+                e.points_per_side,
+            )?,
+            pred_iou_thresh: args::parse_or("pred-iou", a.pred_iou.as_deref(), e.pred_iou_thresh)?,
+            stability_thresh: args::parse_or(
+                "stability",
+                a.stability.as_deref(),
+                e.stability_thresh,
+            )?,
+            box_nms_thresh: args::parse_or("nms", a.nms.as_deref(), e.box_nms_thresh)?,
+            crop_n_layers: args::parse_or(
+                "crop-layers",
+                a.crop_layers.as_deref(),
+                e.crop_n_layers,
+            )?,
+            grid: match a.grid.as_deref().unwrap_or("points") {
                 "points" => GridPrompts::Points,
                 "boxes" => GridPrompts::Boxes,
                 g => bail!("--grid '{g}': expected points or boxes"),
             },
-            decoder: match a.get("grid-decoder").unwrap_or("native") {
+            decoder: match a.grid_decoder.as_deref().unwrap_or("native") {
                 "native" => GridDecoder::Native,
                 "tract" => GridDecoder::Tract,
                 d => bail!("--grid-decoder '{d}': expected native or tract"),
             },
             ..e
         },
-        crop: match a.get("crop").unwrap_or("masked") {
+        crop: match a.crop.as_deref().unwrap_or("masked") {
             "masked" => CropMode::Masked,
             "box" => CropMode::Box,
             c => bail!("--crop '{c}': expected masked or box"),
         },
-        top_k: a.parse_or("top-k", 1usize)?,
+        top_k: args::parse_or("top-k", a.top_k.as_deref(), 1usize)?,
         score_floor: a
-            .get("score-floor")
-            .map(|_| a.parse_or("score-floor", 0f32))
+            .score_floor
+            .as_deref()
+            .map(|_| args::parse_or("score-floor", a.score_floor.as_deref(), 0f32))
             .transpose()?,
     };
     o.everything.validate()?;
@@ -151,14 +87,12 @@ pub fn salip_from(a: &Args) -> Result<SalipOptions> {
     Ok(o)
 }
 
-pub fn wants_text(a: &Args) -> bool {
-    ["text", "prompt-file", "bank"]
-        .iter()
-        .any(|f| a.get(f).is_some())
+pub fn wants_text(a: &TextArgs) -> bool {
+    !a.text.is_empty() || a.prompt_file.is_some() || a.bank.is_some()
 }
 
-fn clip_precision(a: &Args, opts: &ModelOptions) -> Result<Precision> {
-    match a.get("clip-precision") {
+fn clip_precision(a: &TextArgs, opts: &ModelOptions) -> Result<Precision> {
+    match a.clip_precision.as_deref() {
         None => Ok(opts.precision),
         Some("auto") => Ok(common::auto_precision()),
         Some(p) => Precision::parse(p),
@@ -166,19 +100,19 @@ fn clip_precision(a: &Args, opts: &ModelOptions) -> Result<Precision> {
 }
 
 /// The rule from --prompt-rule, --threshold, --top-k, --points.
-pub fn rule_from(a: &Args) -> Result<Rule> {
-    let mut rule = Rule::parse(a.get("prompt-rule").unwrap_or("v2"))?;
-    if let Some(t) = a.get("threshold") {
+pub fn rule_from(a: &TextArgs) -> Result<Rule> {
+    let mut rule = Rule::parse(a.prompt_rule.as_deref().unwrap_or("v2"))?;
+    if let Some(t) = a.threshold.as_deref() {
         rule = rule.with_threshold(t)?;
     }
-    if a.get("top-k").is_some() {
-        rule.top_k = a.parse_or("top-k", 1usize)?;
+    if a.top_k.as_deref().is_some() {
+        rule.top_k = args::parse_or("top-k", a.top_k.as_deref(), 1usize)?;
         if rule.top_k == 0 {
             bail!("--top-k must be at least 1");
         }
     }
-    if a.get("points").is_some() {
-        let n: usize = a.parse_or("points", 5)?;
+    if a.points.as_deref().is_some() {
+        let n: usize = args::parse_or("points", a.points.as_deref(), 5)?;
         if !(1..=16).contains(&n) {
             bail!("--points must be 1..=16 (the wire protocol's prompt limit)");
         }
@@ -187,14 +121,14 @@ pub fn rule_from(a: &Args) -> Result<Rule> {
     Ok(rule)
 }
 
-pub fn method_from(a: &Args) -> Result<Method> {
+pub fn method_from(a: &TextArgs) -> Result<Method> {
     Method::parse(
-        a.get("saliency").unwrap_or("similarity"),
-        a.parse_or("scorecam-k", 16usize)?,
+        a.saliency.as_deref().unwrap_or("similarity"),
+        args::parse_or("scorecam-k", a.scorecam_k.as_deref(), 16usize)?,
     )
 }
 
-pub fn load_pipeline(a: &Args, opts: &ModelOptions, method: Method) -> Result<TextPipeline> {
+pub fn load_pipeline(a: &TextArgs, opts: &ModelOptions, method: Method) -> Result<TextPipeline> {
     let batch = match (pipeline_from(a)?, method) {
         (Pipeline::Salip, _) => 8,
         (_, Method::ScoreCam { k }) => k.min(8),
@@ -211,15 +145,15 @@ pub fn load_pipeline(a: &Args, opts: &ModelOptions, method: Method) -> Result<Te
 
 /// The text embedding for `image_name` from --text / --prompt-file / --bank.
 pub fn text_embedding(
-    a: &Args,
+    a: &TextArgs,
     p: &mut TextPipeline,
     image_name: &str,
     t: &mut Timings,
 ) -> Result<(Vec<f32>, String)> {
-    if let Some(bank) = a.get("bank") {
+    if let Some(bank) = a.bank.as_deref() {
         let sha = p.text.model_sha256.clone();
         let b = PromptBank::load(Path::new(bank), &sha, p.text.dim())?;
-        let e = match a.get("class") {
+        let e = match a.class.as_deref() {
             Some(c) => b.get(c)?,
             None if b.entries.len() == 1 => &b.entries[0],
             None => bail!(
@@ -233,10 +167,10 @@ pub fn text_embedding(
         };
         return Ok((e.embedding.clone(), format!("bank:{}", e.name)));
     }
-    let texts: Vec<String> = if let Some(f) = a.get("prompt-file") {
-        PromptFile::load(Path::new(f))?.texts_for(image_name, a.get("class"))?
+    let texts: Vec<String> = if let Some(f) = a.prompt_file.as_deref() {
+        PromptFile::load(Path::new(f))?.texts_for(image_name, a.class.as_deref())?
     } else {
-        a.all("text").to_vec()
+        a.text.as_slice().to_vec()
     };
     for s in &texts {
         if s.trim().is_empty() {
@@ -255,11 +189,11 @@ pub fn text_embedding(
     Ok((p.embed_text(&texts, t)?, label))
 }
 
-pub fn run_segment(a: &Args, image: &str, frame: RgbFrame, t: Timings) -> Result<()> {
-    if !a.all("box").is_empty() || !a.all("point").is_empty() {
+pub fn run_segment(a: &SegmentArgs, image: &str, frame: RgbFrame, t: Timings) -> Result<()> {
+    if !a.boxes.as_slice().is_empty() || !a.point.as_slice().is_empty() {
         bail!("give either a text prompt or --box/--point, not both");
     }
-    match pipeline_from(a)? {
+    match pipeline_from(&a.text)? {
         Pipeline::MedClipSam => run_medclip(a, image, frame, t),
         Pipeline::Salip => run_salip(a, image, frame, t),
     }
@@ -272,15 +206,15 @@ fn image_name(image: &str) -> String {
         .unwrap_or_default()
 }
 
-fn run_salip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<()> {
-    let opts = ModelOptions::from_args(a)?;
-    let so = salip_from(a)?;
-    let mut p = load_pipeline(a, &opts, Method::Similarity)?;
-    let (text, label) = text_embedding(a, &mut p, &image_name(image), &mut t)?;
+fn run_salip(a: &SegmentArgs, image: &str, frame: RgbFrame, mut t: Timings) -> Result<()> {
+    let opts = ModelOptions::from_args(&a.model)?;
+    let so = salip_from(&a.text)?;
+    let mut p = load_pipeline(&a.text, &opts, Method::Similarity)?;
+    let (text, label) = text_embedding(&a.text, &mut p, &image_name(image), &mut t)?;
     let r = salip::segment(&mut p, &frame, &text, &so, &mut t)?;
-    let out = PathBuf::from(a.get("out").unwrap_or("mask.png"));
-    let overlay_path = PathBuf::from(a.get("overlay").unwrap_or("overlay.png"));
-    let cand_path = PathBuf::from(a.get("candidates-out").unwrap_or("candidates.png"));
+    let out = PathBuf::from(a.out.as_deref().unwrap_or("mask.png"));
+    let overlay_path = PathBuf::from(a.overlay.as_deref().unwrap_or("overlay.png"));
+    let cand_path = PathBuf::from(a.text.candidates_out.as_deref().unwrap_or("candidates.png"));
     t.stage("write_outputs", || -> Result<()> {
         common::save_gray(&out, r.mask.width, r.mask.height, &r.mask.to_gray8())?;
         common::save_rgb(
@@ -295,7 +229,7 @@ fn run_salip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<(
     })?;
     let synthetic = p.synthetic();
     let f = r.funnel;
-    if a.has("json") {
+    if a.json {
         let j = serde_json::json!({
             "image": image,
             "width": frame.width,
@@ -340,16 +274,16 @@ fn run_salip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<(
     Ok(())
 }
 
-fn run_medclip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result<()> {
-    let opts = ModelOptions::from_args(a)?;
-    let method = method_from(a)?;
-    let rule = rule_from(a)?;
-    let mut p = load_pipeline(a, &opts, method)?;
-    let (text, label) = text_embedding(a, &mut p, &image_name(image), &mut t)?;
+fn run_medclip(a: &SegmentArgs, image: &str, frame: RgbFrame, mut t: Timings) -> Result<()> {
+    let opts = ModelOptions::from_args(&a.model)?;
+    let method = method_from(&a.text)?;
+    let rule = rule_from(&a.text)?;
+    let mut p = load_pipeline(&a.text, &opts, method)?;
+    let (text, label) = text_embedding(&a.text, &mut p, &image_name(image), &mut t)?;
     let r = p.segment(&frame, &text, method, &rule, &mut t)?;
-    let out = PathBuf::from(a.get("out").unwrap_or("mask.png"));
-    let overlay_path = PathBuf::from(a.get("overlay").unwrap_or("overlay.png"));
-    let sal_path = PathBuf::from(a.get("saliency-out").unwrap_or("saliency.png"));
+    let out = PathBuf::from(a.out.as_deref().unwrap_or("mask.png"));
+    let overlay_path = PathBuf::from(a.overlay.as_deref().unwrap_or("overlay.png"));
+    let sal_path = PathBuf::from(a.text.saliency_out.as_deref().unwrap_or("saliency.png"));
     let boxes: Vec<_> = r.auto.prompts.iter().filter_map(|q| q.bbox).collect();
     t.stage("write_outputs", || -> Result<()> {
         common::save_gray(&out, r.mask.width, r.mask.height, &r.mask.to_gray8())?;
@@ -363,7 +297,7 @@ fn run_medclip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result
         )
     })?;
     let synthetic = p.synthetic();
-    if a.has("json") {
+    if a.json {
         let j = serde_json::json!({
             "image": image,
             "width": frame.width,
@@ -371,7 +305,7 @@ fn run_medclip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result
             "pipeline": "medclip-sam",
             "text": label,
             "saliency_method": method.name(),
-            "prompt_rule": a.get("prompt-rule").unwrap_or("v2"),
+            "prompt_rule": a.text.prompt_rule.as_deref().unwrap_or("v2"),
             "threshold": if r.auto.threshold.is_finite() { serde_json::json!(r.auto.threshold) } else { serde_json::Value::Null },
             "components": r.auto.components,
             "prompt_fallback": r.auto.fallback,
@@ -414,28 +348,11 @@ fn run_medclip(a: &Args, image: &str, frame: RgbFrame, mut t: Timings) -> Result
     Ok(())
 }
 
-pub fn run_bank(argv: &[String]) -> Result<()> {
-    let a = args::parse(
-        argv,
-        &[
-            "prompt-file",
-            "text",
-            "name",
-            "out",
-            "models",
-            "clip-precision",
-            "precision",
-        ],
-        &["help"],
-    )?;
-    if a.has("help") {
-        println!("{BANK_USAGE}");
-        return Ok(());
-    }
-    let classes: Vec<(String, Vec<String>)> = if let Some(f) = a.get("prompt-file") {
+pub fn run_bank(a: BankArgs) -> Result<()> {
+    let classes: Vec<(String, Vec<String>)> = if let Some(f) = a.prompt_file.as_deref() {
         match PromptFile::load(Path::new(f))? {
             PromptFile::Classes(c) => c,
-            PromptFile::Lines(l) => vec![(a.get("name").unwrap_or("prompt").to_string(), l)],
+            PromptFile::Lines(l) => vec![(a.name.as_deref().unwrap_or("prompt").to_string(), l)],
             PromptFile::PerImage(m) => {
                 let mut v: Vec<(String, Vec<String>)> =
                     m.into_iter().map(|(k, t)| (k, vec![t])).collect();
@@ -443,18 +360,22 @@ pub fn run_bank(argv: &[String]) -> Result<()> {
                 v
             }
         }
-    } else if !a.all("text").is_empty() {
+    } else if !a.text.as_slice().is_empty() {
         vec![(
-            a.get("name").unwrap_or("prompt").to_string(),
-            a.all("text").to_vec(),
+            a.name.as_deref().unwrap_or("prompt").to_string(),
+            a.text.as_slice().to_vec(),
         )]
     } else {
-        bail!("prompt-bank needs --prompt-file or --text\n\n{BANK_USAGE}");
+        bail!(
+            "prompt-bank needs --prompt-file or --text\n\n{}",
+            super::usage::<BankArgs>()
+        );
     };
-    let models = common::models_dir(&a);
+    let models = common::models_dir(a.models.as_deref());
     let prec = match a
-        .get("clip-precision")
-        .or(a.get("precision"))
+        .clip_precision
+        .as_deref()
+        .or(a.precision.as_deref())
         .unwrap_or("auto")
     {
         "auto" => common::auto_precision(),
@@ -466,7 +387,7 @@ pub fn run_bank(argv: &[String]) -> Result<()> {
     let sha = m.entry(Role::ClipText, prec)?.sha256.clone();
     let mut enc = crate::prompting::bank::TextEncoder::new(tokenizer, model, sha);
     let bank = PromptBank::build(&mut enc, &classes)?;
-    let out = PathBuf::from(a.get("out").unwrap_or("prompt_bank.json"));
+    let out = PathBuf::from(a.out.as_deref().unwrap_or("prompt_bank.json"));
     bank.save(&out)?;
     println!(
         "{} entries ({} descriptions) -> {} [text model {}]{}",
