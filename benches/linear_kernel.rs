@@ -3,6 +3,9 @@
 //! on the products of MobileSAM's layers, one thread, interleaved, medians. Synthetic values:
 //! speed does not depend on them.
 //!
+//! Where the CPU has AVX-512, the kernel's AVX2+FMA path is timed too, in the same rounds, so
+//! the AVX-512 path's gain is a same-run ratio.
+//!
 //! Run: `cargo bench --bench linear_kernel` (`ROUNDS=N`, default 7).
 
 use std::time::Instant;
@@ -33,10 +36,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
     let kernel = Kernel::best();
+    // The AVX2 path beside AVX-512, when the best kernel is AVX-512.
+    let second = (kernel == Kernel::Avx512).then_some(Kernel::Avx2);
+    println!("kernel: {kernel:?}; also timed: {second:?}");
     println!(
-        "| layer | m x k x n | sgemm ms | linear ms | sgemm GFLOP/s | linear GFLOP/s | speed-up |"
+        "| layer | m x k x n | sgemm ms | linear ms | sgemm GFLOP/s | linear GFLOP/s | speed-up | AVX2 path ms | AVX-512 vs AVX2 |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, (m, k, n)) in [
         ("in cache (peak)", (96, 256, 128)),
         ("stage-1 mlp.fc1", (16384, 128, 512)),
@@ -55,7 +61,7 @@ fn main() {
         let panels = WeightPanels::pack(&w, k, n, (n, 1));
         let mut c = vec![0f32; m * n];
         let mut d = vec![0f32; m * n];
-        let (mut ts, mut tl) = (vec![], vec![]);
+        let (mut ts, mut tl, mut t2) = (vec![], vec![], vec![]);
         for _ in 0..rounds {
             let t = Instant::now();
             for row in c.chunks_mut(n) {
@@ -94,6 +100,21 @@ fn main() {
                 )
             };
             tl.push(t.elapsed().as_secs_f64() * 1e3);
+            if let Some(k2) = second {
+                let t = Instant::now();
+                // SAFETY: as above.
+                unsafe {
+                    multiply(
+                        k2,
+                        (a.as_ptr(), rsa, csa),
+                        &panels,
+                        (d.as_mut_ptr(), n),
+                        (0..m, 0..n),
+                        Some(&bias),
+                    )
+                };
+                t2.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
         let diff = c
             .iter()
@@ -103,8 +124,14 @@ fn main() {
         assert!(diff < 1e-3, "{name}: results differ by {diff}");
         let (s, l) = (median(ts), median(tl));
         let gf = |ms: f64| 2.0 * (m * k * n) as f64 / ms / 1e6;
+        let (avx2, ratio) = if t2.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let a2 = median(t2);
+            (format!("{a2:.1}"), format!("{:.3}x", a2 / l))
+        };
         println!(
-            "| {name} | {m} x {k} x {n} | {s:.1} | {l:.1} | {:.1} | {:.1} | {:.3}x |",
+            "| {name} | {m} x {k} x {n} | {s:.1} | {l:.1} | {:.1} | {:.1} | {:.3}x | {avx2} | {ratio} |",
             gf(s),
             gf(l),
             s / l

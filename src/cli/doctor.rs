@@ -9,13 +9,6 @@ use super::flags::DoctorArgs;
 use crate::cpu::CpuFeatures;
 use crate::model::{Manifest, Precision};
 
-pub const USAGE: &str = "\
-sonomask doctor [--models DIR] [--json]
-
-  Prints CPU features, the kernels and model precision sonomask would use, the model manifest
-  status (files present, sha256, synthetic or real weights), the serial ports present, and
-  warnings. Exit status 0 even with warnings; 1 only if the check itself failed.";
-
 pub fn run(a: DoctorArgs) -> Result<()> {
     let models = super::common::models_dir(a.models.as_deref());
     let cpu = CpuFeatures::detect();

@@ -1,5 +1,5 @@
-//! CPU kernels with runtime-dispatched SIMD: AVX2 on x86-64, NEON on aarch64, and a scalar
-//! fallback that defines the result. Each kernel has all its paths reachable through
+//! CPU kernels with runtime-dispatched SIMD: AVX2+FMA (and AVX-512 where a kernel has a path
+//! that pays) on x86-64, NEON on aarch64, and a scalar fallback that defines the result. Each kernel has all its paths reachable through
 //! [`Kernel`] so tests can prove them equal on the machine they run on (x86 here, aarch64 under
 //! qemu in CI for the NEON path).
 //!
@@ -10,16 +10,38 @@
 // `dispatch!` runs its SIMD arguments in `unsafe` by design (see its doc).
 #![allow(clippy::macro_metavars_in_unsafe)]
 
+pub mod gelu;
+pub mod layer_norm;
+pub mod linear;
+pub mod pointwise;
+pub mod ring;
 pub mod saliency;
+pub mod softmax;
+
+/// Seeded values in [-0.5, 0.5) for the kernels' equality tests.
+#[cfg(test)]
+pub(crate) fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
 
 /// An implementation choice for the kernels below. `Avx2` means AVX2 *and* FMA: the x86
 /// kernels are compiled with both (`#[target_feature(enable = "avx2,fma")]` or fused
 /// multiply-adds in their twins), and CPUs and VMs with AVX2 but no FMA exist, where running
-/// them is undefined behaviour (SIGILL at best). Every dispatch goes through [`Kernel::usable`].
+/// them is undefined behaviour (SIGILL at best). `Avx512` means AVX-512F on top of AVX2+FMA:
+/// kernels with an AVX-512 path take it, every other kernel runs its AVX2+FMA path (see
+/// [`Kernel::x86`]). Every dispatch goes through [`Kernel::usable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Scalar,
     Avx2,
+    Avx512,
     Neon,
 }
 
@@ -28,6 +50,7 @@ pub enum Kernel {
 pub struct Features {
     pub avx2: bool,
     pub fma: bool,
+    pub avx512f: bool,
     pub neon: bool,
 }
 
@@ -40,6 +63,8 @@ impl Features {
             avx2: std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
             fma: std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            avx512f: std::arch::is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "aarch64")]
             neon: std::arch::is_aarch64_feature_detected!("neon"),
             ..Features::default()
@@ -53,7 +78,25 @@ impl Kernel {
         match self {
             Kernel::Scalar => true,
             Kernel::Avx2 => cfg!(target_arch = "x86_64") && f.avx2 && f.fma,
+            Kernel::Avx512 => cfg!(target_arch = "x86_64") && f.avx2 && f.fma && f.avx512f,
             Kernel::Neon => cfg!(target_arch = "aarch64") && f.neon,
+        }
+    }
+
+    /// The x86 kernel whose AVX2+FMA paths this kernel runs: `Avx2` for both x86 kernels (a
+    /// kernel without an AVX-512 path runs its AVX2 one on an AVX-512 CPU), `None` elsewhere.
+    #[inline]
+    pub fn x86(self) -> Option<Kernel> {
+        matches!(self, Kernel::Avx2 | Kernel::Avx512).then_some(Kernel::Avx2)
+    }
+
+    /// The name `SONOMASK_KERNEL` and `doctor` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+            Kernel::Neon => "neon",
         }
     }
 
@@ -65,24 +108,35 @@ impl Kernel {
 
     /// The fastest kernel a CPU with features `f` runs.
     pub fn best_on(f: Features) -> Kernel {
-        [Kernel::Avx2, Kernel::Neon]
+        [Kernel::Avx512, Kernel::Avx2, Kernel::Neon]
             .into_iter()
             .find(|k| k.runs_on(f))
             .unwrap_or(Kernel::Scalar)
     }
 
-    /// The fastest kernel this CPU runs.
+    /// The kernel this process uses: the fastest this CPU runs, or the one `SONOMASK_KERNEL`
+    /// (scalar, avx2, avx512, neon) names when this CPU runs it, for measuring one path against
+    /// another and for working around a fault on a field unit. Chosen once.
     pub fn best() -> Kernel {
-        Kernel::best_on(Features::host())
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Kernel::best_on(Features::host());
+            match std::env::var("SONOMASK_KERNEL") {
+                Ok(v) => match Kernel::ALL.into_iter().find(|k| k.name() == v) {
+                    Some(k) if k.usable() => k,
+                    _ => best,
+                },
+                Err(_) => best,
+            }
+        })
     }
 
-    /// Every kernel this CPU can run (scalar first).
+    /// Every kernel, in order of preference after scalar.
+    pub const ALL: [Kernel; 4] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512, Kernel::Neon];
+
+    /// Every kernel this CPU can run (scalar first): what the equality tests iterate.
     pub fn available() -> Vec<Kernel> {
-        let mut v = vec![Kernel::Scalar];
-        if Kernel::best() != Kernel::Scalar {
-            v.push(Kernel::best());
-        }
-        v
+        Kernel::ALL.into_iter().filter(|k| k.usable()).collect()
     }
 }
 
@@ -96,7 +150,7 @@ macro_rules! dispatch {
     ($k:expr, $scalar:expr, $avx2:expr, $neon:expr) => {
         match $k {
             #[cfg(target_arch = "x86_64")]
-            $crate::Kernel::Avx2 if $crate::Kernel::Avx2.usable() => {
+            $crate::Kernel::Avx2 | $crate::Kernel::Avx512 if $crate::Kernel::Avx2.usable() => {
                 // SAFETY: AVX2 and FMA presence checked just above.
                 unsafe { $avx2 }
             }
@@ -128,7 +182,7 @@ pub fn sad_u8_with(k: Kernel, a: &[u8], b: &[u8]) -> u64 {
     assert_eq!(a.len(), b.len(), "sad_u8 needs slices of equal length");
     match k {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 if Kernel::Avx2.usable() => {
+        Kernel::Avx2 | Kernel::Avx512 if Kernel::Avx2.usable() => {
             // SAFETY: AVX2 presence checked just above.
             unsafe { sad_avx2(a, b) }
         }
@@ -227,6 +281,7 @@ mod tests {
         let avx2_only = Features {
             avx2: true,
             fma: false,
+            avx512f: false,
             neon: false,
         };
         assert!(!Kernel::Avx2.runs_on(avx2_only));
@@ -238,6 +293,25 @@ mod tests {
         assert_eq!(Kernel::Avx2.runs_on(both), cfg!(target_arch = "x86_64"));
         assert!(!Kernel::Neon.runs_on(both));
         assert!(Kernel::Scalar.runs_on(Features::default()));
+        // AVX-512 needs AVX2 and FMA too (its kernels fall back to their AVX2 paths).
+        let avx512_no_fma = Features {
+            avx512f: true,
+            ..avx2_only
+        };
+        assert!(!Kernel::Avx512.runs_on(avx512_no_fma));
+        let all = Features {
+            avx512f: true,
+            ..both
+        };
+        assert_eq!(Kernel::Avx512.runs_on(all), cfg!(target_arch = "x86_64"));
+        let want = if cfg!(target_arch = "x86_64") {
+            Kernel::Avx512
+        } else {
+            Kernel::Scalar
+        };
+        assert_eq!(Kernel::best_on(all), want);
+        assert_eq!(Kernel::Avx512.x86(), Some(Kernel::Avx2));
+        assert_eq!(Kernel::Neon.x86(), None);
         assert_eq!(Kernel::best_on(Features::default()), Kernel::Scalar);
         // What this process picks, it may run.
         assert!(Kernel::best().usable());
@@ -245,8 +319,9 @@ mod tests {
     }
 
     /// Every `#[target_feature]` function asks only for features the kernel table checks
-    /// (AVX2, FMA, NEON): a kernel that enabled, say, AVX-512 would run behind a check that
-    /// does not cover it.
+    /// (AVX2, FMA, AVX-512F, NEON): a kernel that enabled, say, AVX-512 VNNI would run behind a
+    /// check that does not cover it. AVX-512F functions must be reached only through
+    /// `Kernel::Avx512` (whose check covers it), which the kernels' own tests exercise.
     #[test]
     fn target_features_are_covered_by_the_kernel_check() {
         fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -275,7 +350,7 @@ mod tests {
                 let feats = rest.split('"').next().unwrap();
                 for feat in feats.split(',') {
                     assert!(
-                        ["avx2", "fma", "neon"].contains(&feat.trim()),
+                        ["avx2", "fma", "avx512f", "neon"].contains(&feat.trim()),
                         "{}:{}: enables {feat}, which Kernel::usable does not check",
                         f.display(),
                         i + 1

@@ -305,7 +305,7 @@ unsafe fn pack_kt(
     #[allow(unused_mut)]
     let mut j0 = 0;
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 && kernel.usable() && rsb == 1 && k.is_multiple_of(8) {
+    if kernel.x86().is_some() && kernel.usable() && rsb == 1 && k.is_multiple_of(8) {
         while j0 + 8 <= n {
             for p0 in (0..k).step_by(8) {
                 // SAFETY: rows j0..j0 + 8 of K hold columns p0..p0 + 8; kt rows p0..p0 + 8

@@ -16,17 +16,8 @@ use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::GeluExact;
 
 use crate::exec::{SharedMut, par_tasks};
-use crate::pointwise::kernel_has_fma;
 use sonomask_kernels::Kernel;
-
-const A: [f32; 6] = [
-    0.070_523_08,
-    0.042_282_01,
-    0.009_270_527,
-    0.000_152_014_3,
-    0.000_276_567_2,
-    0.000_043_063_8,
-];
+pub use sonomask_kernels::gelu::gelu_slice;
 
 /// Exact GELU over an f32 tensor, in place.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,54 +30,6 @@ impl Gelu {
     pub fn replacing(op: &ElementWiseOp, dt: DatumType, kernel: Kernel) -> Option<Self> {
         (dt == DatumType::F32 && op.1.is_none() && op.0.downcast_ref::<GeluExact>().is_some())
             .then_some(Gelu { kernel })
-    }
-}
-
-/// GELU of every value of `xs`, in place.
-pub fn gelu_slice(kernel: Kernel, xs: &mut [f32]) {
-    match kernel_has_fma(kernel) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 and FMA present (checked by kernel_has_fma).
-        Some(Kernel::Avx2) => unsafe { gelu_avx2(xs) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON present (checked by kernel_has_fma).
-        Some(Kernel::Neon) => unsafe { gelu_neon(xs) },
-        _ => gelu_generic(xs),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_avx2(xs: &mut [f32]) {
-    gelu_generic(xs)
-}
-
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn gelu_neon(xs: &mut [f32]) {
-    gelu_generic(xs)
-}
-
-/// The formula, written so that the compiler vectorises it (no branches; `mul_add` is one
-/// fused instruction where the target has one).
-#[inline(always)]
-fn gelu_generic(xs: &mut [f32]) {
-    let inv_sqrt2 = std::f32::consts::FRAC_1_SQRT_2;
-    for x in xs.iter_mut() {
-        let s = *x * inv_sqrt2;
-        let abs = s.abs();
-        let y = A[5].mul_add(abs, A[4]);
-        let y = y.mul_add(abs, A[3]);
-        let y = y.mul_add(abs, A[2]);
-        let y = y.mul_add(abs, A[1]);
-        let y = y.mul_add(abs, A[0]);
-        let y = y.mul_add(abs, 1.0);
-        let y = y * y;
-        let y = y * y;
-        let y = y * y;
-        let y = y * y;
-        let erf = (1.0 - 1.0 / y).copysign(s);
-        *x = (*x * 0.5) * (erf + 1.0);
     }
 }
 

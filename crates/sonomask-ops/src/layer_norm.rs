@@ -18,12 +18,9 @@
 use tract_core::internal::*;
 
 use crate::exec::{SharedMut, par_tasks};
-use sonomask_kernels::{Kernel, dispatch, reduce8};
-
-/// Columns normalised together on the strided path: 64 f32 sums (a few registers' worth per
-/// pass), and a `len x COLS` block of at most 80 KiB for a 320-channel axis (L2-resident
-/// across the three passes).
-const COLS: usize = 64;
+use sonomask_kernels::Kernel;
+pub use sonomask_kernels::layer_norm::layer_norm_row;
+use sonomask_kernels::layer_norm::{COLS, norm_cols};
 
 /// Layer norm over one axis of an f32 tensor seen as `[outer, len, inner]`, with constant
 /// per-channel scale and shift.
@@ -109,127 +106,6 @@ impl AxisLayerNorm {
             let x = unsafe { base.get().add(o * len * inner + c0) };
             unsafe { norm_cols(self.kernel, x, inner, w, self.eps, &self.gamma, &self.beta) };
         })
-    }
-}
-
-/// Layer norm of one row, in place (the operator's row kernel, also used by the native decoder).
-pub fn layer_norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
-    assert!(
-        gamma.len() == x.len() && beta.len() == x.len(),
-        "row parameters"
-    );
-    dispatch!(
-        k,
-        norm_generic(x, eps, gamma, beta),
-        norm_avx2(x, eps, gamma, beta),
-        norm_neon(x, eps, gamma, beta)
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn norm_avx2(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
-    norm_generic(x, eps, gamma, beta)
-}
-
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn norm_neon(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
-    norm_generic(x, eps, gamma, beta)
-}
-
-/// Sum of `f(v)` over `x` in eight lanes (element `i` into lane `i % 8`), reduced in one order.
-#[inline(always)]
-fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut l = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for j in 0..8 {
-            l[j] += f(c[j]);
-        }
-    }
-    for (j, &v) in chunks.remainder().iter().enumerate() {
-        l[j] += f(v);
-    }
-    reduce8(&l)
-}
-
-#[inline(always)]
-fn norm_generic(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
-    if x.is_empty() {
-        return;
-    }
-    let n = x.len() as f32;
-    let mean = lanes_sum(x, |v| v) / n;
-    let var = lanes_sum(x, |v| (v - mean) * (v - mean)) / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
-        *v = (*v - mean) * inv * g + b;
-    }
-}
-
-/// Columns `0..w` (`w <= COLS`) of `[len, stride]` at `x`, in place, each over the `len` rows.
-///
-/// # Safety
-/// `x` must point at `len` rows of `stride >= w` f32 each, readable and writable.
-unsafe fn norm_cols(
-    k: Kernel,
-    x: *mut f32,
-    stride: usize,
-    w: usize,
-    eps: f32,
-    gamma: &[f32],
-    beta: &[f32],
-) {
-    assert!(w <= COLS && w <= stride && gamma.len() == beta.len());
-    dispatch!(
-        k,
-        // SAFETY: the caller's contract.
-        unsafe { cols_generic(x, stride, w, eps, gamma, beta) },
-        cols_avx2(x, stride, w, eps, gamma, beta),
-        cols_neon(x, stride, w, eps, gamma, beta)
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn cols_avx2(x: *mut f32, stride: usize, w: usize, eps: f32, g: &[f32], b: &[f32]) {
-    unsafe { cols_generic(x, stride, w, eps, g, b) }
-}
-
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn cols_neon(x: *mut f32, stride: usize, w: usize, eps: f32, g: &[f32], b: &[f32]) {
-    unsafe { cols_generic(x, stride, w, eps, g, b) }
-}
-
-#[inline(always)]
-unsafe fn cols_generic(x: *mut f32, stride: usize, w: usize, eps: f32, g: &[f32], b: &[f32]) {
-    let len = g.len();
-    let n = len as f32;
-    // SAFETY (all rows below): row `c < len` is `w` f32 at `x + c * stride`, per the contract.
-    let row = |c: usize| unsafe { std::slice::from_raw_parts_mut(x.add(c * stride), w) };
-    let mut mean = [0f32; COLS];
-    let mut inv = [0f32; COLS];
-    let (mean, inv) = (&mut mean[..w], &mut inv[..w]);
-    for c in 0..len {
-        for (m, v) in mean.iter_mut().zip(row(c).iter()) {
-            *m += v;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
-    for c in 0..len {
-        for ((s, m), v) in inv.iter_mut().zip(mean.iter()).zip(row(c).iter()) {
-            *s += (v - m) * (v - m);
-        }
-    }
-    inv.iter_mut()
-        .for_each(|s| *s = 1.0 / (*s / n + eps).sqrt());
-    for c in 0..len {
-        let (gc, bc) = (g[c], b[c]);
-        for ((v, m), i) in row(c).iter_mut().zip(mean.iter()).zip(inv.iter()) {
-            *v = (*v - m) * i * gc + bc;
-        }
     }
 }
 

@@ -18,14 +18,16 @@ pub mod gelu;
 pub mod gemm;
 mod heads_first;
 pub mod layer_norm;
-pub mod linear;
 pub mod mbconv;
 pub mod movement;
 pub mod pad;
 pub mod patch_embed;
-pub mod pointwise;
-mod ring;
 pub mod softmax;
+
+pub(crate) use sonomask_kernels::ring;
+/// The packed linear-layer and 1x1-convolution kernels and the padded-row ring live in the
+/// kernels crate (pure slice kernels); re-exported under their old paths.
+pub use sonomask_kernels::{linear, pointwise};
 
 mod exec;
 mod graph;

@@ -17,7 +17,7 @@
 //! (bias first, then input channel by input channel), so they agree bit for bit (tested with
 //! `==`); against tract the sums are taken in another order (tested to 1e-5 in `gemm.rs`).
 
-use sonomask_kernels::Kernel;
+use crate::Kernel;
 
 /// Output channels per register block.
 pub const MR: usize = 6;
@@ -187,10 +187,13 @@ pub unsafe fn multiply(
     }
 }
 
-/// The vector path `kernel` can take here (AVX2 needs FMA too), if any.
-pub(crate) fn kernel_has_fma(kernel: Kernel) -> Option<Kernel> {
+/// The vector path `kernel` can take here (AVX2 needs FMA too), if any: `Avx2` for both x86
+/// kernels (an operator without an AVX-512 path runs its AVX2+FMA one), `Neon` on ARM.
+pub fn kernel_has_fma(kernel: Kernel) -> Option<Kernel> {
     match kernel {
-        Kernel::Avx2 | Kernel::Neon if kernel.usable() => Some(kernel),
+        Kernel::Avx2 | Kernel::Avx512 | Kernel::Neon if kernel.usable() => {
+            Some(kernel.x86().unwrap_or(kernel))
+        }
         _ => None,
     }
 }

@@ -11,7 +11,7 @@
 //! accumulators: 2 loads of W and 6 broadcasts of A per 12 multiply-adds), starting from the bias
 //! or from the partial sums of the previous slice of `k`. `A` is read in place: a register
 //! block's 6 rows of the current `k` slice come from memory once and from L1 for every other
-//! panel. That wants A's rows contiguous ([`Gemm`](crate::gemm::Gemm) leaves a transposed A,
+//! panel. That wants A's rows contiguous (sonomask-ops' `Gemm` leaves a transposed A,
 //! the decoder's channels-first image tokens, to the packed sgemm: copying each block's columns
 //! here was measured slower, docs/BENCHMARKS.md, appendix, seventh step).
 //!
@@ -19,11 +19,15 @@
 //! rows of A stay in L1), the columns in groups whose `k` slice of W fits in L2 ([`L2_BYTES`]),
 //! then 6-row blocks, then the group's panels.
 //!
-//! Every path (AVX2+FMA, NEON, scalar `mul_add`) does the same fused multiply-adds in the same
-//! order (from the bias, then `p = 0, 1, ..., k - 1`; a partial sum stored between `k` slices is
+//! On an AVX-512 CPU ([`Kernel::Avx512`]) two neighbouring full panels are one 6 x 32 block: 12
+//! 512-bit accumulators, 2 loads of W and 6 broadcasts of A per 12 multiply-adds of 16 lanes,
+//! twice the AVX2 block's work per instruction (a lone or partial panel takes the AVX2 block).
+//!
+//! Every path (AVX-512, AVX2+FMA, NEON, scalar `mul_add`) does the same fused multiply-adds in
+//! the same order (from the bias, then `p = 0, 1, ..., k - 1`; a partial sum stored between `k` slices is
 //! an f32 either way), so they agree bit for bit (tested with `==`).
 
-use sonomask_kernels::Kernel;
+use crate::Kernel;
 
 use crate::pointwise::kernel_has_fma;
 
@@ -95,7 +99,9 @@ pub unsafe fn multiply(
 ) {
     debug_assert!(cols.start.is_multiple_of(NR) && cols.end <= w.n);
     let fma = kernel_has_fma(kernel);
-    let zeros = [0f32; NR];
+    #[cfg(target_arch = "x86_64")]
+    let wide = kernel == Kernel::Avx512 && kernel.usable();
+    let zeros = [0f32; 2 * NR];
     let panels = cols.start / NR..cols.end.div_ceil(NR);
     let slices = w.k.div_ceil(KC).max(1);
     let kc_max = w.k.div_ceil(slices);
@@ -115,9 +121,36 @@ pub unsafe fn multiply(
                     a.wrapping_offset((i + r.min(valid - 1)) as isize * rsa + p0 as isize * csa)
                 };
                 let a_rows: [*const f32; MR] = std::array::from_fn(row_at);
-                for panel in g..g_end {
+                let mut panel = g;
+                while panel < g_end {
                     let j = panel * NR;
                     let width = NR.min(cols.end - j);
+                    #[cfg(target_arch = "x86_64")]
+                    if wide && panel + 1 < g_end && j + 2 * NR <= cols.end {
+                        // Two full panels as one 6 x 32 block: the bias, or C's partial sums,
+                        // are 32 contiguous values per row.
+                        let cp = c.wrapping_add(i * rs_c + j);
+                        let start = match s {
+                            0 => Start {
+                                src: bias.map_or(zeros.as_ptr(), |b| b[j..j + 2 * NR].as_ptr()),
+                                rs: 0,
+                            },
+                            _ => Start { src: cp, rs: rs_c },
+                        };
+                        let block = Block {
+                            a: a_rows,
+                            csa,
+                            w: w.panel(panel, p0),
+                            kc: p1 - p0,
+                            start,
+                            valid,
+                        };
+                        // SAFETY: AVX-512F (and AVX2, FMA) checked by `usable`; rows i..i +
+                        // valid of C have 2 * NR values from column j (caller's contract).
+                        unsafe { block_avx512_pair(&block, w.panel(panel + 1, p0), cp, rs_c) };
+                        panel += 2;
+                        continue;
+                    }
                     let bias_row = bias.map_or(zeros.as_ptr(), |b| {
                         if width == NR {
                             b[j..].as_ptr()
@@ -171,6 +204,7 @@ pub unsafe fn multiply(
                             };
                         }
                     }
+                    panel += 1;
                 }
                 i += valid;
             }
@@ -265,6 +299,43 @@ unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
     }
 }
 
+/// A 6 x 32 block over two panels (`b.w` and `w1`); the start holds 32 values per row.
+///
+/// # Safety
+/// AVX-512F present; as [`run_block`] with `2 * NR` values per row of C and of the start.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512_pair(b: &Block, w1: *const f32, c: *mut f32, rs_c: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): the caller's contract.
+    unsafe {
+        let mut acc: [[__m512; 2]; MR] = std::array::from_fn(|r| {
+            let s = b.start.src.add(r.min(b.valid - 1) * b.start.rs);
+            [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(NR))]
+        });
+        let a = b.a;
+        let mut off = 0isize;
+        let (mut wp0, mut wp1) = (b.w, w1);
+        for _ in 0..b.kc {
+            let w0 = _mm512_loadu_ps(wp0);
+            let w1 = _mm512_loadu_ps(wp1);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a[r].offset(off));
+                acc[0] = _mm512_fmadd_ps(av, w0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, w1, acc[1]);
+            }
+            off += b.csa;
+            wp0 = wp0.add(NR);
+            wp1 = wp1.add(NR);
+        }
+        for (r, acc) in acc.iter().enumerate().take(b.valid) {
+            let cp = c.add(r * rs_c);
+            _mm512_storeu_ps(cp, acc[0]);
+            _mm512_storeu_ps(cp.add(NR), acc[1]);
+        }
+    }
+}
+
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
@@ -351,6 +422,7 @@ mod tests {
 
     #[test]
     fn every_kernel_equals_scalar_bit_for_bit() {
+        eprintln!("linear kernel paths run here: {:?}", Kernel::available());
         // Partial row blocks and panels, k sliced (> KC) and not, A transposed.
         for (i, (shape, at)) in [
             ((6, 4, 16), false),
@@ -359,6 +431,11 @@ mod tests {
             ((25, 2 * KC + 37, 40), false),
             ((7, 1, 5), false),
             ((40, 300, 96), true),
+            // AVX-512's 6 x 32 blocks: pairs of full panels, from the bias and (k sliced) from
+            // C's partial sums, beside a lone and a partial panel.
+            ((25, 2 * KC + 37, 96), false),
+            ((9, KC + 5, 112), true),
+            ((14, 33, 70), false),
         ]
         .into_iter()
         .enumerate()

@@ -5,13 +5,15 @@
 
 /// Layout of one padded row of a `w`-wide map for a window of `stride` 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PaddedRow {
+pub struct PaddedRow {
     pub w: usize,
     pub stride: usize,
 }
 
 impl PaddedRow {
     /// Values per padded row: the map's `w` and the two zero columns.
+    // A row's length, never empty (`w + 2`): no `is_empty` to go with it.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         self.w + 2
     }
@@ -58,7 +60,7 @@ impl PaddedRow {
 }
 
 /// The ring slot of map row `r` (-1 upwards): three consecutive rows never share one.
-pub(super) fn slot(r: isize) -> usize {
+pub fn slot(r: isize) -> usize {
     (r + 1).rem_euclid(3) as usize
 }
 

@@ -1,0 +1,374 @@
+//! Softmax rows and a vectorised `exp` (the kernels of sonomask-ops' `RowSoftmax`, the
+//! attention operators and the native mask decoder): one pass per step (max, exp-and-sum,
+//! scale) over each row.
+//!
+//! The AVX2, NEON and scalar paths are bit-identical (no FMA; the sum keeps eight lanes in the
+//! AVX2 order and reduces them in one fixed order; `exp` is the same sequence of IEEE operations
+//! in every path), proven by tests with `==`.
+
+use crate::{Kernel, dispatch, reduce8};
+
+pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two (Cody-Waite) so that `x - n ln2` stays exact for the `n` used here.
+pub const LN2_HI: f32 = 0.693_359_4;
+pub const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes `expf` minimax polynomial for `exp(r)` on `|r| <= ln2/2`, highest power first.
+pub const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+/// Inputs are clamped to where `2^n` stays a normal number: `exp(-87.33)` is the smallest
+/// normal f32 (an underflowing softmax term is ~1e-38 instead of 0, far below rounding of a
+/// sum that is at least 1), `exp(88)` is finite.
+pub const X_LO: f32 = -87.33;
+pub const X_HI: f32 = 88.0;
+
+/// `exp(x)` to ~2 ulp for `x` in `[X_LO, X_HI]`, clamped outside. The reference for every path.
+#[inline]
+pub fn exp_scalar(x: f32) -> f32 {
+    // The comparisons mirror `_mm256_max_ps(x, lo)` / `_mm256_min_ps(x, hi)` exactly.
+    let x = if x > X_LO { x } else { X_LO };
+    let x = if x < X_HI { x } else { X_HI };
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI;
+    let r = r - n * LN2_LO;
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = p * r + c;
+    }
+    let y = (p * (r * r) + r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// Softmax of every `row_len`-long row of `data` in place.
+pub fn softmax_rows(k: Kernel, data: &mut [f32], row_len: usize) {
+    assert!(
+        row_len > 0 && data.len().is_multiple_of(row_len),
+        "softmax rows must tile the data"
+    );
+    for row in data.chunks_exact_mut(row_len) {
+        dispatch!(k, row_scalar(row), row_avx2(row), row_neon(row))
+    }
+}
+
+/// `exp` of every value of `xs`, in place: [`exp_scalar`]'s function on every path, equal to
+/// it bit for bit (for softmaxes whose rows are too short for a vector, e.g. over 7 tokens,
+/// vectorised across rows by the caller).
+pub fn exp_in_place(k: Kernel, xs: &mut [f32]) {
+    dispatch!(
+        k,
+        exp_slice_scalar(xs),
+        exp_slice_avx2(xs),
+        exp_slice_neon(xs)
+    )
+}
+
+fn exp_slice_scalar(xs: &mut [f32]) {
+    xs.iter_mut().for_each(|x| *x = exp_scalar(*x));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_slice_avx2(xs: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c holds 8 values.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(c.as_ptr()))) };
+    }
+    let tail = chunks.into_remainder();
+    let mut t = [0f32; 8];
+    t[..tail.len()].copy_from_slice(tail);
+    // SAFETY: t holds 8 values.
+    unsafe { _mm256_storeu_ps(t.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(t.as_ptr()))) };
+    let n = tail.len();
+    tail.copy_from_slice(&t[..n]);
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn exp_slice_neon(xs: &mut [f32]) {
+    use std::arch::aarch64::*;
+    let mut chunks = xs.chunks_exact_mut(4);
+    for c in &mut chunks {
+        // SAFETY: c holds 4 values.
+        unsafe { vst1q_f32(c.as_mut_ptr(), exp_neon(vld1q_f32(c.as_ptr()))) };
+    }
+    let tail = chunks.into_remainder();
+    let mut t = [0f32; 4];
+    t[..tail.len()].copy_from_slice(tail);
+    // SAFETY: t holds 4 values.
+    unsafe { vst1q_f32(t.as_mut_ptr(), exp_neon(vld1q_f32(t.as_ptr()))) };
+    let n = tail.len();
+    tail.copy_from_slice(&t[..n]);
+}
+
+fn row_scalar(row: &mut [f32]) {
+    let mut m = row[0];
+    for &x in row.iter() {
+        m = if x > m { x } else { m };
+    }
+    let n = row.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    for c in row[..n].chunks_exact_mut(8) {
+        for l in 0..8 {
+            c[l] = exp_scalar(c[l] - m);
+            acc[l] += c[l];
+        }
+    }
+    let mut sum = reduce8(&acc);
+    for x in &mut row[n..] {
+        *x = exp_scalar(*x - m);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_max_ps(x, _mm256_set1_ps(X_LO));
+    let x = _mm256_min_ps(x, _mm256_set1_ps(X_HI));
+    let n = _mm256_floor_ps(_mm256_add_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        _mm256_set1_ps(0.5),
+    ));
+    let r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI)));
+    let r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)));
+    let mut p = _mm256_set1_ps(P[0]);
+    for c in &P[1..] {
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(*c));
+    }
+    let y = _mm256_add_ps(
+        _mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r),
+        _mm256_set1_ps(1.0),
+    );
+    let e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_avx2(row: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = row.len() / 8 * 8;
+    let p = row.as_mut_ptr();
+    let mut m = row[0];
+    if n > 0 {
+        // SAFETY (all loads/stores below): indices stay below n <= row.len().
+        let mut vm = unsafe { _mm256_loadu_ps(p) };
+        let mut i = 8;
+        while i < n {
+            vm = _mm256_max_ps(unsafe { _mm256_loadu_ps(p.add(i)) }, vm);
+            i += 8;
+        }
+        let mut l = [0f32; 8];
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), vm) };
+        for x in l {
+            m = if x > m { x } else { m };
+        }
+    }
+    for &x in &row[n..] {
+        m = if x > m { x } else { m };
+    }
+    let vmax = _mm256_set1_ps(m);
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        unsafe {
+            let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vmax));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        i += 8;
+    }
+    let mut l = [0f32; 8];
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    let mut sum = reduce8(&l);
+    // The tail's exponentials in one vector (padded with the max: exp(0), dropped), summed in
+    // the scalar order: short rows (the decoder's 7 tokens) are all tail.
+    if n < row.len() {
+        let mut t = [m; 8];
+        t[..row.len() - n].copy_from_slice(&row[n..]);
+        // SAFETY: t holds 8 values.
+        unsafe {
+            let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(t.as_ptr()), vmax));
+            _mm256_storeu_ps(t.as_mut_ptr(), e);
+        }
+        for (x, &e) in row[n..].iter_mut().zip(&t) {
+            *x = e;
+            sum += e;
+        }
+    }
+    let inv = 1.0 / sum;
+    let vinv = _mm256_set1_ps(inv);
+    let mut i = 0;
+    while i < n {
+        unsafe { _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), vinv)) };
+        i += 8;
+    }
+    for x in &mut row[n..] {
+        *x *= inv;
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn exp_neon(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
+    use std::arch::aarch64::*;
+    // vmaxq/vminq equal the scalar comparisons for the finite values softmax sees.
+    let x = vmaxq_f32(x, vdupq_n_f32(X_LO));
+    let x = vminq_f32(x, vdupq_n_f32(X_HI));
+    let n = vrndmq_f32(vaddq_f32(
+        vmulq_f32(x, vdupq_n_f32(LOG2E)),
+        vdupq_n_f32(0.5),
+    ));
+    let r = vsubq_f32(x, vmulq_f32(n, vdupq_n_f32(LN2_HI)));
+    let r = vsubq_f32(r, vmulq_f32(n, vdupq_n_f32(LN2_LO)));
+    let mut p = vdupq_n_f32(P[0]);
+    for c in &P[1..] {
+        p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(*c));
+    }
+    let y = vaddq_f32(
+        vaddq_f32(vmulq_f32(p, vmulq_f32(r, r)), r),
+        vdupq_n_f32(1.0),
+    );
+    let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+    vmulq_f32(y, vreinterpretq_f32_s32(e))
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn row_neon(row: &mut [f32]) {
+    use std::arch::aarch64::*;
+    let mut m = row[0];
+    for &x in row.iter() {
+        m = if x > m { x } else { m };
+    }
+    let n = row.len() / 8 * 8;
+    let p = row.as_mut_ptr();
+    let vmax = vdupq_n_f32(m);
+    // Lanes 0-3 and 4-7 of the AVX2 order.
+    let (mut a, mut b) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let mut i = 0;
+    while i < n {
+        // SAFETY (all loads/stores below): i + 8 <= n <= row.len().
+        unsafe {
+            let ea = exp_neon(vsubq_f32(vld1q_f32(p.add(i)), vmax));
+            let eb = exp_neon(vsubq_f32(vld1q_f32(p.add(i + 4)), vmax));
+            vst1q_f32(p.add(i), ea);
+            vst1q_f32(p.add(i + 4), eb);
+            a = vaddq_f32(a, ea);
+            b = vaddq_f32(b, eb);
+        }
+        i += 8;
+    }
+    let mut l = [0f32; 8];
+    unsafe {
+        vst1q_f32(l.as_mut_ptr(), a);
+        vst1q_f32(l.as_mut_ptr().add(4), b);
+    }
+    let mut sum = reduce8(&l);
+    // The tail's exponentials in two vectors, as in `row_avx2`.
+    if n < row.len() {
+        let mut t = [m; 8];
+        t[..row.len() - n].copy_from_slice(&row[n..]);
+        // SAFETY: t holds 8 values.
+        unsafe {
+            let tp = t.as_mut_ptr();
+            let ea = exp_neon(vsubq_f32(vld1q_f32(tp), vmax));
+            let eb = exp_neon(vsubq_f32(vld1q_f32(tp.add(4)), vmax));
+            vst1q_f32(tp, ea);
+            vst1q_f32(tp.add(4), eb);
+        }
+        for (x, &e) in row[n..].iter_mut().zip(&t) {
+            *x = e;
+            sum += e;
+        }
+    }
+    let inv = 1.0 / sum;
+    let vinv = vdupq_n_f32(inv);
+    let mut i = 0;
+    while i + 4 <= row.len() {
+        unsafe { vst1q_f32(p.add(i), vmulq_f32(vld1q_f32(p.add(i)), vinv)) };
+        i += 4;
+    }
+    for x in &mut row[i..] {
+        *x *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_row(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
+        let v = crate::test_values(seed, n);
+        v.into_iter().map(|x| x * scale).collect()
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_softmax_range() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 10.0 {
+            let want = (x as f64).exp();
+            let got = exp_scalar(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3.0e-7, "exp relative error {worst:e}");
+        assert_eq!(exp_scalar(0.0), 1.0);
+        // Far below the clamp: tiny, finite, non-negative.
+        let t = exp_scalar(-1.0e30);
+        assert!((0.0..1.0e-37).contains(&t));
+    }
+
+    #[test]
+    fn every_kernel_equals_scalar_bit_for_bit() {
+        let mut seed = 7;
+        for len in 1..=70 {
+            for scale in [0.1f32, 8.0, 200.0] {
+                let row = rand_row(&mut seed, len * 3, scale);
+                let mut want = row.clone();
+                softmax_rows(Kernel::Scalar, &mut want, len);
+                for k in Kernel::available() {
+                    let mut got = row.clone();
+                    softmax_rows(k, &mut got, len);
+                    assert_eq!(got, want, "{k:?} len {len} scale {scale}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_in_place_equals_scalar_bit_for_bit_on_every_kernel() {
+        let mut seed = 5;
+        for len in 0..=37 {
+            for scale in [0.5f32, 30.0, 120.0] {
+                let xs = rand_row(&mut seed, len, scale);
+                let want: Vec<f32> = xs.iter().map(|&x| exp_scalar(x)).collect();
+                for k in Kernel::available() {
+                    let mut got = xs.clone();
+                    exp_in_place(k, &mut got);
+                    let (g, w): (Vec<u32>, Vec<u32>) = (
+                        got.iter().map(|v| v.to_bits()).collect(),
+                        want.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert_eq!(g, w, "{k:?} len {len} scale {scale}");
+                }
+            }
+        }
+    }
+}
