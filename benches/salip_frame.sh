@@ -7,6 +7,8 @@
 # LiteMedSAM from quantize/build_models.sh; CLIP is synthetic and only timed).
 #
 #   [PROFILE=release|iter] benches/salip_frame.sh [ROUNDS] [IMAGE]
+# KERNELS="avx512 avx2" times each of those SIMD kernels (SONOMASK_KERNEL) in the same rounds;
+# GRIDS=native skips the tract-grid and box-grid columns (the slow references).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -25,9 +27,22 @@ frame() {
 }
 SALIP=(segment "$IMG" --pipeline salip --text "fetal head")
 BOXES=(--grid boxes --pred-iou 0.8 --stability 0.7)
-echo "round|threads|box frame ms|SaLIP native ms|SaLIP tract ms|box-grid SaLIP native ms|box-grid SaLIP tract ms"
+KERNELS=${KERNELS:-default}
+GRIDS=${GRIDS:-all}
+if [ "$GRIDS" = native ]; then
+  echo "round|kernel|threads|box frame ms|SaLIP native ms"
+else
+  echo "round|kernel|threads|box frame ms|SaLIP native ms|SaLIP tract ms|box-grid SaLIP native ms|box-grid SaLIP tract ms"
+fi
 for r in $(seq "$ROUNDS"); do
-  for t in 1 2; do
-    echo "$r|$t|$(frame segment "$IMG" --box 100,100,500,400 --threads "$t")|$(frame "${SALIP[@]}" --threads "$t")|$(frame "${SALIP[@]}" --threads "$t" --grid-decoder tract)|$(frame "${SALIP[@]}" "${BOXES[@]}" --threads "$t")|$(frame "${SALIP[@]}" "${BOXES[@]}" --threads "$t" --grid-decoder tract)"
+  for k in $KERNELS; do
+    if [ "$k" = default ]; then unset SONOMASK_KERNEL; else export SONOMASK_KERNEL=$k; fi
+    for t in 1 2; do
+      row="$r|$k|$t|$(frame segment "$IMG" --box 100,100,500,400 --threads "$t")|$(frame "${SALIP[@]}" --threads "$t")"
+      if [ "$GRIDS" != native ]; then
+        row="$row|$(frame "${SALIP[@]}" --threads "$t" --grid-decoder tract)|$(frame "${SALIP[@]}" "${BOXES[@]}" --threads "$t")|$(frame "${SALIP[@]}" "${BOXES[@]}" --threads "$t" --grid-decoder tract)"
+      fi
+      echo "$row"
+    done
   done
 done
