@@ -267,36 +267,183 @@ unsafe fn block_scalar(b: &Block, c: *mut f32, rs_c: usize) {
     }
 }
 
+/// [`NR`] f32 lanes held in one ISA's registers: all the block's vector paths differ in. The
+/// block is written once ([`block_lanes`]) and compiled per ISA by the `#[target_feature]`
+/// wrappers below. It replaced three hand-written intrinsics twins: the AVX-512 and AVX2 inner
+/// loops it compiles to are the same instructions as theirs (objdump; registers renamed), and
+/// their times in one run agree within this VM's noise (docs/BENCHMARKS.md).
+trait Lanes: Copy {
+    /// # Safety
+    /// `p` reads [`NR`] f32; the ISA is present (the wrapper's `#[target_feature]`).
+    unsafe fn load(p: *const f32) -> Self;
+    /// # Safety
+    /// `p` writes [`NR`] f32; the ISA is present.
+    unsafe fn store(self, p: *mut f32);
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn splat(v: f32) -> Self;
+    /// `a * b + c`, fused (one rounding), as `f32::mul_add` in the scalar path.
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
-    use std::arch::x86_64::*;
+#[derive(Clone, Copy)]
+struct Avx2Lanes([std::arch::x86_64::__m256; 2]);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2Lanes {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe { Avx2Lanes([_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe {
+            _mm256_storeu_ps(p, self.0[0]);
+            _mm256_storeu_ps(p.add(8), self.0[1]);
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        let x = unsafe { _mm256_set1_ps(v) };
+        Avx2Lanes([x, x])
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe {
+            Avx2Lanes([
+                _mm256_fmadd_ps(a.0[0], b.0[0], c.0[0]),
+                _mm256_fmadd_ps(a.0[1], b.0[1], c.0[1]),
+            ])
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx512Lanes(std::arch::x86_64::__m512);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512Lanes {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Avx512Lanes(std::arch::x86_64::_mm512_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Avx512Lanes(std::arch::x86_64::_mm512_set1_ps(v)) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Avx512Lanes(std::arch::x86_64::_mm512_fmadd_ps(a.0, b.0, c.0)) }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+struct NeonLanes([std::arch::aarch64::float32x4_t; 4]);
+
+#[cfg(target_arch = "aarch64")]
+impl Lanes for NeonLanes {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        use std::arch::aarch64::*;
+        // SAFETY: the caller's contract.
+        NeonLanes(std::array::from_fn(|q| unsafe { vld1q_f32(p.add(4 * q)) }))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        use std::arch::aarch64::*;
+        for (q, v) in self.0.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { vst1q_f32(p.add(4 * q), *v) };
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: the caller's contract.
+        let x = unsafe { std::arch::aarch64::vdupq_n_f32(v) };
+        NeonLanes([x; 4])
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        use std::arch::aarch64::*;
+        // SAFETY: the caller's contract.
+        NeonLanes(std::array::from_fn(|q| unsafe {
+            vfmaq_f32(c.0[q], a.0[q], b.0[q])
+        }))
+    }
+}
+
+/// A block of `MR` rows by `P` panels (`w[q]`: panel q's slice), in `V`'s registers; the
+/// start holds `P * NR` values per row.
+///
+/// # Safety
+/// As [`run_block`], with `P * NR` values per row of C and of the start; `V`'s ISA present.
+#[inline(always)]
+unsafe fn block_lanes<V: Lanes, const P: usize>(
+    b: &Block,
+    w: [*const f32; P],
+    c: *mut f32,
+    rs_c: usize,
+) {
     // SAFETY (whole body): the caller's contract.
     unsafe {
-        let mut acc: [[__m256; 2]; MR] = std::array::from_fn(|r| {
+        let mut acc: [[V; P]; MR] = std::array::from_fn(|r| {
             let s = b.start.src.add(r.min(b.valid - 1) * b.start.rs);
-            [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8))]
+            std::array::from_fn(|q| V::load(s.add(q * NR)))
         });
         let a = b.a;
         let mut off = 0isize;
-        let mut wp = b.w;
+        let mut wp = w;
         for _ in 0..b.kc {
-            let w0 = _mm256_loadu_ps(wp);
-            let w1 = _mm256_loadu_ps(wp.add(8));
+            let ws: [V; P] = std::array::from_fn(|q| V::load(wp[q]));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a[r].offset(off));
-                acc[0] = _mm256_fmadd_ps(av, w0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(av, w1, acc[1]);
+                let av = V::splat(*a[r].offset(off));
+                for q in 0..P {
+                    acc[q] = V::fma(av, ws[q], acc[q]);
+                }
             }
             off += b.csa;
-            wp = wp.add(NR);
+            for p in &mut wp {
+                *p = p.add(NR);
+            }
         }
         for (r, acc) in acc.iter().enumerate().take(b.valid) {
             let cp = c.add(r * rs_c);
-            _mm256_storeu_ps(cp, acc[0]);
-            _mm256_storeu_ps(cp.add(8), acc[1]);
+            for (q, v) in acc.iter().enumerate() {
+                v.store(cp.add(q * NR));
+            }
         }
     }
+}
+
+/// # Safety
+/// AVX2 and FMA present; see [`run_block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract; the features are this function's.
+    unsafe { block_lanes::<Avx2Lanes, 1>(b, [b.w], c, rs_c) }
 }
 
 /// A 6 x 32 block over two panels (`b.w` and `w1`); the start holds 32 values per row.
@@ -306,67 +453,17 @@ unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512_pair(b: &Block, w1: *const f32, c: *mut f32, rs_c: usize) {
-    use std::arch::x86_64::*;
-    // SAFETY (whole body): the caller's contract.
-    unsafe {
-        let mut acc: [[__m512; 2]; MR] = std::array::from_fn(|r| {
-            let s = b.start.src.add(r.min(b.valid - 1) * b.start.rs);
-            [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(NR))]
-        });
-        let a = b.a;
-        let mut off = 0isize;
-        let (mut wp0, mut wp1) = (b.w, w1);
-        for _ in 0..b.kc {
-            let w0 = _mm512_loadu_ps(wp0);
-            let w1 = _mm512_loadu_ps(wp1);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a[r].offset(off));
-                acc[0] = _mm512_fmadd_ps(av, w0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, w1, acc[1]);
-            }
-            off += b.csa;
-            wp0 = wp0.add(NR);
-            wp1 = wp1.add(NR);
-        }
-        for (r, acc) in acc.iter().enumerate().take(b.valid) {
-            let cp = c.add(r * rs_c);
-            _mm512_storeu_ps(cp, acc[0]);
-            _mm512_storeu_ps(cp.add(NR), acc[1]);
-        }
-    }
+    // SAFETY: the caller's contract; the feature is this function's.
+    unsafe { block_lanes::<Avx512Lanes, 2>(b, [b.w, w1], c, rs_c) }
 }
 
+/// # Safety
+/// NEON present; see [`run_block`].
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
-    use std::arch::aarch64::*;
-    // SAFETY (whole body): the caller's contract.
-    unsafe {
-        let mut acc: [[float32x4_t; 4]; MR] = std::array::from_fn(|r| {
-            let s = b.start.src.add(r.min(b.valid - 1) * b.start.rs);
-            std::array::from_fn(|q| vld1q_f32(s.add(4 * q)))
-        });
-        let a = b.a;
-        let mut off = 0isize;
-        let mut wp = b.w;
-        for _ in 0..b.kc {
-            let w: [float32x4_t; 4] = std::array::from_fn(|q| vld1q_f32(wp.add(4 * q)));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = vdupq_n_f32(*a[r].offset(off));
-                for q in 0..4 {
-                    acc[q] = vfmaq_f32(acc[q], av, w[q]);
-                }
-            }
-            off += b.csa;
-            wp = wp.add(NR);
-        }
-        for (r, acc) in acc.iter().enumerate().take(b.valid) {
-            let cp = c.add(r * rs_c);
-            for (q, v) in acc.iter().enumerate() {
-                vst1q_f32(cp.add(4 * q), *v);
-            }
-        }
-    }
+    // SAFETY: the caller's contract; the feature is this function's.
+    unsafe { block_lanes::<NeonLanes, 1>(b, [b.w], c, rs_c) }
 }
 
 #[cfg(test)]
