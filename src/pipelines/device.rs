@@ -105,18 +105,16 @@ pub fn run(
     link: &DeviceLink,
     stop: &AtomicUsize,
 ) -> Report {
-    let Settings {
-        source,
+    let &Settings {
+        ref source,
         fps,
         count,
         looping,
-        prompt: cli_prompt,
+        prompt: ref cli_prompt,
         target: explicit_target,
         spacing: fixed_spacing,
         cine: cine_options,
     } = settings;
-    let (fps, count, looping, explicit_target, fixed_spacing) =
-        (*fps, *count, *looping, *explicit_target, *fixed_spacing);
     let session = &mut models.engine;
     let lazy_clip = &mut models.lazy_clip;
     let mut measure_scratch = measure::Scratch::default();
@@ -125,7 +123,7 @@ pub fn run(
     let mut skipped = 0u64;
     let mut last_frame = Instant::now();
     let mut rejected_prompt: Option<u16> = None;
-    let mut cine = Cine::new(*cine_options);
+    let mut cine = Cine::new(cine_options);
     let mut last_prompt_id: Option<u16> = None;
     let mut last_health = 0u32;
     let mut text_box: TextBox = None;

@@ -18,9 +18,10 @@ pub mod ring;
 pub mod saliency;
 pub mod softmax;
 
-/// Seeded values in [-0.5, 0.5) for the kernels' equality tests.
-#[cfg(test)]
-pub(crate) fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
+/// Seeded values in [-0.5, 0.5) for the kernels' and the operators' equality tests (public,
+/// hidden, so sonomask-ops' tests draw the same sequence instead of a copy of this).
+#[doc(hidden)]
+pub fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
             *seed = seed

@@ -99,8 +99,7 @@ pub unsafe fn multiply(
 ) {
     debug_assert!(cols.start.is_multiple_of(NR) && cols.end <= w.n);
     let fma = kernel_has_fma(kernel);
-    #[cfg(target_arch = "x86_64")]
-    let wide = kernel == Kernel::Avx512 && kernel.usable();
+    let wide = cfg!(target_arch = "x86_64") && kernel == Kernel::Avx512 && kernel.usable();
     let zeros = [0f32; 2 * NR];
     let panels = cols.start / NR..cols.end.div_ceil(NR);
     let slices = w.k.div_ceil(KC).max(1);
@@ -125,35 +124,12 @@ pub unsafe fn multiply(
                 while panel < g_end {
                     let j = panel * NR;
                     let width = NR.min(cols.end - j);
-                    #[cfg(target_arch = "x86_64")]
-                    if wide && panel + 1 < g_end && j + 2 * NR <= cols.end {
-                        // Two full panels as one 6 x 32 block: the bias, or C's partial sums,
-                        // are 32 contiguous values per row.
-                        let cp = c.wrapping_add(i * rs_c + j);
-                        let start = match s {
-                            0 => Start {
-                                src: bias.map_or(zeros.as_ptr(), |b| b[j..j + 2 * NR].as_ptr()),
-                                rs: 0,
-                            },
-                            _ => Start { src: cp, rs: rs_c },
-                        };
-                        let block = Block {
-                            a: a_rows,
-                            csa,
-                            w: w.panel(panel, p0),
-                            kc: p1 - p0,
-                            start,
-                            valid,
-                        };
-                        // SAFETY: AVX-512F (and AVX2, FMA) checked by `usable`; rows i..i +
-                        // valid of C have 2 * NR values from column j (caller's contract).
-                        unsafe { block_avx512_pair(&block, w.panel(panel + 1, p0), cp, rs_c) };
-                        panel += 2;
-                        continue;
-                    }
+                    // Two full panels as one 6 x 32 block (AVX-512): the bias, or C's partial
+                    // sums, are 32 contiguous values per row.
+                    let pair = wide && panel + 1 < g_end && j + 2 * NR <= cols.end;
                     let bias_row = bias.map_or(zeros.as_ptr(), |b| {
                         if width == NR {
-                            b[j..].as_ptr()
+                            b[j..j + if pair { 2 * NR } else { NR }].as_ptr()
                         } else {
                             spare[..width].copy_from_slice(&b[j..j + width]);
                             spare[width..NR].fill(0.0);
@@ -188,6 +164,16 @@ pub unsafe fn multiply(
                         start,
                         valid,
                     };
+                    if pair {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX-512F (and AVX2, FMA) checked by `usable`; rows i..i +
+                        // valid of C have 2 * NR values from column j (caller's contract).
+                        unsafe {
+                            block_avx512_pair(&block, w.panel(panel + 1, p0), cp, rs_c)
+                        };
+                        panel += 2;
+                        continue;
+                    }
                     if width == NR {
                         // SAFETY: caller's contract: rows i..i + valid of C have NR values
                         // from column j; A's rows and columns are in range.

@@ -28,18 +28,7 @@ pub fn compare_with_tract(stock: TypedModel, inputs: TVec<TValue>) -> (crate::Re
     (done, diff)
 }
 
-/// Seeded values in [-0.5, 0.5) for the operators' tests (one LCG, so every test's data is
-/// reproducible).
-pub fn test_values(seed: &mut u64, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
+pub use sonomask_kernels::test_values;
 
 /// Largest `|a - b|` over two equally long value lists (the operators' tests).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
