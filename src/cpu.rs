@@ -25,7 +25,7 @@ impl CpuFeatures {
     /// Whether int8 is the precision to pick here: aarch64 with SDOT, where tract's int8
     /// kernels use the dot-product instruction. tract-linalg 0.23.9 also has AVX-512-VNNI and
     /// AVX-VNNI int8 kernels, but no VNNI machine was at hand to measure them, and on AVX2
-    /// without VNNI its int8 encoder is 30x slower than its fp32 (docs/BENCHMARKS.md), so x86
+    /// without VNNI its int8 encoder is many times slower than its fp32 (docs/BENCHMARKS.md), so x86
     /// stays fp32 until int8 is measured to pay there.
     pub fn fast_int8(&self) -> bool {
         self.has("dotprod")

@@ -4,8 +4,8 @@
 //! Why: tract allocates every node's output afresh on every run. glibc serves blocks above its
 //! mmap threshold (at most 32 MiB) with `mmap` and returns them with `munmap`, so each run of
 //! the MobileSAM encoder (activations up to 64 MiB) page-faulted and zeroed its big tensors
-//! again: a 3x3 depthwise layer spent most of its 60 ms in `clear_page` and fault handling
-//! (`perf`), not in arithmetic. With mmap off and trimming off, the heap grows to the largest
+//! again: a 3x3 depthwise layer spent most of its time in `clear_page` and fault handling
+//! (`perf`; docs/BENCHMARKS.md, appendix, second step), not in arithmetic. With mmap off and trimming off, the heap grows to the largest
 //! run's peak once and is reused from then on.
 //!
 //! That alone is not bounded: a small block that outlives a run (a reconnect's buffers, a log

@@ -132,3 +132,54 @@ fn the_checker_sees_an_import_against_the_flow() {
     );
     assert!(rank("mask") < rank("pipelines"));
 }
+
+/// SIMD lives in the kernels crate alone (tract-linalg's rule: kernels know nothing of graphs,
+/// operators nothing of instruction sets): no other crate of the workspace compiles code for a
+/// target feature or calls vector intrinsics. Feature *detection* (`doctor`'s CPU report) is
+/// not SIMD and is allowed.
+#[test]
+fn simd_code_lives_only_in_the_kernels_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "crates/sonomask-ops/src", "crates/sonomask-wire/src"] {
+        sources(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 50, "found only {} source files", files.len());
+    let mut kernels = Vec::new();
+    sources(&root.join("crates/sonomask-kernels/src"), &mut kernels);
+    let simd = |line: &str| {
+        let code = line.split("//").next().unwrap_or("");
+        code.contains("#[target_feature")
+            || ["std::arch::", "core::arch::"]
+                .iter()
+                .any(|p| code.contains(p) && !code.contains("_feature_detected"))
+    };
+    // The check sees what it looks for: the kernels crate is full of it.
+    let seen = kernels
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| simd(l))
+        .count();
+    assert!(
+        seen > 40,
+        "the check found only {seen} SIMD lines in the kernels crate"
+    );
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                !simd(line),
+                "{}:{}: SIMD outside the kernels crate: {}",
+                f.display(),
+                i + 1,
+                line.trim()
+            );
+        }
+    }
+}

@@ -10,9 +10,13 @@
 // `dispatch!` runs its SIMD arguments in `unsafe` by design (see its doc).
 #![allow(clippy::macro_metavars_in_unsafe)]
 
+pub mod attention;
+pub mod conv;
+pub mod few_keys;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
+pub mod narrow;
 pub mod pointwise;
 pub mod ring;
 pub mod saliency;

@@ -2,10 +2,10 @@
 //! in place through strides) times constant weights `W` (`k x n`) packed once at load.
 //!
 //! Why: the encoder's MLP, qkv and projection layers and the decoder's token projections were
-//! computed by `matrixmultiply`'s sgemm, which repacks both operands on every call (6-7% of the
-//! encoder's samples), writes the bias into C before the product adds to it (one more pass over
-//! every output, ~3%), and keeps an 8 x 8 register block: 8 broadcasts and one load of B per 8
-//! multiply-adds, so the loads, not the FMA units, set its pace (60-73 GFLOP/s here).
+//! computed by `matrixmultiply`'s sgemm, which repacks both operands on every call, writes the
+//! bias into C before the product adds to it (one more pass over every output), and keeps an
+//! 8 x 8 register block: 8 broadcasts and one load of B per 8 multiply-adds, so the loads, not
+//! the FMA units, set its pace (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced").
 //! Here the weights are packed at load into panels of [`NR`] = 16 columns (`k` rows of 16
 //! contiguous values each) and every 6 x 16 block of C is accumulated in registers (12 AVX2
 //! accumulators: 2 loads of W and 6 broadcasts of A per 12 multiply-adds), starting from the bias

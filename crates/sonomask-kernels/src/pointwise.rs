@@ -5,7 +5,7 @@
 //! so a tile of 16 pixels over all input channels is a set of whole cache lines; a packed sgemm
 //! instead repacks the 65536-pixel activations every call and writes C in 8x8 tiles whose rows
 //! are 256 KiB apart (one cache set). The stage-0 MBConv 1x1 convolutions (k = 64 or 256) ran at
-//! 41-45 GFLOP/s that way. Here: groups of four 16-pixel tiles of the activations (four adjacent
+//! half the product rate that way (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here: groups of four 16-pixel tiles of the activations (four adjacent
 //! cache lines per input channel, prefetched a group ahead because no hardware prefetcher follows
 //! 64-256 streams) are copied into contiguous blocks (the rows are a power of two apart, one
 //! cache set), then every block of 6 output channels is accumulated in registers over all input

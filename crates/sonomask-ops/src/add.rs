@@ -3,8 +3,7 @@
 //!
 //! Why: tract's unicast `Add` writes into its first input, and when that input is still read
 //! elsewhere (the decoder's `keys + attn_out`, `keys` feeding the next projections too) it
-//! first copies it whole on one thread: four such sums of 4 MiB were ~0.8 ms each in the
-//! decoder at 1 thread and no faster at 2. Here the copy is never made: the sum goes into the
+//! first copies it whole on one thread, no faster at 2 threads (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here the copy is never made: the sum goes into the
 //! input held only here (either one: f32 addition is commutative bit for bit), or into a new
 //! tensor written by the same threaded pass that reads both.
 

@@ -3,10 +3,9 @@
 //! over a few input channels (the patch embedding's first convolution, RGB in).
 //!
 //! Why: tract's `DepthWiseConv` walks patch zones element by element; on the encoder's
-//! 256-channel 256x256 MBConv depthwise layers it ran at ~4.6 GFLOP/s (65 ms per layer,
-//! 165 ms of the encoder's 15 such nodes). The 3 -> 32 stride-2 patch-embedding convolution
+//! 256-channel 256x256 MBConv depthwise layers it ran at a few GFLOP/s (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). The 3 -> 32 stride-2 patch-embedding convolution
 //! runs in tract as a product with a 27-long reduction over a lazily gathered 27 x 262144
-//! matrix, 8 GFLOP/s (56 ms). Here every output row is 9 (depthwise) or 9 x C_in (dense)
+//! matrix, as slowly. Here every output row is 9 (depthwise) or 9 x C_in (dense)
 //! vector multiply-adds over contiguous slices: the padded row (stride 1) or its even and odd
 //! halves (stride 2), so the inner loop has no bounds logic.
 //!
@@ -19,7 +18,8 @@ use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_core::ops::nn::DataFormat;
 
 use crate::exec::SharedMut;
-use sonomask_kernels::{Kernel, dispatch};
+use sonomask_kernels::Kernel;
+use sonomask_kernels::conv::taps_rows;
 
 /// Replaces a decluttered f32 [`Conv`] that is 3x3 with constant weights, depthwise or dense
 /// over at most [`MAX_DENSE_INPUTS`] channels. Inputs stay those of the conv: image, kernel
@@ -316,82 +316,6 @@ pub const MAX_DENSE_INPUTS: usize = 4;
 /// Where the odd half of a stride-2 padded row of `width` starts in its buffer.
 fn odd_start(width: usize) -> usize {
     width.div_ceil(2) + 1
-}
-
-/// `out[i] = bias + sum over taps t (in order) of w[t] * src[t][i]`.
-pub(super) fn taps_rows<const N: usize>(
-    k: Kernel,
-    out: &mut [f32],
-    bias: f32,
-    src: &[&[f32]; N],
-    w: &[f32; N],
-) {
-    assert!(
-        src.iter().all(|s| s.len() >= out.len()),
-        "tap rows too short"
-    );
-    dispatch!(
-        k,
-        taps_scalar(out, bias, src, w),
-        taps_avx2(out, bias, src, w),
-        taps_neon(out, bias, src, w)
-    )
-}
-
-fn taps_scalar<const N: usize>(out: &mut [f32], bias: f32, src: &[&[f32]; N], w: &[f32; N]) {
-    for (i, o) in out.iter_mut().enumerate() {
-        let mut acc = bias;
-        for t in 0..N {
-            acc += w[t] * src[t][i];
-        }
-        *o = acc;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn taps_avx2<const N: usize>(out: &mut [f32], bias: f32, src: &[&[f32]; N], w: &[f32; N]) {
-    use std::arch::x86_64::*;
-    let n = out.len() / 8 * 8;
-    let vw: [__m256; N] = std::array::from_fn(|t| _mm256_set1_ps(w[t]));
-    let vb = _mm256_set1_ps(bias);
-    let mut i = 0;
-    while i < n {
-        let mut acc = vb;
-        for t in 0..N {
-            // SAFETY: i + 8 <= n <= out.len() <= src[t].len() (asserted by the caller).
-            let x = unsafe { _mm256_loadu_ps(src[t].as_ptr().add(i)) };
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(vw[t], x));
-        }
-        // SAFETY: as above.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), acc) };
-        i += 8;
-    }
-    let tail: [&[f32]; N] = std::array::from_fn(|t| &src[t][n..]);
-    taps_scalar(&mut out[n..], bias, &tail, w);
-}
-
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn taps_neon<const N: usize>(out: &mut [f32], bias: f32, src: &[&[f32]; N], w: &[f32; N]) {
-    use std::arch::aarch64::*;
-    let n = out.len() / 4 * 4;
-    let vw: [float32x4_t; N] = std::array::from_fn(|t| vdupq_n_f32(w[t]));
-    let vb = vdupq_n_f32(bias);
-    let mut i = 0;
-    while i < n {
-        let mut acc = vb;
-        for t in 0..N {
-            // SAFETY: i + 4 <= n <= out.len() <= src[t].len() (asserted by the caller).
-            let x = unsafe { vld1q_f32(src[t].as_ptr().add(i)) };
-            acc = vaddq_f32(acc, vmulq_f32(vw[t], x));
-        }
-        // SAFETY: as above.
-        unsafe { vst1q_f32(out.as_mut_ptr().add(i), acc) };
-        i += 4;
-    }
-    let tail: [&[f32]; N] = std::array::from_fn(|t| &src[t][n..]);
-    taps_scalar(&mut out[n..], bias, &tail, w);
 }
 
 impl Op for Conv3x3 {

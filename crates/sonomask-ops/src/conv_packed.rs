@@ -2,14 +2,14 @@
 //! channels-first, as the 1x1-convolution kernel's product over a phase-split copy of the input.
 //!
 //! Why: the patch embedding's second convolution (32 -> 64 channels, stride 2, 512x512 ->
-//! 256x256, K = 288) ran in tract as a product over a lazily gathered im2col matrix at 33-42
-//! GFLOP/s (69 ms at 1 thread), half the machine's product rate. Here the input is split once
+//! 256x256, K = 288) ran in tract as a product over a lazily gathered im2col matrix at half the
+//! machine's product rate (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here the input is split once
 //! into `stride x stride` phase planes (even/odd rows and columns for stride 2) with the zero
 //! border written in, so that every tap `(c, ky, kx)` of 16 neighbouring output pixels is 16
 //! contiguous values of one phase plane: the [`pointwise`] kernel (weights packed at load,
 //! 6 x 16 register blocks, one tile of X gathered per 16 pixels) then runs it as a 1x1
 //! convolution with K = 9 C_in rows. Bounded to K <= [`MAX_K`]: the tile stays in L1 (the neck's
-//! 2304-long convolution runs at 80 GFLOP/s in tract and stays there).
+//! 2304-long convolution runs at tract's full product rate and stays there).
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::Conv;

@@ -4,8 +4,8 @@
 //! Why: with a 2x2 kernel and stride 2 every output pixel takes exactly one tap, so the layer
 //! is a 1x1 convolution to `4 C_out` channels followed by a pixel shuffle. tract computes it as
 //! a product over the whole map (packing the activations each call), then a `DeconvSum` pass
-//! that scatters and adds the bias: in the decoder the two layers took 15.3 ms with their
-//! packing passes (products at 58-76 GFLOP/s), a fifth of a decoder pass. Here each input row
+//! that scatters and adds the bias: in the decoder the two layers with their packing passes
+//! took a fifth of a decoder pass. Here each input row
 //! is multiplied by the weights (packed at load, bias in the accumulators) with the
 //! [`pointwise`] kernel into a block that stays in cache, and its four `(a, b)` tap planes are
 //! interleaved into output rows `2y` and `2y + 1`.

@@ -4,8 +4,8 @@
 //!
 //! Why: each TinyViT block turns its `[H*W, C]` tokens into a `[C, H, W]` map for the local
 //! depthwise convolution and back; tract runs both transposes (`MoveAxis`, single-threaded and
-//! memory-bound) around the convolution: ~9 ms per stage-1 block at 1 thread for a 2 ms
-//! convolution, 64 ms of `MoveAxis` in the encoder, and they do not speed up with threads.
+//! memory-bound) around the convolution, several times the convolution's own time, and they do
+//! not speed up with threads (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced").
 //! Channels-last, the convolution is a vector sum over contiguous channels for each of the 9
 //! taps, so no transpose is needed at all: each output pixel's channels are accumulated in
 //! blocks of [`LANES`] (registers), bias first, then the taps row by row.
@@ -16,10 +16,9 @@
 
 use tract_core::internal::*;
 
-use sonomask_kernels::{Kernel, dispatch};
-
-/// Channels accumulated together; the channel count must be a multiple.
-pub const LANES: usize = 32;
+use sonomask_kernels::Kernel;
+pub use sonomask_kernels::conv::LANES;
+use sonomask_kernels::conv::depthwise_rows;
 
 /// Depthwise 3x3, stride 1, padding 1, over `[h * w, c]` f32 tokens, constant weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,76 +70,8 @@ impl DepthwiseNhwc3x3 {
 
     /// Output rows `first..` (as many as `out` holds, `w * c` values each) from tokens `x`.
     fn rows(&self, x: &[f32], first: usize, out: &mut [f32]) {
-        let k = self.kernel;
-        let (taps, bias) = (&self.taps[..], &self.bias[..]);
         let dims = (self.h, self.w, self.c);
-        dispatch!(
-            k,
-            rows_generic(dims, taps, bias, x, first, out),
-            rows_avx2(dims, taps, bias, x, first, out),
-            rows_neon(dims, taps, bias, x, first, out)
-        )
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rows_avx2(
-    dims: (usize, usize, usize),
-    taps: &[f32],
-    bias: &[f32],
-    x: &[f32],
-    first: usize,
-    out: &mut [f32],
-) {
-    rows_generic(dims, taps, bias, x, first, out)
-}
-
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn rows_neon(
-    dims: (usize, usize, usize),
-    taps: &[f32],
-    bias: &[f32],
-    x: &[f32],
-    first: usize,
-    out: &mut [f32],
-) {
-    rows_generic(dims, taps, bias, x, first, out)
-}
-
-#[inline(always)]
-fn rows_generic(
-    (h, w, c): (usize, usize, usize),
-    taps: &[f32],
-    bias: &[f32],
-    x: &[f32],
-    first: usize,
-    out: &mut [f32],
-) {
-    for (r, row) in out.chunks_exact_mut(w * c).enumerate() {
-        let y = first + r;
-        let ky = (y == 0) as usize..3 - (y + 1 == h) as usize;
-        for ox in 0..w {
-            let kx = (ox == 0) as usize..3 - (ox + 1 == w) as usize;
-            let dst = &mut row[ox * c..(ox + 1) * c];
-            for c0 in (0..c).step_by(LANES) {
-                let mut acc: [f32; LANES] = bias[c0..c0 + LANES].try_into().expect("LANES");
-                for ty in ky.clone() {
-                    let iy = y + ty - 1;
-                    for tx in kx.clone() {
-                        let src = (iy * w + ox + tx - 1) * c + c0;
-                        let xs: &[f32; LANES] = x[src..src + LANES].try_into().expect("LANES");
-                        let t = (ty * 3 + tx) * c + c0;
-                        let ws: &[f32; LANES] = taps[t..t + LANES].try_into().expect("LANES");
-                        for l in 0..LANES {
-                            acc[l] += xs[l] * ws[l];
-                        }
-                    }
-                }
-                dst[c0..c0 + LANES].copy_from_slice(&acc);
-            }
-        }
+        depthwise_rows(self.kernel, dims, (&self.taps, &self.bias), x, first, out)
     }
 }
 

@@ -5,8 +5,8 @@
 //!
 //! Why: with 7 keys each query's scores are 7 values: taken row by row (the fused
 //! [`Attention`](crate::Attention)) the register blocks are mostly padding, and the softmax a
-//! pass per 7-long row; it ran at 12-14 GFLOP/s, and its token-major output made the output
-//! projection after it read a transposed operand through the sgemm (60 GFLOP/s). Here a lane is
+//! pass per 7-long row (a fraction of the product rate), and its token-major output made the
+//! output projection after it read a transposed operand through the sgemm (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here a lane is
 //! a query: for 8 queries (4 on NEON) of one head the scores are `keys` vectors accumulated over
 //! the head's channels (each a contiguous row of the channels-first queries), the softmax is
 //! taken across those vectors (elementwise max, `exp`, sum), and each output channel is one
@@ -21,41 +21,16 @@
 
 use tract_core::internal::*;
 
-use crate::attention::exp_fma;
 use crate::exec::{SharedMut, par_tasks};
-use crate::pointwise::kernel_has_fma;
 use sonomask_kernels::Kernel;
+use sonomask_kernels::few_keys::{Head, queries};
 
 /// Most keys: the scores of 8 queries live in `MAX_KEYS` vectors.
-pub const MAX_KEYS: usize = 16;
+pub use sonomask_kernels::few_keys::MAX_KEYS;
 /// Most channels per head (of q and of v): a head's keys and values are copied to the stack.
 pub const MAX_DIM: usize = 64;
 /// Queries per task.
 const CHUNK: usize = 512;
-
-/// `$f::<keys>($args)` for `keys` in `1..=MAX_KEYS` (one monomorphised block per key count).
-macro_rules! by_keys {
-    ($keys:expr, $f:ident($($a:expr),*)) => {
-        match $keys {
-            1 => $f::<1>($($a),*),
-            2 => $f::<2>($($a),*),
-            3 => $f::<3>($($a),*),
-            4 => $f::<4>($($a),*),
-            5 => $f::<5>($($a),*),
-            6 => $f::<6>($($a),*),
-            7 => $f::<7>($($a),*),
-            8 => $f::<8>($($a),*),
-            9 => $f::<9>($($a),*),
-            10 => $f::<10>($($a),*),
-            11 => $f::<11>($($a),*),
-            12 => $f::<12>($($a),*),
-            13 => $f::<13>($($a),*),
-            14 => $f::<14>($($a),*),
-            15 => $f::<15>($($a),*),
-            _ => $f::<16>($($a),*),
-        }
-    };
-}
 
 /// How a `[keys, heads, dim]`-like operand is read: its shape and the element strides of the
 /// key, head and channel axes.
@@ -88,16 +63,6 @@ pub struct FewKeysAttention {
     pub out_strides: [isize; 2],
 }
 
-/// One head's keys and values, copied out (`keys x dim` and `keys x dim_v`, row-major).
-struct Head<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
-    keys: usize,
-    dim: usize,
-    dim_v: usize,
-    scale: f32,
-}
-
 impl FewKeysAttention {
     /// Whether sizes are within the op's limits.
     pub fn fits(keys: usize, dim: usize, dim_v: usize) -> bool {
@@ -120,162 +85,9 @@ impl FewKeysAttention {
         let q = q.wrapping_offset(h as isize * self.q_strides[0]);
         let out = out.wrapping_offset(h as isize * self.out_strides[0]);
         let (qs, os) = (self.q_strides[1], self.out_strides[1]);
-        let mut j = range.start;
-        // SAFETY: caller's contract; every block stays inside `range`.
-        unsafe {
-            match kernel_has_fma(self.kernel) {
-                #[cfg(target_arch = "x86_64")]
-                Some(Kernel::Avx2) => {
-                    while j + 8 <= range.end {
-                        by_keys!(head.keys, block_avx2(q.add(j), qs, head, out.add(j), os));
-                        j += 8;
-                    }
-                }
-                #[cfg(target_arch = "aarch64")]
-                Some(Kernel::Neon) => {
-                    while j + 4 <= range.end {
-                        by_keys!(head.keys, block_neon(q.add(j), qs, head, out.add(j), os));
-                        j += 4;
-                    }
-                }
-                _ => {}
-            }
-            while j < range.end {
-                query_scalar(q.add(j), qs, head, out.add(j), os);
-                j += 1;
-            }
-        }
-    }
-}
-
-/// One query (scalar): the same operations as a lane of the vector blocks.
-///
-/// # Safety
-/// `q` addresses the query's `dim` channels `qs` apart, `out` its `dim_v` outputs `os` apart.
-unsafe fn query_scalar(q: *const f32, qs: isize, hd: &Head, out: *mut f32, os: isize) {
-    let mut s = [0f32; MAX_KEYS];
-    let s = &mut s[..hd.keys];
-    for d in 0..hd.dim {
-        // SAFETY: caller's contract.
-        let x = unsafe { *q.offset(d as isize * qs) };
-        for (t, st) in s.iter_mut().enumerate() {
-            *st = x.mul_add(hd.k[t * hd.dim + d], *st);
-        }
-    }
-    let mut mx = s[0] * hd.scale;
-    for st in s.iter_mut() {
-        *st *= hd.scale;
-        mx = if *st > mx { *st } else { mx };
-    }
-    let mut sum = 0f32;
-    for st in s.iter_mut() {
-        *st = exp_fma(*st - mx);
-        sum += *st;
-    }
-    let inv = 1.0 / sum;
-    for e in 0..hd.dim_v {
-        let mut acc = 0f32;
-        for (t, st) in s.iter().enumerate() {
-            acc = st.mul_add(hd.v[t * hd.dim_v + e], acc);
-        }
-        // SAFETY: caller's contract.
-        unsafe { *out.offset(e as isize * os) = acc * inv };
-    }
-}
-
-/// 8 queries (lanes), AVX2+FMA, over `T` keys (the scores stay in registers).
-///
-/// # Safety
-/// As [`query_scalar`], for 8 consecutive queries; `hd.keys == T`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2<const T: usize>(
-    q: *const f32,
-    qs: isize,
-    hd: &Head,
-    out: *mut f32,
-    os: isize,
-) {
-    use crate::attention::exp8_avx2;
-    use std::arch::x86_64::*;
-    let (k, v) = (hd.k.as_ptr(), hd.v.as_ptr());
-    let mut s = [_mm256_setzero_ps(); T];
-    // SAFETY (all blocks below): caller's contract; k and v hold T rows of dim and dim_v.
-    for d in 0..hd.dim {
-        let x = unsafe { _mm256_loadu_ps(q.offset(d as isize * qs)) };
-        for (t, st) in s.iter_mut().enumerate() {
-            let w = unsafe { *k.add(t * hd.dim + d) };
-            *st = _mm256_fmadd_ps(x, _mm256_set1_ps(w), *st);
-        }
-    }
-    let scale = _mm256_set1_ps(hd.scale);
-    let mut mx = _mm256_mul_ps(s[0], scale);
-    for st in s.iter_mut() {
-        *st = _mm256_mul_ps(*st, scale);
-        // max_ps(a, b) is `a > b ? a : b`, the scalar path's comparison.
-        mx = _mm256_max_ps(*st, mx);
-    }
-    let mut sum = _mm256_setzero_ps();
-    for st in s.iter_mut() {
-        *st = exp8_avx2(_mm256_sub_ps(*st, mx));
-        sum = _mm256_add_ps(sum, *st);
-    }
-    let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
-    for e in 0..hd.dim_v {
-        let mut acc = _mm256_setzero_ps();
-        for (t, st) in s.iter().enumerate() {
-            let w = unsafe { *v.add(t * hd.dim_v + e) };
-            acc = _mm256_fmadd_ps(*st, _mm256_set1_ps(w), acc);
-        }
-        unsafe { _mm256_storeu_ps(out.offset(e as isize * os), _mm256_mul_ps(acc, inv)) };
-    }
-}
-
-/// 4 queries (lanes), NEON, over `T` keys.
-///
-/// # Safety
-/// As [`query_scalar`], for 4 consecutive queries; `hd.keys == T`.
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn block_neon<const T: usize>(
-    q: *const f32,
-    qs: isize,
-    hd: &Head,
-    out: *mut f32,
-    os: isize,
-) {
-    use crate::attention::exp4_neon;
-    use std::arch::aarch64::*;
-    let (k, v) = (hd.k.as_ptr(), hd.v.as_ptr());
-    let mut s = [vdupq_n_f32(0.0); T];
-    // SAFETY (all blocks below): caller's contract; k and v hold T rows of dim and dim_v.
-    for d in 0..hd.dim {
-        let x = unsafe { vld1q_f32(q.offset(d as isize * qs)) };
-        for (t, st) in s.iter_mut().enumerate() {
-            let w = unsafe { *k.add(t * hd.dim + d) };
-            *st = vfmaq_f32(*st, x, vdupq_n_f32(w));
-        }
-    }
-    let scale = vdupq_n_f32(hd.scale);
-    let mut mx = vmulq_f32(s[0], scale);
-    for st in s.iter_mut() {
-        *st = vmulq_f32(*st, scale);
-        // `x > m ? x : m`, the scalar path's comparison (vmaxq differs only on NaN).
-        mx = vbslq_f32(vcgtq_f32(*st, mx), *st, mx);
-    }
-    let mut sum = vdupq_n_f32(0.0);
-    for st in s.iter_mut() {
-        *st = exp4_neon(vsubq_f32(*st, mx));
-        sum = vaddq_f32(sum, *st);
-    }
-    let inv = vdivq_f32(vdupq_n_f32(1.0), sum);
-    for e in 0..hd.dim_v {
-        let mut acc = vdupq_n_f32(0.0);
-        for (t, st) in s.iter().enumerate() {
-            let w = unsafe { *v.add(t * hd.dim_v + e) };
-            acc = vfmaq_f32(acc, *st, vdupq_n_f32(w));
-        }
-        unsafe { vst1q_f32(out.offset(e as isize * os), vmulq_f32(acc, inv)) };
+        let (q, out) = (q.wrapping_add(range.start), out.wrapping_add(range.start));
+        // SAFETY: caller's contract; the queries of `range` lie inside q and out.
+        unsafe { queries(self.kernel, (q, qs), head, (out, os), range.len()) }
     }
 }
 

@@ -1,9 +1,8 @@
 //! Exact GELU, `x / 2 * (1 + erf(x / sqrt 2))`, in one in-place pass over the tensor, threaded.
 //!
 //! Why: tract's `GeluExact` runs each 1024-value chunk in three passes (scale into a scratch
-//! buffer, its erf kernel, combine) on one thread; it is compute-bound at ~2.6x the time the
-//! memory traffic needs (a 16 MiB GELU 4.2 ms where a residual `Add` moving 48 MiB takes 2.2)
-//! and was 100-110 ms of the encoder at 1 thread. Here each 8 values go through the whole
+//! buffer, its erf kernel, combine) on one thread; it is compute-bound at well over the time the
+//! memory traffic needs, and a large share of the encoder at 1 thread (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here each 8 values go through the whole
 //! formula in registers.
 //!
 //! The erf is tract's own formula (Abramowitz-Stegun 7.1.28: `1 - (1 + a1 x + ... + a6

@@ -4,10 +4,11 @@
 //! Why: tract's product kernel has no blocking along the reduced axis and packs the activations
 //! of every call without tiling the rest, so the encoder's large products (the stage-3 MLP's
 //! 4096x1280x320, the stage-0 1x1 convolutions over 65536 pixels) stream their operands from
-//! memory and ran at 36-43 GFLOP/s on this machine's AVX2 core, half its best products.
+//! memory and ran at half the rate of the best products on an AVX2 core (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced").
 //! `matrixmultiply` (already compiled in through `ndarray`) is a BLIS-style sgemm: operands are
 //! packed into cache-sized blocks (kc x mc of A in L2, kc x nr panels of B in L1) with runtime
-//! selection of its FMA/AVX/SSE or NEON micro-kernel; on the same shapes it measured 80 GFLOP/s.
+//! selection of its FMA/AVX/SSE or NEON micro-kernel; on the same shapes it ran about twice as
+//! fast.
 //!
 //! The product geometry is fixed when the op is made (shapes are pinned): each axis of the
 //! einsum is a batch, row (m), column (n) or reduced (k) axis, and each group must be one
@@ -19,9 +20,10 @@ use tract_core::ops::einsum::EinSum;
 
 use crate::f32s;
 use crate::pointwise::{self, NR, PackedWeights};
-use crate::softmax::{exp_scalar, softmax_rows};
+use crate::softmax::softmax_rows;
 use crate::{exec::par_tasks, linear};
-use sonomask_kernels::{Kernel, dispatch, reduce8};
+use sonomask_kernels::Kernel;
+use sonomask_kernels::narrow::{NARROW, NARROW_K, narrow};
 
 /// One group of einsum axes merged into one strided matrix dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -696,132 +698,6 @@ impl Gemm {
 /// (streamed, the decoder's channels-first projections ran slower at 2 threads:
 /// docs/BENCHMARKS.md, appendix, eighth step).
 const STREAM_MIN: usize = 1 << 21;
-
-/// Widest C computed by [`narrow`]: one 8-lane vector per row.
-const NARROW: usize = 8;
-/// Longest reduction [`narrow`] takes (B's packed copy lives on the stack).
-const NARROW_K: usize = 64;
-
-/// How a [`narrow`] product is taken: dimensions `(m, k, n)`, alpha, beta, and whether each
-/// row of C is then put through a softmax.
-type NarrowSpec = ((usize, usize, usize), f32, f32, bool);
-
-/// `C = alpha A.B + beta C` (then a softmax per row if asked) for C at most [`NARROW`] columns
-/// wide: the decoder's attention of 4096 image tokens over 7 prompt tokens. B is copied once
-/// into `k` zero-padded 8-lane rows, then each row of C is one vector accumulated over `k`, and
-/// its softmax taken in registers. A packed sgemm ran these through its partial-tile path, and
-/// the separate softmax paid a call per 7-long row. The softmax is [`softmax_rows`]'s scalar
-/// path operation for operation (so equal to every path of it).
-///
-/// # Safety
-/// The pointers and strides address valid matrices of these sizes; `n <= NARROW`,
-/// `k <= NARROW_K`; `beta` is 0 (C not read) or 1.
-unsafe fn narrow(
-    kernel: Kernel,
-    spec: NarrowSpec,
-    a: (*const f32, isize, isize),
-    b: (*const f32, isize, isize),
-    c: (*mut f32, isize, isize),
-) {
-    let ((_, k, n), ..) = spec;
-    let dims = spec.0;
-    assert!(n <= NARROW && k <= NARROW_K, "narrow product {dims:?}");
-    let mut bp = [[0f32; NARROW]; NARROW_K];
-    for (p, row) in bp.iter_mut().enumerate().take(k) {
-        for (j, v) in row.iter_mut().enumerate().take(n) {
-            // SAFETY: element (p, j) of B (caller's contract).
-            *v = unsafe { *b.0.offset(p as isize * b.1 + j as isize * b.2) };
-        }
-    }
-    let bp = &bp[..k];
-    // SAFETY (each path): the caller's contract.
-    dispatch!(
-        kernel,
-        unsafe { narrow_rows(spec, a, bp, c) },
-        narrow_avx2(spec, a, bp, c),
-        narrow_neon(spec, a, bp, c)
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn narrow_avx2(
-    spec: NarrowSpec,
-    a: (*const f32, isize, isize),
-    bp: &[[f32; NARROW]],
-    c: (*mut f32, isize, isize),
-) {
-    // SAFETY: the caller's contract.
-    unsafe { narrow_rows(spec, a, bp, c) }
-}
-
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn narrow_neon(
-    spec: NarrowSpec,
-    a: (*const f32, isize, isize),
-    bp: &[[f32; NARROW]],
-    c: (*mut f32, isize, isize),
-) {
-    // SAFETY: the caller's contract.
-    unsafe { narrow_rows(spec, a, bp, c) }
-}
-
-/// The rows of [`narrow`]: no FMA (a multiply, then an add), so every path rounds alike.
-#[inline(always)]
-unsafe fn narrow_rows(
-    ((m, _, n), alpha, beta, softmax): NarrowSpec,
-    (a, rsa, csa): (*const f32, isize, isize),
-    bp: &[[f32; NARROW]],
-    (c, rsc, csc): (*mut f32, isize, isize),
-) {
-    for i in 0..m as isize {
-        let mut acc = [0f32; NARROW];
-        let mut ap = a.wrapping_offset(i * rsa);
-        for row in bp {
-            // SAFETY: element (i, p) of A, p < k.
-            let av = unsafe { *ap };
-            ap = ap.wrapping_offset(csa);
-            for (s, &bv) in acc.iter_mut().zip(row) {
-                *s += av * bv;
-            }
-        }
-        let at = |j: usize| c.wrapping_offset(i * rsc + j as isize * csc);
-        let mut v = [0f32; NARROW];
-        for (j, (v, &s)) in v.iter_mut().zip(&acc).enumerate().take(n) {
-            // SAFETY: element (i, j) of C, read only when beta is 1 (then it holds the bias).
-            *v = if beta == 0.0 {
-                alpha * s
-            } else {
-                alpha * s + unsafe { *at(j) }
-            };
-        }
-        if softmax && n > 0 {
-            // `softmax_rows`' scalar path on a row shorter than 8: max, exp, sum, scale.
-            let mut mx = v[0];
-            for &x in &v[..n] {
-                mx = if x > mx { x } else { mx };
-            }
-            let mut e = [0f32; NARROW];
-            for (e, &x) in e.iter_mut().zip(&v) {
-                *e = exp_scalar(x - mx);
-            }
-            // Whole 8-lane chunks are summed lane-wise and reduced, the rest in order.
-            let mut sum = if n == 8 { reduce8(&e) } else { 0.0 };
-            for &x in &e[n / 8 * 8..n] {
-                sum += x;
-            }
-            let inv = 1.0 / sum;
-            for (v, &x) in v.iter_mut().zip(&e).take(n) {
-                *v = x * inv;
-            }
-        }
-        for (j, &x) in v.iter().enumerate().take(n) {
-            // SAFETY: element (i, j) of C.
-            unsafe { *at(j) = x };
-        }
-    }
-}
 
 /// The packed weights (A) and per-row bias of a product computed by [`pointwise`].
 #[derive(Debug, Clone, PartialEq)]

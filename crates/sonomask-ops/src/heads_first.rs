@@ -5,7 +5,7 @@
 //! Why: SAM's decoder keeps the image tokens as the encoder made them, `[256, 4096]` (channels
 //! first), and projects them with `x^T . W` to `[4096, 128]` for its attentions. Written that
 //! way the product reads its A operand down columns (each of a block's rows 16 KiB apart),
-//! which no kernel here ran faster than the sgemm's packing (62-67 GFLOP/s; docs/BENCHMARKS.md,
+//! which no kernel here ran faster than the sgemm's packing (docs/BENCHMARKS.md, appendix,
 //! seventh step). Written channels-first, `W^T . x` is a 1x1 convolution: constant weights on
 //! the left, rows of `x` read in order, rows of C written in order, the case
 //! [`crate::pointwise`] was built for.

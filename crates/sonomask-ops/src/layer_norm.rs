@@ -3,9 +3,8 @@
 //!
 //! Why: tract runs the expansion (`Reduce<Sum>`, scale, `Sub`, `RmsNorm`, `Mul`, `Add`) as
 //! separate passes over the activations, each allocating its output, and the reduction and
-//! broadcast ops run on one thread: ~75 ms of the encoder's 22 layer norms on one core, ~17 ms
-//! of the decoder's (its channel-axis `LayerNorm2d` and the transformer's norms over a
-//! non-last axis). One read and one write of the tensor suffice:
+//! broadcast ops run on one thread, in the encoder's 22 layer norms and the decoder's (its
+//! channel-axis `LayerNorm2d` and the transformer's norms over a non-last axis) (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). One read and one write of the tensor suffice:
 //! - over the last axis (a TinyViT row of 128-320 values stays in L1) one row at a time;
 //! - over an inner axis (`[outer, len, inner]`, e.g. channels of an NCHW map) a block of
 //!   [`COLS`] columns at a time, its running sums in eight-lane arrays the compiler vectorises

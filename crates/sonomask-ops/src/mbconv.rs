@@ -6,9 +6,8 @@
 //!
 //! Why: at stage 0 the MBConv expands 64 channels of a 256x256 map to 256 (a 64 MiB tensor),
 //! and each of its five nodes reads and writes such a tensor from memory: the two 1x1
-//! convolutions ran at 33-36 GFLOP/s (half the products' rate elsewhere), the depthwise pass
-//! and the two GELUs are memory-bound, together ~200 ms per block at 1 thread (of 82 GFLOP,
-//! these 4.4 took over a quarter of the encoder). Here each thread walks a run of output rows
+//! convolutions ran at half the products' rate elsewhere, the depthwise pass and the two GELUs
+//! are memory-bound, together over a quarter of the encoder for a twentieth of its multiply-adds (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here each thread walks a run of output rows
 //! keeping three expanded rows in a ring (the depthwise window): per output row it expands the
 //! next input row or two (GELU applied while it is in cache), runs the depthwise taps and GELU
 //! into one row of all expanded channels, projects that back, and finishes the row (residual
@@ -26,7 +25,7 @@ use std::cell::RefCell;
 
 use tract_core::internal::*;
 
-use crate::conv3x3::{Conv3x3, taps_rows};
+use crate::conv3x3::Conv3x3;
 use crate::exec::{eval_by_rows, planned_facts};
 use crate::f32s;
 use crate::gelu::gelu_slice;
@@ -34,6 +33,7 @@ use crate::gemm::Gemm;
 use crate::pointwise::{self, PackedWeights, Rows};
 use crate::ring::{PaddedRow, slot};
 use sonomask_kernels::Kernel;
+use sonomask_kernels::conv::taps_rows;
 
 thread_local! {
     /// Each thread's expanded-row ring, depthwise output row and projected row, reused across

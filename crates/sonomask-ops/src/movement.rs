@@ -3,8 +3,8 @@
 //!
 //! Why: TinyViT partitions each block's tokens into windows (zero padding to whole windows,
 //! then a transpose) and reverses that after the attention (a transpose, two crops), then adds
-//! the residual. tract runs each step as its own single-threaded pass over the activations:
-//! 4-7 ms per stage-1 block, ~45 ms of the encoder, not faster at 2 threads. The whole chain
+//! the residual. tract runs each step as its own single-threaded pass over the activations,
+//! not faster at 2 threads (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). The whole chain
 //! is one fixed permutation with zeros: the channels (the last axis) stay contiguous, so it is
 //! a list of runs `(destination, source or zeros, length)`, copied (or added) in one pass by
 //! all threads.

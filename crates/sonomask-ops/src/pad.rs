@@ -1,7 +1,7 @@
 //! Constant padding of a plain tensor by whole-row copies.
 //!
 //! Why: tract's `Pad` fills the output and assigns the input through an n-d ndarray slice view;
-//! on the encoder's 32x512x512 patch-embedding pad that took 55 ms (0.6 GB/s). Here the output
+//! on the encoder's 32x512x512 patch-embedding pad it ran far below memory speed (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here the output
 //! is filled once and every innermost input row lands with one `copy_from_slice`.
 
 use tract_core::internal::*;

@@ -5,8 +5,7 @@
 //! Why: MobileSAM's embedding is `3 -> 32` channels (stride 2, 1024 -> 512) then `32 -> 64`
 //! (stride 2, 512 -> 256). Unfused, the 32 MiB intermediate map is written, read and written
 //! by the GELU, split into stride phases (read and written again) and read by the second
-//! convolution: at 1 thread the three nodes took 18-22, ~5.5 and 48-61 ms (13-15 of it the
-//! phase split), and scaled to 2 threads by 1.5x at best. Here each thread walks a run of
+//! convolution, and the three nodes scaled poorly to 2 threads (figures: docs/BENCHMARKS.md, appendix, "What each own operator replaced"). Here each thread walks a run of
 //! output rows keeping three intermediate rows in a ring (the second convolution's window),
 //! stored as even then odd columns so that every tap of 16 neighbouring outputs is 16
 //! contiguous values: per output row it computes the next one or two intermediate rows (the
