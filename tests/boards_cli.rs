@@ -21,6 +21,11 @@ fn doctor_reports_cpu_models_and_warnings() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["arch"], std::env::consts::ARCH);
+    // The own int8 kernel doctor names is the one this CPU's features pick.
+    assert_eq!(
+        j["int8_kernel"],
+        sonomask::simd::int8::I8Kernel::best().name()
+    );
     #[cfg(target_arch = "x86_64")]
     {
         assert_eq!(

@@ -29,6 +29,7 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         "threads_available": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "cpu_features": cpu.flags.iter().map(|(n, p)| (n.to_string(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
         "simd_kernel": format!("{:?}", cpu.kernel()),
+        "int8_kernel": crate::simd::int8::I8Kernel::best().name(),
         "auto_precision": precision.as_str(),
         "fast_int8": cpu.fast_int8(),
         "jpeg_decoder": crate::input::image_io::jpeg::DECODER,
@@ -59,8 +60,9 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     );
     println!("threads: {}", j["threads_available"]);
     println!(
-        "simd kernels: {:?}; tract int8 fast here: {}",
+        "simd kernels: {:?}; own int8 kernel: {} (not yet used by the models); tract int8 fast here: {}",
         cpu.kernel(),
+        crate::simd::int8::I8Kernel::best().name(),
         cpu.fast_int8()
     );
     println!("--precision auto -> {}", precision.as_str());

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod conv;
 pub mod few_keys;
 pub mod gelu;
+pub mod int8;
 pub mod layer_norm;
 pub mod linear;
 pub mod narrow;
@@ -56,7 +57,12 @@ pub struct Features {
     pub avx2: bool,
     pub fma: bool,
     pub avx512f: bool,
+    /// AVX-512 VNNI and AVX-VNNI (`vpdpbusd`), for the int8 kernels.
+    pub avx512vnni: bool,
+    pub avxvnni: bool,
     pub neon: bool,
+    /// NEON SDOT (ARMv8.2 dot product), for the int8 kernels.
+    pub dotprod: bool,
 }
 
 impl Features {
@@ -70,8 +76,14 @@ impl Features {
             fma: std::arch::is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             avx512f: std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            avx512vnni: std::arch::is_x86_feature_detected!("avx512vnni"),
+            #[cfg(target_arch = "x86_64")]
+            avxvnni: std::arch::is_x86_feature_detected!("avxvnni"),
             #[cfg(target_arch = "aarch64")]
             neon: std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
             ..Features::default()
         })
     }
@@ -285,9 +297,7 @@ mod tests {
     fn avx2_kernels_need_fma_too() {
         let avx2_only = Features {
             avx2: true,
-            fma: false,
-            avx512f: false,
-            neon: false,
+            ..Features::default()
         };
         assert!(!Kernel::Avx2.runs_on(avx2_only));
         assert_eq!(Kernel::best_on(avx2_only), Kernel::Scalar);
@@ -323,10 +333,11 @@ mod tests {
         assert!(Kernel::available().iter().all(|k| k.usable()));
     }
 
-    /// Every `#[target_feature]` function asks only for features the kernel table checks
-    /// (AVX2, FMA, AVX-512F, NEON): a kernel that enabled, say, AVX-512 VNNI would run behind a
-    /// check that does not cover it. AVX-512F functions must be reached only through
-    /// `Kernel::Avx512` (whose check covers it), which the kernels' own tests exercise.
+    /// Every `#[target_feature]` function asks only for features the kernel tables check
+    /// (AVX2, FMA, AVX-512F, NEON for `Kernel`; AVX-512 VNNI, AVX-VNNI and SDOT for
+    /// `int8::I8Kernel`): a kernel that enabled, say, AVX-512 BW would run behind a check that
+    /// does not cover it. The VNNI and SDOT features appear only in `int8.rs`, whose dispatch
+    /// checks them (`I8Kernel::usable`).
     #[test]
     fn target_features_are_covered_by_the_kernel_check() {
         fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -354,8 +365,15 @@ mod tests {
                 sites += 1;
                 let feats = rest.split('"').next().unwrap();
                 for feat in feats.split(',') {
+                    let int8_only = ["avx512vnni", "avxvnni", "dotprod"].contains(&feat.trim());
                     assert!(
-                        ["avx2", "fma", "avx512f", "neon"].contains(&feat.trim()),
+                        !int8_only || f.ends_with("int8.rs"),
+                        "{}:{}: {feat} outside the int8 kernels",
+                        f.display(),
+                        i + 1
+                    );
+                    assert!(
+                        ["avx2", "fma", "avx512f", "neon"].contains(&feat.trim()) || int8_only,
                         "{}:{}: enables {feat}, which Kernel::usable does not check",
                         f.display(),
                         i + 1

@@ -1,0 +1,821 @@
+//! The int8 product of a quantized linear layer or 1x1 convolution: `C = ((A - za) . W) * s + b`
+//! with activations `A` (`m x k`, u8, one zero point `za`), constant weights `W` (`k x n`, i8,
+//! symmetric per output column) packed once at load, and the f32 output scaled per column
+//! (`s[j]` = the activations' scale times column j's weight scale) plus a bias.
+//!
+//! Why its own kernel family: the integer multiply-adds are 4x (AVX-512 VNNI / AVX-VNNI
+//! `vpdpbusd`, NEON `sdot`) or 2x (AVX2 `vpmaddubsw`) the lanes of an fp32 FMA, and the products
+//! are exact, so every path can be proven equal to the scalar reference bit for bit.
+//!
+//! Layout: the weights are packed into panels of [`NR`] = 16 columns, each `k4 / 4` steps of
+//! 16 columns x 4 consecutive k values (64 bytes, zero-padded past `k` and `n`): one `vpdpbusd`
+//! on a 512-bit register, two on 256-bit ones, four `sdot` on NEON. A row's 4 activations of a
+//! step are broadcast as one 32-bit value. `A`'s rows are read 4 bytes at a time up to `k4`
+//! (`k` rounded up to 4): the bytes past `k` meet zero weights, so any value there is harmless.
+//!
+//! Exactness per path:
+//! - **scalar** (the reference): `sum a * w` in i32.
+//! - **AVX-512 VNNI, AVX-VNNI**: `vpdpbusd` adds four u8 x i8 products to each i32 lane
+//!   without intermediate rounding or saturation (the non-`s` form).
+//! - **AVX2** (`vpmaddubsw` then `vpmaddwd` by ones): `vpmaddubsw` adds two u8 x i8 products
+//!   into an i16 *with saturation*; `255 * 64 * 2 = 32640` fits, `255 * 127 * 2` does not. So
+//!   the AVX2 path never sees a weight outside [-64, 64]: weights that fit are used as they are,
+//!   wider ones are packed as two halves `w1 = w >> 1` (in [-64, 63]) and `w2 = w - w1` (in
+//!   [-64, 64]) summed by two `vpmaddubsw` (twice the work, still exact). [`I8Weights::split`]
+//!   says which.
+//! - **NEON SDOT** (Pi 5, Orin): `sdot` is i8 x i8, so activations are taken as `a ^ 0x80`
+//!   (`a - 128`, in i8) and `128 * colsum(W)` added back: exact in i32.
+//! - **NEON without SDOT** (Pi 4, Jetson Nano): weights widened to i16, `smlal` by the
+//!   activation as i16 into i32: exact.
+//!
+//! Then `C = raw - za * colsum(W)` (exact i32; `k * 255 * 128 < 2^31` for `k` up to
+//! [`MAX_K`]), converted to f32 (round to nearest even on every path), multiplied by `s[j]` and
+//! added to `b[j]`: the same IEEE operations on every path (no FMA), so the f32 outputs agree
+//! bit for bit too.
+
+use crate::Features;
+
+/// Columns per packed panel.
+pub const NR: usize = 16;
+/// Most rows per register block.
+pub const MR: usize = 6;
+/// Longest reduction: `|raw| <= k * 255 * 128` and the zero-point term stay inside i32.
+pub const MAX_K: usize = 1 << 15;
+
+/// The int8 kernel this CPU runs, chosen once per process (see [`I8Kernel::best`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum I8Kernel {
+    Scalar,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd` (weights within 7 bits, or split in two).
+    Avx2,
+    /// AVX-VNNI `vpdpbusd` on 256-bit registers (Alder Lake and later, Zen 5).
+    AvxVnni,
+    /// AVX-512 VNNI `vpdpbusd` on 512-bit registers (Cascade Lake and later, Zen 4).
+    Avx512Vnni,
+    /// NEON `smlal` on weights widened to i16 (Cortex-A72: Pi 4; Jetson Nano's A57).
+    Neon,
+    /// NEON `sdot` (Cortex-A76: Pi 5; Orin's A78AE).
+    NeonDot,
+}
+
+impl I8Kernel {
+    /// Every int8 kernel, scalar first, then in order of preference within an architecture.
+    pub const ALL: [I8Kernel; 6] = [
+        I8Kernel::Scalar,
+        I8Kernel::Avx512Vnni,
+        I8Kernel::AvxVnni,
+        I8Kernel::Avx2,
+        I8Kernel::NeonDot,
+        I8Kernel::Neon,
+    ];
+
+    /// Whether a CPU with features `f` may run this kernel.
+    pub fn runs_on(self, f: Features) -> bool {
+        let x86 = cfg!(target_arch = "x86_64");
+        let arm = cfg!(target_arch = "aarch64");
+        match self {
+            I8Kernel::Scalar => true,
+            I8Kernel::Avx2 => x86 && f.avx2,
+            I8Kernel::AvxVnni => x86 && f.avx2 && f.avxvnni,
+            I8Kernel::Avx512Vnni => x86 && f.avx512f && f.avx512vnni,
+            I8Kernel::Neon => arm && f.neon,
+            I8Kernel::NeonDot => arm && f.neon && f.dotprod,
+        }
+    }
+
+    /// Whether this CPU may run it: the check every dispatch makes.
+    #[inline]
+    pub fn usable(self) -> bool {
+        self.runs_on(Features::host())
+    }
+
+    /// The name `SONOMASK_INT8_KERNEL` and `doctor` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            I8Kernel::Scalar => "scalar",
+            I8Kernel::Avx2 => "avx2",
+            I8Kernel::AvxVnni => "avxvnni",
+            I8Kernel::Avx512Vnni => "avx512vnni",
+            I8Kernel::Neon => "neon",
+            I8Kernel::NeonDot => "neon-sdot",
+        }
+    }
+
+    /// The fastest int8 kernel a CPU with features `f` runs.
+    pub fn best_on(f: Features) -> I8Kernel {
+        I8Kernel::ALL[1..]
+            .iter()
+            .copied()
+            .find(|k| k.runs_on(f))
+            .unwrap_or(I8Kernel::Scalar)
+    }
+
+    /// The int8 kernel of this process: the fastest this CPU runs, or the one
+    /// `SONOMASK_INT8_KERNEL` names when this CPU runs it. Chosen once.
+    pub fn best() -> I8Kernel {
+        static CHOSEN: std::sync::OnceLock<I8Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = I8Kernel::best_on(Features::host());
+            match std::env::var("SONOMASK_INT8_KERNEL") {
+                Ok(v) => match I8Kernel::ALL.into_iter().find(|k| k.name() == v) {
+                    Some(k) if k.usable() => k,
+                    _ => best,
+                },
+                Err(_) => best,
+            }
+        })
+    }
+
+    /// Every int8 kernel this CPU runs (scalar first): what the equality tests iterate.
+    pub fn available() -> Vec<I8Kernel> {
+        I8Kernel::ALL.into_iter().filter(|k| k.usable()).collect()
+    }
+}
+
+/// Weights `k x n` packed for one kernel, with their column sums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct I8Weights {
+    kernel: I8Kernel,
+    k: usize,
+    n: usize,
+    k4: usize,
+    /// Panel-major: panel `p`, step `q`, column `j` of the panel, then 4 k values.
+    panels: Vec<i8>,
+    /// The AVX2 path's second half of weights wider than 7 bits (`panels` then holds the first).
+    second: Option<Vec<i8>>,
+    /// Column sums of W, padded to whole panels with 0.
+    colsum: Vec<i32>,
+}
+
+impl I8Weights {
+    /// Packs `w` (element `(p, j)` at `w[p * rs + j * cs]`) for `kernel`. Panics on a `k` of 0
+    /// or over [`MAX_K`] or a `w` too short: a caller checks shapes at load.
+    pub fn pack(kernel: I8Kernel, w: &[i8], k: usize, n: usize, (rs, cs): (usize, usize)) -> Self {
+        assert!((1..=MAX_K).contains(&k) && n > 0, "int8 weights {k} x {n}");
+        assert!(
+            w.len() > (k - 1) * rs + (n - 1) * cs,
+            "int8 weights: {} values for {k} x {n}",
+            w.len()
+        );
+        let k4 = k.next_multiple_of(4);
+        let panels = n.div_ceil(NR);
+        let at = |p: usize, j: usize| {
+            if p < k && j < n {
+                w[p * rs + j * cs]
+            } else {
+                0
+            }
+        };
+        let split = kernel == I8Kernel::Avx2 && w_wider_than_7_bits(k, n, &at);
+        let mut first = vec![0i8; panels * k4 * NR];
+        let mut second = split.then(|| vec![0i8; panels * k4 * NR]);
+        let mut colsum = vec![0i32; panels * NR];
+        for pn in 0..panels {
+            for q in 0..k4 / 4 {
+                for c in 0..NR {
+                    for t in 0..4 {
+                        let v = at(4 * q + t, pn * NR + c);
+                        let i = ((pn * (k4 / 4) + q) * NR + c) * 4 + t;
+                        colsum[pn * NR + c] += v as i32;
+                        match &mut second {
+                            Some(s) => {
+                                let lo = v >> 1;
+                                first[i] = lo;
+                                s[i] = v - lo;
+                            }
+                            None => first[i] = v,
+                        }
+                    }
+                }
+            }
+        }
+        I8Weights {
+            kernel,
+            k,
+            n,
+            k4,
+            panels: first,
+            second,
+            colsum,
+        }
+    }
+
+    /// Whether the weights were split into two 7-bit halves (AVX2 with weights beyond [-64, 64]).
+    pub fn split(&self) -> bool {
+        self.second.is_some()
+    }
+
+    /// The kernel the weights were packed for.
+    pub fn kernel(&self) -> I8Kernel {
+        self.kernel
+    }
+
+    /// `(k, n)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Bytes each activation row must have readable from its start: `k` rounded up to 4.
+    pub fn row_len(&self) -> usize {
+        self.k4
+    }
+}
+
+fn w_wider_than_7_bits(k: usize, n: usize, at: &impl Fn(usize, usize) -> i8) -> bool {
+    (0..k).any(|p| (0..n).any(|j| !(-64..=64).contains(&at(p, j))))
+}
+
+/// What turns the i32 sums into the f32 output.
+#[derive(Debug, Clone, Copy)]
+pub struct Requant<'a> {
+    /// The activations' zero point.
+    pub a_zero: u8,
+    /// Per output column: the activations' scale times the column's weight scale.
+    pub scale: &'a [f32],
+    /// Per output column.
+    pub bias: &'a [f32],
+}
+
+/// `C[i][j] = ((sum_p (A[i][p] - za) W[p][j]) as f32) * scale[j] + bias[j]` for `m` rows:
+/// row `i` of A at `a[i * lda..]` (readable to [`I8Weights::row_len`]), of C at `c[i * ldc..]`
+/// (`n` values). Runs the kernel the weights were packed for when this CPU runs it, else the
+/// scalar reference (same result).
+pub fn multiply(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    w: &I8Weights,
+    rq: &Requant,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (k4, n) = (w.k4, w.n);
+    if m == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= (m - 1) * lda + k4 && lda >= w.k,
+        "int8 product: A of {} bytes for {m} rows of {k4} (stride {lda})",
+        a.len()
+    );
+    assert!(
+        c.len() >= (m - 1) * ldc + n && ldc >= n,
+        "int8 product: C of {} values for {m} x {n} (stride {ldc})",
+        c.len()
+    );
+    assert!(
+        rq.scale.len() >= n && rq.bias.len() >= n,
+        "int8 product: {} scales, {} biases for {n} columns",
+        rq.scale.len(),
+        rq.bias.len()
+    );
+    let kern = if w.kernel.usable() {
+        w.kernel
+    } else {
+        I8Kernel::Scalar
+    };
+    for i0 in (0..m).step_by(MR) {
+        let rows = MR.min(m - i0);
+        for pn in 0..n.div_ceil(NR) {
+            let t = Tile {
+                a: &a[i0 * lda..],
+                lda,
+                rows,
+                w,
+                pn,
+                cols: NR.min(n - pn * NR),
+            };
+            let mut out = Out {
+                c: &mut c[i0 * ldc..],
+                ldc,
+                rq,
+            };
+            match kern {
+                // SAFETY (each SIMD arm): the kernel's features were checked (`usable`), and
+                // the tile's rows and panel lie inside A and W (asserted above).
+                #[cfg(target_arch = "x86_64")]
+                I8Kernel::Avx512Vnni => unsafe { tile_avx512vnni(&t, &mut out) },
+                #[cfg(target_arch = "x86_64")]
+                I8Kernel::AvxVnni => unsafe { tile_avxvnni(&t, &mut out) },
+                #[cfg(target_arch = "x86_64")]
+                I8Kernel::Avx2 => unsafe { tile_avx2(&t, &mut out) },
+                #[cfg(target_arch = "aarch64")]
+                I8Kernel::NeonDot => unsafe { tile_neon_dot(&t, &mut out) },
+                #[cfg(target_arch = "aarch64")]
+                I8Kernel::Neon => unsafe { tile_neon(&t, &mut out) },
+                _ => tile_scalar(&t, &mut out),
+            }
+        }
+    }
+}
+
+/// Activations quantized to u8: `clamp(round_ties_even(x / scale) + zero, 0, 255)`, the
+/// rounding onnxruntime's `QuantizeLinear` uses (as a multiply by `1 / scale`). A NaN becomes
+/// `zero` (no panic, no UB on any input).
+pub fn quantize_u8(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    quantize_u8_with(crate::Kernel::best(), x, scale, zero, out)
+}
+
+/// [`quantize_u8`] on a chosen kernel (the same scalar body compiled for AVX2 or NEON, where
+/// the rounding is one vector instruction instead of a libm call; equal by test).
+pub fn quantize_u8_with(kernel: crate::Kernel, x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "quantize_u8: {} values into {}",
+        x.len(),
+        out.len()
+    );
+    let inv = 1.0 / scale;
+    crate::dispatch!(
+        kernel,
+        quantize_body(x, inv, zero, out),
+        quantize_avx2(x, inv, zero, out),
+        quantize_neon(x, inv, zero, out)
+    )
+}
+
+#[inline(always)]
+fn quantize_body(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
+    let z = zero as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let y = v * inv;
+        let y = if y.is_nan() { 0.0 } else { y };
+        *o = (y.round_ties_even() + z).clamp(0.0, 255.0) as u8;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
+    quantize_body(x, inv, zero, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn quantize_neon(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
+    quantize_body(x, inv, zero, out)
+}
+
+/// One row block against one panel.
+struct Tile<'a> {
+    /// From the block's first row on.
+    a: &'a [u8],
+    lda: usize,
+    rows: usize,
+    w: &'a I8Weights,
+    pn: usize,
+    /// Valid columns of the panel (the last may be partial).
+    cols: usize,
+}
+
+impl Tile<'_> {
+    /// The panel's bytes (`k4 / 4` steps of 64).
+    fn panel<'b>(&self, data: &'b [i8]) -> &'b [i8] {
+        let len = self.w.k4 * NR;
+        &data[self.pn * len..(self.pn + 1) * len]
+    }
+}
+
+/// Where a tile's results go: C from the tile's first row on.
+struct Out<'a> {
+    c: &'a mut [f32],
+    ldc: usize,
+    rq: &'a Requant<'a>,
+}
+
+impl Out<'_> {
+    /// The zero-point correction and the requantisation of a tile's sums: the same scalar
+    /// operations on every path, inlined into each path's function so that the compiler
+    /// vectorises them with that path's instructions.
+    #[inline(always)]
+    fn finish(&mut self, t: &Tile, raw: &[[i32; NR]; MR]) {
+        let j0 = t.pn * NR;
+        let za = self.rq.a_zero as i32;
+        let colsum = &t.w.colsum[j0..j0 + NR];
+        let (s, b) = (
+            &self.rq.scale[j0..j0 + t.cols],
+            &self.rq.bias[j0..j0 + t.cols],
+        );
+        for (r, raw) in raw.iter().enumerate().take(t.rows) {
+            let out = &mut self.c[r * self.ldc + j0..r * self.ldc + j0 + t.cols];
+            for (j, o) in out.iter_mut().enumerate() {
+                let v = raw[j] - za * colsum[j];
+                *o = v as f32 * s[j] + b[j];
+            }
+        }
+    }
+}
+
+/// The reference: `sum a * w` over the tile, u8 x i8 in i32 (on the original weights, whole
+/// or halves).
+fn tile_scalar(t: &Tile, out: &mut Out) {
+    let mut raw = [[0i32; NR]; MR];
+    for data in std::iter::once(&t.w.panels).chain(&t.w.second) {
+        let panel = t.panel(data);
+        for (r, acc) in raw.iter_mut().enumerate().take(t.rows) {
+            let row = &t.a[r * t.lda..r * t.lda + t.w.k4];
+            for (q, step) in panel.chunks_exact(4 * NR).enumerate() {
+                let av = &row[4 * q..4 * q + 4];
+                for (c, wv) in step.chunks_exact(4).enumerate() {
+                    for tt in 0..4 {
+                        acc[c] += av[tt] as i32 * wv[tt] as i32;
+                    }
+                }
+            }
+        }
+    }
+    out.finish(t, &raw);
+}
+
+/// The 4 bytes of step `q` of row `r`, as the i32 a broadcast takes (read from memory, so a
+/// broadcast can take it as its operand).
+///
+/// # Safety
+/// `r < t.rows`, `q < k4 / 4`: inside A by [`multiply`]'s check.
+#[inline(always)]
+unsafe fn quad(t: &Tile, r: usize, q: usize) -> i32 {
+    debug_assert!(r * t.lda + 4 * q + 4 <= t.a.len());
+    // SAFETY: caller's contract.
+    unsafe { (t.a.as_ptr().add(r * t.lda + 4 * q) as *const i32).read_unaligned() }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `R` rows of a tile over the 256-bit halves of the panel (x86), each step's accumulator
+/// `$c` updated by `$e` from the broadcast activations `$av` and the weights `$w` (an
+/// expression, not a closure: a closure would not inherit the function's target features).
+macro_rules! x86_rows {
+    ($t:expr, $raw:expr, $R:expr, $data:expr, |$c:ident, $av:ident, $w:ident| $e:expr) => {{
+        use std::arch::x86_64::*;
+        let panel = $t.panel($data).as_ptr();
+        let mut acc = [[_mm256_setzero_si256(); 2]; $R];
+        for q in 0..$t.w.k4 / 4 {
+            // SAFETY: step q of the panel is 64 bytes inside it.
+            let w0 = unsafe { _mm256_loadu_si256(panel.add(q * 64) as *const __m256i) };
+            let w1 = unsafe { _mm256_loadu_si256(panel.add(q * 64 + 32) as *const __m256i) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: r and q inside the tile.
+                let $av = _mm256_set1_epi32(unsafe { quad($t, r, q) });
+                for (acc, w) in acc.iter_mut().zip([w0, w1]) {
+                    let ($c, $w) = (*acc, w);
+                    *acc = $e;
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (h, v) in acc.iter().enumerate() {
+                let mut l = [0i32; 8];
+                // SAFETY: l holds 8 lanes.
+                unsafe { _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, *v) };
+                for (x, y) in $raw[r][8 * h..8 * h + 8].iter_mut().zip(l) {
+                    *x += y;
+                }
+            }
+        }
+    }};
+}
+
+/// Runs `$body` (a generic over the block's row count `R`) for `t.rows`.
+macro_rules! by_rows {
+    ($rows:expr, $f:ident($($a:expr),*)) => {
+        match $rows {
+            6 => $f::<6>($($a),*),
+            5 => $f::<5>($($a),*),
+            4 => $f::<4>($($a),*),
+            3 => $f::<3>($($a),*),
+            2 => $f::<2>($($a),*),
+            _ => $f::<1>($($a),*),
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn tile_avxvnni(t: &Tile, out: &mut Out) {
+    let mut raw = [[0i32; NR]; MR];
+    #[target_feature(enable = "avx2,avxvnni")]
+    fn rows<const R: usize>(t: &Tile, raw: &mut [[i32; NR]; MR]) {
+        x86_rows!(t, raw, R, &t.w.panels, |c, a, w| _mm256_dpbusd_avx_epi32(
+            c, a, w
+        ));
+    }
+    by_rows!(t.rows, rows(t, &mut raw));
+    out.finish(t, &raw);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_avx2(t: &Tile, out: &mut Out) {
+    let mut raw = [[0i32; NR]; MR];
+    #[target_feature(enable = "avx2")]
+    fn rows<const R: usize>(t: &Tile, raw: &mut [[i32; NR]; MR], data: &[i8]) {
+        use std::arch::x86_64::*;
+        let ones = _mm256_set1_epi16(1);
+        // Two u8 x i8 products per i16 (never saturating: every weight here is in [-64, 64]),
+        // then adjacent i16 pairs into the i32 lane.
+        x86_rows!(t, raw, R, data, |c, a, w| _mm256_add_epi32(
+            c,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), ones)
+        ));
+    }
+    for data in std::iter::once(&t.w.panels).chain(&t.w.second) {
+        by_rows!(t.rows, rows(t, &mut raw, data))
+    }
+    out.finish(t, &raw);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile_avx512vnni(t: &Tile, out: &mut Out) {
+    let mut raw = [[0i32; NR]; MR];
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    fn rows<const R: usize>(t: &Tile, raw: &mut [[i32; NR]; MR]) {
+        use std::arch::x86_64::*;
+        let panel = t.panel(&t.w.panels).as_ptr();
+        let mut acc = [_mm512_setzero_si512(); R];
+        for q in 0..t.w.k4 / 4 {
+            // SAFETY: step q of the panel is 64 bytes inside it.
+            let w = unsafe { _mm512_loadu_si512(panel.add(q * 64) as *const __m512i) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: r and q inside the tile.
+                let a = _mm512_set1_epi32(unsafe { quad(t, r, q) });
+                *acc = _mm512_dpbusd_epi32(*acc, a, w);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: a row of raw holds 16 lanes.
+            unsafe { _mm512_storeu_si512(raw[r].as_mut_ptr() as *mut __m512i, *acc) };
+        }
+    }
+    by_rows!(t.rows, rows(t, &mut raw));
+    out.finish(t, &raw);
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn tile_neon_dot(t: &Tile, out: &mut Out) {
+    let mut raw = [[0i32; NR]; MR];
+    #[target_feature(enable = "neon,dotprod")]
+    fn rows<const R: usize>(t: &Tile, raw: &mut [[i32; NR]; MR]) {
+        use std::arch::aarch64::*;
+        /// `acc += sum of 4 i8 products per lane` (`sdot`, an intrinsic not yet stable).
+        #[inline(always)]
+        fn sdot(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+            let mut acc = acc;
+            // SAFETY: a register-only instruction of the dotprod extension this function's
+            // caller was compiled for.
+            unsafe {
+                std::arch::asm!(
+                    ".arch_extension dotprod",
+                    "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+                    inout(vreg) acc,
+                    in(vreg) w,
+                    in(vreg) a,
+                    options(pure, nomem, nostack)
+                )
+            };
+            acc
+        }
+        let panel = t.panel(&t.w.panels).as_ptr();
+        let flip = vdupq_n_u8(0x80);
+        let mut acc = [[vdupq_n_s32(0); 4]; R];
+        for q in 0..t.w.k4 / 4 {
+            // SAFETY: step q of the panel is 64 bytes inside it.
+            let w: [int8x16_t; 4] =
+                std::array::from_fn(|h| unsafe { vld1q_s8(panel.add(q * 64 + 16 * h)) });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // a - 128 as i8 (the sums get 128 colsum(W) back below).
+                let a = vreinterpretq_s8_u8(veorq_u8(
+                    // SAFETY: r and q inside the tile.
+                    vreinterpretq_u8_s32(vdupq_n_s32(unsafe { quad(t, r, q) })),
+                    flip,
+                ));
+                for (x, w) in acc.iter_mut().zip(&w) {
+                    *x = sdot(*x, *w, a);
+                }
+            }
+        }
+        let cs = &t.w.colsum[t.pn * NR..t.pn * NR + NR];
+        for (r, acc) in acc.iter().enumerate() {
+            for (h, v) in acc.iter().enumerate() {
+                let mut l = [0i32; 4];
+                // SAFETY: l holds 4 lanes.
+                unsafe { vst1q_s32(l.as_mut_ptr(), *v) };
+                for (c, x) in l.iter().enumerate() {
+                    raw[r][4 * h + c] = x + 128 * cs[4 * h + c];
+                }
+            }
+        }
+    }
+    by_rows!(t.rows, rows(t, &mut raw));
+    out.finish(t, &raw);
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn tile_neon(t: &Tile, out: &mut Out) {
+    let mut raw = [[0i32; NR]; MR];
+    #[target_feature(enable = "neon")]
+    fn rows<const R: usize>(t: &Tile, raw: &mut [[i32; NR]; MR]) {
+        use std::arch::aarch64::*;
+        let panel = t.panel(&t.w.panels).as_ptr();
+        let mut acc = [[vdupq_n_s32(0); 4]; R];
+        for q in 0..t.w.k4 / 4 {
+            // The step's 64 bytes de-interleaved: register tt holds k value 4q + tt of the 16
+            // columns; widened to i16 halves.
+            // SAFETY: step q of the panel is 64 bytes inside it.
+            let w = unsafe { vld4q_s8(panel.add(q * 64)) };
+            let wk = [w.0, w.1, w.2, w.3].map(|v| [vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v)]);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let o = r * t.lda + 4 * q;
+                for (tt, wk) in wk.iter().enumerate() {
+                    let a = t.a[o + tt] as i16;
+                    acc[0] = vmlal_n_s16(acc[0], vget_low_s16(wk[0]), a);
+                    acc[1] = vmlal_high_n_s16(acc[1], wk[0], a);
+                    acc[2] = vmlal_n_s16(acc[2], vget_low_s16(wk[1]), a);
+                    acc[3] = vmlal_high_n_s16(acc[3], wk[1], a);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (h, v) in acc.iter().enumerate() {
+                // SAFETY: 4 lanes into raw[r][4h..4h + 4].
+                unsafe { vst1q_s32(raw[r].as_mut_ptr().add(4 * h), *v) };
+            }
+        }
+    }
+    by_rows!(t.rows, rows(t, &mut raw));
+    out.finish(t, &raw);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeded bytes.
+    fn bytes(seed: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (*seed >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// The definition, in i64 and f32, for C's element (i, j).
+    fn definition(
+        a: &[u8],
+        lda: usize,
+        w: &[i8],
+        (k, n): (usize, usize),
+        rq: &Requant,
+    ) -> impl Fn(usize, usize) -> f32 {
+        move |i, j| {
+            let s: i64 = (0..k)
+                .map(|p| (a[i * lda + p] as i64 - rq.a_zero as i64) * w[p * n + j] as i64)
+                .sum();
+            s as i32 as f32 * rq.scale[j] + rq.bias[j]
+        }
+    }
+
+    fn check(m: usize, k: usize, n: usize, w: &[i8], a: &[u8], za: u8) {
+        let lda = k + 3;
+        let mut seed = (m * k + n) as u64;
+        let scale: Vec<f32> = (0..n).map(|j| 1e-3 * (1.0 + j as f32 / 7.0)).collect();
+        let bias: Vec<f32> = bytes(&mut seed, n)
+            .iter()
+            .map(|&b| b as f32 / 50.0 - 2.5)
+            .collect();
+        let rq = Requant {
+            a_zero: za,
+            scale: &scale,
+            bias: &bias,
+        };
+        let def = definition(a, lda, w, (k, n), &rq);
+        let mut want = None;
+        for kern in I8Kernel::available() {
+            let packed = I8Weights::pack(kern, w, k, n, (n, 1));
+            let mut c = vec![f32::NAN; m * (n + 1)];
+            multiply(a, lda, m, &packed, &rq, &mut c, n + 1);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(
+                        c[i * (n + 1) + j],
+                        def(i, j),
+                        "{kern:?} {m}x{k}x{n} ({i}, {j})"
+                    );
+                }
+                assert!(c[i * (n + 1) + n].is_nan(), "{kern:?} wrote past the row");
+            }
+            let bits: Vec<u32> = c.iter().map(|x| x.to_bits()).collect();
+            match &want {
+                None => want = Some(bits),
+                Some(w) => assert_eq!(&bits, w, "{kern:?} {m}x{k}x{n}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_path_equals_the_definition_bit_for_bit() {
+        let ran: Vec<_> = I8Kernel::available().iter().map(|k| k.name()).collect();
+        println!("int8 paths run on this CPU: {}", ran.join(", "));
+        let mut seed = 3;
+        // Tails of every kind: rows (MR = 6), columns (NR = 16), k not a multiple of 4.
+        for (m, k, n) in [
+            (1usize, 1usize, 1usize),
+            (7, 5, 17),
+            (6, 64, 16),
+            (13, 130, 40),
+            (2, 3, 33),
+            (12, 256, 32),
+        ] {
+            let lda = k + 3;
+            let a = bytes(&mut seed, (m - 1) * lda + k.next_multiple_of(4) + 3);
+            // Full-range weights (the AVX2 path splits them), then weights within 7 bits.
+            let wide: Vec<i8> = bytes(&mut seed, k * n).iter().map(|&b| b as i8).collect();
+            let narrow: Vec<i8> = wide.iter().map(|&w| w / 2).collect();
+            for w in [&wide, &narrow] {
+                for za in [0u8, 77, 255] {
+                    check(m, k, n, w, &a, za);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extremes_do_not_saturate() {
+        // Every activation 255 against every weight -128, 127 or 64 (vpmaddubsw's limit), over a
+        // long reduction: the largest sums each path can meet.
+        let (m, k, n) = (7, 1024, 20);
+        let a = vec![255u8; (m - 1) * (k + 3) + k + 3];
+        for v in [-128i8, 127, 64, -64] {
+            check(m, k, n, &vec![v; k * n], &a, 0);
+            check(m, k, n, &vec![v; k * n], &a, 255);
+        }
+    }
+
+    #[test]
+    fn quantize_rounds_half_to_even_and_clamps() {
+        let x = [0.0f32, 0.25, 0.75, 1.25, -100.0, 100.0, f32::NAN, -0.25];
+        let mut out = [0u8; 8];
+        quantize_u8(&x, 0.5, 10, &mut out);
+        // 0.25 / 0.5 = 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -200 -> 0 (clamped), 200 + 10 -> 210,
+        // NaN -> the zero point, -0.5 -> -0 (+10).
+        assert_eq!(out, [10, 10, 12, 12, 0, 210, 10, 10]);
+        quantize_u8(&[1000.0], 0.5, 10, &mut out[..1]);
+        assert_eq!(out[0], 255);
+        // Every kernel alike, on values around every rounding boundary and past both ends.
+        let xs: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.0625 + 0.03125).collect();
+        let mut want = vec![0u8; xs.len()];
+        quantize_u8_with(crate::Kernel::Scalar, &xs, 0.125, 100, &mut want);
+        for k in crate::Kernel::available() {
+            let mut got = vec![0u8; xs.len()];
+            quantize_u8_with(k, &xs, 0.125, 100, &mut got);
+            assert_eq!(got, want, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn the_avx2_path_splits_only_weights_beyond_7_bits() {
+        let fits = vec![64i8, -64, 0, 3];
+        let wide = vec![65i8, 0, 0, 0];
+        assert!(!I8Weights::pack(I8Kernel::Avx2, &fits, 2, 2, (2, 1)).split());
+        assert!(I8Weights::pack(I8Kernel::Avx2, &wide, 2, 2, (2, 1)).split());
+        assert!(!I8Weights::pack(I8Kernel::Avx512Vnni, &wide, 2, 2, (2, 1)).split());
+    }
+
+    #[test]
+    fn kernel_choice_follows_the_features() {
+        let none = Features::default();
+        assert_eq!(I8Kernel::best_on(none), I8Kernel::Scalar);
+        let avx2 = Features {
+            avx2: true,
+            fma: true,
+            ..none
+        };
+        let vnni = Features {
+            avxvnni: true,
+            ..avx2
+        };
+        let v512 = Features {
+            avx512f: true,
+            avx512vnni: true,
+            ..avx2
+        };
+        let (x86, arm) = (cfg!(target_arch = "x86_64"), cfg!(target_arch = "aarch64"));
+        let pick = |ok: bool, k| if ok { k } else { I8Kernel::Scalar };
+        assert_eq!(I8Kernel::best_on(avx2), pick(x86, I8Kernel::Avx2));
+        assert_eq!(I8Kernel::best_on(vnni), pick(x86, I8Kernel::AvxVnni));
+        assert_eq!(I8Kernel::best_on(v512), pick(x86, I8Kernel::Avx512Vnni));
+        let neon = Features { neon: true, ..none };
+        let dot = Features {
+            dotprod: true,
+            ..neon
+        };
+        assert_eq!(I8Kernel::best_on(neon), pick(arm, I8Kernel::Neon));
+        assert_eq!(I8Kernel::best_on(dot), pick(arm, I8Kernel::NeonDot));
+        assert!(I8Kernel::best().usable());
+    }
+}
