@@ -341,14 +341,37 @@ fn quantize_body(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
     for (o, &v) in out.iter_mut().zip(x) {
         let y = v * inv;
         let y = if y.is_nan() { 0.0 } else { y };
-        *o = (y.round_ties_even() + z).clamp(0.0, 255.0) as u8;
+        // Through i32: the clamped value fits, and a saturating float-to-u8 cast is not
+        // vectorised (float-to-i32 is, and the narrowing is a truncation).
+        *o = (y.round_ties_even() + z).clamp(0.0, 255.0) as i32 as u8;
     }
 }
 
+/// 8 values at a time by intrinsics (the compiler scalarised the saturating float-to-int
+/// conversion of the shared body): the same operations, and after the clamp the value is a
+/// whole number in [0, 255], so `cvtps` converts it exactly; the rest by the shared body.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_avx2(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
-    quantize_body(x, inv, zero, out)
+    use std::arch::x86_64::*;
+    let n = x.len() / 8 * 8;
+    let (vi, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(zero as f32));
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= x.len() = out.len().
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+        let y = _mm256_mul_ps(v, vi);
+        // NaN -> 0, as the body.
+        let y = _mm256_and_ps(y, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vz), lo), hi);
+        let w = _mm256_cvtps_epi32(q);
+        let w16 = _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+        let b8 = _mm_packus_epi16(w16, w16);
+        // SAFETY: 8 bytes at out[i..i + 8].
+        unsafe { _mm_storel_epi64(out.as_mut_ptr().add(i) as *mut __m128i, b8) };
+    }
+    quantize_body(&x[n..], inv, zero, &mut out[n..])
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -393,6 +416,21 @@ impl Out<'_> {
         let j0 = t.pn * NR;
         let za = self.rq.a_zero as i32;
         let colsum = &t.w.colsum[j0..j0 + NR];
+        if t.cols == NR {
+            // Whole panels as fixed-size arrays: one vector pass per row (a slice of run-time
+            // length was left scalar by the compiler).
+            let cs: &[i32; NR] = colsum.try_into().expect("NR");
+            let s: &[f32; NR] = self.rq.scale[j0..j0 + NR].try_into().expect("NR");
+            let b: &[f32; NR] = self.rq.bias[j0..j0 + NR].try_into().expect("NR");
+            for (r, raw) in raw.iter().enumerate().take(t.rows) {
+                let o = r * self.ldc + j0;
+                let out: &mut [f32; NR] = (&mut self.c[o..o + NR]).try_into().expect("NR");
+                for j in 0..NR {
+                    out[j] = (raw[j] - za * cs[j]) as f32 * s[j] + b[j];
+                }
+            }
+            return;
+        }
         let (s, b) = (
             &self.rq.scale[j0..j0 + t.cols],
             &self.rq.bias[j0..j0 + t.cols],
