@@ -87,7 +87,7 @@ fn main() {
         let mut qa = vec![0u8; m * k4];
         let quantize = |qa: &mut [u8]| {
             for (row, src) in qa.chunks_exact_mut(k4).zip(a.chunks_exact(k)) {
-                quantize_u8(src, sa, za, &mut row[..k]);
+                quantize_u8(src, 1.0 / sa, za, &mut row[..k]);
             }
         };
         quantize(&mut qa);
@@ -127,6 +127,7 @@ fn main() {
                     a_zero: za,
                     scale,
                     bias: &bias,
+                    out_q: None,
                 };
                 t.push(time(|| {
                     sonomask_kernels::int8::multiply(&qa, k4, m, pw, &rq, &mut c, n)

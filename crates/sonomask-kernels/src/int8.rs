@@ -234,6 +234,29 @@ pub struct Requant<'a> {
     pub scale: &'a [f32],
     /// Per output column.
     pub bias: &'a [f32],
+    /// The output's own quantisation, when the model rounds it to u8 and back (a QOperator
+    /// graph's `QLinearMatMul` then `DequantizeLinear`): each value becomes
+    /// `(clamp(round_ties_even(v * inv_scale) + zero, 0, 255) - zero) * scale`.
+    pub out_q: Option<OutQuant>,
+}
+
+/// An output quantisation (see [`Requant::out_q`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutQuant {
+    pub inv_scale: f32,
+    pub zero: u8,
+    pub scale: f32,
+}
+
+impl OutQuant {
+    /// `v` rounded to the output's u8 grid and back: float operations only (the value after
+    /// the clamp is a whole number), so the compiler vectorises it with the path's rounding
+    /// instruction.
+    #[inline(always)]
+    fn apply(&self, v: f32) -> f32 {
+        let z = self.zero as f32;
+        (((v * self.inv_scale).round_ties_even() + z).clamp(0.0, 255.0) - z) * self.scale
+    }
 }
 
 /// `C[i][j] = ((sum_p (A[i][p] - za) W[p][j]) as f32) * scale[j] + bias[j]` for `m` rows:
@@ -309,16 +332,16 @@ pub fn multiply(
     }
 }
 
-/// Activations quantized to u8: `clamp(round_ties_even(x / scale) + zero, 0, 255)`, the
-/// rounding onnxruntime's `QuantizeLinear` uses (as a multiply by `1 / scale`). A NaN becomes
-/// `zero` (no panic, no UB on any input).
-pub fn quantize_u8(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
-    quantize_u8_with(crate::Kernel::best(), x, scale, zero, out)
+/// Activations quantized to u8: `clamp(round_ties_even(x * inv_scale) + zero, 0, 255)`, as
+/// tract's `QuantizeLinearU8` (which holds `inv_scale`, the reciprocal of the ONNX scale) and
+/// onnxruntime's `QuantizeLinear` round. A NaN becomes `zero` (no panic, no UB on any input).
+pub fn quantize_u8(x: &[f32], inv_scale: f32, zero: u8, out: &mut [u8]) {
+    quantize_u8_with(crate::Kernel::best(), x, inv_scale, zero, out)
 }
 
 /// [`quantize_u8`] on a chosen kernel (the same scalar body compiled for AVX2 or NEON, where
 /// the rounding is one vector instruction instead of a libm call; equal by test).
-pub fn quantize_u8_with(kernel: crate::Kernel, x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+pub fn quantize_u8_with(kernel: crate::Kernel, x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
     assert_eq!(
         x.len(),
         out.len(),
@@ -326,7 +349,6 @@ pub fn quantize_u8_with(kernel: crate::Kernel, x: &[f32], scale: f32, zero: u8, 
         x.len(),
         out.len()
     );
-    let inv = 1.0 / scale;
     crate::dispatch!(
         kernel,
         quantize_body(x, inv, zero, out),
@@ -428,6 +450,11 @@ impl Out<'_> {
                 for j in 0..NR {
                     out[j] = (raw[j] - za * cs[j]) as f32 * s[j] + b[j];
                 }
+                if let Some(oq) = self.rq.out_q {
+                    for o in out.iter_mut() {
+                        *o = oq.apply(*o);
+                    }
+                }
             }
             return;
         }
@@ -440,6 +467,11 @@ impl Out<'_> {
             for (j, o) in out.iter_mut().enumerate() {
                 let v = raw[j] - za * colsum[j];
                 *o = v as f32 * s[j] + b[j];
+            }
+            if let Some(oq) = self.rq.out_q {
+                for o in out.iter_mut() {
+                    *o = oq.apply(*o);
+                }
             }
         }
     }
@@ -614,10 +646,57 @@ unsafe fn tile_neon_dot(t: &Tile, out: &mut Out) {
             };
             acc
         }
+        /// `sdot` by element: the 4 bytes of lane `L` of `a` against every lane of `w`.
+        #[inline(always)]
+        fn sdot_lane<const L: i32>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+            let mut acc = acc;
+            // SAFETY: as `sdot`.
+            unsafe {
+                std::arch::asm!(
+                    ".arch_extension dotprod",
+                    "sdot {0:v}.4s, {1:v}.16b, {2:v}.4b[{l}]",
+                    inout(vreg) acc,
+                    in(vreg) w,
+                    in(vreg_low16) a,
+                    l = const L,
+                    options(pure, nomem, nostack)
+                )
+            };
+            acc
+        }
         let panel = t.panel(&t.w.panels).as_ptr();
         let flip = vdupq_n_u8(0x80);
         let mut acc = [[vdupq_n_s32(0); 4]; R];
-        for q in 0..t.w.k4 / 4 {
+        let steps = t.w.k4 / 4;
+        let mut q = 0;
+        // Four steps at a time: each row's 16 activations loaded and flipped once, each step's
+        // 4 bytes taken by lane (a dup and a flip per row and step otherwise).
+        while q + 4 <= steps {
+            // SAFETY: bytes 4q..4q + 16 of each row lie inside A (4q + 16 <= k4).
+            let a: [int8x16_t; R] = std::array::from_fn(|r| unsafe {
+                let p = t.a.as_ptr().add(r * t.lda + 4 * q);
+                vreinterpretq_s8_u8(veorq_u8(vld1q_u8(p), flip))
+            });
+            macro_rules! step {
+                ($l:literal) => {
+                    // SAFETY: step q + l of the panel is 64 bytes inside it.
+                    let w: [int8x16_t; 4] = std::array::from_fn(|h| unsafe {
+                        vld1q_s8(panel.add((q + $l) * 64 + 16 * h))
+                    });
+                    for (acc, a) in acc.iter_mut().zip(&a) {
+                        for (x, w) in acc.iter_mut().zip(&w) {
+                            *x = sdot_lane::<$l>(*x, *w, *a);
+                        }
+                    }
+                };
+            }
+            step!(0);
+            step!(1);
+            step!(2);
+            step!(3);
+            q += 4;
+        }
+        while q < steps {
             // SAFETY: step q of the panel is 64 bytes inside it.
             let w: [int8x16_t; 4] =
                 std::array::from_fn(|h| unsafe { vld1q_s8(panel.add(q * 64 + 16 * h)) });
@@ -632,6 +711,7 @@ unsafe fn tile_neon_dot(t: &Tile, out: &mut Out) {
                     *x = sdot(*x, *w, a);
                 }
             }
+            q += 1;
         }
         let cs = &t.w.colsum[t.pn * NR..t.pn * NR + NR];
         for (r, acc) in acc.iter().enumerate() {
@@ -665,9 +745,10 @@ unsafe fn tile_neon(t: &Tile, out: &mut Out) {
             let w = unsafe { vld4q_s8(panel.add(q * 64)) };
             let wk = [w.0, w.1, w.2, w.3].map(|v| [vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v)]);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let o = r * t.lda + 4 * q;
+                // SAFETY: r and q inside the tile.
+                let a4 = unsafe { quad(t, r, q) }.to_le_bytes();
                 for (tt, wk) in wk.iter().enumerate() {
-                    let a = t.a[o + tt] as i16;
+                    let a = a4[tt] as i16;
                     acc[0] = vmlal_n_s16(acc[0], vget_low_s16(wk[0]), a);
                     acc[1] = vmlal_high_n_s16(acc[1], wk[0], a);
                     acc[2] = vmlal_n_s16(acc[2], vget_low_s16(wk[1]), a);
@@ -703,18 +784,25 @@ mod tests {
     }
 
     /// The definition, in i64 and f32, for C's element (i, j).
-    fn definition(
-        a: &[u8],
+    fn definition<'a>(
+        a: &'a [u8],
         lda: usize,
-        w: &[i8],
+        w: &'a [i8],
         (k, n): (usize, usize),
-        rq: &Requant,
-    ) -> impl Fn(usize, usize) -> f32 {
+        rq: &'a Requant,
+    ) -> impl Fn(usize, usize) -> f32 + 'a {
         move |i, j| {
             let s: i64 = (0..k)
                 .map(|p| (a[i * lda + p] as i64 - rq.a_zero as i64) * w[p * n + j] as i64)
                 .sum();
-            s as i32 as f32 * rq.scale[j] + rq.bias[j]
+            let v = s as i32 as f32 * rq.scale[j] + rq.bias[j];
+            match rq.out_q {
+                None => v,
+                Some(q) => {
+                    let y = ((v * q.inv_scale).round_ties_even() + q.zero as f32).clamp(0.0, 255.0);
+                    (y - q.zero as f32) * q.scale
+                }
+            }
         }
     }
 
@@ -726,17 +814,41 @@ mod tests {
             .iter()
             .map(|&b| b as f32 / 50.0 - 2.5)
             .collect();
-        let rq = Requant {
-            a_zero: za,
-            scale: &scale,
-            bias: &bias,
-        };
-        let def = definition(a, lda, w, (k, n), &rq);
+        // Without and with an output quantisation (a grid coarse enough to clamp some).
+        for out_q in [
+            None,
+            Some(OutQuant {
+                inv_scale: 4.0,
+                zero: 117,
+                scale: 0.25,
+            }),
+        ] {
+            check_with(
+                m,
+                (k, n),
+                (w, a, lda),
+                &Requant {
+                    a_zero: za,
+                    scale: &scale,
+                    bias: &bias,
+                    out_q,
+                },
+            );
+        }
+    }
+
+    fn check_with(
+        m: usize,
+        (k, n): (usize, usize),
+        (w, a, lda): (&[i8], &[u8], usize),
+        rq: &Requant,
+    ) {
+        let def = definition(a, lda, w, (k, n), rq);
         let mut want = None;
         for kern in I8Kernel::available() {
             let packed = I8Weights::pack(kern, w, k, n, (n, 1));
             let mut c = vec![f32::NAN; m * (n + 1)];
-            multiply(a, lda, m, &packed, &rq, &mut c, n + 1);
+            multiply(a, lda, m, &packed, rq, &mut c, n + 1);
             for i in 0..m {
                 for j in 0..n {
                     assert_eq!(
@@ -798,19 +910,19 @@ mod tests {
     fn quantize_rounds_half_to_even_and_clamps() {
         let x = [0.0f32, 0.25, 0.75, 1.25, -100.0, 100.0, f32::NAN, -0.25];
         let mut out = [0u8; 8];
-        quantize_u8(&x, 0.5, 10, &mut out);
-        // 0.25 / 0.5 = 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -200 -> 0 (clamped), 200 + 10 -> 210,
+        quantize_u8(&x, 2.0, 10, &mut out);
+        // 0.25 * 2 = 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -200 -> 0 (clamped), 200 + 10 -> 210,
         // NaN -> the zero point, -0.5 -> -0 (+10).
         assert_eq!(out, [10, 10, 12, 12, 0, 210, 10, 10]);
-        quantize_u8(&[1000.0], 0.5, 10, &mut out[..1]);
+        quantize_u8(&[1000.0], 2.0, 10, &mut out[..1]);
         assert_eq!(out[0], 255);
         // Every kernel alike, on values around every rounding boundary and past both ends.
         let xs: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.0625 + 0.03125).collect();
         let mut want = vec![0u8; xs.len()];
-        quantize_u8_with(crate::Kernel::Scalar, &xs, 0.125, 100, &mut want);
+        quantize_u8_with(crate::Kernel::Scalar, &xs, 8.0, 100, &mut want);
         for k in crate::Kernel::available() {
             let mut got = vec![0u8; xs.len()];
-            quantize_u8_with(k, &xs, 0.125, 100, &mut got);
+            quantize_u8_with(k, &xs, 8.0, 100, &mut got);
             assert_eq!(got, want, "{k:?}");
         }
     }

@@ -11,11 +11,13 @@ use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::math::{Add, Mul, Sub};
 use tract_core::ops::nn::Softmax;
 use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
+use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 use tract_onnx::prelude::*;
 
 use crate::graph::{is_bin, konst, other_konst, sole_user};
 use crate::*;
 use sonomask_kernels::Kernel;
+use sonomask_kernels::int8::{I8Kernel, I8Weights, OutQuant};
 
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
@@ -37,6 +39,7 @@ impl Fusions {
     /// (`SONOMASK_OWN_OPS_OFF` takes these names).
     pub const KINDS: &'static [&'static str] = &[
         // Before tract's code generation (`substitute_decluttered_with`).
+        "int8_linear",
         "heads_first",
         "few_keys",
         "gemm",
@@ -105,6 +108,9 @@ pub fn stock_ops_requested() -> bool {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Replaced {
     pub softmax: usize,
+    /// Quantized linear layers (`QuantizeLinear -> QLinearMatMul -> DequantizeLinear`) made one
+    /// [`Int8Linear`].
+    pub int8_linear: usize,
     pub pad: usize,
     pub depthwise: usize,
     /// Channels-last depthwise convolutions, with the two transposes around them.
@@ -173,6 +179,16 @@ pub fn substitute_decluttered_with(
 ) -> TractResult<Replaced> {
     let off = |kind: &str| fusions.is_off(kind);
     let mut done = Replaced::default();
+    if !off("int8_linear") {
+        let k8 = I8Kernel::best();
+        for id in 0..model.nodes.len() {
+            if let Some((x, op, tail)) = int8_linear_plan(model, id, k8)? {
+                let name = format!("{}.int8", model.nodes[id].name);
+                replace_span(model, &[x], name, op, tail)?;
+                done.int8_linear += 1;
+            }
+        }
+    }
     if !off("heads_first") && !off("gemm") {
         (done.heads_first, done.few_keys) = heads_first::rewrite(model, kernel, !off("few_keys"))?;
     }
@@ -370,6 +386,170 @@ fn substitute_product(
     }
     let name = format!("{}.gemm", model.nodes[id].name);
     replace_span(model, &wires, name, gemm, tail)
+}
+
+/// The [`Int8Linear`] for the chain through node `id`, if it is one: a `QuantizeLinearU8` of
+/// f32 activations `[.., k]` read by a quantized `EinSum` `..k,kn->..n` (node `id`) with constant i8
+/// weights (symmetric: zero points 0), scalar activation and output quantisations and
+/// per-column or scalar weight scales, read only by a `DequantizeLinearF32` of the same output
+/// quantisation. Returns the activations, the op and the dequantize node it stands for.
+fn int8_linear_plan(
+    model: &TypedModel,
+    id: usize,
+    kernel: I8Kernel,
+) -> TractResult<Option<(OutletId, Int8Linear, usize)>> {
+    let mm = &model.nodes[id];
+    if !mm.op_is::<EinSum>() || mm.inputs.len() != 9 {
+        return Ok(None);
+    }
+    // The quantisation may feed several products (the decoder's q, k and v projections of one
+    // input): each gets its own op, quantizing its input again (a pass over k values per row,
+    // against k n multiply-adds).
+    let node = &model.nodes[mm.inputs[0].node];
+    let Some(q) = node
+        .op_as::<tract_core::ops::element_wise::ElementWiseOp>()
+        .and_then(|e| e.0.downcast_ref::<QuantizeLinearU8>())
+    else {
+        return Ok(None);
+    };
+    let x = node.inputs[0];
+    let xf = model.outlet_fact(x)?;
+    let Some(in_shape) = xf.shape.as_concrete().map(|s| s.to_vec()) else {
+        return Ok(None);
+    };
+    let Some(es) = mm.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    if xf.datum_type != DatumType::F32 || in_shape.is_empty() || es.q_params.is_none() {
+        return Ok(None);
+    }
+    // `..k,kn,,,,[n],[n],,->..n`: the activations' last axes reduced against all but the
+    // weights' last (one axis, or several contiguous ones, as `ambk,bkn->amn` after a head
+    // merge).
+    let expr = format!("{}", es.axes);
+    let Some((ins, out)) = expr.split_once("->") else {
+        return Ok(None);
+    };
+    let ins: Vec<Vec<char>> = ins.split(',').map(|s| s.chars().collect()).collect();
+    let out: Vec<char> = out.chars().collect();
+    let Some(out_shape) = model
+        .outlet_fact(OutletId::new(id, 0))?
+        .shape
+        .as_concrete()
+        .map(|s| s.to_vec())
+    else {
+        return Ok(None);
+    };
+    if ins.len() != 9 || ins[0].len() != in_shape.len() || out.len() != out_shape.len() {
+        return Ok(None);
+    }
+    // Axes of size 1 do not move data (the decoder's `amk,kn->mn` drops one, `mbk,bkn->amn`
+    // adds one): compare the others.
+    let a: Vec<char> = (ins[0].iter().zip(&in_shape))
+        .filter(|(_, d)| **d != 1)
+        .map(|(c, _)| *c)
+        .collect();
+    let out: Vec<char> = (out.iter().zip(&out_shape))
+        .filter(|(_, d)| **d != 1)
+        .map(|(c, _)| *c)
+        .collect();
+    let b = &ins[1];
+    let r = b.len().saturating_sub(1);
+    let fits = r >= 1
+        && a.len() >= r
+        && a[a.len() - r..] == b[..r]
+        && out.len() == a.len() - r + 1
+        && out[..out.len() - 1] == a[..a.len() - r]
+        && out.last() == Some(&b[r])
+        && [3, 4, 7, 8].iter().all(|&i| ins[i].is_empty())
+        && [2, 5, 6]
+            .iter()
+            .all(|&i| ins[i].is_empty() || ins[i] == [b[r]]);
+    if !fits {
+        return Ok(None);
+    }
+    let consts: Option<Vec<Arc<Tensor>>> = (1..9).map(|s| konst(model, mm, s)).collect();
+    let Some(c) = consts else {
+        return Ok(None);
+    };
+    let n = c[0].shape().last().copied().unwrap_or(0);
+    let k: usize = c[0].shape()[..r].iter().product();
+    let volume: usize = in_shape.iter().product();
+    if c[0].datum_type().unquantized() != DatumType::I8
+        || c[0].rank() != r + 1
+        || n == 0
+        || k == 0
+        || !volume.is_multiple_of(k)
+        || out_shape.iter().product::<usize>() != volume / k * n
+    {
+        return Ok(None);
+    }
+    let f = |t: &Tensor| -> TractResult<Vec<f32>> {
+        Ok(t.cast_to::<f32>()?
+            .try_as_plain_ram()?
+            .as_slice::<f32>()?
+            .to_vec())
+    };
+    let (bias, a0, a_scale, b0, b_scale, c0, c_scale) = (
+        f(&c[1])?,
+        f(&c[2])?,
+        f(&c[3])?,
+        f(&c[4])?,
+        f(&c[5])?,
+        f(&c[6])?,
+        f(&c[7])?,
+    );
+    let per_col = |v: &[f32], j: usize| if v.len() == 1 { v[0] } else { v[j] };
+    let Some(dq_node) = sole_user(model, mm.id) else {
+        return Ok(None);
+    };
+    let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else {
+        return Ok(None);
+    };
+    let scalar_u8 =
+        |v: &[f32]| v.len() == 1 && (0.0..=255.0).contains(&v[0]) && v[0].fract() == 0.0;
+    let ok = scalar_u8(&a0)
+        && a0[0] as u8 == q.zero_point
+        && scalar_u8(&c0)
+        && a_scale.len() == 1
+        && c_scale.len() == 1
+        && [bias.len(), b0.len(), b_scale.len()]
+            .iter()
+            .all(|&l| l == 1 || l == n)
+        && b0.iter().all(|&z| z == 0.0)
+        && dq.scale == c_scale[0]
+        && dq.zero_point == c0[0] as i32
+        && q.scale.is_finite()
+        && q.scale > 0.0
+        && c_scale[0].is_finite()
+        && c_scale[0] > 0.0
+        && k <= sonomask_kernels::int8::MAX_K;
+    if !ok {
+        return Ok(None);
+    }
+    let w = c[0].cast_to::<i8>()?;
+    let w = w.try_as_plain_ram()?;
+    let weights = I8Weights::pack(kernel, w.as_slice::<i8>()?, k, n, (n, 1));
+    let scale: Vec<f32> = (0..n).map(|j| a_scale[0] * per_col(&b_scale, j)).collect();
+    let bias: Vec<f32> = (0..n).map(|j| per_col(&bias, j) * scale[j]).collect();
+    let op = Int8Linear {
+        m: volume / k,
+        k,
+        n,
+        in_shape: in_shape.into(),
+        out_shape: out_shape.into(),
+        a_inv_scale: q.scale,
+        a_zero: q.zero_point,
+        weights: Arc::new(weights),
+        scale: Arc::new(scale),
+        bias: Arc::new(bias),
+        out_q: OutQuant {
+            inv_scale: 1.0 / c_scale[0],
+            zero: c0[0] as u8,
+            scale: c_scale[0],
+        },
+    };
+    Ok(Some((x, op, dq_node.id)))
 }
 
 /// Wires `op` on `inputs` and makes it produce what node `tail` produced; the nodes it stands

@@ -1,0 +1,273 @@
+//! A quantized linear layer of a QOperator int8 model in one op: the `QuantizeLinear ->
+//! QLinearMatMul -> DequantizeLinear` chain onnxruntime's quantizer writes for a `MatMul` with
+//! constant weights (tract declutters it into `QuantizeLinearU8 -> EinSum (i8 weights, u8 in and
+//! out) -> DequantizeLinearF32`), computed by the own int8 kernels
+//! (`sonomask_kernels::int8`): f32 activations quantized to u8 row block by row block into a
+//! per-thread scratch, the u8 x i8 product in i32, and the output's u8 rounding applied in the
+//! registers before it is dequantized, so the u8 tensors between the three nodes never exist.
+//!
+//! Why: tract runs the chain on its own int8 matrix kernels with quantize, requantize and
+//! dequantize passes around them; on x86 without VNNI that made the int8 encoder many times
+//! slower than fp32, and with VNNI still slower than fp32 (docs/BENCHMARKS.md, issue 22).
+//!
+//! The same function as the chain: the activations round as tract's `QuantizeLinearU8` (same
+//! multiplier, ties to even), the product is exact, the output rounds to the model's u8 grid and
+//! back. Where the two differ is the requantisation's arithmetic (tract's fixed-point multiplier
+//! against a float multiply here): at most one step of the output grid, on values that fall on
+//! a rounding boundary (tested against tract's chain).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use tract_core::internal::*;
+
+use crate::exec::{SharedMut, par_tasks};
+use sonomask_kernels::int8::{I8Kernel, I8Weights, OutQuant, Requant, multiply, quantize_u8};
+
+/// Rows per task (a multiple of the kernel's 6-row blocks).
+const ROWS: usize = 48;
+
+thread_local! {
+    /// Each thread's quantized activation rows, grown to the largest layer once and kept.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `y = dequant(requant((quant(x) - za) . W) )` over the last axis of `x` (`k` -> `n`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Linear {
+    pub in_shape: TVec<usize>,
+    pub out_shape: TVec<usize>,
+    /// Rows (the product of the leading axes), reduction and output width.
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// The activations' quantisation: tract's multiplier (`1 / scale`) and zero point.
+    pub a_inv_scale: f32,
+    pub a_zero: u8,
+    pub weights: Arc<I8Weights>,
+    /// Per column: the activations' scale times the column's weight scale; the bias likewise
+    /// scaled.
+    pub scale: Arc<Vec<f32>>,
+    pub bias: Arc<Vec<f32>>,
+    pub out_q: OutQuant,
+}
+
+// Plan equality only (tract compares ops to merge duplicates).
+impl Eq for Int8Linear {}
+
+impl Int8Linear {
+    /// The kernel its weights were packed for.
+    pub fn kernel(&self) -> I8Kernel {
+        self.weights.kernel()
+    }
+}
+
+impl Op for Int8Linear {
+    fn name(&self) -> StaticName {
+        "Int8Linear".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "m {} k {} n {} kernel {}{}",
+            self.m,
+            self.k,
+            self.n,
+            self.kernel().name(),
+            if self.weights.split() {
+                " (weights split in two 7-bit halves)"
+            } else {
+                ""
+            }
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Int8Linear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        ensure!(
+            x.datum_type() == DatumType::F32 && x.shape() == &*self.in_shape,
+            "Int8Linear: input is {:?} {:?}, planned for f32 {:?}",
+            x.datum_type(),
+            x.shape(),
+            self.in_shape
+        );
+        let xs = x.try_as_plain_ram()?;
+        let xs = xs.as_slice::<f32>()?;
+        // SAFETY: every row is written by the tasks below.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
+        let out = SharedMut(
+            output
+                .try_as_plain_ram_mut()?
+                .as_slice_mut::<f32>()?
+                .as_mut_ptr(),
+        );
+        let (m, k, n) = (self.m, self.k, self.n);
+        let k4 = self.weights.row_len();
+        let rq = Requant {
+            a_zero: self.a_zero,
+            scale: &self.scale,
+            bias: &self.bias,
+            out_q: Some(self.out_q),
+        };
+        par_tasks(m.div_ceil(ROWS), m * k * n, |t| {
+            let (r0, rows) = (t * ROWS, ROWS.min(m - t * ROWS));
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < ROWS * k4 {
+                    s.resize(ROWS * k4, 0);
+                }
+                for (r, row) in s.chunks_exact_mut(k4).take(rows).enumerate() {
+                    let src = &xs[(r0 + r) * k..(r0 + r + 1) * k];
+                    quantize_u8(src, self.a_inv_scale, self.a_zero, &mut row[..k]);
+                }
+                // SAFETY: task t alone writes output rows r0..r0 + rows.
+                let c = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0 * n), rows * n) };
+                multiply(&s[..rows * k4], k4, rows, &self.weights, &rq, c, n);
+            });
+        })?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Int8Linear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        crate::exec::planned_facts("Int8Linear", inputs[0], (&self.in_shape, &self.out_shape))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        Ok(tvec!((
+            Cost::FMA(DatumType::I32),
+            (self.m * self.k * self.n).into()
+        )))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{substitute_decluttered, test_values};
+    use tract_core::ops::einsum::EinSum;
+    use tract_core::ops::quant::{DequantizeLinearF32, quantize_linear_u8};
+
+    /// `QuantizeLinearU8 -> EinSum (i8 weights, per-column scales) -> DequantizeLinearF32` over
+    /// `x: [rows, k]` (or `[rows, heads, k / heads]` reduced over both, as an attention's
+    /// output projection), the chain onnxruntime's quantizer writes.
+    fn chain(
+        rows: usize,
+        k: usize,
+        n: usize,
+        heads: Option<usize>,
+        b0: i8,
+    ) -> (TypedModel, Vec<f32>) {
+        let mut seed = (rows * k + n) as u64;
+        let x: Vec<f32> = test_values(&mut seed, rows * k)
+            .iter()
+            .map(|v| v * 6.0)
+            .collect();
+        let w: Vec<i8> = test_values(&mut seed, k * n)
+            .iter()
+            .map(|v| (v * 254.0) as i8)
+            .collect();
+        let b_scale: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 1e-5).collect();
+        let bias: Vec<i32> = (0..n).map(|j| j as i32 * 37 - 500).collect();
+        let (a_scale, a_zero, c_scale, c_zero) = (6.0 / 255.0, 128u8, 0.04f32, 120u8);
+        let (shape, expr, w_shape): (Vec<usize>, &str, Vec<usize>) = match heads {
+            None => (vec![rows, k], "mk,kn,n,,,n,n,,->mn", vec![k, n]),
+            Some(h) => (
+                vec![rows, h, k / h],
+                "mbk,bkn,n,,,n,n,,->mn",
+                vec![h, k / h, n],
+            ),
+        };
+        let mut m = TypedModel::default();
+        let s = m.add_source("x", f32::fact(&shape)).unwrap();
+        let q = m
+            .wire_node("q", quantize_linear_u8(1.0 / a_scale, a_zero), &[s])
+            .unwrap();
+        let mut k_ = |name: &str, t: Tensor| m.add_const(name, t).unwrap();
+        let consts = [
+            k_("w", tensor1(&w).into_shape(&w_shape).unwrap()),
+            k_("bias", tensor1(&bias)),
+            k_("a0", tensor0(a_zero)),
+            k_("a_scale", tensor0(a_scale)),
+            k_("b0", tensor1(&vec![b0; n])),
+            k_("b_scale", tensor1(&b_scale)),
+            k_("c0", tensor0(c_zero)),
+            k_("c_scale", tensor0(c_scale)),
+        ];
+        let mut inputs = vec![q[0]];
+        inputs.extend(consts);
+        let es = EinSum::newq(expr.parse().unwrap(), i32::datum_type(), u8::datum_type());
+        let y = m.wire_node("mm", es, &inputs).unwrap();
+        let d = m
+            .wire_node("dq", DequantizeLinearF32::new(c_scale, c_zero as i32), &y)
+            .unwrap();
+        m.select_output_outlets(&d).unwrap();
+        (m, x)
+    }
+
+    fn run(m: TypedModel, x: &[f32], shape: &[usize]) -> Vec<f32> {
+        let out = m
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(Tensor::from_shape(shape, x).unwrap().into_tvalue()))
+            .unwrap();
+        crate::f32s(&out[0]).unwrap().to_vec()
+    }
+
+    #[test]
+    fn replaces_the_chain_and_matches_tract_within_one_output_step() {
+        for (rows, k, n, heads) in [
+            (50, 64, 40, None),
+            (7, 130, 17, None),
+            (49, 128, 32, Some(4)),
+        ] {
+            let (m, x) = chain(rows, k, n, heads, 0);
+            let shape = m
+                .outlet_fact(m.input_outlets().unwrap()[0])
+                .unwrap()
+                .shape
+                .as_concrete()
+                .unwrap()
+                .to_vec();
+            let want = run(m.clone(), &x, &shape);
+            let mut ours = m;
+            let done = substitute_decluttered(&mut ours, sonomask_kernels::Kernel::best()).unwrap();
+            assert_eq!(done.int8_linear, 1, "{rows}x{k}x{n}");
+            assert!(ours.nodes.iter().any(|n| n.op_is::<Int8Linear>()));
+            let got = run(ours, &x, &shape);
+            assert_eq!(got.len(), want.len());
+            // The same u8 grid (0.04 apart); ties may round apart.
+            let mut off = 0;
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 0.04 * 1.001, "{rows}x{k}x{n}: {g} vs {w}");
+                off += (g != w) as usize;
+            }
+            assert!(
+                off * 100 <= want.len(),
+                "{off} of {} values off the grid step",
+                want.len()
+            );
+            // Not a constant output: the test sees the product.
+            assert!(want.iter().any(|v| *v != want[0]));
+        }
+    }
+
+    #[test]
+    fn leaves_a_chain_with_asymmetric_weights_to_tract() {
+        // Nonzero weight zero points: not what the kernels assume.
+        let (mut m, _) = chain(6, 16, 8, None, 1);
+        let done = substitute_decluttered(&mut m, sonomask_kernels::Kernel::best()).unwrap();
+        assert_eq!(done.int8_linear, 0);
+    }
+}
