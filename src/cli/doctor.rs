@@ -60,7 +60,7 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     );
     println!("threads: {}", j["threads_available"]);
     println!(
-        "simd kernels: {:?}; own int8 kernel: {} (not yet used by the models); tract int8 fast here: {}",
+        "simd kernels: {:?}; own int8 kernel: {} (int8 models' linear layers); tract int8 fast here: {}",
         cpu.kernel(),
         crate::simd::int8::I8Kernel::best().name(),
         cpu.fast_int8()

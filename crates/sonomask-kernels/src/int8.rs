@@ -115,14 +115,16 @@ impl I8Kernel {
     pub fn best() -> I8Kernel {
         static CHOSEN: std::sync::OnceLock<I8Kernel> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
-            let best = I8Kernel::best_on(Features::host());
-            match std::env::var("SONOMASK_INT8_KERNEL") {
-                Ok(v) => match I8Kernel::ALL.into_iter().find(|k| k.name() == v) {
-                    Some(k) if k.usable() => k,
-                    _ => best,
-                },
-                Err(_) => best,
-            }
+            let named = |v: &str| {
+                I8Kernel::ALL
+                    .into_iter()
+                    .find(|k| k.name() == v && k.usable())
+            };
+            crate::pinned_or(
+                "SONOMASK_INT8_KERNEL",
+                named,
+                I8Kernel::best_on(Features::host()),
+            )
         })
     }
 

@@ -137,14 +137,12 @@ impl Kernel {
     pub fn best() -> Kernel {
         static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
-            let best = Kernel::best_on(Features::host());
-            match std::env::var("SONOMASK_KERNEL") {
-                Ok(v) => match Kernel::ALL.into_iter().find(|k| k.name() == v) {
-                    Some(k) if k.usable() => k,
-                    _ => best,
-                },
-                Err(_) => best,
-            }
+            let named = |v: &str| {
+                Kernel::ALL
+                    .into_iter()
+                    .find(|k| k.name() == v && k.usable())
+            };
+            pinned_or("SONOMASK_KERNEL", named, Kernel::best_on(Features::host()))
         })
     }
 
@@ -155,6 +153,15 @@ impl Kernel {
     pub fn available() -> Vec<Kernel> {
         Kernel::ALL.into_iter().filter(|k| k.usable()).collect()
     }
+}
+
+/// The kernel environment variable `var` names, when `named` accepts it (a kernel this CPU
+/// runs), else `best`: how both kernel tables ([`Kernel`], [`int8::I8Kernel`]) are chosen.
+pub(crate) fn pinned_or<K>(var: &str, named: impl Fn(&str) -> Option<K>, best: K) -> K {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| named(&v))
+        .unwrap_or(best)
 }
 
 /// Runs the path for kernel `$k`: AVX2+FMA or NEON where asked for and usable, else scalar.
