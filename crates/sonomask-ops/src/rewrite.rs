@@ -472,11 +472,13 @@ fn int8_linear_plan(
     let Some(c) = consts else {
         return Ok(None);
     };
-    let n = c[0].shape().last().copied().unwrap_or(0);
+    if c[0].rank() != r + 1 {
+        return Ok(None);
+    }
+    let n = c[0].shape()[r];
     let k: usize = c[0].shape()[..r].iter().product();
     let volume: usize = in_shape.iter().product();
     if c[0].datum_type().unquantized() != DatumType::I8
-        || c[0].rank() != r + 1
         || n == 0
         || k == 0
         || !volume.is_multiple_of(k)
