@@ -128,6 +128,7 @@ fn main() {
                     scale,
                     bias: &bias,
                     out_q: None,
+                    post_bias: None,
                 };
                 t.push(time(|| {
                     sonomask_kernels::int8::multiply(&qa, k4, m, pw, &rq, &mut c, n)

@@ -240,6 +240,9 @@ pub struct Requant<'a> {
     /// graph's `QLinearMatMul` then `DequantizeLinear`): each value becomes
     /// `(clamp(round_ties_even(v * inv_scale) + zero, 0, 255) - zero) * scale`.
     pub out_q: Option<OutQuant>,
+    /// Per output column, added last (after the output quantisation): the bias `Add` that
+    /// follows a `DequantizeLinear` in a QOperator graph, in the same float operation.
+    pub post_bias: Option<&'a [f32]>,
 }
 
 /// An output quantisation (see [`Requant::out_q`]).
@@ -293,6 +296,10 @@ pub fn multiply(
         "int8 product: {} scales, {} biases for {n} columns",
         rq.scale.len(),
         rq.bias.len()
+    );
+    assert!(
+        rq.post_bias.is_none_or(|p| p.len() >= n),
+        "int8 product: a post bias shorter than {n} columns"
     );
     let kern = if w.kernel.usable() {
         w.kernel
@@ -457,6 +464,12 @@ impl Out<'_> {
                         *o = oq.apply(*o);
                     }
                 }
+                if let Some(pb) = self.rq.post_bias {
+                    let pb: &[f32; NR] = pb[j0..j0 + NR].try_into().expect("NR");
+                    for (o, p) in out.iter_mut().zip(pb) {
+                        *o += p;
+                    }
+                }
             }
             return;
         }
@@ -473,6 +486,11 @@ impl Out<'_> {
             if let Some(oq) = self.rq.out_q {
                 for o in out.iter_mut() {
                     *o = oq.apply(*o);
+                }
+            }
+            if let Some(pb) = self.rq.post_bias {
+                for (o, p) in out.iter_mut().zip(&pb[j0..]) {
+                    *o += p;
                 }
             }
         }
@@ -798,12 +816,16 @@ mod tests {
                 .map(|p| (a[i * lda + p] as i64 - rq.a_zero as i64) * w[p * n + j] as i64)
                 .sum();
             let v = s as i32 as f32 * rq.scale[j] + rq.bias[j];
-            match rq.out_q {
+            let v = match rq.out_q {
                 None => v,
                 Some(q) => {
                     let y = ((v * q.inv_scale).round_ties_even() + q.zero as f32).clamp(0.0, 255.0);
                     (y - q.zero as f32) * q.scale
                 }
+            };
+            match rq.post_bias {
+                None => v,
+                Some(p) => v + p[j],
             }
         }
     }
@@ -825,6 +847,8 @@ mod tests {
                 scale: 0.25,
             }),
         ] {
+            // The bias Add after the dequantisation, with the output quantisation only.
+            let post: Vec<f32> = bias.iter().map(|b| b * 0.5 - 0.1).collect();
             check_with(
                 m,
                 (k, n),
@@ -834,6 +858,7 @@ mod tests {
                     scale: &scale,
                     bias: &bias,
                     out_q,
+                    post_bias: out_q.map(|_| &post[..]),
                 },
             );
         }

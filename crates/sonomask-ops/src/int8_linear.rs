@@ -12,7 +12,8 @@
 //!
 //! The same function as the chain: the activations round as tract's `QuantizeLinearU8` (same
 //! multiplier, ties to even), the product is exact, the output rounds to the model's u8 grid and
-//! back. Where the two differ is the requantisation's arithmetic (tract's fixed-point multiplier
+//! back; a bias `Add` after the dequantisation is folded in as the same float addition. Where
+//! the two differ is the requantisation's arithmetic (tract's fixed-point multiplier
 //! against a float multiply here): at most one step of the output grid, on values that fall on
 //! a rounding boundary (tested against tract's chain).
 
@@ -50,6 +51,8 @@ pub struct Int8Linear {
     pub scale: Arc<Vec<f32>>,
     pub bias: Arc<Vec<f32>>,
     pub out_q: OutQuant,
+    /// The bias of the `Add` after the dequantisation, folded in (per output column).
+    pub post_bias: Option<Arc<Vec<f32>>>,
 }
 
 // Plan equality only (tract compares ops to merge duplicates).
@@ -114,6 +117,7 @@ impl EvalOp for Int8Linear {
             scale: &self.scale,
             bias: &self.bias,
             out_q: Some(self.out_q),
+            post_bias: self.post_bias.as_deref().map(|v| &v[..]),
         };
         par_tasks(m.div_ceil(ROWS), m * k * n, |t| {
             let (r0, rows) = (t * ROWS, ROWS.min(m - t * ROWS));
@@ -166,6 +170,7 @@ mod tests {
         n: usize,
         heads: Option<usize>,
         b0: i8,
+        post_bias: bool,
     ) -> (TypedModel, Vec<f32>) {
         let mut seed = (rows * k + n) as u64;
         let x: Vec<f32> = test_values(&mut seed, rows * k)
@@ -210,6 +215,15 @@ mod tests {
         let d = m
             .wire_node("dq", DequantizeLinearF32::new(c_scale, c_zero as i32), &y)
             .unwrap();
+        let d = if post_bias {
+            let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
+            let b = tensor1(&b).into_shape(&[1, n]).unwrap();
+            let b = m.add_const("post", b).unwrap();
+            m.wire_node("add", tract_core::ops::math::add(), &[d[0], b])
+                .unwrap()
+        } else {
+            d
+        };
         m.select_output_outlets(&d).unwrap();
         (m, x)
     }
@@ -227,12 +241,12 @@ mod tests {
 
     #[test]
     fn replaces_the_chain_and_matches_tract_within_one_output_step() {
-        for (rows, k, n, heads) in [
-            (50, 64, 40, None),
-            (7, 130, 17, None),
-            (49, 128, 32, Some(4)),
+        for (rows, k, n, heads, post) in [
+            (50, 64, 40, None, false),
+            (7, 130, 17, None, true),
+            (49, 128, 32, Some(4), true),
         ] {
-            let (m, x) = chain(rows, k, n, heads, 0);
+            let (m, x) = chain(rows, k, n, heads, 0, post);
             let shape = m
                 .outlet_fact(m.input_outlets().unwrap()[0])
                 .unwrap()
@@ -245,6 +259,12 @@ mod tests {
             let done = substitute_decluttered(&mut ours, sonomask_kernels::Kernel::best()).unwrap();
             assert_eq!(done.int8_linear, 1, "{rows}x{k}x{n}");
             assert!(ours.nodes.iter().any(|n| n.op_is::<Int8Linear>()));
+            // The bias Add is folded in: the op is the output's only producer.
+            let out = ours.output_outlets().unwrap()[0];
+            assert!(
+                ours.nodes[out.node].op_is::<Int8Linear>(),
+                "{rows}x{k}x{n} {post}"
+            );
             let got = run(ours, &x, &shape);
             assert_eq!(got.len(), want.len());
             // The same u8 grid (0.04 apart); ties may round apart.
@@ -266,7 +286,7 @@ mod tests {
     #[test]
     fn leaves_a_chain_with_asymmetric_weights_to_tract() {
         // Nonzero weight zero points: not what the kernels assume.
-        let (mut m, _) = chain(6, 16, 8, None, 1);
+        let (mut m, _) = chain(6, 16, 8, None, 1, false);
         let done = substitute_decluttered(&mut m, sonomask_kernels::Kernel::best()).unwrap();
         assert_eq!(done.int8_linear, 0);
     }

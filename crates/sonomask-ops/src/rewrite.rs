@@ -392,7 +392,8 @@ fn substitute_product(
 /// f32 activations `[.., k]` read by a quantized `EinSum` `..k,kn->..n` (node `id`) with constant i8
 /// weights (symmetric: zero points 0), scalar activation and output quantisations and
 /// per-column or scalar weight scales, read only by a `DequantizeLinearF32` of the same output
-/// quantisation. Returns the activations, the op and the dequantize node it stands for.
+/// quantisation, and the bias `Add` after it when there is one. Returns the activations, the op
+/// and the last node it stands for.
 fn int8_linear_plan(
     model: &TypedModel,
     id: usize,
@@ -534,7 +535,28 @@ fn int8_linear_plan(
     let weights = I8Weights::pack(kernel, w.as_slice::<i8>()?, k, n, (n, 1));
     let scale: Vec<f32> = (0..n).map(|j| a_scale[0] * per_col(&b_scale, j)).collect();
     let bias: Vec<f32> = (0..n).map(|j| per_col(&bias, j) * scale[j]).collect();
+    // A bias added right after the dequantisation (one value per output column, constant):
+    // folded in, the same addition.
+    let mut tail = dq_node.id;
+    let mut post_bias = None;
+    if let Some(add) = sole_user(model, dq_node.id)
+        && is_bin::<Add>(add)
+        && let Some(b) = other_konst(model, add, dq_node.id)
+        && b.datum_type() == DatumType::F32
+        && b.len() == n
+        && b.shape().last() == Some(&n)
+        && b.rank() <= out_shape.len()
+        && model
+            .outlet_fact(OutletId::new(add.id, 0))?
+            .shape
+            .as_concrete()
+            == Some(&out_shape[..])
+    {
+        post_bias = Some(Arc::new(b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()));
+        tail = add.id;
+    }
     let op = Int8Linear {
+        post_bias,
         m: volume / k,
         k,
         n,
@@ -551,7 +573,7 @@ fn int8_linear_plan(
             scale: c_scale[0],
         },
     };
-    Ok(Some((x, op, dq_node.id)))
+    Ok(Some((x, op, tail)))
 }
 
 /// Wires `op` on `inputs` and makes it produce what node `tail` produced; the nodes it stands
