@@ -9,21 +9,9 @@
 
 use std::time::Instant;
 
-use sonomask_kernels::Kernel;
 use sonomask_kernels::int8::{I8Kernel, I8Weights, Requant, quantize_u8};
 use sonomask_kernels::linear::{WeightPanels, multiply};
-
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) - 0.5
-        })
-        .collect()
-}
+use sonomask_kernels::{Kernel, test_values};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -75,9 +63,12 @@ fn main() {
         ("stage-3 mlp.fc2", (4096, 1280, 320)),
         ("decoder-size q/k/v", (4096, 256, 128)),
     ] {
-        let a = values(m * k, 1);
-        let w = values(k * n, 2);
-        let bias = values(n, 3);
+        // Seeded values in [-0.5, 0.5) (the kernels' test generator; speed does not depend on
+        // them).
+        let mut seed = 1;
+        let a = test_values(&mut seed, m * k);
+        let w = test_values(&mut seed, k * n);
+        let bias = test_values(&mut seed, n);
         let panels = WeightPanels::pack(&w, k, n, (n, 1));
         let mut c = vec![0f32; m * n];
         // int8 operands: activations in [-0.5, 0.5) on 255 steps, weights per column on 127

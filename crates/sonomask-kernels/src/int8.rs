@@ -212,11 +212,6 @@ impl I8Weights {
         self.kernel
     }
 
-    /// `(k, n)`.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.k, self.n)
-    }
-
     /// Bytes each activation row must have readable from its start: `k` rounded up to 4.
     pub fn row_len(&self) -> usize {
         self.k4
