@@ -13,7 +13,11 @@
 //!   the tokens of a later layer goes through a `C x (heads * T)` matrix instead of a
 //!   `C x C/2` projection (`(k W_k) . q = k . (W_k q)`, the value and output projections
 //!   likewise): fewer multiply-adds than the graph's order, and the image rows are streamed
-//!   in place through a small packed right-hand side;
+//!   in place through a small packed right-hand side. Each layer's image-to-token attention is one pass over blocks of pixels: the block's
+//!   scores, their softmax over each head's tokens (scores kept token-major, so that softmax
+//!   is vertical SIMD), the residual product and the norm run while the block is in cache,
+//!   with no `pixels x C` residual or `pixels x heads*T` scores written to memory; the
+//!   per-prompt right-hand sides are repacked into a worker's buffers;
 //! - **per surviving prompt** ([`NativeDecoder::masks`]): the output upscaling and the
 //!   hypernetwork product, paid only by prompts whose predicted IoU passed the filter.
 //!
@@ -32,6 +36,7 @@ use super::fast_ops::linear::{self as lin, WeightPanels};
 use super::fast_ops::{gelu::gelu_slice, layer_norm::layer_norm_row, softmax};
 use super::manifest::SamSection;
 use crate::simd::Kernel;
+use sonomask_kernels::layer_norm::add_norm_pe_row;
 
 /// `C[0..m, 0..w.n] = A . W (+ bias)` by the linear-layer kernel: `A` is `m x w.k` read in
 /// place (rows `rsa` apart, columns `csa` apart), `W` packed, `C` rows `rsc` apart. Checks that
@@ -242,16 +247,28 @@ pub struct FramePrep {
     v0: Vec<WeightPanels>,
 }
 
+/// Pixels per row block of the image-to-token pass: its scores and residual (48 x C floats)
+/// stay in L1/L2 between the products and the norm.
+const I2T_ROWS: usize = 48;
+
 /// Reusable buffers of one worker: a prompt allocates nothing large once they have grown.
 #[derive(Default)]
 pub struct Scratch {
     keys: Vec<f32>,
     keys_pe: Vec<f32>,
-    delta: Vec<f32>,
     /// Token-to-image scores (`t2i_first`, `t2i_generic`).
     scores: Vec<f32>,
-    /// Image-to-token scores of a layer, `[pixels, heads * T]`.
-    i2t_scores: Vec<f32>,
+    /// One row block's image-to-token scores `[I2T_ROWS, heads * T]` and residual
+    /// `[I2T_ROWS, C]`.
+    block_scores: Vec<f32>,
+    block_delta: Vec<f32>,
+    /// Column maxima and sums of the token-to-image softmax.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    /// Right-hand sides packed per prompt.
+    r_pack: WeightPanels,
+    u_pack: WeightPanels,
+    e_pack: WeightPanels,
     r: Vec<f32>,
     u: Vec<f32>,
     g: Vec<f32>,
@@ -853,28 +870,19 @@ impl NativeDecoder {
         // cancels it.
         let r = grow(&mut s.r, c * ht);
         fold_heads(k, &a.k, &q, t_out, a.heads, r);
-        let rp = WeightPanels::pack(r, c, ht, (ht, 1));
+        s.r_pack.repack(r, c, ht, (ht, 1));
         let sc = grow(&mut s.scores, n * ht);
-        mul(k, keys_pe, (n, c, 1), &rp, None, sc, ht);
+        mul(k, keys_pe, (n, c, 1), &s.r_pack, None, sc, ht);
         // softmax down each column; the normalisation is applied to G below
-        let mut max = vec![f32::NEG_INFINITY; ht];
-        for row in sc.chunks_exact(ht) {
-            max.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
-        }
-        for row in sc.chunks_exact_mut(ht) {
-            row.iter_mut().zip(&max).for_each(|(x, m)| *x -= m);
-        }
-        softmax::exp_in_place(k, sc);
-        let mut sum = vec![0f32; ht];
-        for row in sc.chunks_exact(ht) {
-            sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
-        }
+        let (max, sum) = (grow(&mut s.max, ht), grow(&mut s.sum, ht));
+        softmax::column_max(k, sc, ht, max);
+        softmax::column_exp_sums(k, sc, max, sum);
         // G^T [C, ht] = keys^T . E
-        let ep = WeightPanels::pack(sc, n, ht, (ht, 1));
+        s.e_pack.repack(sc, n, ht, (ht, 1));
         let g = grow(&mut s.g, c * ht);
-        mul(k, keys, (c, 1, c), &ep, None, g, ht);
+        mul(k, keys, (c, 1, c), &s.e_pack, None, g, ht);
         for row in g.chunks_exact_mut(ht) {
-            row.iter_mut().zip(&sum).for_each(|(x, s)| *x /= s);
+            row.iter_mut().zip(sum.iter()).for_each(|(x, s)| *x /= s);
         }
         // out[j, head h] = G[h*t + j] . W_v[:, head h] + b_v
         let mut mixed = vec![0f32; t_out * ci];
@@ -892,15 +900,19 @@ impl NativeDecoder {
         a.o.applied(k, &mixed, t_out)
     }
 
-    /// Image-to-token attention into `keys` in place: `scores` `[pixels, heads * t]` softmaxed in
-    /// groups of `t`, then `keys = norm(keys + scores . U + b_o)` with
-    /// `U[h*t + j] = v[j, head h] . W_o[head h, :]`.
+    /// Image-to-token attention into `keys` in place, block of pixels by block: the block's
+    /// scores `X . R + c` (`[rows, t * heads]`, token-major; `X` the frame's first-layer
+    /// queries `q0`, or `keys_pe` without them) softmaxed over the tokens of each head, then
+    /// `keys = norm((base or keys) + scores . U + b_o)` with
+    /// `U[j*heads + h] = v[j, head h] . W_o[head h, :]`, and `keys_pe = keys + pe`. A block's scores
+    /// and residual stay in cache from the product to the norm; a block reads its rows of
+    /// `keys_pe` before it writes them.
     #[allow(clippy::too_many_arguments)]
-    fn i2t_update(
+    fn i2t_pass(
         &self,
         a: &Attn,
         norm: &Norm,
-        scores: &mut [f32],
+        (q0, c_bias): (Option<&[f32]>, Option<&[f32]>),
         v: &[f32],
         t: usize,
         (base, keys, keys_pe): (Option<&[f32]>, &mut [f32], &mut [f32]),
@@ -908,15 +920,6 @@ impl NativeDecoder {
     ) {
         let (c, n, ci, dh, k) = (self.c, self.pixels(), a.q.out, a.dh(), self.kernel);
         let ht = a.heads * t;
-        for grp in scores.chunks_exact_mut(t) {
-            let m = grp.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            grp.iter_mut().for_each(|x| *x -= m);
-        }
-        softmax::exp_in_place(k, scores);
-        for grp in scores.chunks_exact_mut(t) {
-            let inv = 1.0 / grp.iter().sum::<f32>();
-            grp.iter_mut().for_each(|x| *x *= inv);
-        }
         let u = grow(&mut s.u, ht * c);
         for h in 0..a.heads {
             mul(
@@ -925,32 +928,32 @@ impl NativeDecoder {
                 (t, ci, 1),
                 &a.o_heads[h],
                 None,
-                &mut u[h * t * c..],
-                c,
+                &mut u[h * c..],
+                a.heads * c,
             );
         }
-        let up = WeightPanels::pack(u, ht, c, (c, 1));
-        let delta = grow(&mut s.delta, n * c);
-        mul(k, scores, (n, ht, 1), &up, Some(&a.o.b), delta, c);
-        // keys = norm((base or keys) + delta), and keys_pe = keys + pe, in one pass
-        let rows = keys
-            .chunks_exact_mut(c)
-            .zip(keys_pe.chunks_exact_mut(c))
-            .zip(delta.chunks_exact(c).zip(self.pe.chunks_exact(c)));
-        for (i, ((row, row_pe), (d, pe))) in rows.enumerate() {
-            match base {
-                Some(b) => row
-                    .iter_mut()
-                    .zip(&b[i * c..(i + 1) * c])
-                    .zip(d)
-                    .for_each(|((x, b), y)| *x = b + y),
-                None => row.iter_mut().zip(d).for_each(|(x, y)| *x += y),
+        s.u_pack.repack(u, ht, c, (c, 1));
+        let xk = s.r_pack.k;
+        for r0 in (0..n).step_by(I2T_ROWS) {
+            let rows = I2T_ROWS.min(n - r0);
+            let sc = grow(&mut s.block_scores, rows * ht);
+            let x = q0.unwrap_or(keys_pe);
+            mul(k, &x[r0 * xk..], (rows, xk, 1), &s.r_pack, c_bias, sc, ht);
+            softmax::softmax_interleaved(k, sc, t, a.heads);
+            let delta = grow(&mut s.block_delta, rows * c);
+            mul(k, sc, (rows, ht, 1), &s.u_pack, Some(&a.o.b), delta, c);
+            for (i, d) in delta.chunks_exact(c).enumerate() {
+                let at = (r0 + i) * c..(r0 + i + 1) * c;
+                add_norm_pe_row(
+                    k,
+                    &mut keys[at.clone()],
+                    base.map(|b| &b[at.clone()]),
+                    d,
+                    (norm.eps, &norm.g, &norm.b),
+                    &self.pe[at.clone()],
+                    &mut keys_pe[at],
+                );
             }
-            layer_norm_row(k, row, norm.eps, &norm.g, &norm.b);
-            row_pe
-                .iter_mut()
-                .zip(row.iter().zip(pe))
-                .for_each(|(o, (x, p))| *o = x + p);
         }
     }
 
@@ -977,7 +980,6 @@ impl NativeDecoder {
             |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
         let mut keys = std::mem::take(&mut s.keys);
         let mut keys_pe = std::mem::take(&mut s.keys_pe);
-        let mut scores = std::mem::take(&mut s.i2t_scores);
         grow(&mut keys, n * c);
         grow(&mut keys_pe, n * c);
         for (li, b) in self.blocks.iter().enumerate() {
@@ -1011,44 +1013,64 @@ impl NativeDecoder {
             let mut kt = a.k.applied(k, &add(&queries, &qpe), t);
             kt.iter_mut().for_each(|v| *v *= a.scale());
             let vt = a.v.applied(k, &queries, t);
-            let sc = grow(&mut scores, n * ht);
-            if li == 0 {
-                // scores[i, h*t + j] = q0[i, head h] . kt[j, head h]
-                for h in 0..a.heads {
-                    let kp = WeightPanels::pack(&kt[h * dh..], dh, t, (1, ci));
-                    mul(
-                        k,
-                        &f.q0[h * dh..],
-                        (n, ci, 1),
-                        &kp,
-                        None,
-                        &mut sc[h * t..],
-                        ht,
-                    );
+            // The scores' columns are token-major (`j * heads + h`): the softmax over a head's
+            // tokens is then a vertical operation (`softmax_interleaved`).
+            let hs = a.heads;
+            let r = grow(&mut s.r, c.max(ci) * ht);
+            let c2 = if li == 0 {
+                // scores[i, j*heads + h] = q0[i, head h] . kt[j, head h]: one product with a
+                // block-diagonal R (zero outside head h's rows and columns)
+                let r = &mut r[..ci * ht];
+                r.fill(0.0);
+                for h in 0..hs {
+                    for d in 0..dh {
+                        for j in 0..t {
+                            r[(h * dh + d) * ht + j * hs + h] = kt[j * ci + h * dh + d];
+                        }
+                    }
                 }
+                s.r_pack.repack(r, ci, ht, (ht, 1));
+                None
             } else {
-                // scores = keys_pe . R2 + c2, R2[:, h*t + j] = W_q[:, head h] . kt[j, head h]
-                let r = grow(&mut s.r, c * ht);
-                fold_heads(k, &a.q, &kt, t, a.heads, r);
-                let rp = WeightPanels::pack(r, c, ht, (ht, 1));
+                // scores = keys_pe . R2 + c2, R2[:, j*heads + h] = W_q[:, head h] . kt[j, head h]
+                // (`fold_heads` writes head-major columns `h*t + j`, read permuted when packed)
+                let r = &mut r[..c * ht];
+                fold_heads(k, &a.q, &kt, t, hs, r);
+                let perm = grow(&mut s.g, c * ht);
+                for (dst, src) in perm.chunks_exact_mut(ht).zip(r.chunks_exact(ht)) {
+                    for h in 0..hs {
+                        for j in 0..t {
+                            dst[j * hs + h] = src[h * t + j];
+                        }
+                    }
+                }
+                s.r_pack.repack(perm, c, ht, (ht, 1));
                 let mut c2 = vec![0f32; ht];
-                for h in 0..a.heads {
+                for h in 0..hs {
                     for j in 0..t {
-                        c2[h * t + j] = a.q.b[h * dh..(h + 1) * dh]
+                        c2[j * hs + h] = a.q.b[h * dh..(h + 1) * dh]
                             .iter()
                             .zip(&kt[j * ci + h * dh..j * ci + (h + 1) * dh])
                             .map(|(x, y)| x * y)
                             .sum();
                     }
                 }
-                mul(k, &keys_pe, (n, c, 1), &rp, Some(&c2), sc, ht);
-            }
+                Some(c2)
+            };
+            let q0 = (li == 0).then_some(f.q0.as_slice());
             let base = (li == 0).then_some(f.src.as_slice());
-            self.i2t_update(a, &b.norm4, sc, &vt, t, (base, &mut keys, &mut keys_pe), s);
+            self.i2t_pass(
+                a,
+                &b.norm4,
+                (q0, c2.as_deref()),
+                &vt,
+                t,
+                (base, &mut keys, &mut keys_pe),
+                s,
+            );
         }
         // Final token-to-image attention: the IoU token now (the filter needs nothing else);
         // the mask tokens in `masks`, for the prompts that pass it (each token attends alone).
-        s.i2t_scores = scores;
         s.keys = keys;
         s.keys_pe = keys_pe;
         let t_out = self.out_tokens.len() / c;

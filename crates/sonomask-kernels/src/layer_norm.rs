@@ -23,6 +23,87 @@ pub fn layer_norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &
     )
 }
 
+/// A residual row and its norm, in one pass over a row in L1 (the native decoder's image
+/// tokens): `x = base + d` (`x += d` without `base`), [`layer_norm_row`] of `x`, and
+/// `x_pe = x + pe` (the keys with their positional encoding, which the next attention reads).
+#[allow(clippy::too_many_arguments)]
+pub fn add_norm_pe_row(
+    k: Kernel,
+    x: &mut [f32],
+    base: Option<&[f32]>,
+    d: &[f32],
+    (eps, gamma, beta): (f32, &[f32], &[f32]),
+    pe: &[f32],
+    x_pe: &mut [f32],
+) {
+    let n = x.len();
+    assert!(
+        base.is_none_or(|b| b.len() == n)
+            && d.len() == n
+            && pe.len() == n
+            && x_pe.len() == n
+            && gamma.len() == n
+            && beta.len() == n,
+        "row lengths"
+    );
+    dispatch!(
+        k,
+        add_norm_pe_generic(x, base, d, (eps, gamma, beta), pe, x_pe),
+        add_norm_pe_avx2(x, base, d, (eps, gamma, beta), pe, x_pe),
+        add_norm_pe_neon(x, base, d, (eps, gamma, beta), pe, x_pe)
+    )
+}
+
+type Affine<'a> = (f32, &'a [f32], &'a [f32]);
+
+#[inline(always)]
+fn add_norm_pe_generic(
+    x: &mut [f32],
+    base: Option<&[f32]>,
+    d: &[f32],
+    (eps, gamma, beta): Affine,
+    pe: &[f32],
+    x_pe: &mut [f32],
+) {
+    match base {
+        Some(b) => x
+            .iter_mut()
+            .zip(b.iter().zip(d))
+            .for_each(|(v, (b, d))| *v = b + d),
+        None => x.iter_mut().zip(d).for_each(|(v, d)| *v += d),
+    }
+    norm_generic(x, eps, gamma, beta);
+    x_pe.iter_mut()
+        .zip(x.iter().zip(pe))
+        .for_each(|(o, (v, p))| *o = v + p);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_norm_pe_avx2(
+    x: &mut [f32],
+    base: Option<&[f32]>,
+    d: &[f32],
+    affine: Affine,
+    pe: &[f32],
+    x_pe: &mut [f32],
+) {
+    add_norm_pe_generic(x, base, d, affine, pe, x_pe)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn add_norm_pe_neon(
+    x: &mut [f32],
+    base: Option<&[f32]>,
+    d: &[f32],
+    affine: Affine,
+    pe: &[f32],
+    x_pe: &mut [f32],
+) {
+    add_norm_pe_generic(x, base, d, affine, pe, x_pe)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn norm_avx2(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
@@ -126,6 +207,42 @@ unsafe fn cols_generic(x: *mut f32, stride: usize, w: usize, eps: f32, g: &[f32]
         let (gc, bc) = (g[c], b[c]);
         for ((v, m), i) in row(c).iter_mut().zip(mean.iter()).zip(inv.iter()) {
             *v = (*v - m) * i * gc + bc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_values as rand;
+
+    #[test]
+    fn add_norm_pe_equals_its_three_steps_on_every_kernel() {
+        let mut s = 21;
+        for n in [1, 7, 8, 13, 256] {
+            let (x0, base, d, pe) = (
+                rand(&mut s, n),
+                rand(&mut s, n),
+                rand(&mut s, n),
+                rand(&mut s, n),
+            );
+            let (g, b) = (rand(&mut s, n), rand(&mut s, n));
+            for with_base in [false, true] {
+                let mut want: Vec<f32> = if with_base {
+                    base.iter().zip(&d).map(|(b, d)| b + d).collect()
+                } else {
+                    x0.iter().zip(&d).map(|(x, d)| x + d).collect()
+                };
+                layer_norm_row(Kernel::Scalar, &mut want, 1e-6, &g, &b);
+                let want_pe: Vec<f32> = want.iter().zip(&pe).map(|(x, p)| x + p).collect();
+                for k in Kernel::available() {
+                    let (mut x, mut x_pe) = (x0.clone(), vec![f32::NAN; n]);
+                    let bs = with_base.then_some(base.as_slice());
+                    add_norm_pe_row(k, &mut x, bs, &d, (1e-6, &g, &b), &pe, &mut x_pe);
+                    assert_eq!(x, want, "{k:?} n {n} base {with_base}");
+                    assert_eq!(x_pe, want_pe, "{k:?} n {n} base {with_base}");
+                }
+            }
         }
     }
 }

@@ -19,9 +19,11 @@
 //! rows of A stay in L1), the columns in groups whose `k` slice of W fits in L2 ([`L2_BYTES`]),
 //! then 6-row blocks, then the group's panels.
 //!
-//! On an AVX-512 CPU ([`Kernel::Avx512`]) two neighbouring full panels are one 6 x 32 block: 12
+//! On an AVX-512 CPU ([`Kernel::Avx512`]) two neighbouring panels are one 6 x 32 block: 12
 //! 512-bit accumulators, 2 loads of W and 6 broadcasts of A per 12 multiply-adds of 16 lanes,
-//! twice the AVX2 block's work per instruction (a lone or partial panel takes the AVX2 block).
+//! twice the AVX2 block's work per instruction; a partial second panel goes through a padded
+//! buffer rather than down to half-width blocks, and a lone panel is a 6 x 16 block of one
+//! 512-bit register per row.
 //!
 //! Every path (AVX-512, AVX2+FMA, NEON, scalar `mul_add`) does the same fused multiply-adds in
 //! the same order (from the bias, then `p = 0, 1, ..., k - 1`; a partial sum stored between `k` slices is
@@ -42,7 +44,7 @@ const L2_BYTES: usize = 384 * 1024;
 
 /// Weights `[k, n]` packed in panels of [`NR`] columns (`data[(panel * k + p) * NR + j] =
 /// w[p][panel * NR + j]`, zero past column `n`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct WeightPanels {
     pub k: usize,
     pub n: usize,
@@ -54,18 +56,27 @@ impl Eq for WeightPanels {}
 
 impl WeightPanels {
     /// Packs `w` read as `k x n` with the given row and column strides.
-    pub fn pack(w: &[f32], k: usize, n: usize, (rs, cs): (usize, usize)) -> Self {
+    pub fn pack(w: &[f32], k: usize, n: usize, strides: (usize, usize)) -> Self {
+        let mut p = WeightPanels::default();
+        p.repack(w, k, n, strides);
+        p
+    }
+
+    /// [`Self::pack`] into this one's memory (a right-hand side packed per call, e.g. per
+    /// prompt, allocates nothing once it has grown).
+    pub fn repack(&mut self, w: &[f32], k: usize, n: usize, (rs, cs): (usize, usize)) {
         let panels = n.div_ceil(NR);
-        let mut data = vec![0f32; panels * k * NR];
+        self.data.clear();
+        self.data.resize(panels * k * NR, 0.0);
         for panel in 0..panels {
             for p in 0..k {
-                let row = &mut data[(panel * k + p) * NR..][..NR];
+                let row = &mut self.data[(panel * k + p) * NR..][..NR];
                 for (j, v) in row.iter_mut().enumerate().take(n - panel * NR) {
                     *v = w[p * rs + (panel * NR + j) * cs];
                 }
             }
         }
-        WeightPanels { k, n, data }
+        (self.k, self.n) = (k, n);
     }
 
     /// Panel `panel` from row `p` on.
@@ -105,8 +116,10 @@ pub unsafe fn multiply(
     let slices = w.k.div_ceil(KC).max(1);
     let kc_max = w.k.div_ceil(slices);
     let group = (L2_BYTES / (kc_max.max(1) * NR * 4)).max(1);
-    // A partial panel (n not a multiple of NR) goes through a full-width block here.
-    let mut spare = [0f32; MR * NR];
+    // A block narrower than its registers (n not a multiple of NR, or of 2 NR on AVX-512)
+    // starts from, and is stored through, these padded rows.
+    let mut spare = [0f32; MR * 2 * NR];
+    let mut tmp = [0f32; MR * 2 * NR];
     for s in 0..slices {
         let (p0, p1) = (s * w.k / slices, (s + 1) * w.k / slices);
         let mut g = panels.start;
@@ -123,36 +136,40 @@ pub unsafe fn multiply(
                 let mut panel = g;
                 while panel < g_end {
                     let j = panel * NR;
-                    let width = NR.min(cols.end - j);
-                    // Two full panels as one 6 x 32 block (AVX-512): the bias, or C's partial
-                    // sums, are 32 contiguous values per row.
-                    let pair = wide && panel + 1 < g_end && j + 2 * NR <= cols.end;
-                    let bias_row = bias.map_or(zeros.as_ptr(), |b| {
-                        if width == NR {
-                            b[j..j + if pair { 2 * NR } else { NR }].as_ptr()
-                        } else {
-                            spare[..width].copy_from_slice(&b[j..j + width]);
-                            spare[width..NR].fill(0.0);
-                            spare.as_ptr()
-                        }
-                    });
+                    // AVX-512: two neighbouring panels as one 6 x 32 block, the second one
+                    // partial too (n = 56: 32 + 24 columns rather than 32 + 16 + 8 through
+                    // the half-width blocks).
+                    let span = if wide && panel + 1 < g_end { 2 } else { 1 };
+                    let lanes = span * NR;
+                    let width = lanes.min(cols.end - j);
+                    let full = width == lanes;
                     let cp = c.wrapping_add(i * rs_c + j);
-                    let start = match (s, width == NR) {
-                        (0, _) => Start {
-                            src: bias_row,
+                    let start = match (s, full) {
+                        (0, true) => Start {
+                            src: bias.map_or(zeros.as_ptr(), |b| b[j..j + lanes].as_ptr()),
                             rs: 0,
                         },
+                        (0, false) => {
+                            spare[..lanes].fill(0.0);
+                            if let Some(b) = bias {
+                                spare[..width].copy_from_slice(&b[j..j + width]);
+                            }
+                            Start {
+                                src: spare.as_ptr(),
+                                rs: 0,
+                            }
+                        }
                         (_, true) => Start { src: cp, rs: rs_c },
                         (_, false) => {
                             for r in 0..valid {
                                 // SAFETY: row i + r of C has `width` values from column j.
                                 let row =
                                     unsafe { std::slice::from_raw_parts(cp.add(r * rs_c), width) };
-                                spare[r * NR..r * NR + width].copy_from_slice(row);
+                                spare[r * lanes..r * lanes + width].copy_from_slice(row);
                             }
                             Start {
                                 src: spare.as_ptr(),
-                                rs: NR,
+                                rs: lanes,
                             }
                         }
                     };
@@ -164,33 +181,34 @@ pub unsafe fn multiply(
                         start,
                         valid,
                     };
-                    if pair {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: AVX-512F (and AVX2, FMA) checked by `usable`; rows i..i +
-                        // valid of C have 2 * NR values from column j (caller's contract).
-                        unsafe {
-                            block_avx512_pair(&block, w.panel(panel + 1, p0), cp, rs_c)
-                        };
-                        panel += 2;
-                        continue;
-                    }
-                    if width == NR {
-                        // SAFETY: caller's contract: rows i..i + valid of C have NR values
-                        // from column j; A's rows and columns are in range.
-                        unsafe { run_block(fma, &block, cp, rs_c) };
+                    let (dst, rs_dst) = if full {
+                        (cp, rs_c)
                     } else {
-                        let mut tmp = [0f32; MR * NR];
-                        // SAFETY: as above, into a local MR x NR block.
-                        unsafe { run_block(fma, &block, tmp.as_mut_ptr(), NR) };
+                        (tmp.as_mut_ptr(), lanes)
+                    };
+                    // SAFETY: caller's contract: rows i..i + valid of C have `width` values
+                    // from column j (a narrower block goes through `tmp`, `lanes` wide); A's
+                    // rows and columns are in range; AVX-512F (and AVX2, FMA) checked by
+                    // `usable` where `wide`.
+                    unsafe {
+                        match span {
+                            #[cfg(target_arch = "x86_64")]
+                            2 => block_avx512_pair(&block, w.panel(panel + 1, p0), dst, rs_dst),
+                            #[cfg(target_arch = "x86_64")]
+                            _ if wide => block_avx512(&block, dst, rs_dst),
+                            _ => run_block(fma, &block, dst, rs_dst),
+                        }
+                    }
+                    if !full {
                         for r in 0..valid {
                             // SAFETY: row i + r of C has `width` values from column j.
                             unsafe {
                                 std::slice::from_raw_parts_mut(cp.add(r * rs_c), width)
-                                    .copy_from_slice(&tmp[r * NR..r * NR + width])
+                                    .copy_from_slice(&tmp[r * lanes..r * lanes + width])
                             };
                         }
                     }
-                    panel += 1;
+                    panel += span;
                 }
                 i += valid;
             }
@@ -432,6 +450,18 @@ unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
     unsafe { block_lanes::<Avx2Lanes, 1>(b, [b.w], c, rs_c) }
 }
 
+/// A 6 x 16 block in one 512-bit register per row: a lone panel on AVX-512 (6 accumulators,
+/// latency-bound, but each instruction does twice an AVX2 block's lanes).
+///
+/// # Safety
+/// AVX-512F present; see [`run_block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512(b: &Block, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract; the feature is this function's.
+    unsafe { block_lanes::<Avx512Lanes, 1>(b, [b.w], c, rs_c) }
+}
+
 /// A 6 x 32 block over two panels (`b.w` and `w1`); the start holds 32 values per row.
 ///
 /// # Safety
@@ -519,6 +549,11 @@ mod tests {
             ((25, 2 * KC + 37, 96), false),
             ((9, KC + 5, 112), true),
             ((14, 33, 70), false),
+            // A pair whose second panel is partial (the decoder's 56 = 8 heads x 7 tokens),
+            // from the bias and from C's partial sums; a partial pair alone.
+            ((11, 2 * KC + 3, 88), false),
+            ((7, 40, 56), true),
+            ((5, 9, 20), false),
         ]
         .into_iter()
         .enumerate()
@@ -546,5 +581,9 @@ mod tests {
                 }
             }
         }
+        // Repacked into the memory of a larger one: the same panels, padding zeroed again.
+        let mut r = WeightPanels::pack(&vec![7.0; 5 * 40], 5, 40, (40, 1));
+        r.repack(&w, k, n, (1, k));
+        assert_eq!(r, p);
     }
 }

@@ -67,6 +67,177 @@ pub fn exp_in_place(k: Kernel, xs: &mut [f32]) {
     )
 }
 
+/// Softmax over the tokens of each of `g` interleaved groups, in place: every row of `x` is
+/// `[t, g]` (the native decoder's image-to-token scores, token-major: a pixel's `T` scores of
+/// each head `g` apart), and lane `h` of a row is softmaxed over its `t` tokens. Token-major
+/// makes every step a vertical operation on `g` contiguous lanes (one AVX2 register for SAM's
+/// 8 heads) instead of a short chain per group; each group gets the max, the sum in token
+/// order and the scale of a softmax of that group alone.
+pub fn softmax_interleaved(k: Kernel, x: &mut [f32], t: usize, g: usize) {
+    assert!(
+        t > 0 && g > 0 && x.len().is_multiple_of(t * g),
+        "groups must tile the data"
+    );
+    dispatch!(
+        k,
+        interleaved_generic(x, t, g, exp_slice_scalar),
+        interleaved_avx2(x, t, g),
+        interleaved_neon(x, t, g)
+    )
+}
+
+/// Lanes of [`softmax_interleaved`] reduced together: fixed-size arrays, so that each step is
+/// one AVX2 (two NEON) vector operation; a remainder of fewer lanes takes the same steps on a
+/// shorter slice.
+const LANES: usize = 8;
+
+/// The steps of [`softmax_interleaved`] on lanes `l0..l0 + w` of one row, before and after the
+/// row's `exp`: max and subtract, or sum and scale.
+#[inline(always)]
+fn interleaved_lanes<const W: usize>(row: &mut [f32], t: usize, g: usize, l0: usize, after: bool) {
+    let at = |j: usize| j * g + l0..j * g + l0 + W;
+    if !after {
+        let mut m = [f32::NEG_INFINITY; W];
+        for j in 0..t {
+            let r: &[f32; W] = row[at(j)].try_into().expect("W lanes");
+            for l in 0..W {
+                m[l] = m[l].max(r[l]);
+            }
+        }
+        for j in 0..t {
+            let r: &mut [f32; W] = (&mut row[at(j)]).try_into().expect("W lanes");
+            for l in 0..W {
+                r[l] -= m[l];
+            }
+        }
+    } else {
+        let mut s = [0f32; W];
+        for j in 0..t {
+            let r: &[f32; W] = row[at(j)].try_into().expect("W lanes");
+            for l in 0..W {
+                s[l] += r[l];
+            }
+        }
+        let inv = s.map(|s| 1.0 / s);
+        for j in 0..t {
+            let r: &mut [f32; W] = (&mut row[at(j)]).try_into().expect("W lanes");
+            for l in 0..W {
+                r[l] *= inv[l];
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn interleaved_generic(x: &mut [f32], t: usize, g: usize, exp: impl Fn(&mut [f32])) {
+    for row in x.chunks_exact_mut(t * g) {
+        for after in [false, true] {
+            if after {
+                exp(row);
+            }
+            let mut l0 = 0;
+            while l0 + LANES <= g {
+                interleaved_lanes::<LANES>(row, t, g, l0, after);
+                l0 += LANES;
+            }
+            while l0 < g {
+                interleaved_lanes::<1>(row, t, g, l0, after);
+                l0 += 1;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn interleaved_avx2(x: &mut [f32], t: usize, g: usize) {
+    // SAFETY: AVX2 is this function's feature.
+    interleaved_generic(x, t, g, |c| unsafe { exp_slice_avx2(c) })
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn interleaved_neon(x: &mut [f32], t: usize, g: usize) {
+    // SAFETY: NEON is this function's feature.
+    interleaved_generic(x, t, g, |c| unsafe { exp_slice_neon(c) })
+}
+
+/// The maxima of the columns of `x` (`[rows, cols]`) into `max` (a softmax down the columns:
+/// the native decoder's token-to-image attention, one column per head and token).
+pub fn column_max(k: Kernel, x: &[f32], cols: usize, max: &mut [f32]) {
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols) && max.len() == cols,
+        "columns must tile the data"
+    );
+    max.fill(f32::NEG_INFINITY);
+    dispatch!(
+        k,
+        column_max_generic(x, max),
+        column_max_avx2(x, max),
+        column_max_neon(x, max)
+    )
+}
+
+#[inline(always)]
+fn column_max_generic(x: &[f32], max: &mut [f32]) {
+    for row in x.chunks_exact(max.len()) {
+        max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn column_max_avx2(x: &[f32], max: &mut [f32]) {
+    column_max_generic(x, max)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn column_max_neon(x: &[f32], max: &mut [f32]) {
+    column_max_generic(x, max)
+}
+
+/// `x = exp(x - max[column])` in place, and the columns' sums of those into `sum` (added row
+/// by row, in row order): the rest of [`column_max`]'s softmax but the scale, which the
+/// decoder applies to the product of the exponentials instead.
+pub fn column_exp_sums(k: Kernel, x: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    let cols = max.len();
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols) && sum.len() == cols,
+        "columns must tile the data"
+    );
+    sum.fill(0.0);
+    dispatch!(
+        k,
+        column_exp_sums_generic(x, max, sum, exp_slice_scalar),
+        column_exp_sums_avx2(x, max, sum),
+        column_exp_sums_neon(x, max, sum)
+    )
+}
+
+#[inline(always)]
+fn column_exp_sums_generic(x: &mut [f32], max: &[f32], sum: &mut [f32], exp: impl Fn(&mut [f32])) {
+    for row in x.chunks_exact_mut(max.len()) {
+        row.iter_mut().zip(max).for_each(|(v, m)| *v -= m);
+        exp(row);
+        sum.iter_mut().zip(row.iter()).for_each(|(s, &v)| *s += v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn column_exp_sums_avx2(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    // SAFETY: AVX2 is this function's feature.
+    column_exp_sums_generic(x, max, sum, |r| unsafe { exp_slice_avx2(r) })
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn column_exp_sums_neon(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    // SAFETY: NEON is this function's feature.
+    column_exp_sums_generic(x, max, sum, |r| unsafe { exp_slice_neon(r) })
+}
+
 fn exp_slice_scalar(xs: &mut [f32]) {
     xs.iter_mut().for_each(|x| *x = exp_scalar(*x));
 }
@@ -368,6 +539,59 @@ mod tests {
                     );
                     assert_eq!(g, w, "{k:?} len {len} scale {scale}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_groups_equal_one_group_at_a_time_on_every_kernel() {
+        let mut seed = 11;
+        // Tokens of a point (7) and a box (6), one token; lanes around the 16 reduced
+        // together; several rows.
+        for t in [1, 6, 7] {
+            for g in [1, 8, 15, 16, 17, 40] {
+                let x = rand_row(&mut seed, 3 * t * g, 40.0);
+                // The definition: each (row, lane) group gathered, softmaxed alone.
+                let mut want = x.clone();
+                for row in want.chunks_exact_mut(t * g) {
+                    for h in 0..g {
+                        let m = (0..t).fold(f32::NEG_INFINITY, |m, j| m.max(row[j * g + h]));
+                        (0..t).for_each(|j| row[j * g + h] = exp_scalar(row[j * g + h] - m));
+                        let inv = 1.0 / (0..t).map(|j| row[j * g + h]).sum::<f32>();
+                        (0..t).for_each(|j| row[j * g + h] *= inv);
+                    }
+                }
+                for k in Kernel::available() {
+                    let mut got = x.clone();
+                    softmax_interleaved(k, &mut got, t, g);
+                    assert_eq!(got, want, "{k:?} t {t} lanes {g}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn column_softmax_parts_equal_the_definition_on_every_kernel() {
+        let mut seed = 13;
+        for (rows, cols) in [(1, 1), (5, 8), (33, 56), (70, 13)] {
+            let x = rand_row(&mut seed, rows * cols, 60.0);
+            let mut want_max = vec![f32::NEG_INFINITY; cols];
+            for (i, &v) in x.iter().enumerate() {
+                want_max[i % cols] = want_max[i % cols].max(v);
+            }
+            let mut want = x.clone();
+            let mut want_sum = vec![0f32; cols];
+            for (i, v) in want.iter_mut().enumerate() {
+                *v = exp_scalar(*v - want_max[i % cols]);
+                want_sum[i % cols] += *v;
+            }
+            for k in Kernel::available() {
+                let (mut max, mut sum, mut got) = (vec![0f32; cols], vec![1f32; cols], x.clone());
+                column_max(k, &got, cols, &mut max);
+                assert_eq!(max, want_max, "{k:?} {rows}x{cols}");
+                column_exp_sums(k, &mut got, &max, &mut sum);
+                assert_eq!(got, want, "{k:?} {rows}x{cols}");
+                assert_eq!(sum, want_sum, "{k:?} {rows}x{cols}");
             }
         }
     }
