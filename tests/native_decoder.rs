@@ -92,6 +92,29 @@ fn check_dir(dir: &Path, embedding: Option<Vec<f32>>, kernels: &[Kernel]) {
                 "{name} ({k:?}): logits differ by {maxd} (max {maxref}), cosine {cos}"
             );
         }
+        // A batch of prompts with the same number of points (the first layer's token side
+        // stacked) gives each the values it gets alone, bit for bit.
+        let all = prompts(s.image_size as f32);
+        let same: Vec<&(&str, Vec<f32>, Vec<f32>)> =
+            all.iter().filter(|p| p.2.len() == 2).collect();
+        assert_eq!(same.len(), 4, "three points and a box");
+        let batch: Vec<(&[f32], &[f32])> = same
+            .iter()
+            .map(|p| (p.1.as_slice(), p.2.as_slice()))
+            .collect();
+        let first = native.first_layer(&frame, &batch, &mut scratch).unwrap();
+        for (i, (name, coords, labels)) in same.iter().enumerate() {
+            let alone = native.tokens(&frame, coords, labels, &mut scratch).unwrap();
+            let mut alone_masks = Vec::new();
+            native.masks(&alone, &mut scratch, &mut alone_masks);
+            let batched = native.tokens_from(&frame, &first, i, &mut scratch);
+            native.masks(&batched, &mut scratch, &mut masks);
+            assert_eq!(batched.iou, alone.iou, "{name} ({k:?}): batched IoUs");
+            assert_eq!(masks, alone_masks, "{name} ({k:?}): batched masks");
+        }
+        // a batch mixing point counts is refused
+        let mixed = [batch[0], (all[4].1.as_slice(), all[4].2.as_slice())];
+        assert!(native.first_layer(&frame, &mixed, &mut scratch).is_err());
         ran.push(format!("{k:?}"));
     }
     eprintln!("kernel paths checked: {}", ran.join(", "));

@@ -251,6 +251,34 @@ fn library_path_and_a_frame_smaller_than_the_clip_input() {
             .all(|c| c.bbox.2 < 40 && c.bbox.3 < 30 && c.mask.width == 40),
         "masks in frame coordinates"
     );
+    // coarse to fine: the 2 x 2 coarse grid, then the fine points of one cell of it
+    let c2f = EverythingOptions {
+        points_per_side: 4,
+        refine: Some(0.25),
+        ..o.everything
+    };
+    let (c, f) = generate(&mut p.sam, &enc, &c2f, &mut Timings::default()).unwrap();
+    assert_eq!((f.prompts, f.masks), (4 + 4, 24));
+    assert_eq!(c.len(), f.after_nms);
+    let all_cells = EverythingOptions {
+        refine: Some(1.0),
+        ..c2f
+    };
+    let (_, f) = generate(&mut p.sam, &enc, &all_cells, &mut Timings::default()).unwrap();
+    assert_eq!(f.prompts, 4 + 16);
+    for (refine, pps, why) in [
+        (Some(0.0), 4, "(0, 1]"),
+        (Some(1.5), 4, "(0, 1]"),
+        (Some(0.5), 3, "even number of points per side"),
+    ] {
+        let bad = EverythingOptions {
+            points_per_side: pps,
+            refine,
+            ..o.everything
+        };
+        let e = generate(&mut p.sam, &enc, &bad, &mut Timings::default()).unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
     // more than two layers is refused with a reason
     let bad = EverythingOptions {
         crop_n_layers: 3,

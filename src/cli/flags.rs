@@ -137,6 +137,10 @@ pub struct TextArgs {
     /// frame, single-mask output: for box-trained models such as LiteMedSAM)
     #[arg(long, value_name = "points|boxes", allow_hyphen_values = true)]
     pub grid: Option<String>,
+    /// SaLIP: coarse to fine (approximate, off by default): decode the (N/2)^2 grid, then the
+    /// N x N grid only in the fraction F of coarse cells with the highest predicted IoU
+    #[arg(long, value_name = "F", allow_hyphen_values = true)]
+    pub refine: Option<String>,
     /// SaLIP: native (default; the grid's prompts share the frame's decoder work, fp32) or
     /// tract (one decoder graph run per prompt, the reference)
     #[arg(long, value_name = "native|tract", allow_hyphen_values = true)]

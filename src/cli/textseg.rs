@@ -61,6 +61,11 @@ pub fn salip_from(a: &TextArgs) -> Result<SalipOptions> {
                 "boxes" => GridPrompts::Boxes,
                 g => bail!("--grid '{g}': expected points or boxes"),
             },
+            refine: a
+                .refine
+                .as_deref()
+                .map(|f| args::parse_or("refine", Some(f), 0f32))
+                .transpose()?,
             decoder: match a.grid_decoder.as_deref().unwrap_or("native") {
                 "native" => GridDecoder::Native,
                 "tract" => GridDecoder::Tract,

@@ -278,6 +278,17 @@ pub struct Scratch {
     planes: Vec<f32>,
 }
 
+/// A batch of prompts after the first layer's token side ([`NativeDecoder::first_layer`]):
+/// per prompt `T` stacked rows of tokens, positional tokens, and image-to-token keys and
+/// values.
+pub struct FirstLayer {
+    t: usize,
+    qpe: Vec<f32>,
+    queries: Vec<f32>,
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+}
+
 /// One prompt after the transformer: its predicted IoUs and what its masks need (the mask
 /// tokens before the final attention, with their positional tokens).
 pub struct TokenPass {
@@ -791,22 +802,24 @@ impl NativeDecoder {
         t
     }
 
-    /// Self-attention among the tokens; `q_in` already carries the positional encoding.
-    fn token_attn(&self, a: &Attn, q_in: &[f32], v_in: &[f32], t: usize) -> Vec<f32> {
+    /// Self-attention among the tokens of each prompt: `rows` stacked rows, every `t` of them
+    /// one prompt's (the projections run on all rows at once); `q_in` already carries the
+    /// positional encoding.
+    fn token_attn(&self, a: &Attn, q_in: &[f32], v_in: &[f32], rows: usize, t: usize) -> Vec<f32> {
         let k = self.kernel;
         let ci = a.q.out;
         let (q, kk, v) = (
-            a.q.applied(k, q_in, t),
-            a.k.applied(k, q_in, t),
-            a.v.applied(k, v_in, t),
+            a.q.applied(k, q_in, rows),
+            a.k.applied(k, q_in, rows),
+            a.v.applied(k, v_in, rows),
         );
         let (dh, scale) = (a.dh(), a.scale());
-        let mut mixed = vec![0f32; t * ci];
+        let mut mixed = vec![0f32; rows * ci];
         let mut p = vec![0f32; t];
-        for h in 0..a.heads {
+        for (h, g0) in (0..a.heads).flat_map(|h| (0..rows).step_by(t).map(move |g| (h, g))) {
             let cols = h * dh..(h + 1) * dh;
-            for i in 0..t {
-                for (j, pj) in p.iter_mut().enumerate() {
+            for i in g0..g0 + t {
+                for (j, pj) in (g0..g0 + t).zip(p.iter_mut()) {
                     let d: f32 = q[i * ci..][cols.clone()]
                         .iter()
                         .zip(&kk[j * ci..][cols.clone()])
@@ -815,7 +828,7 @@ impl NativeDecoder {
                     *pj = d * scale;
                 }
                 softmax::softmax_rows(k, &mut p, t);
-                for (j, &pj) in p.iter().enumerate() {
+                for (j, &pj) in (g0..g0 + t).zip(p.iter()) {
                     for (o, x) in mixed[i * ci..][cols.clone()]
                         .iter_mut()
                         .zip(&v[j * ci..][cols.clone()])
@@ -825,7 +838,7 @@ impl NativeDecoder {
                 }
             }
         }
-        a.o.applied(k, &mixed, t)
+        a.o.applied(k, &mixed, rows)
     }
 
     /// First-layer token-to-image attention on the frame's packed keys and values.
@@ -966,16 +979,91 @@ impl NativeDecoder {
         labels: &[f32],
         s: &mut Scratch,
     ) -> Result<TokenPass> {
-        ensure!(
-            !labels.is_empty() && coords.len() == 2 * labels.len(),
-            "decoder needs N>0 labels and 2N coordinates (got {} and {})",
-            labels.len(),
-            coords.len()
-        );
-        let (c, n, k) = (self.c, self.pixels(), self.kernel);
-        let qpe = self.prompt_tokens(coords, labels);
-        let t = qpe.len() / c;
-        let mut queries = qpe.clone();
+        let first = self.first_layer(f, &[(coords, labels)], s)?;
+        Ok(self.tokens_from(f, &first, 0, s))
+    }
+
+    /// The first layer's token side for a batch of prompts with the same number of points,
+    /// their rows stacked: it reads only the frame's first-layer keys and values, so the
+    /// batch's products (self-attention projections, token-to-image queries against the frame,
+    /// the MLP) run on `batch * T` rows with each weight read once. Every row is computed as
+    /// alone (the kernels are row-independent): the same values as one prompt at a time.
+    pub fn first_layer(
+        &self,
+        f: &FramePrep,
+        prompts: &[(&[f32], &[f32])],
+        s: &mut Scratch,
+    ) -> Result<FirstLayer> {
+        let Some(&(_, l0)) = prompts.first() else {
+            anyhow::bail!("a batch needs at least one prompt");
+        };
+        for &(coords, labels) in prompts {
+            ensure!(
+                !labels.is_empty() && coords.len() == 2 * labels.len(),
+                "decoder needs N>0 labels and 2N coordinates (got {} and {})",
+                labels.len(),
+                coords.len()
+            );
+            ensure!(
+                labels.len() == l0.len(),
+                "a batch's prompts need the same number of points ({} and {})",
+                l0.len(),
+                labels.len()
+            );
+        }
+        let (c, k) = (self.c, self.kernel);
+        let qpe: Vec<f32> = prompts
+            .iter()
+            .flat_map(|&(coords, labels)| self.prompt_tokens(coords, labels))
+            .collect();
+        let rows = qpe.len() / c;
+        let t = rows / prompts.len();
+        let add =
+            |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+        let b = &self.blocks[0];
+        // self-attention (the first layer skips the positional encoding and the residual)
+        let mut queries = self.token_attn(&b.self_attn, &qpe, &qpe, rows, t);
+        b.norm1.rows(k, &mut queries);
+        let out = self.t2i_first(&b.t2i, &add(&queries, &qpe), rows, f, s);
+        queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+        b.norm2.rows(k, &mut queries);
+        self.mlp(b, &mut queries, rows);
+        let a = &b.i2t;
+        let mut kt = a.k.applied(k, &add(&queries, &qpe), rows);
+        kt.iter_mut().for_each(|v| *v *= a.scale());
+        let vt = a.v.applied(k, &queries, rows);
+        Ok(FirstLayer {
+            t,
+            qpe,
+            queries,
+            kt,
+            vt,
+        })
+    }
+
+    /// A layer's MLP with its residual and norm, on `rows` token rows.
+    fn mlp(&self, b: &Block, queries: &mut [f32], rows: usize) {
+        let k = self.kernel;
+        let mut hid = b.lin1.applied(k, queries, rows);
+        hid.iter_mut().for_each(|v| *v = v.max(0.0));
+        let out = b.lin2.applied(k, &hid, rows);
+        queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+        b.norm3.rows(k, queries);
+    }
+
+    /// The rest of the transformer for prompt `i` of a [`Self::first_layer`] batch: its
+    /// predicted IoUs, and its final keys left in `s` for [`Self::masks`].
+    pub fn tokens_from(
+        &self,
+        f: &FramePrep,
+        first: &FirstLayer,
+        i: usize,
+        s: &mut Scratch,
+    ) -> TokenPass {
+        let (c, n, k, t) = (self.c, self.pixels(), self.kernel, first.t);
+        let ci0 = first.kt.len() / (first.queries.len() / c);
+        let qpe = first.qpe[i * t * c..(i + 1) * t * c].to_vec();
+        let mut queries = first.queries[i * t * c..(i + 1) * t * c].to_vec();
         let add =
             |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
         let mut keys = std::mem::take(&mut s.keys);
@@ -983,36 +1071,28 @@ impl NativeDecoder {
         grow(&mut keys, n * c);
         grow(&mut keys_pe, n * c);
         for (li, b) in self.blocks.iter().enumerate() {
-            // self-attention (the first layer skips the positional encoding and the residual)
-            if li == 0 {
-                queries = self.token_attn(&b.self_attn, &queries, &queries, t);
-            } else {
-                let q = add(&queries, &qpe);
-                let out = self.token_attn(&b.self_attn, &q, &queries, t);
-                queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
-            }
-            b.norm1.rows(k, &mut queries);
-            // token to image
-            let q = add(&queries, &qpe);
-            let out = if li == 0 {
-                self.t2i_first(&b.t2i, &q, t, f, s)
-            } else {
-                self.t2i_generic(&b.t2i, &q, t, &keys, &keys_pe, s)
-            };
-            queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
-            b.norm2.rows(k, &mut queries);
-            // MLP
-            let mut hid = b.lin1.applied(k, &queries, t);
-            hid.iter_mut().for_each(|v| *v = v.max(0.0));
-            let out = b.lin2.applied(k, &hid, t);
-            queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
-            b.norm3.rows(k, &mut queries);
-            // image to token
             let a = &b.i2t;
+            let (kt, vt) = if li == 0 {
+                let at = i * t * ci0..(i + 1) * t * ci0;
+                (first.kt[at.clone()].to_vec(), first.vt[at].to_vec())
+            } else {
+                // self-attention
+                let q = add(&queries, &qpe);
+                let out = self.token_attn(&b.self_attn, &q, &queries, t, t);
+                queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+                b.norm1.rows(k, &mut queries);
+                // token to image
+                let q = add(&queries, &qpe);
+                let out = self.t2i_generic(&b.t2i, &q, t, &keys, &keys_pe, s);
+                queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+                b.norm2.rows(k, &mut queries);
+                self.mlp(b, &mut queries, t);
+                let mut kt = a.k.applied(k, &add(&queries, &qpe), t);
+                kt.iter_mut().for_each(|v| *v *= a.scale());
+                (kt, a.v.applied(k, &queries, t))
+            };
+            // image to token
             let (ci, dh, ht) = (a.q.out, a.dh(), a.heads * t);
-            let mut kt = a.k.applied(k, &add(&queries, &qpe), t);
-            kt.iter_mut().for_each(|v| *v *= a.scale());
-            let vt = a.v.applied(k, &queries, t);
             // The scores' columns are token-major (`j * heads + h`): the softmax over a head's
             // tokens is then a vertical operation (`softmax_interleaved`).
             let hs = a.heads;
@@ -1075,11 +1155,11 @@ impl NativeDecoder {
         s.keys_pe = keys_pe;
         let t_out = self.out_tokens.len() / c;
         let hs = self.final_tokens(&queries[..c], &qpe[..c], 1, s);
-        Ok(TokenPass {
+        TokenPass {
             iou: self.iou_head.apply(k, &hs),
             queries: queries[c..t_out * c].to_vec(),
             qpe: qpe[c..t_out * c].to_vec(),
-        })
+        }
     }
 
     /// The final attention and norm of `t` tokens (`queries`, their `qpe`) over the keys in `s`.

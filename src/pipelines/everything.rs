@@ -66,6 +66,10 @@ pub struct EverythingOptions {
     pub crop_overlap_ratio: f32,
     /// Box IoU for NMS across crops (official 0.7).
     pub crop_nms_thresh: f64,
+    /// Coarse to fine (approximate, off by default): the `(N/2)^2` grid first, then the `N x N`
+    /// grid's prompts only in this fraction of the coarse cells, those whose prompts had the
+    /// highest predicted IoU (docs/ACCURACY.md measures what it loses).
+    pub refine: Option<f32>,
 }
 
 impl Default for EverythingOptions {
@@ -83,6 +87,7 @@ impl Default for EverythingOptions {
             crop_n_layers: 0,
             crop_overlap_ratio: 512.0 / 1500.0,
             crop_nms_thresh: 0.7,
+            refine: None,
         }
     }
 }
@@ -100,6 +105,18 @@ impl EverythingOptions {
                 "crop layers must be 0..=2, got {} (layer 2 already costs 20 encoder passes)",
                 self.crop_n_layers
             );
+        }
+        if let Some(f) = self.refine {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("the refined fraction of coarse cells must be in (0, 1], got {f}");
+            }
+            if self.points_per_side < 2 || !self.points_per_side.is_multiple_of(2) {
+                bail!(
+                    "coarse to fine needs an even number of points per side (each coarse cell \
+                     holds 2 x 2 fine points), got {}",
+                    self.points_per_side
+                );
+            }
         }
         if !(0.0..1.0).contains(&self.crop_overlap_ratio) {
             bail!("crop overlap ratio must be in [0, 1)");
@@ -321,51 +338,14 @@ pub fn generate(
     );
     let mut f = Funnel::default();
     let mut kept: Vec<Survivor> = Vec::new();
-    let (mut coords, mut labels) = (Vec::with_capacity(4), Vec::with_capacity(2));
-    let centres: Vec<(f32, f32)> = point_grid(o.points_per_side)
-        .into_iter()
-        .map(|(px, py)| ((px * w).min(w - 1.0), (py * h).min(h - 1.0)))
-        .collect();
-    // (grid cell, prompt) pairs, and the mask tokens each prompt's answer is read from
-    type Cells = Vec<((f32, f32), Prompt)>;
-    let (prompts, tokens): (Cells, std::ops::Range<usize>) = match o.grid {
-        GridPrompts::Points => (
-            centres
-                .iter()
-                .map(|&(x, y)| {
-                    let points = vec![PointPrompt {
-                        x,
-                        y,
-                        foreground: true,
-                    }];
-                    ((x, y), Prompt { bbox: None, points })
-                })
-                .collect(),
-            1..4,
-        ),
-        GridPrompts::Boxes => (
-            BOX_GRID_SCALES
-                .iter()
-                .flat_map(|&s| centres.iter().map(move |&c| (s, c)))
-                .map(|(s, (x, y))| {
-                    let (hw, hh) = (s * w / 2.0, s * h / 2.0);
-                    let b = BoxPrompt {
-                        x0: (x - hw).max(0.0),
-                        y0: (y - hh).max(0.0),
-                        x1: (x + hw).min(w - 1.0),
-                        y1: (y + hh).min(h - 1.0),
-                    };
-                    (
-                        (x, y),
-                        Prompt {
-                            bbox: Some(b),
-                            points: vec![],
-                        },
-                    )
-                })
-                .collect(),
-            0..1,
-        ),
+    let scaled = |grid: Vec<(f32, f32)>| -> Vec<(f32, f32)> {
+        grid.into_iter()
+            .map(|(px, py)| ((px * w).min(w - 1.0), (py * h).min(h - 1.0)))
+            .collect()
+    };
+    let tokens = match o.grid {
+        GridPrompts::Points => 1..4,
+        GridPrompts::Boxes => 0..1,
     };
     let judge = Judge {
         tokens: tokens.clone(),
@@ -376,34 +356,42 @@ pub fn generate(
         low,
         crop: (lw, lh),
     };
-    let encoded: Vec<(Vec<f32>, Vec<f32>)> = prompts
-        .iter()
-        .map(|(_, p)| {
-            p.encode(&g, &mut coords, &mut labels);
-            (coords.clone(), labels.clone())
-        })
-        .collect();
-    let per_prompt = match (o.decoder, sam_native(sam, o, t)) {
-        (GridDecoder::Native, Some(nd)) => {
-            let prep = t.stage("decoder_frame", || nd.prepare(frame.embedding.as_slice()?))?;
-            t.stage("decoder_grid", || run_native(nd, &prep, &encoded, &judge))?
+    let mut run = GridRun {
+        sam,
+        frame,
+        o,
+        judge: &judge,
+        prep: None,
+    };
+    let n = o.points_per_side;
+    let fine = scaled(point_grid(n));
+    let (prompts, per_prompt) = match o.refine {
+        None => {
+            let prompts = grid_prompts(o.grid, &fine, (w, h));
+            let judged = run.decode(&prompts, t)?;
+            (prompts, judged)
         }
-        _ => {
-            let mut crop = vec![0f32; lw * lh];
-            let mut all = Vec::with_capacity(encoded.len());
-            for (coords, labels) in &encoded {
-                let out = t.stage("decoder", || {
-                    sam.decoder_mut().run(&frame.embedding, coords, labels)
-                })?;
-                let planes = (0..out.iou.len())
-                    .map(|k| out.plane(k))
-                    .collect::<Result<Vec<_>>>()?;
-                all.push(judge.judge(&out.iou, || Ok(planes.clone()), &mut crop)?);
+        Some(frac) => {
+            // Coarse cell (cx, cy) holds the fine points (2cx + {0, 1}, 2cy + {0, 1}); a cell's
+            // score is the best predicted IoU of its prompts (both box scales).
+            let nc = n / 2;
+            let mut prompts = grid_prompts(o.grid, &scaled(point_grid(nc)), (w, h));
+            let mut judged = run.decode(&prompts, t)?;
+            let mut score = vec![f32::NEG_INFINITY; nc * nc];
+            for (i, j) in judged.iter().enumerate() {
+                score[i % (nc * nc)] = score[i % (nc * nc)].max(j.1);
             }
-            all
+            let refined: Vec<(f32, f32)> = refined_points(n, &score, frac)
+                .into_iter()
+                .map(|i| fine[i])
+                .collect();
+            let more = grid_prompts(o.grid, &refined, (w, h));
+            judged.extend(run.decode(&more, t)?);
+            prompts.extend(more);
+            (prompts, judged)
         }
     };
-    for ((point, _), (passed_iou, survivors)) in prompts.iter().zip(per_prompt) {
+    for ((point, _), (passed_iou, _, survivors)) in prompts.iter().zip(per_prompt) {
         f.prompts += 1;
         f.masks += tokens.len();
         f.after_iou += passed_iou;
@@ -449,6 +437,110 @@ pub fn generate(
     Ok((out, f))
 }
 
+/// The `n x n` grid's points (row-major indices) inside the `ceil(frac * cells)` best-scored
+/// cells of the `n/2 x n/2` coarse grid (`score` per coarse cell, row-major; ties keep the
+/// earlier cell): coarse cell `(cx, cy)` holds the fine points `(2cx + {0,1}, 2cy + {0,1})`.
+pub fn refined_points(n: usize, score: &[f32], frac: f32) -> Vec<usize> {
+    let nc = n / 2;
+    let cells = nc * nc;
+    let mut order: Vec<usize> = (0..cells).collect();
+    order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    let take = ((frac * cells as f32).ceil() as usize).clamp(1, cells.max(1));
+    let mut chosen = vec![false; cells];
+    order.iter().take(take).for_each(|&c| chosen[c] = true);
+    (0..n * n)
+        .filter(|&i| chosen[(i / n / 2) * nc + (i % n) / 2])
+        .collect()
+}
+
+/// (grid point, prompt) pairs: one foreground point per centre, or a box per scale and
+/// centre (scales outer, so prompt `i` belongs to centre `i % centres`).
+type Cells = Vec<((f32, f32), Prompt)>;
+
+fn grid_prompts(grid: GridPrompts, centres: &[(f32, f32)], (w, h): (f32, f32)) -> Cells {
+    match grid {
+        GridPrompts::Points => centres
+            .iter()
+            .map(|&(x, y)| {
+                let points = vec![PointPrompt {
+                    x,
+                    y,
+                    foreground: true,
+                }];
+                ((x, y), Prompt { bbox: None, points })
+            })
+            .collect(),
+        GridPrompts::Boxes => BOX_GRID_SCALES
+            .iter()
+            .flat_map(|&s| centres.iter().map(move |&c| (s, c)))
+            .map(|(s, (x, y))| {
+                let (hw, hh) = (s * w / 2.0, s * h / 2.0);
+                let b = BoxPrompt {
+                    x0: (x - hw).max(0.0),
+                    y0: (y - hh).max(0.0),
+                    x1: (x + hw).min(w - 1.0),
+                    y1: (y + hh).min(h - 1.0),
+                };
+                (
+                    (x, y),
+                    Prompt {
+                        bbox: Some(b),
+                        points: vec![],
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The grid's decoder for one frame: the native decoder's per-frame part is prepared on the
+/// first batch of prompts and shared by the next (coarse to fine decodes two).
+struct GridRun<'a> {
+    sam: &'a mut SamSession,
+    frame: &'a EncodedFrame,
+    o: &'a EverythingOptions,
+    judge: &'a Judge,
+    prep: Option<FramePrep>,
+}
+
+impl GridRun<'_> {
+    fn decode(&mut self, prompts: &Cells, t: &mut Timings) -> Result<Vec<Judged>> {
+        let g = self.frame.geometry;
+        let (mut coords, mut labels) = (Vec::with_capacity(4), Vec::with_capacity(2));
+        let encoded: Vec<(Vec<f32>, Vec<f32>)> = prompts
+            .iter()
+            .map(|(_, p)| {
+                p.encode(&g, &mut coords, &mut labels);
+                (coords.clone(), labels.clone())
+            })
+            .collect();
+        let judge = self.judge;
+        if let (GridDecoder::Native, Some(nd)) = (self.o.decoder, sam_native(self.sam, self.o, t)) {
+            if self.prep.is_none() {
+                let emb = self.frame.embedding.as_slice()?;
+                self.prep = Some(t.stage("decoder_frame", || nd.prepare(emb))?);
+            }
+            let prep = self.prep.as_ref().expect("prepared above");
+            return t.stage("decoder_grid", || run_native(nd, prep, &encoded, judge));
+        }
+        let (lw, lh) = judge.crop;
+        let mut crop = vec![0f32; lw * lh];
+        let mut all = Vec::with_capacity(encoded.len());
+        for (coords, labels) in &encoded {
+            let out = t.stage("decoder", || {
+                self.sam
+                    .decoder_mut()
+                    .run(&self.frame.embedding, coords, labels)
+            })?;
+            let planes = (0..out.iou.len())
+                .map(|k| out.plane(k))
+                .collect::<Result<Vec<_>>>()?;
+            all.push(judge.judge(&out.iou, || Ok(planes.clone()), &mut crop)?);
+        }
+        Ok(all)
+    }
+}
+
 /// The native decoder when the options ask for it and the session has one.
 fn sam_native<'a>(
     sam: &'a mut SamSession,
@@ -461,9 +553,9 @@ fn sam_native<'a>(
     }
 }
 
-/// A prompt's outcome: its masks past the IoU filter, and its survivors as (predicted IoU,
-/// stability, low-res logits).
-type Judged = (usize, Vec<(f32, f32, Vec<f32>)>);
+/// A prompt's outcome: its masks past the IoU filter, its best predicted IoU (of the tokens
+/// read), and its survivors as (predicted IoU, stability, low-res logits).
+type Judged = (usize, f32, Vec<(f32, f32, Vec<f32>)>);
 
 /// The filters of one prompt's masks, the same for both decoders.
 struct Judge {
@@ -486,13 +578,18 @@ impl Judge {
         planes: impl FnOnce() -> Result<Vec<&'p [f32]>>,
         crop: &mut [f32],
     ) -> Result<Judged> {
+        let best = self
+            .tokens
+            .clone()
+            .map(|k| iou[k])
+            .fold(f32::NEG_INFINITY, f32::max);
         let passed: Vec<usize> = self
             .tokens
             .clone()
             .filter(|&k| iou[k] >= self.pred_iou)
             .collect();
         if passed.is_empty() {
-            return Ok((0, Vec::new()));
+            return Ok((0, best, Vec::new()));
         }
         let planes = planes()?;
         let (lw, lh) = self.crop;
@@ -507,9 +604,14 @@ impl Judge {
                 out.push((iou[k], st, plane.to_vec()));
             }
         }
-        Ok((passed.len(), out))
+        Ok((passed.len(), best, out))
     }
 }
+
+/// Prompts a worker takes at a time, whose first-layer token side runs as one batch (12 x 7
+/// tokens: 84 rows, whole 6-row register blocks, each MLP weight read once for 12 prompts);
+/// chosen by measurement against 1 and 6 (docs/BENCHMARKS.md).
+const GRID_BATCH: usize = 12;
 
 /// Every prompt through the native decoder on `native_decoder::worker_threads()` workers
 /// (`--threads`), each with its own buffers; results in prompt order.
@@ -528,22 +630,37 @@ fn run_native(
         let mut crop = vec![0f32; judge.crop.0 * judge.crop.1];
         let mut done = Vec::new();
         loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some((coords, labels)) = prompts.get(i) else {
+            let i0 = next.fetch_add(GRID_BATCH, std::sync::atomic::Ordering::Relaxed);
+            if i0 >= prompts.len() {
                 return Ok(done);
-            };
-            let tp = nd.tokens(prep, coords, labels, &mut scratch)?;
-            crate::model::onnx::ensure_finite(&tp.iou, "iou_predictions", nd.file())?;
-            let j = judge.judge(
-                &tp.iou,
-                || {
-                    nd.masks(&tp, &mut scratch, &mut masks);
-                    crate::model::onnx::ensure_finite(&masks, "low_res_masks", nd.file())?;
-                    Ok(masks.chunks_exact(plane).collect())
-                },
-                &mut crop,
-            )?;
-            done.push((i, j));
+            }
+            let chunk = &prompts[i0..(i0 + GRID_BATCH).min(prompts.len())];
+            // runs of prompts with the same number of points share the first layer's batch
+            let mut b0 = 0;
+            while b0 < chunk.len() {
+                let len = chunk[b0].1.len();
+                let b1 = b0 + chunk[b0..].iter().take_while(|p| p.1.len() == len).count();
+                let batch: Vec<(&[f32], &[f32])> = chunk[b0..b1]
+                    .iter()
+                    .map(|(c, l)| (c.as_slice(), l.as_slice()))
+                    .collect();
+                let first = nd.first_layer(prep, &batch, &mut scratch)?;
+                for b in b0..b1 {
+                    let tp = nd.tokens_from(prep, &first, b - b0, &mut scratch);
+                    crate::model::onnx::ensure_finite(&tp.iou, "iou_predictions", nd.file())?;
+                    let j = judge.judge(
+                        &tp.iou,
+                        || {
+                            nd.masks(&tp, &mut scratch, &mut masks);
+                            crate::model::onnx::ensure_finite(&masks, "low_res_masks", nd.file())?;
+                            Ok(masks.chunks_exact(plane).collect())
+                        },
+                        &mut crop,
+                    )?;
+                    done.push((i0 + b, j));
+                }
+                b0 = b1;
+            }
         }
     };
     let mut all: Vec<(usize, Judged)> = if workers == 1 {
@@ -581,6 +698,27 @@ mod tests {
         assert_eq!(g[4], (0.125, 0.375), "row-major, x fastest");
         assert_eq!(point_grid(1), vec![(0.5, 0.5)]);
         assert_eq!(point_grid(16).len(), 256);
+    }
+
+    #[test]
+    fn refinement_takes_the_fine_points_of_the_best_cells() {
+        // 4 x 4 fine grid, 2 x 2 coarse cells scored 0.1, 0.9, 0.5, 0.9
+        let score = [0.1, 0.9, 0.5, 0.9];
+        // a quarter: the best cell, the earlier of the tie (cell 1: x 2..4, y 0..2)
+        assert_eq!(refined_points(4, &score, 0.25), vec![2, 3, 6, 7]);
+        // half: cells 1 and 3 (x 2..4, y 2..4)
+        assert_eq!(
+            refined_points(4, &score, 0.5),
+            vec![2, 3, 6, 7, 10, 11, 14, 15]
+        );
+        // everything, and at least one cell however small the fraction
+        assert_eq!(refined_points(4, &score, 1.0), (0..16).collect::<Vec<_>>());
+        assert_eq!(refined_points(4, &score, 1e-6).len(), 4);
+        // a 16 x 16 grid, a quarter of its 64 cells: 16 cells of 4 points
+        let s64: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let r = refined_points(16, &s64, 0.25);
+        assert_eq!(r.len(), 64);
+        assert!(r.iter().all(|&i| (i / 16 / 2) * 8 + (i % 16) / 2 >= 48));
     }
 
     #[test]
