@@ -107,12 +107,13 @@ fn check_dir(dir: &Path, embedding: Option<Vec<f32>>, kernels: &[Kernel]) {
             let alone = native.tokens(&frame, coords, labels, &mut scratch).unwrap();
             let mut alone_masks = Vec::new();
             native.masks(&alone, &mut scratch, &mut alone_masks);
-            let batched = native.tokens_from(&frame, &first, i, &mut scratch);
+            let batched = native.tokens_from(&frame, &first, i, &mut scratch).unwrap();
             native.masks(&batched, &mut scratch, &mut masks);
             assert_eq!(batched.iou, alone.iou, "{name} ({k:?}): batched IoUs");
             assert_eq!(masks, alone_masks, "{name} ({k:?}): batched masks");
         }
-        // a batch mixing point counts is refused
+        // a prompt outside the batch and a batch mixing point counts are refused
+        assert!(native.tokens_from(&frame, &first, 4, &mut scratch).is_err());
         let mixed = [batch[0], (all[4].1.as_slice(), all[4].2.as_slice())];
         assert!(native.first_layer(&frame, &mixed, &mut scratch).is_err());
         ran.push(format!("{k:?}"));

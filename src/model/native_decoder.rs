@@ -980,7 +980,7 @@ impl NativeDecoder {
         s: &mut Scratch,
     ) -> Result<TokenPass> {
         let first = self.first_layer(f, &[(coords, labels)], s)?;
-        Ok(self.tokens_from(f, &first, 0, s))
+        self.tokens_from(f, &first, 0, s)
     }
 
     /// The first layer's token side for a batch of prompts with the same number of points,
@@ -1059,8 +1059,13 @@ impl NativeDecoder {
         first: &FirstLayer,
         i: usize,
         s: &mut Scratch,
-    ) -> TokenPass {
+    ) -> Result<TokenPass> {
         let (c, n, k, t) = (self.c, self.pixels(), self.kernel, first.t);
+        ensure!(
+            (i + 1) * t * c <= first.queries.len(),
+            "prompt {i} is not in the batch of {}",
+            first.queries.len() / (t * c)
+        );
         let ci0 = first.kt.len() / (first.queries.len() / c);
         let qpe = first.qpe[i * t * c..(i + 1) * t * c].to_vec();
         let mut queries = first.queries[i * t * c..(i + 1) * t * c].to_vec();
@@ -1155,11 +1160,11 @@ impl NativeDecoder {
         s.keys_pe = keys_pe;
         let t_out = self.out_tokens.len() / c;
         let hs = self.final_tokens(&queries[..c], &qpe[..c], 1, s);
-        TokenPass {
+        Ok(TokenPass {
             iou: self.iou_head.apply(k, &hs),
             queries: queries[c..t_out * c].to_vec(),
             qpe: qpe[c..t_out * c].to_vec(),
-        }
+        })
     }
 
     /// The final attention and norm of `t` tokens (`queries`, their `qpe`) over the keys in `s`.

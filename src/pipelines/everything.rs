@@ -646,7 +646,7 @@ fn run_native(
                     .collect();
                 let first = nd.first_layer(prep, &batch, &mut scratch)?;
                 for b in b0..b1 {
-                    let tp = nd.tokens_from(prep, &first, b - b0, &mut scratch);
+                    let tp = nd.tokens_from(prep, &first, b - b0, &mut scratch)?;
                     crate::model::onnx::ensure_finite(&tp.iou, "iou_predictions", nd.file())?;
                     let j = judge.judge(
                         &tp.iou,

@@ -46,62 +46,60 @@ pub fn add_norm_pe_row(
             && beta.len() == n,
         "row lengths"
     );
+    let o = AddNormPe {
+        x,
+        base,
+        d,
+        affine: (eps, gamma, beta),
+        pe,
+        x_pe,
+    };
     dispatch!(
         k,
-        add_norm_pe_generic(x, base, d, (eps, gamma, beta), pe, x_pe),
-        add_norm_pe_avx2(x, base, d, (eps, gamma, beta), pe, x_pe),
-        add_norm_pe_neon(x, base, d, (eps, gamma, beta), pe, x_pe)
+        add_norm_pe_generic(o),
+        add_norm_pe_avx2(o),
+        add_norm_pe_neon(o)
     )
 }
 
-type Affine<'a> = (f32, &'a [f32], &'a [f32]);
+/// The operands of [`add_norm_pe_row`], one value for the per-ISA wrappers to pass on.
+struct AddNormPe<'a> {
+    x: &'a mut [f32],
+    base: Option<&'a [f32]>,
+    d: &'a [f32],
+    affine: (f32, &'a [f32], &'a [f32]),
+    pe: &'a [f32],
+    x_pe: &'a mut [f32],
+}
 
 #[inline(always)]
-fn add_norm_pe_generic(
-    x: &mut [f32],
-    base: Option<&[f32]>,
-    d: &[f32],
-    (eps, gamma, beta): Affine,
-    pe: &[f32],
-    x_pe: &mut [f32],
-) {
-    match base {
-        Some(b) => x
-            .iter_mut()
-            .zip(b.iter().zip(d))
-            .for_each(|(v, (b, d))| *v = b + d),
-        None => x.iter_mut().zip(d).for_each(|(v, d)| *v += d),
+fn add_norm_pe_generic(o: AddNormPe) {
+    let (eps, gamma, beta) = o.affine;
+    match o.base {
+        Some(b) => {
+            o.x.iter_mut()
+                .zip(b.iter().zip(o.d))
+                .for_each(|(v, (b, d))| *v = b + d)
+        }
+        None => o.x.iter_mut().zip(o.d).for_each(|(v, d)| *v += d),
     }
-    norm_generic(x, eps, gamma, beta);
-    x_pe.iter_mut()
-        .zip(x.iter().zip(pe))
-        .for_each(|(o, (v, p))| *o = v + p);
+    norm_generic(o.x, eps, gamma, beta);
+    o.x_pe
+        .iter_mut()
+        .zip(o.x.iter().zip(o.pe))
+        .for_each(|(out, (v, p))| *out = v + p);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn add_norm_pe_avx2(
-    x: &mut [f32],
-    base: Option<&[f32]>,
-    d: &[f32],
-    affine: Affine,
-    pe: &[f32],
-    x_pe: &mut [f32],
-) {
-    add_norm_pe_generic(x, base, d, affine, pe, x_pe)
+unsafe fn add_norm_pe_avx2(o: AddNormPe) {
+    add_norm_pe_generic(o)
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn add_norm_pe_neon(
-    x: &mut [f32],
-    base: Option<&[f32]>,
-    d: &[f32],
-    affine: Affine,
-    pe: &[f32],
-    x_pe: &mut [f32],
-) {
-    add_norm_pe_generic(x, base, d, affine, pe, x_pe)
+unsafe fn add_norm_pe_neon(o: AddNormPe) {
+    add_norm_pe_generic(o)
 }
 
 #[cfg(target_arch = "x86_64")]
