@@ -3,14 +3,19 @@
 
 use anyhow::Result;
 
+/// An optional flag's value: `None` when absent, an error naming the flag when unparsable.
+pub fn parse_opt<T: std::str::FromStr>(name: &str, value: Option<&str>) -> Result<Option<T>> {
+    value
+        .map(|v| {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("--{name} '{v}' is not valid"))
+        })
+        .transpose()
+}
+
 /// `value` parsed as a `T`, or `default` when the flag was not given.
 pub fn parse_or<T: std::str::FromStr>(name: &str, value: Option<&str>, default: T) -> Result<T> {
-    match value {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--{name} '{v}' is not valid")),
-    }
+    Ok(parse_opt(name, value)?.unwrap_or(default))
 }
 
 #[cfg(test)]

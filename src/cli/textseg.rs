@@ -61,11 +61,7 @@ pub fn salip_from(a: &TextArgs) -> Result<SalipOptions> {
                 "boxes" => GridPrompts::Boxes,
                 g => bail!("--grid '{g}': expected points or boxes"),
             },
-            refine: a
-                .refine
-                .as_deref()
-                .map(|f| args::parse_or("refine", Some(f), 0f32))
-                .transpose()?,
+            refine: args::parse_opt("refine", a.refine.as_deref())?,
             decoder: match a.grid_decoder.as_deref().unwrap_or("native") {
                 "native" => GridDecoder::Native,
                 "tract" => GridDecoder::Tract,
@@ -79,11 +75,7 @@ pub fn salip_from(a: &TextArgs) -> Result<SalipOptions> {
             c => bail!("--crop '{c}': expected masked or box"),
         },
         top_k: args::parse_or("top-k", a.top_k.as_deref(), 1usize)?,
-        score_floor: a
-            .score_floor
-            .as_deref()
-            .map(|_| args::parse_or("score-floor", a.score_floor.as_deref(), 0f32))
-            .transpose()?,
+        score_floor: args::parse_opt("score-floor", a.score_floor.as_deref())?,
     };
     o.everything.validate()?;
     if !(1..=8).contains(&o.top_k) {

@@ -270,6 +270,8 @@ pub struct Scratch {
     u_pack: WeightPanels,
     e_pack: WeightPanels,
     r: Vec<f32>,
+    /// `r` with its columns token-major.
+    perm: Vec<f32>,
     u: Vec<f32>,
     g: Vec<f32>,
     up1: Vec<f32>,
@@ -1066,7 +1068,7 @@ impl NativeDecoder {
             "prompt {i} is not in the batch of {}",
             first.queries.len() / (t * c)
         );
-        let ci0 = first.kt.len() / (first.queries.len() / c);
+        let ci0 = self.blocks[0].i2t.k.out;
         let qpe = first.qpe[i * t * c..(i + 1) * t * c].to_vec();
         let mut queries = first.queries[i * t * c..(i + 1) * t * c].to_vec();
         let add =
@@ -1121,7 +1123,7 @@ impl NativeDecoder {
                 // (`fold_heads` writes head-major columns `h*t + j`, read permuted when packed)
                 let r = &mut r[..c * ht];
                 fold_heads(k, &a.q, &kt, t, hs, r);
-                let perm = grow(&mut s.g, c * ht);
+                let perm = grow(&mut s.perm, c * ht);
                 for (dst, src) in perm.chunks_exact_mut(ht).zip(r.chunks_exact(ht)) {
                     for h in 0..hs {
                         for j in 0..t {

@@ -317,8 +317,8 @@ pub fn generate_layers(
     Ok((out, funnel))
 }
 
-/// Everything mode on an encoded frame: one decoder call per grid point (the exported decoder
-/// has batch 1; a single point and its padding point, N = 2).
+/// Everything mode on an encoded frame: every grid prompt decoded (the native decoder, or one
+/// tract run per prompt: the exported decoder has batch 1), filtered, upscaled and NMS'd.
 pub fn generate(
     sam: &mut SamSession,
     frame: &EncodedFrame,
