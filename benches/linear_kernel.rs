@@ -53,6 +53,10 @@ fn main() {
         ("stage-3 mlp.fc1", (4096, 320, 1280)),
         ("stage-3 mlp.fc2", (4096, 1280, 320)),
         ("decoder-size q/k/v", (4096, 256, 128)),
+        // everything mode's per-prompt products: scores against 8 heads x 7 tokens, and the
+        // residual back from them
+        ("grid scores", (4096, 256, 56)),
+        ("grid residual", (4096, 56, 256)),
     ] {
         let (rsa, csa) = (k as isize, 1);
         let a = values(m * k, 1);

@@ -185,8 +185,8 @@ fn a_decoder_without_sam_module_names_is_refused_naming_the_file() {
     assert!(err.contains("sam_encoder.fp32.onnx"), "{err}");
 }
 
-/// Everything mode keeps the same candidates with either decoder: same funnel, same boxes,
-/// predicted IoUs within 1e-5, stabilities within 1e-3 and masks (after upscaling to the
+/// Everything mode keeps the same candidates with either decoder: same funnel, same prompts,
+/// boxes within a pixel per side, predicted IoUs within 1e-5, stabilities within 1e-3 and masks (after upscaling to the
 /// frame) agreeing on at least 99.9% of their union.
 fn same_candidates(models: &Path, image: &Path, o: EverythingOptions) -> usize {
     let mut sam = SamSession::load(models, Precision::Fp32).unwrap();
@@ -221,7 +221,14 @@ fn same_candidates(models: &Path, image: &Path, o: EverythingOptions) -> usize {
     }
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
-        assert_eq!(g.bbox, w.bbox);
+        // a box is the thresholded mask's extent: a boundary pixel flipped by rounding (which
+        // the mask agreement below allows) may move a side by one pixel
+        let (gb, wb) = (g.bbox, w.bbox);
+        let sides = [(gb.0, wb.0), (gb.1, wb.1), (gb.2, wb.2), (gb.3, wb.3)];
+        assert!(
+            sides.iter().all(|&(a, b)| a.abs_diff(b) <= 1),
+            "boxes {gb:?} vs {wb:?}"
+        );
         assert_eq!(g.point, w.point);
         assert!(
             (g.pred_iou - w.pred_iou).abs() <= 1e-5,

@@ -7,17 +7,24 @@
 //!   packed once for the linear-layer kernel (`sonomask_ops::linear`);
 //! - **per frame** ([`NativeDecoder::prepare`]): the embedding plus the no-mask dense embedding,
 //!   and the first layer's image-side projections (token-to-image keys and values,
-//!   image-to-token queries), the largest products of a decoder run;
+//!   image-to-token queries), the largest products of a decoder run, and the second layer's
+//!   projections of the centred embedding (`FactoredFrame`);
 //! - **per prompt** ([`NativeDecoder::tokens`]): the rest of the transformer and the predicted
 //!   IoUs. With only `T` tokens (7 for one point), every product between the 4096 image rows and
 //!   the tokens of a later layer goes through a `C x (heads * T)` matrix instead of a
 //!   `C x C/2` projection (`(k W_k) . q = k . (W_k q)`, the value and output projections
 //!   likewise): fewer multiply-adds than the graph's order, and the image rows are streamed
-//!   in place through a small packed right-hand side. Each layer's image-to-token attention is one pass over blocks of pixels: the block's
-//!   scores, their softmax over each head's tokens (scores kept token-major, so that softmax
-//!   is vertical SIMD), the residual product and the norm run while the block is in cache,
-//!   with no `pixels x C` residual or `pixels x heads*T` scores written to memory; the
-//!   per-prompt right-hand sides are repacked into a worker's buffers;
+//!   in place through a small packed right-hand side. Each layer's image-to-token attention is
+//!   one pass over blocks of pixels: the block's scores, their softmax over each head's tokens
+//!   (scores kept token-major, so that softmax is vertical SIMD), the residual product and the
+//!   norm run while the block is in cache, with no `pixels x C` residual or
+//!   `pixels x heads*T` scores written to memory. The token-to-image attention that reads those
+//!   new keys next (the next layer's, or the final one for the IoU token) depends only on the
+//!   tokens, so it runs in the same pass with its softmax over the pixels kept online (running
+//!   maxima and sums): the keys are read once per layer, and keys plus positional encoding
+//!   never written. The second layer reads the first layer's keys through its norm
+//!   (`Factored`): per pixel, per-frame products plus the first layer's attention weights
+//!   (`heads*T` values) instead of `C` channels;
 //! - **per surviving prompt** ([`NativeDecoder::masks`]): the output upscaling and the
 //!   hypernetwork product, paid only by prompts whose predicted IoU passed the filter.
 //!
@@ -73,6 +80,75 @@ fn mul(
     }
 }
 
+/// `C[0..m, 0..w.n] += A . W`, strides as [`mul`].
+fn mul_add(
+    k: Kernel,
+    a: &[f32],
+    (m, rsa, csa): (usize, usize, usize),
+    w: &WeightPanels,
+    c: &mut [f32],
+    rsc: usize,
+) {
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    assert!(
+        w.k == 0 || (m - 1) * rsa + (w.k - 1) * csa < a.len(),
+        "mul_add: A out of bounds"
+    );
+    assert!((m - 1) * rsc + w.n <= c.len(), "mul_add: C out of bounds");
+    // SAFETY: as in `mul`; C's block is read and written through the exclusive borrow.
+    unsafe {
+        lin::multiply_add(
+            k,
+            (a.as_ptr(), rsa as isize, csa as isize),
+            w,
+            (c.as_mut_ptr(), rsc),
+            (0..m, 0..w.n),
+        )
+    }
+}
+
+/// `C[0..m, ..] (+)= A . W[:, cols]`: columns `cols` of a packed right-hand side (`cols.start`
+/// a multiple of the panel width) into C's columns from 0 (one block of pixels of a per-frame
+/// `[dh, pixels]` pack).
+fn mul_cols(
+    k: Kernel,
+    a: &[f32],
+    (m, rsa, csa): (usize, usize, usize),
+    (w, cols): (&WeightPanels, std::ops::Range<usize>),
+    c: &mut [f32],
+    rsc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || cols.is_empty() {
+        return;
+    }
+    assert!(
+        cols.start.is_multiple_of(lin::NR) && cols.end <= w.n,
+        "mul_cols: columns"
+    );
+    assert!(
+        w.k == 0 || (m - 1) * rsa + (w.k - 1) * csa < a.len(),
+        "mul_cols: A out of bounds"
+    );
+    assert!(
+        (m - 1) * rsc + cols.len() <= c.len(),
+        "mul_cols: C out of bounds"
+    );
+    // C's column j is written at `c + i * rsc + (j - cols.start)`, inside the checked block.
+    let cp = c.as_mut_ptr().wrapping_sub(cols.start);
+    let a = (a.as_ptr(), rsa as isize, csa as isize);
+    // SAFETY: A's `m x k` elements and C's `m x cols.len()` block were checked above; `c` is
+    // exclusively borrowed.
+    unsafe {
+        match accumulate {
+            true => lin::multiply_add(k, a, w, (cp, rsc), (0..m, cols)),
+            false => lin::multiply(k, a, w, (cp, rsc), (0..m, cols), None),
+        }
+    }
+}
+
 /// `y = x W + b` for `rows` rows; `w` is `[inp, out]` row-major (kept for the products that
 /// fold a projection into the tokens), `p` the same packed.
 #[derive(Clone, Debug)]
@@ -106,6 +182,23 @@ impl Linear {
         let mut y = vec![0f32; rows * self.out];
         self.apply(k, x, rows, &mut y);
         y
+    }
+
+    /// `x W` without the bias.
+    fn product(&self, k: Kernel, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * self.out];
+        mul(k, x, (rows, self.inp, 1), &self.p, None, &mut y, self.out);
+        y
+    }
+
+    /// `v W + b` of one row (a constant folded at load).
+    fn row(&self, v: &[f32]) -> Vec<f32> {
+        (0..self.out)
+            .map(|o| {
+                let dot: f32 = (0..self.inp).map(|i| v[i] * self.w[i * self.out + o]).sum();
+                dot + self.b[o]
+            })
+            .collect()
     }
 }
 
@@ -233,18 +326,52 @@ pub struct NativeDecoder {
     iou_head: Mlp,
     /// Dense positional encoding of the embedding grid, `[side*side, C]`.
     pe: Vec<f32>,
+    /// The second layer's per-model part, when there is a second layer.
+    factored: Option<Factored>,
+}
+
+/// The second layer's token-to-image attention read through the first layer's norm. With
+/// `P0` the first layer's image-to-token attention (`[pixels, heads*T]`, each head's row
+/// summing to 1), `U` its per-token residual rows and `s_p` its norm's scale at pixel `p`, the
+/// first layer's new keys are `X1[p] = s_p (g0 * Xc[p] + P0[p] . D) + b0`, `Xc` the frame's
+/// centred embedding, `g0`/`b0` the norm's affine and `D[r] = g0 * centred(U[r] (+ b_o in
+/// head 0's rows))`. A score `X1[p] . (W_k q)` is then the per-frame `(g0 * Xc) W_k` times `q`
+/// (16 multiply-adds a head) plus `P0[p] . (D W_k q)` (`heads*T`), not `C`; the values
+/// likewise. The first layer's pass computes the second layer's token-to-image attention while
+/// `P0` and `s` of a block are in cache (`Next::Factored`) and keeps them for the second
+/// layer's image-to-token scores (`Scores::Factored`). The first layer's keys are still
+/// written: the second layer's residual adds to them.
+struct Factored {
+    /// `pe W_k` (no bias) per head, packed `[dh, pixels]`.
+    kpe: Vec<WeightPanels>,
+    /// `b0 W_v + b_v`.
+    cv: Vec<f32>,
+    /// The image-to-token queries likewise: `pe W_q` per head and `b0 W_q + b_q`.
+    qpe: Vec<WeightPanels>,
+    cq: Vec<f32>,
 }
 
 /// What every prompt of one frame shares (see the module doc).
 pub struct FramePrep {
     /// Embedding + no-mask embedding, `[pixels, C]`.
     src: Vec<f32>,
-    /// First layer, image-to-token queries of `src + pe`, `[pixels, Ci]`.
-    q0: Vec<f32>,
+    /// First layer, image-to-token queries of `src + pe` per head, packed as `[dh, pixels]`.
+    q0: Vec<WeightPanels>,
     /// First layer, token-to-image keys per head, packed as `[dh, pixels]`.
     k0: Vec<WeightPanels>,
     /// First layer, token-to-image values per head, packed as `[pixels, dh]`.
     v0: Vec<WeightPanels>,
+    /// The second layer's per-frame part ([`Factored`]).
+    fac: Option<FactoredFrame>,
+}
+
+/// `(g0 * Xc) W` of the second layer's token-to-image keys (per head, packed `[dh, pixels]`)
+/// and values (per row block of the image-to-token pass and head, packed `[rows, dh]`).
+struct FactoredFrame {
+    k: Vec<WeightPanels>,
+    v: Vec<WeightPanels>,
+    /// The second layer's image-to-token queries `(g0 * Xc) W_q`, per head `[dh, pixels]`.
+    q: Vec<WeightPanels>,
 }
 
 /// Pixels per row block of the image-to-token pass: its scores and residual (48 x C floats)
@@ -262,6 +389,33 @@ pub struct Scratch {
     /// `[I2T_ROWS, C]`.
     block_scores: Vec<f32>,
     block_delta: Vec<f32>,
+    /// The first layer's block scores head-major, `[heads * T, rows]`.
+    head_scores: Vec<f32>,
+    /// One row block's keys plus positional encoding `[I2T_ROWS, C]`: the old keys' (the
+    /// image-to-token scores), then the new ones' (the next attention's scores).
+    block_pe: Vec<f32>,
+    /// The attention that reads a pass's new keys ([`Next`]): its folded queries `R`, one
+    /// block's scores, maxima and sums, and the factors rescaling what was accumulated.
+    next_pack: WeightPanels,
+    next_scores: Vec<f32>,
+    block_max: Vec<f32>,
+    block_sum: Vec<f32>,
+    rescale: Vec<f32>,
+    /// [`Next::Factored`]: a block's norm scales and packed `P0`, the rows `D`, `B = D R`,
+    /// the accumulated values `E^T (s Vf)` (`[heads*T, dh]`) and `E^T (s P0)`.
+    block_s1: Vec<f32>,
+    /// The whole first layer's `P0` (`[pixels, ht0]`) and norm scales, for the second
+    /// layer's image-to-token scores ([`Scores::Factored`]), and `B2 = D . R2` packed.
+    p0: Vec<f32>,
+    s1: Vec<f32>,
+    b2_pack: WeightPanels,
+    p0_pack: WeightPanels,
+    d1: Vec<f32>,
+    b: Vec<f32>,
+    gf: Vec<f32>,
+    hacc: Vec<f32>,
+    dv_pack: WeightPanels,
+    small: Vec<f32>,
     /// Column maxima and sums of the token-to-image softmax.
     max: Vec<f32>,
     sum: Vec<f32>,
@@ -297,6 +451,54 @@ pub struct TokenPass {
     pub iou: Vec<f32>,
     queries: Vec<f32>,
     qpe: Vec<f32>,
+}
+
+/// `x` (`[rows, heads * dh]`) per head, packed `[dh, rows]` (the keys of scores `q_h . x_h^T`).
+fn pack_heads(x: &[f32], rows: usize, heads: usize) -> Vec<WeightPanels> {
+    let ci = x.len() / rows.max(1);
+    let dh = ci / heads;
+    (0..heads)
+        .map(|h| WeightPanels::pack(&x[h * dh..], dh, rows, (1, ci)))
+        .collect()
+}
+
+/// The attention that reads a pass's new keys ([`NativeDecoder::i2t_pass`]), its queries
+/// folded by [`NativeDecoder::fold_queries`].
+/// Where a pass's image-to-token scores (`[rows, heads*T]`, token-major) come from.
+#[derive(Clone, Copy)]
+enum Scores<'a> {
+    /// Per head, the tokens' keys `kt` (`[T, Ci]`) times the frame's queries (the first layer:
+    /// `q0` packed `[dh, pixels]`).
+    Heads {
+        q: &'a [WeightPanels],
+        kt: &'a [f32],
+    },
+    /// `(keys + pe) . R + c`, `R` token-major in `Scratch::r_pack`.
+    Dense(&'a [f32]),
+    /// The second layer through [`Factored`]: per head the tokens' keys times `s1 fq + qpe`
+    /// (packed `[dh, pixels]`), plus `s1 (P0 . B2)` (`Scratch::p0`, `Scratch::b2_pack`), plus
+    /// `c` (token-major).
+    Factored {
+        fq: &'a [WeightPanels],
+        qpe: &'a [WeightPanels],
+        kt: &'a [f32],
+        c: &'a [f32],
+        ht0: usize,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Next<'a> {
+    /// On the new keys in cache: scores `(keys + pe) . R`, values `keys^T E`.
+    Dense,
+    /// The second layer's token-to-image attention through the first layer's norm
+    /// ([`Factored`]); `q` its scaled queries `[t, Ci]`.
+    Factored {
+        fm: &'a Factored,
+        ff: &'a FactoredFrame,
+        q: &'a [f32],
+        t: usize,
+    },
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -708,6 +910,13 @@ impl NativeDecoder {
                 row,
             );
         }
+        let n = side * side;
+        let factored = blocks.get(1).map(|b1| Factored {
+            kpe: pack_heads(&b1.t2i.k.product(kernel, &pe, n), n, b1.t2i.heads),
+            cv: b1.t2i.v.row(&blocks[0].norm4.b),
+            qpe: pack_heads(&b1.i2t.q.product(kernel, &pe, n), n, b1.i2t.heads),
+            cq: b1.i2t.q.row(&blocks[0].norm4.b),
+        });
         Ok(NativeDecoder {
             file: file.to_path_buf(),
             kernel,
@@ -729,6 +938,7 @@ impl NativeDecoder {
             hyper,
             iou_head,
             pe,
+            factored,
         })
     }
 
@@ -767,8 +977,35 @@ impl NativeDecoder {
         let dh = t2i.dh();
         let k0 = t2i.k.applied(k, &src_pe, n);
         let v0 = t2i.v.applied(k, &src, n);
+        let fac = self.blocks.get(1).map(|b1| {
+            // g0 * (src - mean): the frame's part of the first layer's normed keys
+            let g = &b0.norm4.g;
+            let mut xc = src.clone();
+            for row in xc.chunks_exact_mut(c) {
+                let mean = row.iter().sum::<f32>() / c as f32;
+                row.iter_mut()
+                    .zip(g)
+                    .for_each(|(v, g)| *v = (*v - mean) * g);
+            }
+            let a = &b1.t2i;
+            let (ci, dh) = (a.q.out, a.dh());
+            let v = a.v.product(k, &xc, n);
+            FactoredFrame {
+                k: pack_heads(&a.k.product(k, &xc, n), n, a.heads),
+                q: pack_heads(&b1.i2t.q.product(k, &xc, n), n, b1.i2t.heads),
+                v: (0..n)
+                    .step_by(I2T_ROWS)
+                    .flat_map(|r0| (0..a.heads).map(move |h| (r0, h)))
+                    .map(|(r0, h)| {
+                        let rows = I2T_ROWS.min(n - r0);
+                        WeightPanels::pack(&v[r0 * ci + h * dh..], rows, dh, (ci, 1))
+                    })
+                    .collect(),
+            }
+        });
         Ok(FramePrep {
-            q0: b0.i2t.q.applied(k, &src_pe, n),
+            fac,
+            q0: pack_heads(&b0.i2t.q.applied(k, &src_pe, n), n, b0.i2t.heads),
             k0: (0..t2i.heads)
                 .map(|h| WeightPanels::pack(&k0[h * dh..], dh, n, (1, ci)))
                 .collect(),
@@ -877,17 +1114,10 @@ impl NativeDecoder {
         keys_pe: &[f32],
         s: &mut Scratch,
     ) -> Vec<f32> {
-        let (c, n, ci, dh, k) = (self.c, self.pixels(), a.q.out, a.dh(), self.kernel);
-        let ht = a.heads * t_out;
-        let mut q = a.q.applied(k, q_in, t_out);
-        q.iter_mut().for_each(|v| *v *= a.scale());
-        // The key bias adds q.b_k to all of a (head, token)'s scores: the softmax over pixels
-        // cancels it.
-        let r = grow(&mut s.r, c * ht);
-        fold_heads(k, &a.k, &q, t_out, a.heads, r);
-        s.r_pack.repack(r, c, ht, (ht, 1));
+        let (c, n, k) = (self.c, self.pixels(), self.kernel);
+        let (ht, _) = self.fold_queries(a, q_in, t_out, s);
         let sc = grow(&mut s.scores, n * ht);
-        mul(k, keys_pe, (n, c, 1), &s.r_pack, None, sc, ht);
+        mul(k, keys_pe, (n, c, 1), &s.next_pack, None, sc, ht);
         // softmax down each column; the normalisation is applied to G below
         let (max, sum) = (grow(&mut s.max, ht), grow(&mut s.sum, ht));
         softmax::column_max(k, sc, ht, max);
@@ -896,10 +1126,40 @@ impl NativeDecoder {
         s.e_pack.repack(sc, n, ht, (ht, 1));
         let g = grow(&mut s.g, c * ht);
         mul(k, keys, (c, 1, c), &s.e_pack, None, g, ht);
+        self.attn_values(a, t_out, s)
+    }
+
+    /// `R = W_k q` (`[C, heads * t_out]`, head-major columns `h*t_out + j`) packed into
+    /// `s.next_pack`, for `q` the scaled query projection of `q_in`; returns its width and `q`.
+    /// The key bias adds `q . b_k` to all of a (head, token)'s scores: the softmax over pixels
+    /// cancels it.
+    fn fold_queries(
+        &self,
+        a: &Attn,
+        q_in: &[f32],
+        t_out: usize,
+        s: &mut Scratch,
+    ) -> (usize, Vec<f32>) {
+        let (c, k) = (self.c, self.kernel);
+        let ht = a.heads * t_out;
+        let mut q = a.q.applied(k, q_in, t_out);
+        q.iter_mut().for_each(|v| *v *= a.scale());
+        let r = grow(&mut s.r, c * ht);
+        fold_heads(k, &a.k, &q, t_out, a.heads, r);
+        s.next_pack.repack(r, c, ht, (ht, 1));
+        (ht, q)
+    }
+
+    /// A token-to-image attention's output from `G^T = keys^T E` in `s.g` (`[C, heads *
+    /// t_out]`) and the column sums of `E` in `s.sum`: `out[j, head h] = (G[h*t + j] / sum)
+    /// . W_v[:, head h] + b_v`, then the output projection.
+    fn attn_values(&self, a: &Attn, t_out: usize, s: &mut Scratch) -> Vec<f32> {
+        let (c, ci, dh, k) = (self.c, a.q.out, a.dh(), self.kernel);
+        let ht = a.heads * t_out;
+        let (g, sum) = (&mut s.g[..c * ht], &s.sum[..ht]);
         for row in g.chunks_exact_mut(ht) {
             row.iter_mut().zip(sum.iter()).for_each(|(x, s)| *x /= s);
         }
-        // out[j, head h] = G[h*t + j] . W_v[:, head h] + b_v
         let mut mixed = vec![0f32; t_out * ci];
         for h in 0..a.heads {
             mul(
@@ -915,22 +1175,167 @@ impl NativeDecoder {
         a.o.applied(k, &mixed, t_out)
     }
 
+    /// One block of [`Next::Factored`] in the first layer's pass: `P0` of the block in
+    /// `s.block_scores` (`[rows, ht0]`), its norm scales in `s.block_s1`. Scores
+    /// `[hn, rows]` = per head `q . Kf` + `B^T P0^T`, times `s`, + per head `q . Kpe`; the
+    /// softmax along each row online (maxima in `s.max`, sums in `s.sum`); then
+    /// `gf += (E s) . Vf` per head and `hacc += (E s) . P0`.
+    fn next_block_factored(
+        &self,
+        (fm, ff, q, tn): (&Factored, &FactoredFrame, &[f32], usize),
+        r0: usize,
+        rows: usize,
+        ht0: usize,
+        s: &mut Scratch,
+    ) {
+        let k = self.kernel;
+        let a = &self.blocks[1].t2i;
+        let (nh, ci, dh) = (a.heads, a.q.out, a.dh());
+        let hn = nh * tn;
+        let cols = r0..r0 + rows;
+        let p0 = &s.block_scores[..rows * ht0];
+        let st = grow(&mut s.next_scores, hn * rows);
+        for h in 0..nh {
+            let w = (&ff.k[h], cols.clone());
+            mul_cols(
+                k,
+                &q[h * dh..],
+                (tn, ci, 1),
+                w,
+                &mut st[h * tn * rows..],
+                rows,
+                false,
+            );
+        }
+        s.p0_pack.repack(p0, ht0, rows, (1, ht0));
+        mul_add(k, &s.b, (hn, 1, hn), &s.p0_pack, st, rows);
+        let s1 = &s.block_s1[..rows];
+        for row in st.chunks_exact_mut(rows) {
+            row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
+        }
+        for h in 0..nh {
+            let w = (&fm.kpe[h], cols.clone());
+            mul_cols(
+                k,
+                &q[h * dh..],
+                (tn, ci, 1),
+                w,
+                &mut st[h * tn * rows..],
+                rows,
+                true,
+            );
+        }
+        // the softmax along each row, online
+        let (max, bmax) = (&mut s.max[..hn], grow(&mut s.block_max, hn));
+        for (m, row) in bmax.iter_mut().zip(st.chunks_exact(rows)) {
+            *m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        }
+        if r0 == 0 {
+            max.copy_from_slice(bmax);
+        } else if bmax.iter().zip(max.iter()).any(|(b, m)| b > m) {
+            let f = grow(&mut s.rescale, hn);
+            for ((f, m), b) in f.iter_mut().zip(max.iter_mut()).zip(bmax.iter()) {
+                let new = m.max(*b);
+                *f = *m - new;
+                *m = new;
+            }
+            softmax::exp_in_place(k, f);
+            for (r, &f) in f.iter().enumerate() {
+                s.sum[r] *= f;
+                s.gf[r * dh..(r + 1) * dh].iter_mut().for_each(|x| *x *= f);
+                s.hacc[r * ht0..(r + 1) * ht0]
+                    .iter_mut()
+                    .for_each(|x| *x *= f);
+            }
+        }
+        for (row, m) in st.chunks_exact_mut(rows).zip(max.iter()) {
+            row.iter_mut().for_each(|v| *v -= m);
+        }
+        softmax::exp_in_place(k, st);
+        for (row, sum) in st.chunks_exact_mut(rows).zip(s.sum.iter_mut()) {
+            *sum += row.iter().sum::<f32>();
+            row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
+        }
+        let blk = r0 / I2T_ROWS;
+        for h in 0..nh {
+            let (a, w) = (&st[h * tn * rows..], &ff.v[blk * nh + h]);
+            mul_add(k, a, (tn, rows, 1), w, &mut s.gf[h * tn * dh..], dh);
+        }
+        s.p0_pack.repack(p0, rows, ht0, (ht0, 1));
+        mul_add(k, st, (hn, rows, 1), &s.p0_pack, &mut s.hacc, ht0);
+    }
+
+    /// `D[r] = g0 * centred(U[r] (+ b_o in head 0's rows))` ([`Factored`]) from the first
+    /// layer's residual rows in `s.u` (token-major: row `j * heads + h`).
+    fn residual_rows(&self, ht0: usize, s: &mut Scratch) {
+        let (c, b0) = (self.c, &self.blocks[0]);
+        let hs = b0.i2t.heads;
+        let d = grow(&mut s.d1, ht0 * c);
+        for (r, (dst, u)) in d.chunks_exact_mut(c).zip(s.u.chunks_exact(c)).enumerate() {
+            dst.copy_from_slice(u);
+            if r % hs == 0 {
+                dst.iter_mut().zip(&b0.i2t.o.b).for_each(|(v, b)| *v += b);
+            }
+            let mean = dst.iter().sum::<f32>() / c as f32;
+            dst.iter_mut()
+                .zip(&b0.norm4.g)
+                .for_each(|(v, g)| *v = (*v - mean) * g);
+        }
+    }
+
+    /// [`Next::Factored`]'s output: `out[j, head h] = (gf[h*t + j] + (hacc (D W_v))[h*t + j,
+    /// head h]) / sum + b0 W_v + b_v`, then the output projection.
+    fn attn_values_factored(
+        &self,
+        fm: &Factored,
+        t: usize,
+        ht0: usize,
+        s: &mut Scratch,
+    ) -> Vec<f32> {
+        let (c, k) = (self.c, self.kernel);
+        let a = &self.blocks[1].t2i;
+        let (ci, dh, hn) = (a.q.out, a.dh(), a.heads * t);
+        let dv = a.v.product(k, &s.d1[..ht0 * c], ht0);
+        s.dv_pack.repack(&dv, ht0, ci, (ci, 1));
+        let m2 = grow(&mut s.small, hn * ci);
+        mul(k, &s.hacc, (hn, ht0, 1), &s.dv_pack, None, m2, ci);
+        let mut mixed = vec![0f32; t * ci];
+        for h in 0..a.heads {
+            for j in 0..t {
+                let r = h * t + j;
+                for (d, col) in (h * dh..(h + 1) * dh).enumerate() {
+                    let v = s.gf[r * dh + d] + m2[r * ci + col];
+                    mixed[j * ci + col] = v / s.sum[r] + fm.cv[col];
+                }
+            }
+        }
+        a.o.applied(k, &mixed, t)
+    }
+
     /// Image-to-token attention into `keys` in place, block of pixels by block: the block's
     /// scores `X . R + c` (`[rows, t * heads]`, token-major; `X` the frame's first-layer
-    /// queries `q0`, or `keys_pe` without them) softmaxed over the tokens of each head, then
-    /// `keys = norm((base or keys) + scores . U + b_o)` with
-    /// `U[j*heads + h] = v[j, head h] . W_o[head h, :]`, and `keys_pe = keys + pe`. A block's scores
-    /// and residual stay in cache from the product to the norm; a block reads its rows of
-    /// `keys_pe` before it writes them.
+    /// queries `q0`, or the block's keys plus positional encoding without them) softmaxed over
+    /// the tokens of each head, then `keys = norm((base or keys) + scores . U + b_o)` with
+    /// `U[j*heads + h] = v[j, head h] . W_o[head h, :]`. A block's scores and residual stay in
+    /// cache from the product to the norm.
+    ///
+    /// The token-to-image attention that reads the new keys next (the next layer's, or the
+    /// final one; its queries depend only on the tokens, so they are known now, folded into
+    /// `s.next_pack` by [`Self::fold_queries`], `ht_next` columns) runs in the same pass, while
+    /// the block's new keys are in cache: its scores `(keys + pe) . R`, a softmax over all
+    /// pixels kept online (running column maxima and sums; what was accumulated is rescaled
+    /// when a maximum grows) and `G^T += keys^T E`, left in `s.g` and `s.sum` for
+    /// [`Self::attn_values`]. The keys are not read again, and keys + pe never written.
     #[allow(clippy::too_many_arguments)]
     fn i2t_pass(
         &self,
         a: &Attn,
         norm: &Norm,
-        (q0, c_bias): (Option<&[f32]>, Option<&[f32]>),
+        scores: Scores,
         v: &[f32],
         t: usize,
-        (base, keys, keys_pe): (Option<&[f32]>, &mut [f32], &mut [f32]),
+        (base, keys): (Option<&[f32]>, &mut [f32]),
+        (next, ht_next): (Next, usize),
         s: &mut Scratch,
     ) {
         let (c, n, ci, dh, k) = (self.c, self.pixels(), a.q.out, a.dh(), self.kernel);
@@ -948,27 +1353,137 @@ impl NativeDecoder {
             );
         }
         s.u_pack.repack(u, ht, c, (c, 1));
-        let xk = s.r_pack.k;
+        let hn = ht_next;
+        grow(&mut s.max, hn);
+        grow(&mut s.sum, hn).fill(0.0);
+        match next {
+            Next::Dense => grow(&mut s.g, c * hn).fill(0.0),
+            Next::Factored { .. } => {
+                grow(&mut s.p0, n * ht);
+                grow(&mut s.s1, n);
+                // D, then B = D . R ([ht, hn])
+                self.residual_rows(ht, s);
+                let b = grow(&mut s.b, ht * hn);
+                mul(k, &s.d1, (ht, c, 1), &s.next_pack, None, b, hn);
+                grow(&mut s.gf, hn * self.blocks[1].t2i.dh()).fill(0.0);
+                grow(&mut s.hacc, hn * ht).fill(0.0);
+            }
+        }
         for r0 in (0..n).step_by(I2T_ROWS) {
             let rows = I2T_ROWS.min(n - r0);
             let sc = grow(&mut s.block_scores, rows * ht);
-            let x = q0.unwrap_or(keys_pe);
-            mul(k, &x[r0 * xk..], (rows, xk, 1), &s.r_pack, c_bias, sc, ht);
+            let xpe = grow(&mut s.block_pe, rows * c);
+            match scores {
+                Scores::Heads { q, kt } => {
+                    // per head `kt . q^T` (`[t, rows]`), then token-major
+                    let hsc = grow(&mut s.head_scores, ht * rows);
+                    for (h, q) in q.iter().enumerate() {
+                        let (a, w) = (&kt[h * dh..], (q, r0..r0 + rows));
+                        mul_cols(k, a, (t, ci, 1), w, &mut hsc[h * t * rows..], rows, false);
+                    }
+                    for (i, dst) in sc.chunks_exact_mut(ht).enumerate() {
+                        for h in 0..a.heads {
+                            for j in 0..t {
+                                dst[j * a.heads + h] = hsc[(h * t + j) * rows + i];
+                            }
+                        }
+                    }
+                }
+                Scores::Factored {
+                    fq,
+                    qpe,
+                    kt,
+                    c: c2,
+                    ht0,
+                } => {
+                    let hsc = grow(&mut s.head_scores, ht * rows);
+                    let s1 = &s.s1[r0..r0 + rows];
+                    for (h, q) in fq.iter().enumerate() {
+                        let (a, w) = (&kt[h * dh..], (q, r0..r0 + rows));
+                        mul_cols(k, a, (t, ci, 1), w, &mut hsc[h * t * rows..], rows, false);
+                    }
+                    for row in hsc.chunks_exact_mut(rows) {
+                        row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
+                    }
+                    for (h, q) in qpe.iter().enumerate() {
+                        let (a, w) = (&kt[h * dh..], (q, r0..r0 + rows));
+                        mul_cols(k, a, (t, ci, 1), w, &mut hsc[h * t * rows..], rows, true);
+                    }
+                    let p0 = &s.p0[r0 * ht0..];
+                    mul(k, p0, (rows, ht0, 1), &s.b2_pack, None, sc, ht);
+                    for (i, (dst, f)) in sc.chunks_exact_mut(ht).zip(s1).enumerate() {
+                        for h in 0..a.heads {
+                            for j in 0..t {
+                                let o = j * a.heads + h;
+                                dst[o] = f * dst[o] + hsc[(h * t + j) * rows + i] + c2[o];
+                            }
+                        }
+                    }
+                }
+                Scores::Dense(c2) => {
+                    let at = r0 * c..(r0 + rows) * c;
+                    xpe.iter_mut()
+                        .zip(keys[at.clone()].iter().zip(&self.pe[at]))
+                        .for_each(|(o, (x, p))| *o = x + p);
+                    mul(k, xpe, (rows, c, 1), &s.r_pack, Some(c2), sc, ht);
+                }
+            }
             softmax::softmax_interleaved(k, sc, t, a.heads);
             let delta = grow(&mut s.block_delta, rows * c);
             mul(k, sc, (rows, ht, 1), &s.u_pack, Some(&a.o.b), delta, c);
+            // a factored next attention reads the positional encoding from its tables
+            let pe_out = matches!(next, Next::Dense);
+            let s1 = grow(&mut s.block_s1, rows);
             for (i, d) in delta.chunks_exact(c).enumerate() {
                 let at = (r0 + i) * c..(r0 + i + 1) * c;
-                add_norm_pe_row(
+                s1[i] = add_norm_pe_row(
                     k,
                     &mut keys[at.clone()],
                     base.map(|b| &b[at.clone()]),
                     d,
                     (norm.eps, &norm.g, &norm.b),
-                    &self.pe[at.clone()],
-                    &mut keys_pe[at],
+                    &self.pe[at],
+                    pe_out.then(|| &mut xpe[i * c..(i + 1) * c]),
                 );
             }
+            if let Next::Factored { fm, ff, q, t: tn } = next {
+                // kept for the second layer's image-to-token scores
+                s.p0[r0 * ht..(r0 + rows) * ht].copy_from_slice(&s.block_scores[..rows * ht]);
+                s.s1[r0..r0 + rows].copy_from_slice(&s.block_s1[..rows]);
+                self.next_block_factored((fm, ff, q, tn), r0, rows, ht, s);
+                continue;
+            }
+            // the next attention, online
+            let sn = grow(&mut s.next_scores, rows * hn);
+            mul(k, xpe, (rows, c, 1), &s.next_pack, None, sn, hn);
+            let (max, bmax) = (&mut s.max[..hn], grow(&mut s.block_max, hn));
+            softmax::column_max(k, sn, hn, bmax);
+            if r0 == 0 {
+                max.copy_from_slice(bmax);
+            } else if bmax.iter().zip(max.iter()).any(|(b, m)| b > m) {
+                let f = grow(&mut s.rescale, hn);
+                for ((f, m), b) in f.iter_mut().zip(max.iter_mut()).zip(bmax.iter()) {
+                    let new = m.max(*b);
+                    *f = *m - new;
+                    *m = new;
+                }
+                softmax::exp_in_place(k, f);
+                for row in s.g[..c * hn].chunks_exact_mut(hn) {
+                    row.iter_mut().zip(f.iter()).for_each(|(x, f)| *x *= f);
+                }
+                s.sum[..hn]
+                    .iter_mut()
+                    .zip(f.iter())
+                    .for_each(|(x, f)| *x *= f);
+            }
+            let bsum = grow(&mut s.block_sum, hn);
+            softmax::column_exp_sums(k, sn, max, bsum);
+            s.sum[..hn]
+                .iter_mut()
+                .zip(bsum.iter())
+                .for_each(|(x, b)| *x += b);
+            s.e_pack.repack(sn, rows, hn, (hn, 1));
+            mul_add(k, &keys[r0 * c..], (c, 1, c), &s.e_pack, &mut s.g, hn);
         }
     }
 
@@ -1074,54 +1589,63 @@ impl NativeDecoder {
         let add =
             |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
         let mut keys = std::mem::take(&mut s.keys);
-        let mut keys_pe = std::mem::take(&mut s.keys_pe);
         grow(&mut keys, n * c);
-        grow(&mut keys_pe, n * c);
+        let (mut kt, mut vt) = {
+            let at = i * t * ci0..(i + 1) * t * ci0;
+            (first.kt[at.clone()].to_vec(), first.vt[at].to_vec())
+        };
+        let layers = self.blocks.len();
+        let mut iou = Vec::new();
+        // the first layer's pass computes the second layer's token-to-image attention, and
+        // keeps what the second layer's image-to-token scores read, through `Factored`
+        let factored = match (&self.factored, &f.fac) {
+            (Some(fm), Some(ff)) => Some((fm, ff)),
+            _ => None,
+        };
         for (li, b) in self.blocks.iter().enumerate() {
             let a = &b.i2t;
-            let (kt, vt) = if li == 0 {
-                let at = i * t * ci0..(i + 1) * t * ci0;
-                (first.kt[at.clone()].to_vec(), first.vt[at].to_vec())
-            } else {
-                // self-attention
-                let q = add(&queries, &qpe);
-                let out = self.token_attn(&b.self_attn, &q, &queries, t, t);
-                queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
-                b.norm1.rows(k, &mut queries);
-                // token to image
-                let q = add(&queries, &qpe);
-                let out = self.t2i_generic(&b.t2i, &q, t, &keys, &keys_pe, s);
-                queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
-                b.norm2.rows(k, &mut queries);
-                self.mlp(b, &mut queries, t);
-                let mut kt = a.k.applied(k, &add(&queries, &qpe), t);
-                kt.iter_mut().for_each(|v| *v *= a.scale());
-                (kt, a.v.applied(k, &queries, t))
+            // The attention that reads this layer's new keys: the next layer's token-to-image
+            // one (after its self-attention, which needs only the tokens), or the final one for
+            // the IoU token (the filter needs nothing else; the mask tokens attend in `masks`,
+            // for the prompts that pass it).
+            let next = self.blocks.get(li + 1);
+            let (na, nt) = match next {
+                Some(nb) => {
+                    let q = add(&queries, &qpe);
+                    let out = self.token_attn(&nb.self_attn, &q, &queries, t, t);
+                    queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+                    nb.norm1.rows(k, &mut queries);
+                    (&nb.t2i, t)
+                }
+                None => (&self.final_attn, 1),
+            };
+            let q_next = add(&queries[..nt * c], &qpe[..nt * c]);
+            let (ht_next, q_scaled) = self.fold_queries(na, &q_next, nt, s);
+            // the second layer's token-to-image attention through the first layer's norm
+            let fac = factored.filter(|_| li == 0);
+            let nx = match fac {
+                Some((fm, ff)) => Next::Factored {
+                    fm,
+                    ff,
+                    q: &q_scaled,
+                    t: nt,
+                },
+                None => Next::Dense,
             };
             // image to token
             let (ci, dh, ht) = (a.q.out, a.dh(), a.heads * t);
             // The scores' columns are token-major (`j * heads + h`): the softmax over a head's
             // tokens is then a vertical operation (`softmax_interleaved`).
             let hs = a.heads;
-            let r = grow(&mut s.r, c.max(ci) * ht);
-            let c2 = if li == 0 {
-                // scores[i, j*heads + h] = q0[i, head h] . kt[j, head h]: one product with a
-                // block-diagonal R (zero outside head h's rows and columns)
-                let r = &mut r[..ci * ht];
-                r.fill(0.0);
-                for h in 0..hs {
-                    for d in 0..dh {
-                        for j in 0..t {
-                            r[(h * dh + d) * ht + j * hs + h] = kt[j * ci + h * dh + d];
-                        }
-                    }
-                }
-                s.r_pack.repack(r, ci, ht, (ht, 1));
-                None
+            let c2;
+            let scores = if li == 0 {
+                // scores[i, j*heads + h] = q0[i, head h] . kt[j, head h]
+                Scores::Heads { q: &f.q0, kt: &kt }
             } else {
-                // scores = keys_pe . R2 + c2, R2[:, j*heads + h] = W_q[:, head h] . kt[j, head h]
-                // (`fold_heads` writes head-major columns `h*t + j`, read permuted when packed)
-                let r = &mut r[..c * ht];
+                // scores = (keys + pe) . R2 + c2, R2[:, j*heads + h] = W_q[:, head h] .
+                // kt[j, head h] (`fold_heads` writes head-major columns `h*t + j`, read
+                // permuted when packed)
+                let r = grow(&mut s.r, c * ht);
                 fold_heads(k, &a.q, &kt, t, hs, r);
                 let perm = grow(&mut s.perm, c * ht);
                 for (dst, src) in perm.chunks_exact_mut(ht).zip(r.chunks_exact(ht)) {
@@ -1132,38 +1656,75 @@ impl NativeDecoder {
                     }
                 }
                 s.r_pack.repack(perm, c, ht, (ht, 1));
-                let mut c2 = vec![0f32; ht];
-                for h in 0..hs {
-                    for j in 0..t {
-                        c2[j * hs + h] = a.q.b[h * dh..(h + 1) * dh]
-                            .iter()
-                            .zip(&kt[j * ci + h * dh..j * ci + (h + 1) * dh])
+                // the constant part: `bias . kt[j, head h]` per token-major column
+                let factored = factored.filter(|_| li == 1);
+                let bias = factored.map_or(&a.q.b, |(fm, _)| &fm.cq);
+                c2 = (0..ht)
+                    .map(|col| {
+                        let (j, h) = (col / hs, col % hs);
+                        let head = h * dh..(h + 1) * dh;
+                        let kj = &kt[j * ci..(j + 1) * ci];
+                        (bias[head.clone()].iter().zip(&kj[head]))
                             .map(|(x, y)| x * y)
-                            .sum();
+                            .sum()
+                    })
+                    .collect::<Vec<f32>>();
+                match factored {
+                    Some((fm, ff)) => {
+                        // B2 = D . R2: the first layer's residual rows' part of every score
+                        let ht0 = self.blocks[0].i2t.heads * t;
+                        let b = grow(&mut s.b, ht0 * ht);
+                        mul(k, &s.d1, (ht0, c, 1), &s.r_pack, None, b, ht);
+                        s.b2_pack.repack(b, ht0, ht, (ht, 1));
+                        Scores::Factored {
+                            fq: &ff.q,
+                            qpe: &fm.qpe,
+                            kt: &kt,
+                            c: &c2,
+                            ht0,
+                        }
                     }
+                    None => Scores::Dense(&c2),
                 }
-                Some(c2)
             };
-            let q0 = (li == 0).then_some(f.q0.as_slice());
             let base = (li == 0).then_some(f.src.as_slice());
             self.i2t_pass(
                 a,
                 &b.norm4,
-                (q0, c2.as_deref()),
+                scores,
                 &vt,
                 t,
-                (base, &mut keys, &mut keys_pe),
+                (base, &mut keys),
+                (nx, ht_next),
                 s,
             );
+            let out = match fac {
+                Some((fm, _)) => self.attn_values_factored(fm, nt, a.heads * t, s),
+                None => self.attn_values(na, nt, s),
+            };
+            match next {
+                Some(nb) => {
+                    queries.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+                    nb.norm2.rows(k, &mut queries);
+                    self.mlp(nb, &mut queries, t);
+                    let na = &nb.i2t;
+                    kt = na.k.applied(k, &add(&queries, &qpe), t);
+                    kt.iter_mut().for_each(|v| *v *= na.scale());
+                    vt = na.v.applied(k, &queries, t);
+                }
+                None => {
+                    debug_assert_eq!(li + 1, layers);
+                    let mut hs = queries[..c].to_vec();
+                    hs.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
+                    self.norm_final.rows(k, &mut hs);
+                    iou = self.iou_head.apply(k, &hs);
+                }
+            }
         }
-        // Final token-to-image attention: the IoU token now (the filter needs nothing else);
-        // the mask tokens in `masks`, for the prompts that pass it (each token attends alone).
         s.keys = keys;
-        s.keys_pe = keys_pe;
         let t_out = self.out_tokens.len() / c;
-        let hs = self.final_tokens(&queries[..c], &qpe[..c], 1, s);
         Ok(TokenPass {
-            iou: self.iou_head.apply(k, &hs),
+            iou,
             queries: queries[c..t_out * c].to_vec(),
             qpe: qpe[c..t_out * c].to_vec(),
         })
@@ -1172,7 +1733,12 @@ impl NativeDecoder {
     /// The final attention and norm of `t` tokens (`queries`, their `qpe`) over the keys in `s`.
     fn final_tokens(&self, queries: &[f32], qpe: &[f32], t: usize, s: &mut Scratch) -> Vec<f32> {
         let q: Vec<f32> = queries.iter().zip(qpe).map(|(a, b)| a + b).collect();
-        let (keys, keys_pe) = (std::mem::take(&mut s.keys), std::mem::take(&mut s.keys_pe));
+        let keys = std::mem::take(&mut s.keys);
+        let mut keys_pe = std::mem::take(&mut s.keys_pe);
+        let kp = grow(&mut keys_pe, keys.len());
+        kp.iter_mut()
+            .zip(keys.iter().zip(&self.pe))
+            .for_each(|(o, (x, p))| *o = x + p);
         let out = self.t2i_generic(&self.final_attn, &q, t, &keys, &keys_pe, s);
         s.keys = keys;
         s.keys_pe = keys_pe;

@@ -25,7 +25,9 @@ pub fn layer_norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &
 
 /// A residual row and its norm, in one pass over a row in L1 (the native decoder's image
 /// tokens): `x = base + d` (`x += d` without `base`), [`layer_norm_row`] of `x`, and
-/// `x_pe = x + pe` (the keys with their positional encoding, which the next attention reads).
+/// `x_pe = x + pe` (the keys with their positional encoding, which the next attention reads)
+/// where asked. Returns the norm's scale `1 / sqrt(var + eps)` (the decoder reads the first layer's keys
+/// through it).
 #[allow(clippy::too_many_arguments)]
 pub fn add_norm_pe_row(
     k: Kernel,
@@ -34,14 +36,14 @@ pub fn add_norm_pe_row(
     d: &[f32],
     (eps, gamma, beta): (f32, &[f32], &[f32]),
     pe: &[f32],
-    x_pe: &mut [f32],
-) {
+    x_pe: Option<&mut [f32]>,
+) -> f32 {
     let n = x.len();
     assert!(
         base.is_none_or(|b| b.len() == n)
             && d.len() == n
             && pe.len() == n
-            && x_pe.len() == n
+            && x_pe.as_ref().is_none_or(|x| x.len() == n)
             && gamma.len() == n
             && beta.len() == n,
         "row lengths"
@@ -69,11 +71,11 @@ struct AddNormPe<'a> {
     d: &'a [f32],
     affine: (f32, &'a [f32], &'a [f32]),
     pe: &'a [f32],
-    x_pe: &'a mut [f32],
+    x_pe: Option<&'a mut [f32]>,
 }
 
 #[inline(always)]
-fn add_norm_pe_generic(o: AddNormPe) {
+fn add_norm_pe_generic(o: AddNormPe) -> f32 {
     let (eps, gamma, beta) = o.affine;
     match o.base {
         Some(b) => {
@@ -83,22 +85,24 @@ fn add_norm_pe_generic(o: AddNormPe) {
         }
         None => o.x.iter_mut().zip(o.d).for_each(|(v, d)| *v += d),
     }
-    norm_generic(o.x, eps, gamma, beta);
-    o.x_pe
-        .iter_mut()
-        .zip(o.x.iter().zip(o.pe))
-        .for_each(|(out, (v, p))| *out = v + p);
+    let inv = norm_scaled(o.x, eps, gamma, beta);
+    if let Some(x_pe) = o.x_pe {
+        x_pe.iter_mut()
+            .zip(o.x.iter().zip(o.pe))
+            .for_each(|(out, (v, p))| *out = v + p);
+    }
+    inv
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn add_norm_pe_avx2(o: AddNormPe) {
+unsafe fn add_norm_pe_avx2(o: AddNormPe) -> f32 {
     add_norm_pe_generic(o)
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn add_norm_pe_neon(o: AddNormPe) {
+unsafe fn add_norm_pe_neon(o: AddNormPe) -> f32 {
     add_norm_pe_generic(o)
 }
 
@@ -132,8 +136,14 @@ fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 #[inline(always)]
 fn norm_generic(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
+    norm_scaled(x, eps, gamma, beta);
+}
+
+/// The norm of `x` in place; returns its scale `1 / sqrt(var + eps)` (0 for an empty row).
+#[inline(always)]
+fn norm_scaled(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) -> f32 {
     if x.is_empty() {
-        return;
+        return 0.0;
     }
     let n = x.len() as f32;
     let mean = lanes_sum(x, |v| v) / n;
@@ -142,6 +152,7 @@ fn norm_generic(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
     for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
         *v = (*v - mean) * inv * g + b;
     }
+    inv
 }
 
 /// Columns `0..w` (`w <= COLS`) of `[len, stride]` at `x`, in place, each over the `len` rows.
@@ -233,12 +244,35 @@ mod tests {
                 };
                 layer_norm_row(Kernel::Scalar, &mut want, 1e-6, &g, &b);
                 let want_pe: Vec<f32> = want.iter().zip(&pe).map(|(x, p)| x + p).collect();
+                // the scale it returns: the one of the row's norm, the same on every path
+                let y: Vec<f32> = match with_base {
+                    true => base.iter().zip(&d).map(|(b, d)| b + d).collect(),
+                    false => x0.iter().zip(&d).map(|(x, d)| x + d).collect(),
+                };
+                let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                let var = y.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                let scale = 1.0 / (var + 1e-6).sqrt();
+                let mut first = None;
                 for k in Kernel::available() {
                     let (mut x, mut x_pe) = (x0.clone(), vec![f32::NAN; n]);
                     let bs = with_base.then_some(base.as_slice());
-                    add_norm_pe_row(k, &mut x, bs, &d, (1e-6, &g, &b), &pe, &mut x_pe);
+                    let xp = Some(x_pe.as_mut_slice());
+                    let inv = add_norm_pe_row(k, &mut x, bs, &d, (1e-6, &g, &b), &pe, xp);
                     assert_eq!(x, want, "{k:?} n {n} base {with_base}");
                     assert_eq!(x_pe, want_pe, "{k:?} n {n} base {with_base}");
+                    assert!(
+                        (inv as f64 / scale - 1.0).abs() < 1e-4,
+                        "{k:?}: {inv} vs {scale}"
+                    );
+                    assert_eq!(
+                        *first.get_or_insert(inv),
+                        inv,
+                        "{k:?}: scale differs by path"
+                    );
+                    // without the positional output: the same row and scale
+                    let mut x2 = x0.clone();
+                    let inv2 = add_norm_pe_row(k, &mut x2, bs, &d, (1e-6, &g, &b), &pe, None);
+                    assert_eq!((x2, inv2), (x, inv), "{k:?} without x_pe");
                 }
             }
         }

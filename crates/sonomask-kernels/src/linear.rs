@@ -102,11 +102,41 @@ struct Start {
 /// that block of C.
 pub unsafe fn multiply(
     kernel: Kernel,
+    a: (*const f32, isize, isize),
+    w: &WeightPanels,
+    c: (*mut f32, usize),
+    block: (std::ops::Range<usize>, std::ops::Range<usize>),
+    bias: Option<&[f32]>,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { product(kernel, a, w, c, block, bias, false) }
+}
+
+/// `C[i][j] += sum_p A[i][p] W[p][j]`: [`multiply`] starting from C's values (a sum of
+/// products with different right-hand sides, e.g. a per-frame and a per-prompt part, without
+/// a temporary).
+///
+/// # Safety
+/// As [`multiply`]; C's block is read as well as written.
+pub unsafe fn multiply_add(
+    kernel: Kernel,
+    a: (*const f32, isize, isize),
+    w: &WeightPanels,
+    c: (*mut f32, usize),
+    block: (std::ops::Range<usize>, std::ops::Range<usize>),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { product(kernel, a, w, c, block, None, true) }
+}
+
+unsafe fn product(
+    kernel: Kernel,
     (a, rsa, csa): (*const f32, isize, isize),
     w: &WeightPanels,
     (c, rs_c): (*mut f32, usize),
     (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
     bias: Option<&[f32]>,
+    accumulate: bool,
 ) {
     debug_assert!(cols.start.is_multiple_of(NR) && cols.end <= w.n);
     let fma = kernel_has_fma(kernel);
@@ -144,12 +174,12 @@ pub unsafe fn multiply(
                     let width = lanes.min(cols.end - j);
                     let full = width == lanes;
                     let cp = c.wrapping_add(i * rs_c + j);
-                    let start = match (s, full) {
-                        (0, true) => Start {
+                    let start = match (s > 0 || accumulate, full) {
+                        (false, true) => Start {
                             src: bias.map_or(zeros.as_ptr(), |b| b[j..j + lanes].as_ptr()),
                             rs: 0,
                         },
-                        (0, false) => {
+                        (false, false) => {
                             spare[..lanes].fill(0.0);
                             if let Some(b) = bias {
                                 spare[..width].copy_from_slice(&b[j..j + width]);
@@ -159,8 +189,8 @@ pub unsafe fn multiply(
                                 rs: 0,
                             }
                         }
-                        (_, true) => Start { src: cp, rs: rs_c },
-                        (_, false) => {
+                        (true, true) => Start { src: cp, rs: rs_c },
+                        (true, false) => {
                             for r in 0..valid {
                                 // SAFETY: row i + r of C has `width` values from column j.
                                 let row =
@@ -561,6 +591,51 @@ mod tests {
             let want = run(Kernel::Scalar, shape, at, i as u64);
             for k in Kernel::available() {
                 assert_eq!(run(k, shape, at, i as u64), want, "{k:?} {shape:?}");
+            }
+        }
+    }
+
+    /// `multiply_add` from random C: the sum against f64, and every path equal to scalar.
+    #[test]
+    fn multiply_add_accumulates_into_c_on_every_path() {
+        let shapes = [(7, 16, 4096), (13, 2 * KC + 5, 56), (6, 9, 20), (9, 56, 40)];
+        for (i, &(m, k, n)) in shapes.iter().enumerate() {
+            let mut s = 100 + i as u64;
+            let (a, w, c0) = (
+                rand(&mut s, m * k),
+                rand(&mut s, k * n),
+                rand(&mut s, m * n),
+            );
+            let panels = WeightPanels::pack(&w, k, n, (n, 1));
+            let run = |kernel: Kernel| {
+                let mut c = c0.clone();
+                // SAFETY: a is m x k, c is m x n, row stride n.
+                unsafe {
+                    multiply_add(
+                        kernel,
+                        (a.as_ptr(), k as isize, 1),
+                        &panels,
+                        (c.as_mut_ptr(), n),
+                        (0..m, 0..n),
+                    )
+                };
+                c
+            };
+            let want = run(Kernel::Scalar);
+            for r in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k)
+                        .map(|p| a[r * k + p] as f64 * w[p * n + j] as f64)
+                        .sum();
+                    let e = c0[r * n + j] as f64 + dot;
+                    assert!(
+                        (want[r * n + j] as f64 - e).abs() < 1e-4,
+                        "{m}x{k}x{n} [{r},{j}]"
+                    );
+                }
+            }
+            for kernel in Kernel::available() {
+                assert_eq!(run(kernel), want, "{kernel:?} {m}x{k}x{n}");
             }
         }
     }
