@@ -338,17 +338,13 @@ pub struct NativeDecoder {
 /// head 0's rows))`. A score `X1[p] . (W_k q)` is then the per-frame `(g0 * Xc) W_k` times `q`
 /// (16 multiply-adds a head) plus `P0[p] . (D W_k q)` (`heads*T`), not `C`; the values
 /// likewise. The first layer's pass computes the second layer's token-to-image attention while
-/// `P0` and `s` of a block are in cache (`Next::Factored`) and keeps them for the second
-/// layer's image-to-token scores (`Scores::Factored`). The first layer's keys are still
-/// written: the second layer's residual adds to them.
+/// `P0` and `s` of a block are in cache (`Next::Factored`). The first layer's keys are still
+/// written: the second layer's image-to-token scores and residual read them.
 struct Factored {
     /// `pe W_k` (no bias) per head, packed `[dh, pixels]`.
     kpe: Vec<WeightPanels>,
     /// `b0 W_v + b_v`.
     cv: Vec<f32>,
-    /// The image-to-token queries likewise: `pe W_q` per head and `b0 W_q + b_q`.
-    qpe: Vec<WeightPanels>,
-    cq: Vec<f32>,
 }
 
 /// What every prompt of one frame shares (see the module doc).
@@ -370,8 +366,6 @@ pub struct FramePrep {
 struct FactoredFrame {
     k: Vec<WeightPanels>,
     v: Vec<WeightPanels>,
-    /// The second layer's image-to-token queries `(g0 * Xc) W_q`, per head `[dh, pixels]`.
-    q: Vec<WeightPanels>,
 }
 
 /// Pixels per row block of the image-to-token pass: its scores and residual (48 x C floats)
@@ -382,7 +376,6 @@ const I2T_ROWS: usize = 48;
 #[derive(Default)]
 pub struct Scratch {
     keys: Vec<f32>,
-    keys_pe: Vec<f32>,
     /// Token-to-image scores (`t2i_first`, `t2i_generic`).
     scores: Vec<f32>,
     /// One row block's image-to-token scores `[I2T_ROWS, heads * T]` and residual
@@ -404,11 +397,6 @@ pub struct Scratch {
     /// [`Next::Factored`]: a block's norm scales and packed `P0`, the rows `D`, `B = D R`,
     /// the accumulated values `E^T (s Vf)` (`[heads*T, dh]`) and `E^T (s P0)`.
     block_s1: Vec<f32>,
-    /// The whole first layer's `P0` (`[pixels, ht0]`) and norm scales, for the second
-    /// layer's image-to-token scores ([`Scores::Factored`]), and `B2 = D . R2` packed.
-    p0: Vec<f32>,
-    s1: Vec<f32>,
-    b2_pack: WeightPanels,
     p0_pack: WeightPanels,
     d1: Vec<f32>,
     b: Vec<f32>,
@@ -475,16 +463,6 @@ enum Scores<'a> {
     },
     /// `(keys + pe) . R + c`, `R` token-major in `Scratch::r_pack`.
     Dense(&'a [f32]),
-    /// The second layer through [`Factored`]: per head the tokens' keys times `s1 fq + qpe`
-    /// (packed `[dh, pixels]`), plus `s1 (P0 . B2)` (`Scratch::p0`, `Scratch::b2_pack`), plus
-    /// `c` (token-major).
-    Factored {
-        fq: &'a [WeightPanels],
-        qpe: &'a [WeightPanels],
-        kt: &'a [f32],
-        c: &'a [f32],
-        ht0: usize,
-    },
 }
 
 #[derive(Clone, Copy)]
@@ -914,8 +892,6 @@ impl NativeDecoder {
         let factored = blocks.get(1).map(|b1| Factored {
             kpe: pack_heads(&b1.t2i.k.product(kernel, &pe, n), n, b1.t2i.heads),
             cv: b1.t2i.v.row(&blocks[0].norm4.b),
-            qpe: pack_heads(&b1.i2t.q.product(kernel, &pe, n), n, b1.i2t.heads),
-            cq: b1.i2t.q.row(&blocks[0].norm4.b),
         });
         Ok(NativeDecoder {
             file: file.to_path_buf(),
@@ -992,7 +968,6 @@ impl NativeDecoder {
             let v = a.v.product(k, &xc, n);
             FactoredFrame {
                 k: pack_heads(&a.k.product(k, &xc, n), n, a.heads),
-                q: pack_heads(&b1.i2t.q.product(k, &xc, n), n, b1.i2t.heads),
                 v: (0..n)
                     .step_by(I2T_ROWS)
                     .flat_map(|r0| (0..a.heads).map(move |h| (r0, h)))
@@ -1102,22 +1077,23 @@ impl NativeDecoder {
         a.o.applied(k, &mixed, t)
     }
 
-    /// Token-to-image attention of the first `t_out` tokens over `keys` (`[pixels, C]`, with
-    /// `keys_pe` = keys + pe): `R = W_k q` per head and token, so the scores are one product of
-    /// the image rows with `R` (`[C, heads * t_out]`), and the values `(P keys) W_v`.
+    /// Token-to-image attention of the first `t_out` tokens over `keys` (`[pixels, C]`):
+    /// `R = W_k q` per head and token, so the scores are the products of the image rows and of
+    /// the positional encoding with `R` (`[C, heads * t_out]`; keys + pe is not stored), and
+    /// the values `(P keys) W_v`.
     fn t2i_generic(
         &self,
         a: &Attn,
         q_in: &[f32],
         t_out: usize,
         keys: &[f32],
-        keys_pe: &[f32],
         s: &mut Scratch,
     ) -> Vec<f32> {
         let (c, n, k) = (self.c, self.pixels(), self.kernel);
         let (ht, _) = self.fold_queries(a, q_in, t_out, s);
         let sc = grow(&mut s.scores, n * ht);
-        mul(k, keys_pe, (n, c, 1), &s.next_pack, None, sc, ht);
+        mul(k, keys, (n, c, 1), &s.next_pack, None, sc, ht);
+        mul_add(k, &self.pe, (n, c, 1), &s.next_pack, sc, ht);
         // softmax down each column; the normalisation is applied to G below
         let (max, sum) = (grow(&mut s.max, ht), grow(&mut s.sum, ht));
         softmax::column_max(k, sc, ht, max);
@@ -1359,8 +1335,6 @@ impl NativeDecoder {
         match next {
             Next::Dense => grow(&mut s.g, c * hn).fill(0.0),
             Next::Factored { .. } => {
-                grow(&mut s.p0, n * ht);
-                grow(&mut s.s1, n);
                 // D, then B = D . R ([ht, hn])
                 self.residual_rows(ht, s);
                 let b = grow(&mut s.b, ht * hn);
@@ -1385,37 +1359,6 @@ impl NativeDecoder {
                         for h in 0..a.heads {
                             for j in 0..t {
                                 dst[j * a.heads + h] = hsc[(h * t + j) * rows + i];
-                            }
-                        }
-                    }
-                }
-                Scores::Factored {
-                    fq,
-                    qpe,
-                    kt,
-                    c: c2,
-                    ht0,
-                } => {
-                    let hsc = grow(&mut s.head_scores, ht * rows);
-                    let s1 = &s.s1[r0..r0 + rows];
-                    for (h, q) in fq.iter().enumerate() {
-                        let (a, w) = (&kt[h * dh..], (q, r0..r0 + rows));
-                        mul_cols(k, a, (t, ci, 1), w, &mut hsc[h * t * rows..], rows, false);
-                    }
-                    for row in hsc.chunks_exact_mut(rows) {
-                        row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
-                    }
-                    for (h, q) in qpe.iter().enumerate() {
-                        let (a, w) = (&kt[h * dh..], (q, r0..r0 + rows));
-                        mul_cols(k, a, (t, ci, 1), w, &mut hsc[h * t * rows..], rows, true);
-                    }
-                    let p0 = &s.p0[r0 * ht0..];
-                    mul(k, p0, (rows, ht0, 1), &s.b2_pack, None, sc, ht);
-                    for (i, (dst, f)) in sc.chunks_exact_mut(ht).zip(s1).enumerate() {
-                        for h in 0..a.heads {
-                            for j in 0..t {
-                                let o = j * a.heads + h;
-                                dst[o] = f * dst[o] + hsc[(h * t + j) * rows + i] + c2[o];
                             }
                         }
                     }
@@ -1447,9 +1390,6 @@ impl NativeDecoder {
                 );
             }
             if let Next::Factored { fm, ff, q, t: tn } = next {
-                // kept for the second layer's image-to-token scores
-                s.p0[r0 * ht..(r0 + rows) * ht].copy_from_slice(&s.block_scores[..rows * ht]);
-                s.s1[r0..r0 + rows].copy_from_slice(&s.block_s1[..rows]);
                 self.next_block_factored((fm, ff, q, tn), r0, rows, ht, s);
                 continue;
             }
@@ -1596,8 +1536,8 @@ impl NativeDecoder {
         };
         let layers = self.blocks.len();
         let mut iou = Vec::new();
-        // the first layer's pass computes the second layer's token-to-image attention, and
-        // keeps what the second layer's image-to-token scores read, through `Factored`
+        // the first layer's pass computes the second layer's token-to-image attention through
+        // `Factored`
         let factored = match (&self.factored, &f.fac) {
             (Some(fm), Some(ff)) => Some((fm, ff)),
             _ => None,
@@ -1656,36 +1596,17 @@ impl NativeDecoder {
                     }
                 }
                 s.r_pack.repack(perm, c, ht, (ht, 1));
-                // the constant part: `bias . kt[j, head h]` per token-major column
-                let factored = factored.filter(|_| li == 1);
-                let bias = factored.map_or(&a.q.b, |(fm, _)| &fm.cq);
                 c2 = (0..ht)
                     .map(|col| {
                         let (j, h) = (col / hs, col % hs);
                         let head = h * dh..(h + 1) * dh;
                         let kj = &kt[j * ci..(j + 1) * ci];
-                        (bias[head.clone()].iter().zip(&kj[head]))
+                        (a.q.b[head.clone()].iter().zip(&kj[head]))
                             .map(|(x, y)| x * y)
                             .sum()
                     })
                     .collect::<Vec<f32>>();
-                match factored {
-                    Some((fm, ff)) => {
-                        // B2 = D . R2: the first layer's residual rows' part of every score
-                        let ht0 = self.blocks[0].i2t.heads * t;
-                        let b = grow(&mut s.b, ht0 * ht);
-                        mul(k, &s.d1, (ht0, c, 1), &s.r_pack, None, b, ht);
-                        s.b2_pack.repack(b, ht0, ht, (ht, 1));
-                        Scores::Factored {
-                            fq: &ff.q,
-                            qpe: &fm.qpe,
-                            kt: &kt,
-                            c: &c2,
-                            ht0,
-                        }
-                    }
-                    None => Scores::Dense(&c2),
-                }
+                Scores::Dense(&c2)
             };
             let base = (li == 0).then_some(f.src.as_slice());
             self.i2t_pass(
@@ -1734,14 +1655,8 @@ impl NativeDecoder {
     fn final_tokens(&self, queries: &[f32], qpe: &[f32], t: usize, s: &mut Scratch) -> Vec<f32> {
         let q: Vec<f32> = queries.iter().zip(qpe).map(|(a, b)| a + b).collect();
         let keys = std::mem::take(&mut s.keys);
-        let mut keys_pe = std::mem::take(&mut s.keys_pe);
-        let kp = grow(&mut keys_pe, keys.len());
-        kp.iter_mut()
-            .zip(keys.iter().zip(&self.pe))
-            .for_each(|(o, (x, p))| *o = x + p);
-        let out = self.t2i_generic(&self.final_attn, &q, t, &keys, &keys_pe, s);
+        let out = self.t2i_generic(&self.final_attn, &q, t, &keys, s);
         s.keys = keys;
-        s.keys_pe = keys_pe;
         let mut hs = queries.to_vec();
         hs.iter_mut().zip(&out).for_each(|(x, y)| *x += y);
         self.norm_final.rows(self.kernel, &mut hs);
