@@ -46,67 +46,29 @@ use crate::simd::Kernel;
 use sonomask_kernels::layer_norm::add_norm_pe_row;
 
 /// `C[0..m, 0..w.n] = A . W (+ bias)` by the linear-layer kernel: `A` is `m x w.k` read in
-/// place (rows `rsa` apart, columns `csa` apart), `W` packed, `C` rows `rsc` apart. Checks that
-/// every element the strides reach lies inside its slice.
+/// place (rows `rsa` apart, columns `csa` apart), `W` packed, `C` rows `rsc` apart.
 fn mul(
     k: Kernel,
     a: &[f32],
-    (m, rsa, csa): (usize, usize, usize),
+    dims: (usize, usize, usize),
     w: &WeightPanels,
     bias: Option<&[f32]>,
     c: &mut [f32],
     rsc: usize,
 ) {
-    if m == 0 || w.n == 0 {
-        return;
-    }
-    assert!(
-        w.k == 0 || (m - 1) * rsa + (w.k - 1) * csa < a.len(),
-        "mul: A out of bounds"
-    );
-    assert!((m - 1) * rsc + w.n <= c.len(), "mul: C out of bounds");
-    assert!(bias.is_none_or(|b| b.len() >= w.n), "mul: short bias");
-    // SAFETY: A's `m x k` elements and C's `m x n` block were checked above; `c` is exclusively
-    // borrowed, so no one else writes it.
-    unsafe {
-        lin::multiply(
-            k,
-            (a.as_ptr(), rsa as isize, csa as isize),
-            w,
-            (c.as_mut_ptr(), rsc),
-            (0..m, 0..w.n),
-            bias,
-        )
-    }
+    product(k, a, dims, (w, 0..w.n), (bias, false), c, rsc);
 }
 
 /// `C[0..m, 0..w.n] += A . W`, strides as [`mul`].
 fn mul_add(
     k: Kernel,
     a: &[f32],
-    (m, rsa, csa): (usize, usize, usize),
+    dims: (usize, usize, usize),
     w: &WeightPanels,
     c: &mut [f32],
     rsc: usize,
 ) {
-    if m == 0 || w.n == 0 {
-        return;
-    }
-    assert!(
-        w.k == 0 || (m - 1) * rsa + (w.k - 1) * csa < a.len(),
-        "mul_add: A out of bounds"
-    );
-    assert!((m - 1) * rsc + w.n <= c.len(), "mul_add: C out of bounds");
-    // SAFETY: as in `mul`; C's block is read and written through the exclusive borrow.
-    unsafe {
-        lin::multiply_add(
-            k,
-            (a.as_ptr(), rsa as isize, csa as isize),
-            w,
-            (c.as_mut_ptr(), rsc),
-            (0..m, 0..w.n),
-        )
-    }
+    product(k, a, dims, (w, 0..w.n), (None, true), c, rsc);
 }
 
 /// `C[0..m, ..] (+)= A . W[:, cols]`: columns `cols` of a packed right-hand side (`cols.start`
@@ -115,36 +77,54 @@ fn mul_add(
 fn mul_cols(
     k: Kernel,
     a: &[f32],
-    (m, rsa, csa): (usize, usize, usize),
-    (w, cols): (&WeightPanels, std::ops::Range<usize>),
+    dims: (usize, usize, usize),
+    w: (&WeightPanels, std::ops::Range<usize>),
     c: &mut [f32],
     rsc: usize,
     accumulate: bool,
+) {
+    product(k, a, dims, w, (None, accumulate), c, rsc);
+}
+
+/// The checked product behind [`mul`], [`mul_add`] and [`mul_cols`]: checks that every element
+/// the strides reach lies inside its slice.
+fn product(
+    k: Kernel,
+    a: &[f32],
+    (m, rsa, csa): (usize, usize, usize),
+    (w, cols): (&WeightPanels, std::ops::Range<usize>),
+    (bias, accumulate): (Option<&[f32]>, bool),
+    c: &mut [f32],
+    rsc: usize,
 ) {
     if m == 0 || cols.is_empty() {
         return;
     }
     assert!(
         cols.start.is_multiple_of(lin::NR) && cols.end <= w.n,
-        "mul_cols: columns"
+        "product: columns"
     );
     assert!(
         w.k == 0 || (m - 1) * rsa + (w.k - 1) * csa < a.len(),
-        "mul_cols: A out of bounds"
+        "product: A out of bounds"
     );
     assert!(
         (m - 1) * rsc + cols.len() <= c.len(),
-        "mul_cols: C out of bounds"
+        "product: C out of bounds"
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() >= cols.end) && !(accumulate && bias.is_some()),
+        "product: bias"
     );
     // C's column j is written at `c + i * rsc + (j - cols.start)`, inside the checked block.
     let cp = c.as_mut_ptr().wrapping_sub(cols.start);
     let a = (a.as_ptr(), rsa as isize, csa as isize);
     // SAFETY: A's `m x k` elements and C's `m x cols.len()` block were checked above; `c` is
-    // exclusively borrowed.
+    // exclusively borrowed, so no one else reads or writes it.
     unsafe {
         match accumulate {
             true => lin::multiply_add(k, a, w, (cp, rsc), (0..m, cols)),
-            false => lin::multiply(k, a, w, (cp, rsc), (0..m, cols), None),
+            false => lin::multiply(k, a, w, (cp, rsc), (0..m, cols), bias),
         }
     }
 }
@@ -450,8 +430,6 @@ fn pack_heads(x: &[f32], rows: usize, heads: usize) -> Vec<WeightPanels> {
         .collect()
 }
 
-/// The attention that reads a pass's new keys ([`NativeDecoder::i2t_pass`]), its queries
-/// folded by [`NativeDecoder::fold_queries`].
 /// Where a pass's image-to-token scores (`[rows, heads*T]`, token-major) come from.
 #[derive(Clone, Copy)]
 enum Scores<'a> {
@@ -465,6 +443,8 @@ enum Scores<'a> {
     Dense(&'a [f32]),
 }
 
+/// The attention that reads a pass's new keys ([`NativeDecoder::i2t_pass`]), its queries
+/// folded by [`NativeDecoder::fold_queries`].
 #[derive(Clone, Copy)]
 enum Next<'a> {
     /// On the new keys in cache: scores `(keys + pe) . R`, values `keys^T E`.
@@ -1289,9 +1269,8 @@ impl NativeDecoder {
     }
 
     /// Image-to-token attention into `keys` in place, block of pixels by block: the block's
-    /// scores `X . R + c` (`[rows, t * heads]`, token-major; `X` the frame's first-layer
-    /// queries `q0`, or the block's keys plus positional encoding without them) softmaxed over
-    /// the tokens of each head, then `keys = norm((base or keys) + scores . U + b_o)` with
+    /// scores (`[rows, t * heads]`, token-major, see [`Scores`]) softmaxed over the tokens of
+    /// each head, then `keys = norm((base or keys) + scores . U + b_o)` with
     /// `U[j*heads + h] = v[j, head h] . W_o[head h, :]`. A block's scores and residual stay in
     /// cache from the product to the norm.
     ///
@@ -1301,7 +1280,9 @@ impl NativeDecoder {
     /// the block's new keys are in cache: its scores `(keys + pe) . R`, a softmax over all
     /// pixels kept online (running column maxima and sums; what was accumulated is rescaled
     /// when a maximum grows) and `G^T += keys^T E`, left in `s.g` and `s.sum` for
-    /// [`Self::attn_values`]. The keys are not read again, and keys + pe never written.
+    /// [`Self::attn_values`]; or the second layer's through the first layer's norm
+    /// ([`Next::Factored`], [`Self::next_block_factored`]). The keys are not read again for it,
+    /// and keys + pe never written.
     #[allow(clippy::too_many_arguments)]
     fn i2t_pass(
         &self,
