@@ -131,6 +131,70 @@ fn bad_images_and_prompts() {
     fails_with(&sonomask(&["frobnicate"]), "unknown command");
 }
 
+/// An int8 model the manifest vouches for whose quantisation scale is NaN: refused when it is
+/// parsed, naming the file, the node and the tensor (not run into NaN masks).
+#[test]
+fn an_int8_model_with_a_broken_scale_is_refused_naming_the_node() {
+    use prost::Message;
+    use tract_onnx::prelude::Framework;
+    let dir = common::scratch_models("nanscale");
+    let file = dir.join("sam_decoder.int8.onnx");
+    let bytes = std::fs::read(&file).unwrap();
+    let mut proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    // the first QLinearMatMul's weight scale (input 4), an initializer
+    let (node, scale) = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "QLinearMatMul")
+        .find_map(|n| {
+            let s = n.input.get(4)?;
+            graph
+                .initializer
+                .iter()
+                .any(|t| &t.name == s)
+                .then(|| (n.name.clone(), s.clone()))
+        })
+        .expect("a QLinearMatMul with a constant weight scale");
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == scale)
+        .unwrap();
+    if t.raw_data.is_empty() {
+        t.float_data.iter_mut().for_each(|v| *v = f32::NAN);
+    } else {
+        let n = t.raw_data.len() / 4;
+        t.raw_data = (0..n).flat_map(|_| f32::NAN.to_le_bytes()).collect();
+    }
+    let broken = proto.encode_to_vec();
+    std::fs::write(&file, &broken).unwrap();
+    let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
+    let sha = |b: &[u8]| sonomask::model::manifest::sha256_hex(b);
+    let patched = text.replace(&sha(&bytes), &sha(&broken)).replace(
+        &format!("bytes = {}\n", bytes.len()),
+        &format!("bytes = {}\n", broken.len()),
+    );
+    assert_ne!(patched, text, "the manifest lists the decoder");
+    std::fs::write(dir.join("manifest.toml"), patched).unwrap();
+    let out = sonomask(&[
+        "segment",
+        &input(),
+        "--box",
+        "40,30,150,120",
+        "--models",
+        dir.to_str().unwrap(),
+        "--precision",
+        "int8",
+    ]);
+    fails_with(&out, "sam_decoder.int8.onnx");
+    fails_with(&out, &format!("`{node}`"));
+    fails_with(&out, &format!("`{scale}`"));
+    fails_with(&out, "scale value NaN");
+}
+
 #[test]
 fn bad_models() {
     let img = input();

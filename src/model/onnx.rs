@@ -31,15 +31,24 @@ fn flat(e: anyhow::Error) -> anyhow::Error {
 
 pub fn parse(file: &Path, bytes: &[u8], contract: Contract) -> Result<Parsed> {
     let t = Instant::now();
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
+    let corrupt = || {
+        format!(
+            "cannot parse ONNX model {} (corrupt or truncated?)",
+            file.display()
+        )
+    };
+    let onnx = tract_onnx::onnx();
+    let proto = onnx
+        .proto_model_for_read(&mut &bytes[..])
         .map_err(flat)
-        .with_context(|| {
-            format!(
-                "cannot parse ONNX model {} (corrupt or truncated?)",
-                file.display()
-            )
-        })?;
+        .with_context(corrupt)?;
+    if let Some(graph) = &proto.graph {
+        super::quant_check::check(file, &onnx, graph)?;
+    }
+    let model = onnx
+        .model_for_proto_model(&proto)
+        .map_err(flat)
+        .with_context(corrupt)?;
     check_inputs(&model, file, &contract)?;
     log::debug!(
         "parsed {} in {:.0} ms",
