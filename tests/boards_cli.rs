@@ -245,3 +245,66 @@ fn bench_table_times_every_model_in_every_precision() {
         assert!(p == "fp32" || p == "int8");
     }
 }
+
+/// `bench --table --save` records the faster precision per model for this CPU class;
+/// `--precision auto` (as `doctor` reports it) follows that table, and the rule without it.
+#[test]
+fn precision_auto_follows_the_table_bench_saves() {
+    use sonomask::model::precision_table::{FILE, cpu_class, rule};
+    let dir = common::scratch_models("ptable");
+    let d = dir.to_str().unwrap();
+    let auto = |role: &str| -> (String, String) {
+        let o = sonomask(&["doctor", "--json", "--models", d]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let p = &j["auto_precision_by_model"][role];
+        (
+            p["precision"].as_str().unwrap().into(),
+            p["from"].as_str().unwrap().into(),
+        )
+    };
+    let roles = ["sam_encoder", "sam_decoder", "clip_image", "clip_text"];
+    for role in roles {
+        let (p, from) = auto(role);
+        assert_eq!(p, rule().as_str(), "{role}: the rule without a table");
+        assert!(from.contains("no measurement"), "{from}");
+    }
+    let img = common::models_tiny().join("input.png");
+    let o = sonomask(&[
+        "bench",
+        img.to_str().unwrap(),
+        "--table",
+        "--save",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--models",
+        d,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("saved to"));
+    let path = dir.join(FILE);
+    let mut table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let entry = &table["entries"][0];
+    assert_eq!(entry["cpu_class"], cpu_class());
+    for role in roles {
+        // the recorded pick is the faster of the recorded medians
+        let ms = &entry["ms"][role];
+        let (f, i) = (ms["fp32"].as_f64().unwrap(), ms["int8"].as_f64().unwrap());
+        let faster = if i < f { "int8" } else { "fp32" };
+        assert_eq!(entry["faster"][role], faster, "{role}");
+        let (p, from) = auto(role);
+        assert_eq!(p, faster, "{role}: auto follows the table");
+        assert!(from.contains("measured"), "{from}");
+    }
+    // the table decides, whatever the rule says: flip the decoder's entry
+    let flipped = match entry["faster"]["sam_decoder"].as_str().unwrap() {
+        "int8" => "fp32",
+        _ => "int8",
+    };
+    table["entries"][0]["faster"]["sam_decoder"] = flipped.into();
+    std::fs::write(&path, table.to_string()).unwrap();
+    assert_eq!(auto("sam_decoder").0, flipped);
+}

@@ -269,11 +269,40 @@ fn table(a: &BenchArgs, image: &Path) -> Result<()> {
         serde_json::json!({
             "arch": std::env::consts::ARCH,
             "dotprod": cpu.fast_int8(),
-            "auto_precision": super::common::auto_precision().as_str(),
+            "rule_precision": crate::model::precision_table::rule().as_str(),
+            "cpu_class": crate::model::precision_table::cpu_class(),
             "threads": threads,
             "ms": rows.iter().map(|(r, p, ms)| serde_json::json!({"model": r.as_str(), "precision": p.as_str(), "ms": ms})).collect::<Vec<_>>(),
             "faster_here": best,
         })
     );
+    if a.save {
+        use crate::model::precision_table::{Entry, cpu_class, save};
+        let mut ms: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>> =
+            Default::default();
+        for (r, p, v) in &rows {
+            ms.entry(r.as_str().into())
+                .or_default()
+                .insert(p.as_str().into(), *v);
+        }
+        let entry = Entry {
+            cpu_class: cpu_class(),
+            threads,
+            measured_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            faster: best
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect(),
+            ms,
+        };
+        let p = save(&models, entry)?;
+        println!(
+            "saved to {} ({}, {threads} thread(s)): --precision auto follows it on this CPU class",
+            p.display(),
+            cpu_class()
+        );
+    }
     Ok(())
 }

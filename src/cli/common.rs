@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::args;
 use super::flags::ModelArgs;
 use crate::input::image_io::RgbFrame;
-use crate::model::Precision;
+use crate::model::{Precision, Role, precision_table};
 use crate::pipelines::segment::SamSession;
 use crate::timing::Timings;
 
@@ -15,36 +15,47 @@ pub struct ModelOptions {
     pub precision: Precision,
     /// `--decoder-precision`, when it differs from `--precision`.
     pub decoder_precision: Option<Precision>,
+    /// `--precision auto` (the default): other models (CLIP) pick their own precision too.
+    pub auto: bool,
+    pub threads: usize,
 }
 
-/// `auto`: int8 only where tract has a native int8 dot-product kernel (aarch64 with SDOT);
-/// elsewhere (x86 without VNNI, Cortex-A72/A57) tract's int8 is slower than its f32.
-pub fn auto_precision() -> Precision {
-    if crate::cpu::CpuFeatures::detect().fast_int8() {
-        Precision::Int8
-    } else {
-        Precision::Fp32
-    }
+/// `--precision auto` for one model: the measured table in the models directory for this CPU
+/// class (`sonomask bench --table --save`), else the rule (int8 only where tract has a native
+/// int8 dot product). Logged, with where it came from.
+pub fn auto_precision(models: &Path, threads: usize, role: Role) -> Precision {
+    let (p, source) = precision_table::auto(models, threads, role);
+    log::info!(
+        "--precision auto: {} {} ({})",
+        role.as_str(),
+        p.as_str(),
+        source.describe()
+    );
+    p
 }
 
 impl ModelOptions {
     pub fn from_args(a: &ModelArgs) -> Result<Self> {
         let models = models_dir(a.models.as_deref());
-        let precision = match a.precision.as_deref().unwrap_or("auto") {
-            "auto" => auto_precision(),
-            p => Precision::parse(p)?,
-        };
-        let decoder_precision = a
-            .decoder_precision
-            .as_deref()
-            .map(Precision::parse)
-            .transpose()?;
         let threads: usize = args::parse_or("threads", a.threads.as_deref(), default_threads())?;
         set_threads(threads)?;
+        let auto = a.precision.as_deref().unwrap_or("auto") == "auto";
+        let precision = match a.precision.as_deref() {
+            Some(p) if !auto => Precision::parse(p)?,
+            _ => auto_precision(&models, threads, Role::SamEncoder),
+        };
+        let decoder_precision = match a.decoder_precision.as_deref() {
+            Some("auto") => Some(auto_precision(&models, threads, Role::SamDecoder)),
+            Some(p) => Some(Precision::parse(p)?),
+            None if auto => Some(auto_precision(&models, threads, Role::SamDecoder)),
+            None => None,
+        };
         Ok(ModelOptions {
             models,
             precision,
             decoder_precision,
+            auto,
+            threads,
         })
     }
 

@@ -4,19 +4,29 @@
 use anyhow::Result;
 use std::path::Path;
 
-use super::common::auto_precision;
 use super::flags::DoctorArgs;
 use crate::cpu::CpuFeatures;
-use crate::model::{Manifest, Precision};
+use crate::model::{Manifest, Precision, Role, precision_table};
 
 pub fn run(a: DoctorArgs) -> Result<()> {
     let models = super::common::models_dir(a.models.as_deref());
     let cpu = CpuFeatures::detect();
-    let precision = auto_precision();
+    // what --precision auto picks per model at the default threads, and from where
+    let threads = super::common::default_threads();
+    let picks: Vec<(Role, Precision, precision_table::Source)> = [
+        Role::SamEncoder,
+        Role::SamDecoder,
+        Role::ClipImage,
+        Role::ClipText,
+    ]
+    .into_iter()
+    .map(|r| {
+        let (p, s) = precision_table::auto(&models, threads, r);
+        (r, p, s)
+    })
+    .collect();
+    let precision = picks[0].1;
     let mut warnings: Vec<String> = Vec::new();
-    if precision == Precision::Int8 && !cpu.fast_int8() {
-        warnings.push("int8 selected on a core without a dot-product instruction: tract's int8 is slower than fp32 there".into());
-    }
     let models_json = model_status(&models, &mut warnings);
     let ports = serial_ports();
     if ports.is_empty() {
@@ -31,6 +41,8 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         "simd_kernel": format!("{:?}", cpu.kernel()),
         "int8_kernel": crate::simd::int8::I8Kernel::best().name(),
         "auto_precision": precision.as_str(),
+        "auto_precision_by_model": picks.iter().map(|(r, p, s)| (r.as_str().to_string(), serde_json::json!({"precision": p.as_str(), "from": s.describe()}))).collect::<serde_json::Map<_, _>>(),
+        "cpu_class": precision_table::cpu_class(),
         "fast_int8": cpu.fast_int8(),
         "jpeg_decoder": crate::input::image_io::jpeg::DECODER,
         "models": models_json,
@@ -65,7 +77,16 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         crate::simd::int8::I8Kernel::best().name(),
         cpu.fast_int8()
     );
-    println!("--precision auto -> {}", precision.as_str());
+    println!(
+        "--precision auto ({} thread(s), cpu class {}): {}",
+        threads,
+        precision_table::cpu_class(),
+        picks
+            .iter()
+            .map(|(r, p, s)| format!("{} {} ({})", r.as_str(), p.as_str(), s.describe()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     println!("jpeg decoder: {}", crate::input::image_io::jpeg::DECODER);
     println!(
         "models ({}): {}",

@@ -47,11 +47,12 @@ pub struct ModelArgs {
     /// Model directory with manifest.toml (default: $SONOMASK_MODELS, else ./models)
     #[arg(long, value_name = "DIR", allow_hyphen_values = true)]
     pub models: Option<String>,
-    /// fp32, int8, or auto (int8 where the CPU has a fast int8 dot product)
+    /// fp32, int8, or auto (per model, from the table `bench --table --save` measured on this
+    /// CPU class; without one, int8 where the CPU has a fast int8 dot product)
     #[arg(long, value_name = "fp32|int8|auto", allow_hyphen_values = true)]
     pub precision: Option<String>,
     /// The decoder's precision when it differs from --precision
-    #[arg(long, value_name = "fp32|int8", allow_hyphen_values = true)]
+    #[arg(long, value_name = "fp32|int8|auto", allow_hyphen_values = true)]
     pub decoder_precision: Option<String>,
     /// Matrix-product threads (default: every core up to 4)
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
@@ -499,6 +500,10 @@ pub struct BenchArgs {
     /// run, int8 against fp32, and the faster precision per model (markdown, then JSON)
     #[arg(long)]
     pub table: bool,
+    /// With --table: record the faster precision per model for this CPU class and thread count
+    /// in MODELS/precision_table.json, which --precision auto then follows
+    #[arg(long)]
+    pub save: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }

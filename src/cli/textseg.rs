@@ -89,9 +89,11 @@ pub fn wants_text(a: &TextArgs) -> bool {
 }
 
 fn clip_precision(a: &TextArgs, opts: &ModelOptions) -> Result<Precision> {
+    let auto = || common::auto_precision(&opts.models, opts.threads, Role::ClipImage);
     match a.clip_precision.as_deref() {
+        None if opts.auto => Ok(auto()),
         None => Ok(opts.precision),
-        Some("auto") => Ok(common::auto_precision()),
+        Some("auto") => Ok(auto()),
         Some(p) => Precision::parse(p),
     }
 }
@@ -375,7 +377,7 @@ pub fn run_bank(a: BankArgs) -> Result<()> {
         .or(a.precision.as_deref())
         .unwrap_or("auto")
     {
-        "auto" => common::auto_precision(),
+        "auto" => common::auto_precision(&models, common::default_threads(), Role::ClipText),
         p => Precision::parse(p)?,
     };
     let m = crate::model::Manifest::load(&models)?;

@@ -7,6 +7,7 @@ pub use sonomask_ops as fast_ops;
 pub mod manifest;
 pub mod native_decoder;
 pub mod onnx;
+pub mod precision_table;
 pub mod quant_check;
 pub mod sam;
 

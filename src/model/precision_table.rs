@@ -1,0 +1,217 @@
+//! `--precision auto` from a measured table. Whether int8 pays depends on the CPU (its int8
+//! kernel: VNNI, AVX2, SDOT, none), the thread count and the model (the encoder's int8 runs on
+//! own kernels, the decoder's mostly on tract's): a rule cannot know. `sonomask bench --table
+//! --save` times every model in each precision on the machine and records the faster one per
+//! model, keyed by CPU class and thread count, in `MODELS/precision_table.json`; `auto` picks
+//! per model from it, and falls back to the rule ([`rule`]) on a CPU class the table has not
+//! measured.
+
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{Precision, Role};
+
+/// The table's file in a models directory.
+pub const FILE: &str = "precision_table.json";
+
+/// One measurement: which precision was faster for each model, on one CPU class and thread
+/// count, with the medians it was decided on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub cpu_class: String,
+    pub threads: usize,
+    /// Unix seconds of the measurement.
+    pub measured_at: u64,
+    /// Role name -> "fp32" / "int8".
+    pub faster: BTreeMap<String, String>,
+    /// Role name -> precision -> median milliseconds.
+    pub ms: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Table {
+    entries: Vec<Entry>,
+}
+
+/// The CPU class a measurement holds for: architecture, sonomask's fp32 kernel family and its
+/// int8 kernel (what decides the int8 / fp32 ratio on a given model).
+pub fn cpu_class() -> String {
+    format!(
+        "{} {:?} {}",
+        std::env::consts::ARCH,
+        crate::simd::Kernel::best(),
+        crate::simd::int8::I8Kernel::best().name()
+    )
+}
+
+/// The rule for a CPU no table has measured: int8 only where tract has a native int8 dot
+/// product (aarch64 SDOT); elsewhere measured slower or no faster (docs/BENCHMARKS.md).
+pub fn rule() -> Precision {
+    if crate::cpu::CpuFeatures::detect().fast_int8() {
+        Precision::Int8
+    } else {
+        Precision::Fp32
+    }
+}
+
+fn path(models: &Path) -> PathBuf {
+    models.join(FILE)
+}
+
+/// The table's entries (none without a file); a file that is not such a table is an error
+/// naming it.
+pub fn load(models: &Path) -> Result<Vec<Entry>> {
+    let p = path(models);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow!("cannot read {}: {e}", p.display())),
+    };
+    let t: Table = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a precision table (delete it, or rerun `sonomask bench --table --save`)",
+            p.display()
+        )
+    })?;
+    for e in &t.entries {
+        for (role, prec) in &e.faster {
+            Precision::parse(prec).with_context(|| format!("{}: {role}", p.display()))?;
+        }
+    }
+    Ok(t.entries)
+}
+
+/// Adds `e` to the table in `models`, replacing an entry of the same CPU class and threads.
+pub fn save(models: &Path, e: Entry) -> Result<PathBuf> {
+    let mut entries = load(models)?;
+    entries.retain(|x| !(x.cpu_class == e.cpu_class && x.threads == e.threads));
+    entries.push(e);
+    let p = path(models);
+    let text = serde_json::to_string_pretty(&Table { entries })? + "\n";
+    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(p)
+}
+
+/// Where an `auto` precision came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// The table's entry for this CPU class measured at these threads (the nearest count).
+    Table { threads: usize },
+    /// No entry for this CPU class, or none for the model: [`rule`].
+    Rule,
+}
+
+impl Source {
+    /// For a log line or `doctor`.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Table { threads } => {
+                format!("measured on this CPU class at {threads} thread(s), {FILE}")
+            }
+            Source::Rule => "no measurement for this CPU class: int8 only with SDOT".into(),
+        }
+    }
+}
+
+/// `auto` for `role` on this CPU class at `threads`: the table's faster precision (from the
+/// entry measured at the nearest thread count), else the rule.
+pub fn pick(entries: &[Entry], class: &str, threads: usize, role: Role) -> (Precision, Source) {
+    entries
+        .iter()
+        .filter(|e| e.cpu_class == class)
+        .filter_map(|e| Some((e, Precision::parse(e.faster.get(role.as_str())?).ok()?)))
+        .min_by_key(|(e, _)| (e.threads.abs_diff(threads), e.threads))
+        .map_or((rule(), Source::Rule), |(e, p)| {
+            (p, Source::Table { threads: e.threads })
+        })
+}
+
+/// [`pick`] on the table in `models` for this CPU; a table that cannot be read falls back to
+/// the rule with a warning (a precision is still chosen).
+pub fn auto(models: &Path, threads: usize, role: Role) -> (Precision, Source) {
+    match load(models) {
+        Ok(entries) => pick(&entries, &cpu_class(), threads, role),
+        Err(e) => {
+            log::warn!("{e:#}; --precision auto uses its rule");
+            (rule(), Source::Rule)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(class: &str, threads: usize, enc: &str) -> Entry {
+        Entry {
+            cpu_class: class.into(),
+            threads,
+            measured_at: 1,
+            faster: [("sam_encoder".to_string(), enc.to_string())]
+                .into_iter()
+                .collect(),
+            ms: BTreeMap::new(),
+        }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sonomask-ptable-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn picks_the_measured_precision_of_this_class_at_the_nearest_threads() {
+        let t = [
+            entry("x86_64 Avx512 avx512vnni", 1, "int8"),
+            entry("x86_64 Avx512 avx512vnni", 4, "fp32"),
+            entry("aarch64 Neon neon-sdot", 2, "fp32"),
+        ];
+        let class = "x86_64 Avx512 avx512vnni";
+        let p = |threads| pick(&t, class, threads, Role::SamEncoder);
+        assert_eq!(p(1), (Precision::Int8, Source::Table { threads: 1 }));
+        assert_eq!(p(2), (Precision::Int8, Source::Table { threads: 1 }));
+        assert_eq!(p(3), (Precision::Fp32, Source::Table { threads: 4 }));
+        assert_eq!(p(8), (Precision::Fp32, Source::Table { threads: 4 }));
+        // a model the entry did not measure, another CPU class: the rule
+        assert_eq!(pick(&t, class, 1, Role::ClipText), (rule(), Source::Rule));
+        assert_eq!(
+            pick(&t, "x86_64 Avx2 avx2", 1, Role::SamEncoder),
+            (rule(), Source::Rule)
+        );
+    }
+
+    #[test]
+    fn save_replaces_the_same_class_and_threads_and_load_reads_it_back() {
+        let d = scratch("save");
+        assert!(load(&d).unwrap().is_empty(), "no file: no entries");
+        save(&d, entry("a", 1, "int8")).unwrap();
+        save(&d, entry("a", 2, "fp32")).unwrap();
+        save(&d, entry("a", 1, "fp32")).unwrap();
+        let got = load(&d).unwrap();
+        assert_eq!(got, vec![entry("a", 2, "fp32"), entry("a", 1, "fp32")]);
+    }
+
+    #[test]
+    fn a_broken_table_is_an_error_naming_it_and_auto_falls_back_to_the_rule() {
+        let d = scratch("broken");
+        std::fs::write(d.join(FILE), "{ not json").unwrap();
+        let err = format!("{:#}", load(&d).unwrap_err());
+        assert!(
+            err.contains(FILE) && err.contains("not a precision table"),
+            "{err}"
+        );
+        assert_eq!(auto(&d, 1, Role::SamEncoder), (rule(), Source::Rule));
+        // a precision name that is not one
+        std::fs::write(
+            d.join(FILE),
+            r#"{"entries":[{"cpu_class":"a","threads":1,"measured_at":1,"faster":{"sam_encoder":"int4"},"ms":{}}]}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", load(&d).unwrap_err());
+        assert!(err.contains("sam_encoder"), "{err}");
+    }
+}
