@@ -290,10 +290,14 @@ fn precision_auto_follows_the_table_bench_saves() {
     let entry = &table["entries"][0];
     assert_eq!(entry["cpu_class"], cpu_class());
     for role in roles {
-        // the recorded pick is the faster of the recorded medians
+        // the recorded pick: int8 where its median is under the margin of fp32's
         let ms = &entry["ms"][role];
         let (f, i) = (ms["fp32"].as_f64().unwrap(), ms["int8"].as_f64().unwrap());
-        let faster = if i < f { "int8" } else { "fp32" };
+        let faster = if i < sonomask::cli::bench::INT8_MARGIN * f {
+            "int8"
+        } else {
+            "fp32"
+        };
         assert_eq!(entry["faster"][role], faster, "{role}");
         let (p, from) = auto(role);
         assert_eq!(p, faster, "{role}: auto follows the table");
