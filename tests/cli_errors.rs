@@ -33,6 +33,20 @@ fn segment_box(image: &str, bbox: &str, models: &str) -> Output {
     sonomask(&["segment", image, "--box", bbox, "--models", models])
 }
 
+/// `segment` of the fixture image with a box, on the models in `models` at `precision`.
+fn segment_at(models: &Path, precision: &str) -> Output {
+    sonomask(&[
+        "segment",
+        &input(),
+        "--box",
+        "40,30,150,120",
+        "--models",
+        models.to_str().unwrap(),
+        "--precision",
+        precision,
+    ])
+}
+
 fn input() -> String {
     common::models_tiny()
         .join("input.png")
@@ -179,16 +193,7 @@ fn an_int8_model_with_a_broken_scale_is_refused_naming_the_node() {
     );
     assert_ne!(patched, text, "the manifest lists the decoder");
     std::fs::write(dir.join("manifest.toml"), patched).unwrap();
-    let out = sonomask(&[
-        "segment",
-        &input(),
-        "--box",
-        "40,30,150,120",
-        "--models",
-        dir.to_str().unwrap(),
-        "--precision",
-        "int8",
-    ]);
+    let out = segment_at(&dir, "int8");
     fails_with(&out, "sam_decoder.int8.onnx");
     fails_with(&out, &format!("`{node}`"));
     fails_with(&out, &format!("`{scale}`"));
@@ -197,19 +202,7 @@ fn an_int8_model_with_a_broken_scale_is_refused_naming_the_node() {
 
 #[test]
 fn bad_models() {
-    let img = input();
-    let run_as = |dir: &Path, precision: &str| {
-        sonomask(&[
-            "segment",
-            &img,
-            "--box",
-            "40,30,150,120",
-            "--models",
-            dir.to_str().unwrap(),
-            "--precision",
-            precision,
-        ])
-    };
+    let run_as = segment_at;
     let run = |dir: &Path| run_as(dir, "fp32");
     fails_with(
         &run(Path::new("/nonexistent-models")),

@@ -16,22 +16,9 @@ pub struct ModelOptions {
     /// `--decoder-precision`, when it differs from `--precision`.
     pub decoder_precision: Option<Precision>,
     /// `--precision auto` (the default): other models (CLIP) pick their own precision too.
-    pub auto: bool,
-    pub threads: usize,
-}
-
-/// `--precision auto` for one model: the measured table in the models directory for this CPU
-/// class (`sonomask bench --table --save`), else the rule (int8 only where tract has a native
-/// int8 dot product). Logged, with where it came from.
-pub fn auto_precision(models: &Path, threads: usize, role: Role) -> Precision {
-    let (p, source) = precision_table::auto(models, threads, role);
-    log::info!(
-        "--precision auto: {} {} ({})",
-        role.as_str(),
-        p.as_str(),
-        source.describe()
-    );
-    p
+    pub precision_auto: bool,
+    /// What `auto` picks per model (the measured table of `models`, read once).
+    pub auto: precision_table::Auto,
 }
 
 impl ModelOptions {
@@ -39,23 +26,24 @@ impl ModelOptions {
         let models = models_dir(a.models.as_deref());
         let threads: usize = args::parse_or("threads", a.threads.as_deref(), default_threads())?;
         set_threads(threads)?;
-        let auto = a.precision.as_deref().unwrap_or("auto") == "auto";
+        let auto = precision_table::Auto::load(&models, threads);
+        let precision_auto = a.precision.as_deref().unwrap_or("auto") == "auto";
         let precision = match a.precision.as_deref() {
-            Some(p) if !auto => Precision::parse(p)?,
-            _ => auto_precision(&models, threads, Role::SamEncoder),
+            Some(p) if !precision_auto => Precision::parse(p)?,
+            _ => auto.precision(Role::SamEncoder),
         };
         let decoder_precision = match a.decoder_precision.as_deref() {
-            Some("auto") => Some(auto_precision(&models, threads, Role::SamDecoder)),
+            Some("auto") => Some(auto.precision(Role::SamDecoder)),
             Some(p) => Some(Precision::parse(p)?),
-            None if auto => Some(auto_precision(&models, threads, Role::SamDecoder)),
+            None if precision_auto => Some(auto.precision(Role::SamDecoder)),
             None => None,
         };
         Ok(ModelOptions {
             models,
             precision,
             decoder_precision,
+            precision_auto,
             auto,
-            threads,
         })
     }
 

@@ -13,6 +13,7 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     let cpu = CpuFeatures::detect();
     // what --precision auto picks per model at the default threads, and from where
     let threads = super::common::default_threads();
+    let auto = precision_table::Auto::load(&models, threads);
     let picks: Vec<(Role, Precision, precision_table::Source)> = [
         Role::SamEncoder,
         Role::SamDecoder,
@@ -21,7 +22,7 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     ]
     .into_iter()
     .map(|r| {
-        let (p, s) = precision_table::auto(&models, threads, r);
+        let (p, s) = auto.pick(r);
         (r, p, s)
     })
     .collect();

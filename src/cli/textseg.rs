@@ -89,11 +89,10 @@ pub fn wants_text(a: &TextArgs) -> bool {
 }
 
 fn clip_precision(a: &TextArgs, opts: &ModelOptions) -> Result<Precision> {
-    let auto = || common::auto_precision(&opts.models, opts.threads, Role::ClipImage);
     match a.clip_precision.as_deref() {
-        None if opts.auto => Ok(auto()),
+        None if opts.precision_auto => Ok(opts.auto.precision(Role::ClipImage)),
         None => Ok(opts.precision),
-        Some("auto") => Ok(auto()),
+        Some("auto") => Ok(opts.auto.precision(Role::ClipImage)),
         Some(p) => Precision::parse(p),
     }
 }
@@ -377,7 +376,8 @@ pub fn run_bank(a: BankArgs) -> Result<()> {
         .or(a.precision.as_deref())
         .unwrap_or("auto")
     {
-        "auto" => common::auto_precision(&models, common::default_threads(), Role::ClipText),
+        "auto" => crate::model::precision_table::Auto::load(&models, common::default_threads())
+            .precision(Role::ClipText),
         p => Precision::parse(p)?,
     };
     let m = crate::model::Manifest::load(&models)?;

@@ -170,16 +170,6 @@ impl Linear {
         mul(k, x, (rows, self.inp, 1), &self.p, None, &mut y, self.out);
         y
     }
-
-    /// `v W + b` of one row (a constant folded at load).
-    fn row(&self, v: &[f32]) -> Vec<f32> {
-        (0..self.out)
-            .map(|o| {
-                let dot: f32 = (0..self.inp).map(|i| v[i] * self.w[i * self.out + o]).sum();
-                dot + self.b[o]
-            })
-            .collect()
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -457,6 +447,33 @@ enum Next<'a> {
         q: &'a [f32],
         t: usize,
     },
+}
+
+/// One block of an online softmax: `max` (running maxima) takes the block's `block_max`; where
+/// a maximum grows, `rescale` gets `exp(old - new)` for what was accumulated and `true` is
+/// returned. The first block (`first`) only sets the maxima.
+fn online_max(
+    k: Kernel,
+    max: &mut [f32],
+    block_max: &[f32],
+    rescale: &mut Vec<f32>,
+    first: bool,
+) -> bool {
+    if first {
+        max.copy_from_slice(block_max);
+        return false;
+    }
+    if !block_max.iter().zip(max.iter()).any(|(b, m)| b > m) {
+        return false;
+    }
+    let f = grow(rescale, max.len());
+    for ((f, m), b) in f.iter_mut().zip(max.iter_mut()).zip(block_max) {
+        let new = m.max(*b);
+        *f = *m - new;
+        *m = new;
+    }
+    softmax::exp_in_place(k, f);
+    true
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -871,7 +888,7 @@ impl NativeDecoder {
         let n = side * side;
         let factored = blocks.get(1).map(|b1| Factored {
             kpe: pack_heads(&b1.t2i.k.product(kernel, &pe, n), n, b1.t2i.heads),
-            cv: b1.t2i.v.row(&blocks[0].norm4.b),
+            cv: b1.t2i.v.applied(kernel, &blocks[0].norm4.b, 1),
         });
         Ok(NativeDecoder {
             file: file.to_path_buf(),
@@ -961,9 +978,7 @@ impl NativeDecoder {
         Ok(FramePrep {
             fac,
             q0: pack_heads(&b0.i2t.q.applied(k, &src_pe, n), n, b0.i2t.heads),
-            k0: (0..t2i.heads)
-                .map(|h| WeightPanels::pack(&k0[h * dh..], dh, n, (1, ci)))
-                .collect(),
+            k0: pack_heads(&k0, n, t2i.heads),
             v0: (0..t2i.heads)
                 .map(|h| WeightPanels::pack(&v0[h * dh..], n, dh, (ci, 1)))
                 .collect(),
@@ -1186,17 +1201,8 @@ impl NativeDecoder {
         for (m, row) in bmax.iter_mut().zip(st.chunks_exact(rows)) {
             *m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         }
-        if r0 == 0 {
-            max.copy_from_slice(bmax);
-        } else if bmax.iter().zip(max.iter()).any(|(b, m)| b > m) {
-            let f = grow(&mut s.rescale, hn);
-            for ((f, m), b) in f.iter_mut().zip(max.iter_mut()).zip(bmax.iter()) {
-                let new = m.max(*b);
-                *f = *m - new;
-                *m = new;
-            }
-            softmax::exp_in_place(k, f);
-            for (r, &f) in f.iter().enumerate() {
+        if online_max(k, max, bmax, &mut s.rescale, r0 == 0) {
+            for (r, &f) in s.rescale[..hn].iter().enumerate() {
                 s.sum[r] *= f;
                 s.gf[r * dh..(r + 1) * dh].iter_mut().for_each(|x| *x *= f);
                 s.hacc[r * ht0..(r + 1) * ht0]
@@ -1379,16 +1385,8 @@ impl NativeDecoder {
             mul(k, xpe, (rows, c, 1), &s.next_pack, None, sn, hn);
             let (max, bmax) = (&mut s.max[..hn], grow(&mut s.block_max, hn));
             softmax::column_max(k, sn, hn, bmax);
-            if r0 == 0 {
-                max.copy_from_slice(bmax);
-            } else if bmax.iter().zip(max.iter()).any(|(b, m)| b > m) {
-                let f = grow(&mut s.rescale, hn);
-                for ((f, m), b) in f.iter_mut().zip(max.iter_mut()).zip(bmax.iter()) {
-                    let new = m.max(*b);
-                    *f = *m - new;
-                    *m = new;
-                }
-                softmax::exp_in_place(k, f);
+            if online_max(k, max, bmax, &mut s.rescale, r0 == 0) {
+                let f = &s.rescale[..hn];
                 for row in s.g[..c * hn].chunks_exact_mut(hn) {
                     row.iter_mut().zip(f.iter()).for_each(|(x, f)| *x *= f);
                 }

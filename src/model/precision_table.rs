@@ -128,15 +128,43 @@ pub fn pick(entries: &[Entry], class: &str, threads: usize, role: Role) -> (Prec
         })
 }
 
-/// [`pick`] on the table in `models` for this CPU; a table that cannot be read falls back to
-/// the rule with a warning (a precision is still chosen).
-pub fn auto(models: &Path, threads: usize, role: Role) -> (Precision, Source) {
-    match load(models) {
-        Ok(entries) => pick(&entries, &cpu_class(), threads, role),
-        Err(e) => {
+/// `auto` on this CPU at a thread count, the table of a models directory read once.
+pub struct Auto {
+    entries: Vec<Entry>,
+    class: String,
+    threads: usize,
+}
+
+impl Auto {
+    /// The table in `models` for this CPU at `threads`; a table that cannot be read is named in
+    /// a warning and `auto` uses the rule (a precision is still chosen).
+    pub fn load(models: &Path, threads: usize) -> Self {
+        let entries = load(models).unwrap_or_else(|e| {
             log::warn!("{e:#}; --precision auto uses its rule");
-            (rule(), Source::Rule)
+            Vec::new()
+        });
+        Auto {
+            entries,
+            class: cpu_class(),
+            threads,
         }
+    }
+
+    /// [`pick`] for `role`, logged with where it came from.
+    pub fn pick(&self, role: Role) -> (Precision, Source) {
+        let (p, source) = pick(&self.entries, &self.class, self.threads, role);
+        log::info!(
+            "--precision auto: {} {} ({})",
+            role.as_str(),
+            p.as_str(),
+            source.describe()
+        );
+        (p, source)
+    }
+
+    /// The precision of [`Self::pick`].
+    pub fn precision(&self, role: Role) -> Precision {
+        self.pick(role).0
     }
 }
 
@@ -204,7 +232,10 @@ mod tests {
             err.contains(FILE) && err.contains("not a precision table"),
             "{err}"
         );
-        assert_eq!(auto(&d, 1, Role::SamEncoder), (rule(), Source::Rule));
+        assert_eq!(
+            Auto::load(&d, 1).pick(Role::SamEncoder),
+            (rule(), Source::Rule)
+        );
         // a precision name that is not one
         std::fs::write(
             d.join(FILE),

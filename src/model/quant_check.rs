@@ -63,12 +63,8 @@ pub fn check(file: &Path, onnx: &tract_onnx::Onnx, graph: &GraphProto) -> Result
             continue;
         };
         let at = |name: &str| {
-            format!(
-                "{}: node `{}` ({})",
-                file.display(),
-                node.name,
-                node.op_type
-            ) + &format!(", input `{name}`")
+            let (n, op) = (&node.name, &node.op_type);
+            format!("{}: node `{n}` ({op}), input `{name}`", file.display())
         };
         let constant = |i: usize| {
             node.input
