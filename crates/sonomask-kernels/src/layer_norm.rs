@@ -118,20 +118,23 @@ unsafe fn norm_neon(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
     norm_generic(x, eps, gamma, beta)
 }
 
-/// Sum of `f(v)` over `x` in eight lanes (element `i` into lane `i % 8`), reduced in one order.
+/// Sum of `f(v)` over `x` in 32 lanes (element `i` into lane `i % 32`), reduced in one order:
+/// four independent eight-lane chains, so that consecutive vector adds do not wait on each
+/// other (one chain: 32 dependent adds per pass over a 256-wide row).
 #[inline(always)]
 fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut l = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
+    let mut l = [0f32; 32];
+    let mut chunks = x.chunks_exact(32);
     for c in &mut chunks {
-        for j in 0..8 {
+        for j in 0..32 {
             l[j] += f(c[j]);
         }
     }
     for (j, &v) in chunks.remainder().iter().enumerate() {
         l[j] += f(v);
     }
-    reduce8(&l)
+    let l8: [f32; 8] = std::array::from_fn(|j| (l[j] + l[j + 8]) + (l[j + 16] + l[j + 24]));
+    reduce8(&l8)
 }
 
 #[inline(always)]

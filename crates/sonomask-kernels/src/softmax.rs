@@ -2,7 +2,7 @@
 //! attention operators and the native mask decoder): one pass per step (max, exp-and-sum,
 //! scale) over each row.
 //!
-//! The AVX2, NEON and scalar paths are bit-identical (no FMA; the sum keeps eight lanes in the
+//! The AVX2, AVX-512, NEON and scalar paths are bit-identical (no FMA; the sum keeps eight lanes in the
 //! AVX2 order and reduces them in one fixed order; `exp` is the same sequence of IEEE operations
 //! in every path), proven by tests with `==`.
 
@@ -59,6 +59,11 @@ pub fn softmax_rows(k: Kernel, data: &mut [f32], row_len: usize) {
 /// it bit for bit (for softmaxes whose rows are too short for a vector, e.g. over 7 tokens,
 /// vectorised across rows by the caller).
 pub fn exp_in_place(k: Kernel, xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 && k.usable() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) checked just above.
+        return unsafe { exp_slice_avx512(xs) };
+    }
     dispatch!(
         k,
         exp_slice_scalar(xs),
@@ -78,6 +83,11 @@ pub fn softmax_interleaved(k: Kernel, x: &mut [f32], t: usize, g: usize) {
         t > 0 && g > 0 && x.len().is_multiple_of(t * g),
         "groups must tile the data"
     );
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 && k.usable() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) checked just above.
+        return unsafe { interleaved_avx512(x, t, g) };
+    }
     dispatch!(
         k,
         interleaved_generic(x, t, g, exp_slice_scalar),
@@ -155,6 +165,13 @@ unsafe fn interleaved_avx2(x: &mut [f32], t: usize, g: usize) {
     interleaved_generic(x, t, g, |c| unsafe { exp_slice_avx2(c) })
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn interleaved_avx512(x: &mut [f32], t: usize, g: usize) {
+    // SAFETY: AVX-512F is this function's feature.
+    interleaved_generic(x, t, g, |c| unsafe { exp_slice_avx512(c) })
+}
+
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn interleaved_neon(x: &mut [f32], t: usize, g: usize) {
@@ -207,6 +224,11 @@ pub fn column_exp_sums(k: Kernel, x: &mut [f32], max: &[f32], sum: &mut [f32]) {
         "columns must tile the data"
     );
     sum.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 && k.usable() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) checked just above.
+        return unsafe { column_exp_sums_avx512(x, max, sum) };
+    }
     dispatch!(
         k,
         column_exp_sums_generic(x, max, sum, exp_slice_scalar),
@@ -231,6 +253,13 @@ unsafe fn column_exp_sums_avx2(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
     column_exp_sums_generic(x, max, sum, |r| unsafe { exp_slice_avx2(r) })
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn column_exp_sums_avx512(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    // SAFETY: AVX-512F is this function's feature.
+    column_exp_sums_generic(x, max, sum, |r| unsafe { exp_slice_avx512(r) })
+}
+
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn column_exp_sums_neon(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
@@ -252,12 +281,60 @@ unsafe fn exp_slice_avx2(xs: &mut [f32]) {
         unsafe { _mm256_storeu_ps(c.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(c.as_ptr()))) };
     }
     let tail = chunks.into_remainder();
+    if tail.is_empty() {
+        return;
+    }
     let mut t = [0f32; 8];
     t[..tail.len()].copy_from_slice(tail);
     // SAFETY: t holds 8 values.
     unsafe { _mm256_storeu_ps(t.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(t.as_ptr()))) };
     let n = tail.len();
     tail.copy_from_slice(&t[..n]);
+}
+
+/// [`exp_slice_avx2`] sixteen lanes at a time: [`exp_avx512`] is the same sequence of
+/// operations per lane, so the values are the same; a rest of eight or more, and the tail,
+/// take the AVX2 steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_slice_avx512(xs: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = xs.chunks_exact_mut(16);
+    for c in &mut chunks {
+        // SAFETY: c holds 16 values.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), exp_avx512(_mm512_loadu_ps(c.as_ptr()))) };
+    }
+    // SAFETY: AVX2 is among this function's features.
+    unsafe { exp_slice_avx2(chunks.into_remainder()) }
+}
+
+/// [`exp_avx2`] on sixteen lanes: the same IEEE operations in the same order (no FMA; `floor`
+/// as a round toward negative infinity).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(X_LO));
+    let x = _mm512_min_ps(x, _mm512_set1_ps(X_HI));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_add_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+        _mm512_set1_ps(0.5),
+    ));
+    let r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(LN2_HI)));
+    let r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(LN2_LO)));
+    let mut p = _mm512_set1_ps(P[0]);
+    for c in &P[1..] {
+        p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(*c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r),
+        _mm512_set1_ps(1.0),
+    );
+    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(y, _mm512_castsi512_ps(e))
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -270,6 +347,9 @@ unsafe fn exp_slice_neon(xs: &mut [f32]) {
         unsafe { vst1q_f32(c.as_mut_ptr(), exp_neon(vld1q_f32(c.as_ptr()))) };
     }
     let tail = chunks.into_remainder();
+    if tail.is_empty() {
+        return;
+    }
     let mut t = [0f32; 4];
     t[..tail.len()].copy_from_slice(tail);
     // SAFETY: t holds 4 values.
