@@ -16,7 +16,7 @@
 //!   likewise): fewer multiply-adds than the graph's order, and the image rows are streamed
 //!   in place through a small packed right-hand side. Each layer's image-to-token attention is
 //!   one pass over blocks of pixels: the block's scores, their softmax over each head's tokens
-//!   (scores kept token-major, so that softmax is vertical SIMD), the residual product and the
+//!   (a pixel's tokens kept in separate rows, so that softmax is vertical SIMD), the residual product and the
 //!   norm run while the block is in cache, with no `pixels x C` residual or
 //!   `pixels x heads*T` scores written to memory. The token-to-image attention that reads those
 //!   new keys next (the next layer's, or the final one for the IoU token) depends only on the
@@ -84,6 +84,40 @@ fn mul_cols(
     accumulate: bool,
 ) {
     product(k, a, dims, w, (None, accumulate), c, rsc);
+}
+
+/// `C[0..m, 0..n] += A . W` with `W` a `kw x n` row-major slice read in place (rows `n`
+/// apart, `n` a multiple of the panel width): a right-hand side used once, e.g. a block of image
+/// rows, that packing would copy whole. A's strides as [`mul`].
+fn mul_add_rows(
+    k: Kernel,
+    a: &[f32],
+    (m, rsa, csa): (usize, usize, usize),
+    (w, kw, n): (&[f32], usize, usize),
+    c: &mut [f32],
+    rsc: usize,
+) {
+    if m == 0 || n == 0 || kw == 0 {
+        return;
+    }
+    assert!(n.is_multiple_of(lin::NR) && kw * n <= w.len(), "product: W");
+    assert!(
+        (m - 1) * rsa + (kw - 1) * csa < a.len(),
+        "product: A out of bounds"
+    );
+    assert!((m - 1) * rsc + n <= c.len(), "product: C out of bounds");
+    let a = (a.as_ptr(), rsa as isize, csa as isize);
+    // SAFETY: A's `m x kw` elements, W's `kw x n` and C's `m x n` block were checked above;
+    // `c` is exclusively borrowed.
+    unsafe {
+        lin::multiply_add_rows(
+            k,
+            a,
+            (w.as_ptr(), n, kw, n),
+            (c.as_mut_ptr(), rsc),
+            (0..m, 0..n),
+        )
+    }
 }
 
 /// The checked product behind [`mul`], [`mul_add`] and [`mul_cols`]: checks that every element
@@ -348,12 +382,10 @@ pub struct Scratch {
     keys: Vec<f32>,
     /// Token-to-image scores (`t2i_first`, `t2i_generic`).
     scores: Vec<f32>,
-    /// One row block's image-to-token scores `[I2T_ROWS, heads * T]` and residual
-    /// `[I2T_ROWS, C]`.
+    /// One row block's image-to-token scores (`heads * T x I2T_ROWS` values, see
+    /// [`NativeDecoder::i2t_pass`]) and residual `[I2T_ROWS, C]`.
     block_scores: Vec<f32>,
     block_delta: Vec<f32>,
-    /// The first layer's block scores head-major, `[heads * T, rows]`.
-    head_scores: Vec<f32>,
     /// One row block's keys plus positional encoding `[I2T_ROWS, C]`: the old keys' (the
     /// image-to-token scores), then the new ones' (the next attention's scores).
     block_pe: Vec<f32>,
@@ -380,7 +412,6 @@ pub struct Scratch {
     /// Right-hand sides packed per prompt.
     r_pack: WeightPanels,
     u_pack: WeightPanels,
-    e_pack: WeightPanels,
     r: Vec<f32>,
     /// `r` with its columns token-major.
     perm: Vec<f32>,
@@ -420,16 +451,16 @@ fn pack_heads(x: &[f32], rows: usize, heads: usize) -> Vec<WeightPanels> {
         .collect()
 }
 
-/// Where a pass's image-to-token scores (`[rows, heads*T]`, token-major) come from.
+/// Where a pass's image-to-token scores come from, and their layout.
 #[derive(Clone, Copy)]
 enum Scores<'a> {
     /// Per head, the tokens' keys `kt` (`[T, Ci]`) times the frame's queries (the first layer:
-    /// `q0` packed `[dh, pixels]`).
+    /// `q0` packed `[dh, pixels]`): head-major `[heads, T, rows]`, as the products give them.
     Heads {
         q: &'a [WeightPanels],
         kt: &'a [f32],
     },
-    /// `(keys + pe) . R + c`, `R` token-major in `Scratch::r_pack`.
+    /// `(keys + pe) . R + c`, `R` token-major in `Scratch::r_pack`: `[rows, T, heads]`.
     Dense(&'a [f32]),
 }
 
@@ -437,7 +468,7 @@ enum Scores<'a> {
 /// folded by [`NativeDecoder::fold_queries`].
 #[derive(Clone, Copy)]
 enum Next<'a> {
-    /// On the new keys in cache: scores `(keys + pe) . R`, values `keys^T E`.
+    /// On the new keys in cache: scores `(keys + pe) . R`, values `E^T keys`.
     Dense,
     /// The second layer's token-to-image attention through the first layer's norm
     /// ([`Factored`]); `q` its scaled queries `[t, Ci]`.
@@ -1093,10 +1124,10 @@ impl NativeDecoder {
         let (max, sum) = (grow(&mut s.max, ht), grow(&mut s.sum, ht));
         softmax::column_max(k, sc, ht, max);
         softmax::column_exp_sums(k, sc, max, sum);
-        // G^T [C, ht] = keys^T . E
-        s.e_pack.repack(sc, n, ht, (ht, 1));
-        let g = grow(&mut s.g, c * ht);
-        mul(k, keys, (c, 1, c), &s.e_pack, None, g, ht);
+        // G [ht, C] = E^T . keys
+        let g = grow(&mut s.g, ht * c);
+        g.fill(0.0);
+        mul_add_rows(k, sc, (ht, 1, ht), (keys, n, c), g, c);
         self.attn_values(a, t_out, s)
     }
 
@@ -1121,22 +1152,22 @@ impl NativeDecoder {
         (ht, q)
     }
 
-    /// A token-to-image attention's output from `G^T = keys^T E` in `s.g` (`[C, heads *
-    /// t_out]`) and the column sums of `E` in `s.sum`: `out[j, head h] = (G[h*t + j] / sum)
+    /// A token-to-image attention's output from `G = E^T keys` in `s.g` (`[heads * t_out,
+    /// C]`) and the column sums of `E` in `s.sum`: `out[j, head h] = (G[h*t + j] / sum)
     /// . W_v[:, head h] + b_v`, then the output projection.
     fn attn_values(&self, a: &Attn, t_out: usize, s: &mut Scratch) -> Vec<f32> {
         let (c, ci, dh, k) = (self.c, a.q.out, a.dh(), self.kernel);
         let ht = a.heads * t_out;
-        let (g, sum) = (&mut s.g[..c * ht], &s.sum[..ht]);
-        for row in g.chunks_exact_mut(ht) {
-            row.iter_mut().zip(sum.iter()).for_each(|(x, s)| *x /= s);
+        let (g, sum) = (&mut s.g[..ht * c], &s.sum[..ht]);
+        for (row, s) in g.chunks_exact_mut(c).zip(sum.iter()) {
+            row.iter_mut().for_each(|x| *x /= s);
         }
         let mut mixed = vec![0f32; t_out * ci];
         for h in 0..a.heads {
             mul(
                 k,
-                &g[h * t_out..],
-                (t_out, 1, ht),
+                &g[h * t_out * c..],
+                (t_out, c, 1),
                 &a.v_heads[h],
                 Some(&a.v.b[h * dh..]),
                 &mut mixed[h * dh..],
@@ -1147,7 +1178,7 @@ impl NativeDecoder {
     }
 
     /// One block of [`Next::Factored`] in the first layer's pass: `P0` of the block in
-    /// `s.block_scores` (`[rows, ht0]`), its norm scales in `s.block_s1`. Scores
+    /// `s.block_scores` (head-major, `[ht0, rows]`), its norm scales in `s.block_s1`. Scores
     /// `[hn, rows]` = per head `q . Kf` + `B^T P0^T`, times `s`, + per head `q . Kpe`; the
     /// softmax along each row online (maxima in `s.max`, sums in `s.sum`); then
     /// `gf += (E s) . Vf` per head and `hacc += (E s) . P0`.
@@ -1178,8 +1209,13 @@ impl NativeDecoder {
                 false,
             );
         }
-        s.p0_pack.repack(p0, ht0, rows, (1, ht0));
-        mul_add(k, &s.b, (hn, 1, hn), &s.p0_pack, st, rows);
+        // + B^T P0^T, P0 read in place where its rows are whole panels
+        if rows.is_multiple_of(lin::NR) {
+            mul_add_rows(k, &s.b, (hn, 1, hn), (p0, ht0, rows), st, rows);
+        } else {
+            s.p0_pack.repack(p0, ht0, rows, (rows, 1));
+            mul_add(k, &s.b, (hn, 1, hn), &s.p0_pack, st, rows);
+        }
         let s1 = &s.block_s1[..rows];
         for row in st.chunks_exact_mut(rows) {
             row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
@@ -1198,9 +1234,7 @@ impl NativeDecoder {
         }
         // the softmax along each row, online
         let (max, bmax) = (&mut s.max[..hn], grow(&mut s.block_max, hn));
-        for (m, row) in bmax.iter_mut().zip(st.chunks_exact(rows)) {
-            *m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        }
+        softmax::row_maxima(k, st, rows, bmax);
         if online_max(k, max, bmax, &mut s.rescale, r0 == 0) {
             for (r, &f) in s.rescale[..hn].iter().enumerate() {
                 s.sum[r] *= f;
@@ -1210,12 +1244,10 @@ impl NativeDecoder {
                     .for_each(|x| *x *= f);
             }
         }
-        for (row, m) in st.chunks_exact_mut(rows).zip(max.iter()) {
-            row.iter_mut().for_each(|v| *v -= m);
-        }
-        softmax::exp_in_place(k, st);
-        for (row, sum) in st.chunks_exact_mut(rows).zip(s.sum.iter_mut()) {
-            *sum += row.iter().sum::<f32>();
+        let bsum = grow(&mut s.block_sum, hn);
+        softmax::row_exp_sums(k, st, rows, max, bsum);
+        for ((row, sum), b) in st.chunks_exact_mut(rows).zip(s.sum.iter_mut()).zip(bsum) {
+            *sum += *b;
             row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
         }
         let blk = r0 / I2T_ROWS;
@@ -1223,19 +1255,20 @@ impl NativeDecoder {
             let (a, w) = (&st[h * tn * rows..], &ff.v[blk * nh + h]);
             mul_add(k, a, (tn, rows, 1), w, &mut s.gf[h * tn * dh..], dh);
         }
-        s.p0_pack.repack(p0, rows, ht0, (ht0, 1));
+        s.p0_pack.repack(p0, rows, ht0, (1, rows));
         mul_add(k, st, (hn, rows, 1), &s.p0_pack, &mut s.hacc, ht0);
     }
 
     /// `D[r] = g0 * centred(U[r] (+ b_o in head 0's rows))` ([`Factored`]) from the first
-    /// layer's residual rows in `s.u` (token-major: row `j * heads + h`).
+    /// layer's residual rows in `s.u` (head-major: row `h * t + j`; a head's `P0` sums to 1,
+    /// so the bias in one head's rows adds it once).
     fn residual_rows(&self, ht0: usize, s: &mut Scratch) {
         let (c, b0) = (self.c, &self.blocks[0]);
-        let hs = b0.i2t.heads;
+        let t = ht0 / b0.i2t.heads;
         let d = grow(&mut s.d1, ht0 * c);
         for (r, (dst, u)) in d.chunks_exact_mut(c).zip(s.u.chunks_exact(c)).enumerate() {
             dst.copy_from_slice(u);
-            if r % hs == 0 {
+            if r < t {
                 dst.iter_mut().zip(&b0.i2t.o.b).for_each(|(v, b)| *v += b);
             }
             let mean = dst.iter().sum::<f32>() / c as f32;
@@ -1275,17 +1308,17 @@ impl NativeDecoder {
     }
 
     /// Image-to-token attention into `keys` in place, block of pixels by block: the block's
-    /// scores (`[rows, t * heads]`, token-major, see [`Scores`]) softmaxed over the tokens of
-    /// each head, then `keys = norm((base or keys) + scores . U + b_o)` with
-    /// `U[j*heads + h] = v[j, head h] . W_o[head h, :]`. A block's scores and residual stay in
-    /// cache from the product to the norm.
+    /// scores (laid out as [`Scores`] says) softmaxed over the tokens of each head, then
+    /// `keys = norm((base or keys) + scores . U + b_o)` with `U`'s row for token `j` and head
+    /// `h` = `v[j, head h] . W_o[head h, :]` (in the scores' order). A block's scores and
+    /// residual stay in cache from the product to the norm.
     ///
     /// The token-to-image attention that reads the new keys next (the next layer's, or the
     /// final one; its queries depend only on the tokens, so they are known now, folded into
     /// `s.next_pack` by [`Self::fold_queries`], `ht_next` columns) runs in the same pass, while
     /// the block's new keys are in cache: its scores `(keys + pe) . R`, a softmax over all
     /// pixels kept online (running column maxima and sums; what was accumulated is rescaled
-    /// when a maximum grows) and `G^T += keys^T E`, left in `s.g` and `s.sum` for
+    /// when a maximum grows) and `G += E^T keys`, left in `s.g` and `s.sum` for
     /// [`Self::attn_values`]; or the second layer's through the first layer's norm
     /// ([`Next::Factored`], [`Self::next_block_factored`]). The keys are not read again for it,
     /// and keys + pe never written.
@@ -1303,16 +1336,23 @@ impl NativeDecoder {
     ) {
         let (c, n, ci, dh, k) = (self.c, self.pixels(), a.q.out, a.dh(), self.kernel);
         let ht = a.heads * t;
+        // The scores' columns, and so U's rows: head-major (`h*t + j`) where they come per head
+        // (`Scores::Heads`), token-major (`j*heads + h`) where they come from one product.
+        let head_major = matches!(scores, Scores::Heads { .. });
         let u = grow(&mut s.u, ht * c);
         for h in 0..a.heads {
+            let (at, rs) = match head_major {
+                true => (h * t * c, c),
+                false => (h * c, a.heads * c),
+            };
             mul(
                 k,
                 &v[h * dh..],
                 (t, ci, 1),
                 &a.o_heads[h],
                 None,
-                &mut u[h * c..],
-                a.heads * c,
+                &mut u[at..],
+                rs,
             );
         }
         s.u_pack.repack(u, ht, c, (c, 1));
@@ -1320,7 +1360,7 @@ impl NativeDecoder {
         grow(&mut s.max, hn);
         grow(&mut s.sum, hn).fill(0.0);
         match next {
-            Next::Dense => grow(&mut s.g, c * hn).fill(0.0),
+            Next::Dense => grow(&mut s.g, hn * c).fill(0.0),
             Next::Factored { .. } => {
                 // D, then B = D . R ([ht, hn])
                 self.residual_rows(ht, s);
@@ -1334,21 +1374,17 @@ impl NativeDecoder {
             let rows = I2T_ROWS.min(n - r0);
             let sc = grow(&mut s.block_scores, rows * ht);
             let xpe = grow(&mut s.block_pe, rows * c);
-            match scores {
+            // the block's scores softmaxed over each head's tokens: `[heads, t, rows]` (a
+            // pixel's tokens `rows` apart) or `[rows, t, heads]` (`heads` apart)
+            let strides = match scores {
                 Scores::Heads { q, kt } => {
-                    // per head `kt . q^T` (`[t, rows]`), then token-major
-                    let hsc = grow(&mut s.head_scores, ht * rows);
+                    // per head `kt . q^T` (`[t, rows]`)
                     for (h, q) in q.iter().enumerate() {
                         let (a, w) = (&kt[h * dh..], (q, r0..r0 + rows));
-                        mul_cols(k, a, (t, ci, 1), w, &mut hsc[h * t * rows..], rows, false);
+                        mul_cols(k, a, (t, ci, 1), w, &mut sc[h * t * rows..], rows, false);
                     }
-                    for (i, dst) in sc.chunks_exact_mut(ht).enumerate() {
-                        for h in 0..a.heads {
-                            for j in 0..t {
-                                dst[j * a.heads + h] = hsc[(h * t + j) * rows + i];
-                            }
-                        }
-                    }
+                    softmax::softmax_interleaved(k, sc, t, rows);
+                    (1, rows)
                 }
                 Scores::Dense(c2) => {
                     let at = r0 * c..(r0 + rows) * c;
@@ -1356,11 +1392,13 @@ impl NativeDecoder {
                         .zip(keys[at.clone()].iter().zip(&self.pe[at]))
                         .for_each(|(o, (x, p))| *o = x + p);
                     mul(k, xpe, (rows, c, 1), &s.r_pack, Some(c2), sc, ht);
+                    softmax::softmax_interleaved(k, sc, t, a.heads);
+                    (ht, 1)
                 }
-            }
-            softmax::softmax_interleaved(k, sc, t, a.heads);
+            };
             let delta = grow(&mut s.block_delta, rows * c);
-            mul(k, sc, (rows, ht, 1), &s.u_pack, Some(&a.o.b), delta, c);
+            let dims = (rows, strides.0, strides.1);
+            mul(k, sc, dims, &s.u_pack, Some(&a.o.b), delta, c);
             // a factored next attention reads the positional encoding from its tables
             let pe_out = matches!(next, Next::Dense);
             let s1 = grow(&mut s.block_s1, rows);
@@ -1387,8 +1425,8 @@ impl NativeDecoder {
             softmax::column_max(k, sn, hn, bmax);
             if online_max(k, max, bmax, &mut s.rescale, r0 == 0) {
                 let f = &s.rescale[..hn];
-                for row in s.g[..c * hn].chunks_exact_mut(hn) {
-                    row.iter_mut().zip(f.iter()).for_each(|(x, f)| *x *= f);
+                for (row, f) in s.g[..hn * c].chunks_exact_mut(c).zip(f.iter()) {
+                    row.iter_mut().for_each(|x| *x *= f);
                 }
                 s.sum[..hn]
                     .iter_mut()
@@ -1401,8 +1439,9 @@ impl NativeDecoder {
                 .iter_mut()
                 .zip(bsum.iter())
                 .for_each(|(x, b)| *x += b);
-            s.e_pack.repack(sn, rows, hn, (hn, 1));
-            mul_add(k, &keys[r0 * c..], (c, 1, c), &s.e_pack, &mut s.g, hn);
+            // G += E^T keys, the block's keys read in place
+            let kb = (&keys[r0 * c..(r0 + rows) * c], rows, c);
+            mul_add_rows(k, sn, (hn, 1, hn), kb, &mut s.g, c);
         }
     }
 
@@ -1553,12 +1592,13 @@ impl NativeDecoder {
             };
             // image to token
             let (ci, dh, ht) = (a.q.out, a.dh(), a.heads * t);
-            // The scores' columns are token-major (`j * heads + h`): the softmax over a head's
-            // tokens is then a vertical operation (`softmax_interleaved`).
+            // A pixel's scores are kept token-major (`j * heads + h`) after the one product of
+            // a later layer: the softmax over a head's tokens is then a vertical operation
+            // (`softmax_interleaved`), as it is on the first layer's `[heads, T, rows]`.
             let hs = a.heads;
             let c2;
             let scores = if li == 0 {
-                // scores[i, j*heads + h] = q0[i, head h] . kt[j, head h]
+                // scores[h, j, i] = q0[i, head h] . kt[j, head h]
                 Scores::Heads { q: &f.q0, kt: &kt }
             } else {
                 // scores = (keys + pe) . R2 + c2, R2[:, j*heads + h] = W_q[:, head h] .

@@ -15,6 +15,13 @@ pub fn layer_norm_row(k: Kernel, x: &mut [f32], eps: f32, gamma: &[f32], beta: &
         gamma.len() == x.len() && beta.len() == x.len(),
         "row parameters"
     );
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 && k.usable() && x.len().is_multiple_of(32) && !x.is_empty() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) checked just above; the row is whole 32-lane
+        // steps and gamma, beta are as long (asserted).
+        unsafe { x86::add_norm_pe(x, None, None, (eps, gamma, beta), None) };
+        return;
+    }
     dispatch!(
         k,
         norm_generic(x, eps, gamma, beta),
@@ -48,6 +55,14 @@ pub fn add_norm_pe_row(
             && beta.len() == n,
         "row lengths"
     );
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 && k.usable() && n.is_multiple_of(32) && n > 0 {
+        // SAFETY: AVX-512F (with AVX2 and FMA) checked just above; every slice is `n` long
+        // (asserted), whole 32-lane steps.
+        return unsafe {
+            x86::add_norm_pe(x, base, Some(d), (eps, gamma, beta), x_pe.map(|o| (pe, o)))
+        };
+    }
     let o = AddNormPe {
         x,
         base,
@@ -116,6 +131,93 @@ unsafe fn norm_avx2(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
 #[target_feature(enable = "neon")]
 unsafe fn norm_neon(x: &mut [f32], eps: f32, gamma: &[f32], beta: &[f32]) {
     norm_generic(x, eps, gamma, beta)
+}
+
+/// [`add_norm_pe_row`] and [`layer_norm_row`] on AVX-512 for rows of whole 32-lane steps: the
+/// generic code's operations in its order (lanes `0..16` and `16..32` of [`lanes_sum`] in two
+/// registers, reduced as it does; no FMA), sixteen lanes an instruction.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::reduce8;
+    use std::arch::x86_64::*;
+
+    /// [`lanes_sum`](super::lanes_sum)'s reduction of its 32 lanes held as `z0` (0..16), `z1`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn fold(z0: __m512, z1: __m512) -> f32 {
+        let hi = |z: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z)));
+        let l8 = _mm256_add_ps(
+            _mm256_add_ps(_mm512_castps512_ps256(z0), hi(z0)),
+            _mm256_add_ps(_mm512_castps512_ps256(z1), hi(z1)),
+        );
+        let mut a = [0f32; 8];
+        // SAFETY: `a` holds 8 f32.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), l8) };
+        reduce8(&a)
+    }
+
+    /// `x = base + d` (or `x += d`, or `x` as it is without `d`), its norm in place, `x + pe`
+    /// into the output where given; returns the scale.
+    ///
+    /// # Safety
+    /// AVX-512F; `x.len()` a positive multiple of 32 and every slice as long.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn add_norm_pe(
+        x: &mut [f32],
+        base: Option<&[f32]>,
+        d: Option<&[f32]>,
+        (eps, gamma, beta): (f32, &[f32], &[f32]),
+        pe: Option<(&[f32], &mut [f32])>,
+    ) -> f32 {
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let src = base.map_or(p as *const f32, |b| b.as_ptr());
+        // SAFETY (every access below): 16-wide steps below `n`, every slice `n` long.
+        unsafe {
+            let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for i in (0..n).step_by(32) {
+                let mut v = [
+                    _mm512_loadu_ps(src.add(i)),
+                    _mm512_loadu_ps(src.add(i + 16)),
+                ];
+                if let Some(d) = d {
+                    for (h, v) in v.iter_mut().enumerate() {
+                        *v = _mm512_add_ps(*v, _mm512_loadu_ps(d.as_ptr().add(i + 16 * h)));
+                    }
+                }
+                _mm512_storeu_ps(p.add(i), v[0]);
+                _mm512_storeu_ps(p.add(i + 16), v[1]);
+                s0 = _mm512_add_ps(s0, v[0]);
+                s1 = _mm512_add_ps(s1, v[1]);
+            }
+            let mean = fold(s0, s1) / n as f32;
+            let m = _mm512_set1_ps(mean);
+            let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for i in (0..n).step_by(32) {
+                let c0 = _mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m);
+                let c1 = _mm512_sub_ps(_mm512_loadu_ps(p.add(i + 16)), m);
+                s0 = _mm512_add_ps(s0, _mm512_mul_ps(c0, c0));
+                s1 = _mm512_add_ps(s1, _mm512_mul_ps(c1, c1));
+            }
+            let var = fold(s0, s1) / n as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            let vi = _mm512_set1_ps(inv);
+            let (g, b) = (gamma.as_ptr(), beta.as_ptr());
+            let pe = pe.map(|(pe, out)| (pe.as_ptr(), out.as_mut_ptr()));
+            for i in (0..n).step_by(16) {
+                let c = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m), vi);
+                let v = _mm512_add_ps(
+                    _mm512_mul_ps(c, _mm512_loadu_ps(g.add(i))),
+                    _mm512_loadu_ps(b.add(i)),
+                );
+                _mm512_storeu_ps(p.add(i), v);
+                if let Some((pe, out)) = pe {
+                    _mm512_storeu_ps(out.add(i), _mm512_add_ps(v, _mm512_loadu_ps(pe.add(i))));
+                }
+            }
+            inv
+        }
+    }
 }
 
 /// Sum of `f(v)` over `x` in 32 lanes (element `i` into lane `i % 32`), reduced in one order:
@@ -231,7 +333,7 @@ mod tests {
     #[test]
     fn add_norm_pe_equals_its_three_steps_on_every_kernel() {
         let mut s = 21;
-        for n in [1, 7, 8, 13, 256] {
+        for n in [1, 7, 8, 13, 32, 96, 256] {
             let (x0, base, d, pe) = (
                 rand(&mut s, n),
                 rand(&mut s, n),

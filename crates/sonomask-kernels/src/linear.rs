@@ -23,7 +23,9 @@
 //! 512-bit accumulators, 2 loads of W and 6 broadcasts of A per 12 multiply-adds of 16 lanes,
 //! twice the AVX2 block's work per instruction; a partial second panel goes through a padded
 //! buffer rather than down to half-width blocks, and a lone panel is a 6 x 16 block of one
-//! 512-bit register per row.
+//! 512-bit register per row. The last 7 or 8 rows of a product are one 8-row block there
+//! ([`MR_TALL`]: 16 accumulators of the 32 registers) rather than a 6-row block and a 1- or
+//! 2-row one: the native decoder's products with a prompt's 7 tokens took two blocks each.
 //!
 //! Every path (AVX-512, AVX2+FMA, NEON, scalar `mul_add`) does the same fused multiply-adds in
 //! the same order (from the bias, then `p = 0, 1, ..., k - 1`; a partial sum stored between `k` slices is
@@ -35,6 +37,8 @@ use crate::pointwise::kernel_has_fma;
 
 /// Rows per register block.
 pub const MR: usize = 6;
+/// Rows of the AVX-512 block that takes a product's last 7 or 8 rows.
+const MR_TALL: usize = 8;
 /// Columns per register block and per packed panel.
 pub const NR: usize = 16;
 /// Longest slice of `k` per pass over a register block (its 6 rows of A: 12 KiB, in L1).
@@ -109,7 +113,7 @@ pub unsafe fn multiply(
     bias: Option<&[f32]>,
 ) {
     // SAFETY: the caller's contract.
-    unsafe { product(kernel, a, w, c, block, bias, false) }
+    unsafe { product(kernel, a, Rhs::Packed(w), c, block, bias, false) }
 }
 
 /// `C[i][j] += sum_p A[i][p] W[p][j]`: [`multiply`] starting from C's values (a sum of
@@ -126,43 +130,116 @@ pub unsafe fn multiply_add(
     block: (std::ops::Range<usize>, std::ops::Range<usize>),
 ) {
     // SAFETY: the caller's contract.
-    unsafe { product(kernel, a, w, c, block, None, true) }
+    unsafe { product(kernel, a, Rhs::Packed(w), c, block, None, true) }
+}
+
+/// [`multiply_add`] with a right-hand side read in place: `w` addresses a `k x n` row-major
+/// matrix, rows `ld` apart, `n` a multiple of [`NR`] (each `NR`-wide column panel is then a
+/// strided run of rows, as a packed panel is a contiguous one). For a product whose right-hand
+/// side is used once and is long in `n` (e.g. `E^T . keys`: 8 rows of A against a block of
+/// 256-wide image rows), where packing would copy the whole operand.
+///
+/// # Safety
+/// As [`multiply_add`]; `w` reads `k` rows of `n` f32, `ld >= n` apart.
+pub unsafe fn multiply_add_rows(
+    kernel: Kernel,
+    a: (*const f32, isize, isize),
+    (w, ld, k, n): (*const f32, usize, usize, usize),
+    c: (*mut f32, usize),
+    block: (std::ops::Range<usize>, std::ops::Range<usize>),
+) {
+    assert!(
+        n.is_multiple_of(NR) && ld >= n,
+        "a row-major right-hand side needs whole panels"
+    );
+    let rhs = Rhs::Rows { w, ld, k, n };
+    // SAFETY: the caller's contract.
+    unsafe { product(kernel, a, rhs, c, block, None, true) }
+}
+
+/// A right-hand side as the register blocks read it: panel `j`'s row `p` is `NR` contiguous
+/// values, the next row `step` values on.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    Packed(&'a WeightPanels),
+    /// `k x n` row-major, rows `ld` apart, `n` a multiple of [`NR`].
+    Rows {
+        w: *const f32,
+        ld: usize,
+        k: usize,
+        n: usize,
+    },
+}
+
+impl Rhs<'_> {
+    fn k(&self) -> usize {
+        match *self {
+            Rhs::Packed(w) => w.k,
+            Rhs::Rows { k, .. } => k,
+        }
+    }
+
+    fn n(&self) -> usize {
+        match *self {
+            Rhs::Packed(w) => w.n,
+            Rhs::Rows { n, .. } => n,
+        }
+    }
+
+    fn step(&self) -> usize {
+        match *self {
+            Rhs::Packed(_) => NR,
+            Rhs::Rows { ld, .. } => ld,
+        }
+    }
+
+    /// Panel `panel` from row `p` on.
+    fn panel(&self, panel: usize, p: usize) -> *const f32 {
+        match *self {
+            Rhs::Packed(w) => w.panel(panel, p),
+            Rhs::Rows { w, ld, .. } => w.wrapping_add(p * ld + panel * NR),
+        }
+    }
 }
 
 unsafe fn product(
     kernel: Kernel,
     (a, rsa, csa): (*const f32, isize, isize),
-    w: &WeightPanels,
+    w: Rhs,
     (c, rs_c): (*mut f32, usize),
     (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
     bias: Option<&[f32]>,
     accumulate: bool,
 ) {
-    debug_assert!(cols.start.is_multiple_of(NR) && cols.end <= w.n);
+    let (wk, wn) = (w.k(), w.n());
+    debug_assert!(cols.start.is_multiple_of(NR) && cols.end <= wn);
     let fma = kernel_has_fma(kernel);
     let wide = cfg!(target_arch = "x86_64") && kernel == Kernel::Avx512 && kernel.usable();
     let zeros = [0f32; 2 * NR];
     let panels = cols.start / NR..cols.end.div_ceil(NR);
-    let slices = w.k.div_ceil(KC).max(1);
-    let kc_max = w.k.div_ceil(slices);
+    let slices = wk.div_ceil(KC).max(1);
+    let kc_max = wk.div_ceil(slices);
     let group = (L2_BYTES / (kc_max.max(1) * NR * 4)).max(1);
     // A block narrower than its registers (n not a multiple of NR, or of 2 NR on AVX-512)
     // starts from, and is stored through, these padded rows.
-    let mut spare = [0f32; MR * 2 * NR];
-    let mut tmp = [0f32; MR * 2 * NR];
+    let mut spare = [0f32; MR_TALL * 2 * NR];
+    let mut tmp = [0f32; MR_TALL * 2 * NR];
     for s in 0..slices {
-        let (p0, p1) = (s * w.k / slices, (s + 1) * w.k / slices);
+        let (p0, p1) = (s * wk / slices, (s + 1) * wk / slices);
         let mut g = panels.start;
         while g < panels.end {
             let g_end = (g + group).min(panels.end);
             let mut i = rows.start;
             while i < rows.end {
-                let valid = MR.min(rows.end - i);
+                // A product's last 7 or 8 rows are one 8-row block on AVX-512.
+                let left = rows.end - i;
+                let tall = wide && (left == MR + 1 || left == MR_TALL);
+                let valid = if tall { left } else { MR.min(left) };
                 // Rows past the end repeat the last one (computed, not stored).
                 let row_at = |r: usize| {
                     a.wrapping_offset((i + r.min(valid - 1)) as isize * rsa + p0 as isize * csa)
                 };
-                let a_rows: [*const f32; MR] = std::array::from_fn(row_at);
+                let a_rows: [*const f32; MR_TALL] = std::array::from_fn(row_at);
                 let mut panel = g;
                 while panel < g_end {
                     let j = panel * NR;
@@ -207,6 +284,7 @@ unsafe fn product(
                         a: a_rows,
                         csa,
                         w: w.panel(panel, p0),
+                        step: w.step(),
                         kc: p1 - p0,
                         start,
                         valid,
@@ -221,9 +299,18 @@ unsafe fn product(
                     // rows and columns are in range; AVX-512F (and AVX2, FMA) checked by
                     // `usable` where `wide`.
                     unsafe {
-                        match span {
+                        match (span, tall) {
                             #[cfg(target_arch = "x86_64")]
-                            2 => block_avx512_pair(&block, w.panel(panel + 1, p0), dst, rs_dst),
+                            (2, false) => {
+                                block_avx512_pair(&block, w.panel(panel + 1, p0), dst, rs_dst)
+                            }
+                            #[cfg(target_arch = "x86_64")]
+                            (2, true) => {
+                                let w1 = w.panel(panel + 1, p0);
+                                block_avx512_pair_tall(&block, w1, dst, rs_dst)
+                            }
+                            #[cfg(target_arch = "x86_64")]
+                            (_, true) => block_avx512_tall(&block, dst, rs_dst),
                             #[cfg(target_arch = "x86_64")]
                             _ if wide => block_avx512(&block, dst, rs_dst),
                             _ => run_block(fma, &block, dst, rs_dst),
@@ -247,12 +334,14 @@ unsafe fn product(
     }
 }
 
-/// One register block: `MR` rows of A (`a[r]` at the slice's first column, `csa` apart), the
-/// panel's slice of W, `kc` long; `valid` rows stored.
+/// One register block: `MR` (or [`MR_TALL`]) rows of A (`a[r]` at the slice's first column,
+/// `csa` apart), the panel's slice of W, `kc` long; `valid` rows stored.
 struct Block {
-    a: [*const f32; MR],
+    a: [*const f32; MR_TALL],
     csa: isize,
     w: *const f32,
+    /// From one row of W's panel to the next ([`NR`] packed).
+    step: usize,
     kc: usize,
     start: Start,
     valid: usize,
@@ -286,7 +375,7 @@ unsafe fn block_scalar(b: &Block, c: *mut f32, rs_c: usize) {
     }
     for p in 0..b.kc {
         // SAFETY: the panel holds kc rows of NR values; A's rows have kc values.
-        let wr = unsafe { std::slice::from_raw_parts(b.w.add(p * NR), NR) };
+        let wr = unsafe { std::slice::from_raw_parts(b.w.add(p * b.step), NR) };
         for (r, row) in acc.iter_mut().enumerate() {
             // SAFETY: row r of A has kc values csa apart.
             let av = unsafe { *b.a[r].offset(p as isize * b.csa) };
@@ -428,13 +517,13 @@ impl Lanes for NeonLanes {
     }
 }
 
-/// A block of `MR` rows by `P` panels (`w[q]`: panel q's slice), in `V`'s registers; the
+/// A block of `R` rows by `P` panels (`w[q]`: panel q's slice), in `V`'s registers; the
 /// start holds `P * NR` values per row.
 ///
 /// # Safety
 /// As [`run_block`], with `P * NR` values per row of C and of the start; `V`'s ISA present.
 #[inline(always)]
-unsafe fn block_lanes<V: Lanes, const P: usize>(
+unsafe fn block_lanes<V: Lanes, const P: usize, const R: usize>(
     b: &Block,
     w: [*const f32; P],
     c: *mut f32,
@@ -442,7 +531,7 @@ unsafe fn block_lanes<V: Lanes, const P: usize>(
 ) {
     // SAFETY (whole body): the caller's contract.
     unsafe {
-        let mut acc: [[V; P]; MR] = std::array::from_fn(|r| {
+        let mut acc: [[V; P]; R] = std::array::from_fn(|r| {
             let s = b.start.src.add(r.min(b.valid - 1) * b.start.rs);
             std::array::from_fn(|q| V::load(s.add(q * NR)))
         });
@@ -459,7 +548,7 @@ unsafe fn block_lanes<V: Lanes, const P: usize>(
             }
             off += b.csa;
             for p in &mut wp {
-                *p = p.add(NR);
+                *p = p.add(b.step);
             }
         }
         for (r, acc) in acc.iter().enumerate().take(b.valid) {
@@ -477,7 +566,7 @@ unsafe fn block_lanes<V: Lanes, const P: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the features are this function's.
-    unsafe { block_lanes::<Avx2Lanes, 1>(b, [b.w], c, rs_c) }
+    unsafe { block_lanes::<Avx2Lanes, 1, MR>(b, [b.w], c, rs_c) }
 }
 
 /// A 6 x 16 block in one 512-bit register per row: a lone panel on AVX-512 (6 accumulators,
@@ -489,7 +578,7 @@ unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the feature is this function's.
-    unsafe { block_lanes::<Avx512Lanes, 1>(b, [b.w], c, rs_c) }
+    unsafe { block_lanes::<Avx512Lanes, 1, MR>(b, [b.w], c, rs_c) }
 }
 
 /// A 6 x 32 block over two panels (`b.w` and `w1`); the start holds 32 values per row.
@@ -500,7 +589,29 @@ unsafe fn block_avx512(b: &Block, c: *mut f32, rs_c: usize) {
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512_pair(b: &Block, w1: *const f32, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the feature is this function's.
-    unsafe { block_lanes::<Avx512Lanes, 2>(b, [b.w, w1], c, rs_c) }
+    unsafe { block_lanes::<Avx512Lanes, 2, MR>(b, [b.w, w1], c, rs_c) }
+}
+
+/// [`block_avx512`] with [`MR_TALL`] rows (a product's last 7 or 8).
+///
+/// # Safety
+/// AVX-512F present; see [`run_block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512_tall(b: &Block, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract; the feature is this function's.
+    unsafe { block_lanes::<Avx512Lanes, 1, MR_TALL>(b, [b.w], c, rs_c) }
+}
+
+/// [`block_avx512_pair`] with [`MR_TALL`] rows: 16 accumulators.
+///
+/// # Safety
+/// AVX-512F present; as [`block_avx512_pair`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512_pair_tall(b: &Block, w1: *const f32, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract; the feature is this function's.
+    unsafe { block_lanes::<Avx512Lanes, 2, MR_TALL>(b, [b.w, w1], c, rs_c) }
 }
 
 /// # Safety
@@ -509,7 +620,7 @@ unsafe fn block_avx512_pair(b: &Block, w1: *const f32, c: *mut f32, rs_c: usize)
 #[target_feature(enable = "neon")]
 unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the feature is this function's.
-    unsafe { block_lanes::<NeonLanes, 1>(b, [b.w], c, rs_c) }
+    unsafe { block_lanes::<NeonLanes, 1, MR>(b, [b.w], c, rs_c) }
 }
 
 #[cfg(test)]
@@ -584,6 +695,13 @@ mod tests {
             ((11, 2 * KC + 3, 88), false),
             ((7, 40, 56), true),
             ((5, 9, 20), false),
+            // AVX-512's 8-row blocks: a product's last 7 or 8 rows (a prompt's 7 tokens,
+            // 56 = 6 x 8 + 8, 14 = 6 + 8), pairs, lone and partial panels, k sliced.
+            ((8, 16, 48), false),
+            ((14, 2 * KC + 9, 88), true),
+            ((56, 56, 48), false),
+            ((7, 16, 16), true),
+            ((8, 300, 8), false),
         ]
         .into_iter()
         .enumerate()
@@ -636,6 +754,52 @@ mod tests {
             }
             for kernel in Kernel::available() {
                 assert_eq!(run(kernel), want, "{kernel:?} {m}x{k}x{n}");
+            }
+        }
+    }
+
+    /// A right-hand side read in place (`multiply_add_rows`): on every path the same values as
+    /// its packed copy (the same sums in the same order), A transposed or not, k sliced or
+    /// not, rows of W longer than `n`, a partial row block.
+    #[test]
+    fn row_major_rhs_equals_packed_on_every_path() {
+        for (i, &((m, k, n, ld), at)) in [
+            ((8, 48, 256, 256), true),
+            ((13, 2 * KC + 5, 48, 64), false),
+            ((5, 9, 16, 16), true),
+            ((1, 7, 32, 40), false),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut s = 300 + i as u64;
+            let (a, w, c0) = (
+                rand(&mut s, m * k),
+                rand(&mut s, k * ld),
+                rand(&mut s, m * n),
+            );
+            let (rsa, csa) = if at { (1, m as isize) } else { (k as isize, 1) };
+            let panels = WeightPanels::pack(&w, k, n, (ld, 1));
+            for kernel in Kernel::available() {
+                let (mut want, mut got) = (c0.clone(), c0.clone());
+                // SAFETY: a is m x k (as strided), w is k rows of ld >= n, c is m x n.
+                unsafe {
+                    multiply_add(
+                        kernel,
+                        (a.as_ptr(), rsa, csa),
+                        &panels,
+                        (want.as_mut_ptr(), n),
+                        (0..m, 0..n),
+                    );
+                    multiply_add_rows(
+                        kernel,
+                        (a.as_ptr(), rsa, csa),
+                        (w.as_ptr(), ld, k, n),
+                        (got.as_mut_ptr(), n),
+                        (0..m, 0..n),
+                    );
+                }
+                assert_eq!(got, want, "{kernel:?} {m}x{k}x{n} ld {ld}");
             }
         }
     }

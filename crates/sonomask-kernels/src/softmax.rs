@@ -90,7 +90,7 @@ pub fn softmax_interleaved(k: Kernel, x: &mut [f32], t: usize, g: usize) {
     }
     dispatch!(
         k,
-        interleaved_generic(x, t, g, exp_slice_scalar),
+        interleaved_generic::<LANES>(x, t, g, exp_slice_scalar),
         interleaved_avx2(x, t, g),
         interleaved_neon(x, t, g)
     )
@@ -138,14 +138,26 @@ fn interleaved_lanes<const W: usize>(row: &mut [f32], t: usize, g: usize, l0: us
     }
 }
 
+/// [`softmax_interleaved`] with `WIDE` lanes a step first (16 on AVX-512: one register),
+/// then [`LANES`], then one: every lane's operations are its own, so the grouping changes no
+/// value.
 #[inline(always)]
-fn interleaved_generic(x: &mut [f32], t: usize, g: usize, exp: impl Fn(&mut [f32])) {
+fn interleaved_generic<const WIDE: usize>(
+    x: &mut [f32],
+    t: usize,
+    g: usize,
+    exp: impl Fn(&mut [f32]),
+) {
     for row in x.chunks_exact_mut(t * g) {
         for after in [false, true] {
             if after {
                 exp(row);
             }
             let mut l0 = 0;
+            while WIDE > LANES && l0 + WIDE <= g {
+                interleaved_lanes::<WIDE>(row, t, g, l0, after);
+                l0 += WIDE;
+            }
             while l0 + LANES <= g {
                 interleaved_lanes::<LANES>(row, t, g, l0, after);
                 l0 += LANES;
@@ -162,21 +174,21 @@ fn interleaved_generic(x: &mut [f32], t: usize, g: usize, exp: impl Fn(&mut [f32
 #[target_feature(enable = "avx2")]
 unsafe fn interleaved_avx2(x: &mut [f32], t: usize, g: usize) {
     // SAFETY: AVX2 is this function's feature.
-    interleaved_generic(x, t, g, |c| unsafe { exp_slice_avx2(c) })
+    interleaved_generic::<LANES>(x, t, g, |c| unsafe { exp_slice_avx2(c) })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn interleaved_avx512(x: &mut [f32], t: usize, g: usize) {
     // SAFETY: AVX-512F is this function's feature.
-    interleaved_generic(x, t, g, |c| unsafe { exp_slice_avx512(c) })
+    interleaved_generic::<16>(x, t, g, |c| unsafe { exp_slice_avx512(c) })
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn interleaved_neon(x: &mut [f32], t: usize, g: usize) {
     // SAFETY: NEON is this function's feature.
-    interleaved_generic(x, t, g, |c| unsafe { exp_slice_neon(c) })
+    interleaved_generic::<LANES>(x, t, g, |c| unsafe { exp_slice_neon(c) })
 }
 
 /// The maxima of the columns of `x` (`[rows, cols]`) into `max` (a softmax down the columns:
@@ -265,6 +277,119 @@ unsafe fn column_exp_sums_avx512(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
 unsafe fn column_exp_sums_neon(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
     // SAFETY: NEON is this function's feature.
     column_exp_sums_generic(x, max, sum, |r| unsafe { exp_slice_neon(r) })
+}
+
+/// The maxima of the `len`-long rows of `x` into `max` (the native decoder's online softmax
+/// along rows: one row per head and token, one column per pixel of a block). Eight lanes per
+/// row, so no row is a chain of dependent comparisons; NaNs are skipped, as `f32::max` does.
+pub fn row_maxima(k: Kernel, x: &[f32], len: usize, max: &mut [f32]) {
+    assert!(
+        len > 0 && x.len() == len * max.len(),
+        "rows must tile the data"
+    );
+    dispatch!(
+        k,
+        row_maxima_generic(x, len, max),
+        row_maxima_avx2(x, len, max),
+        row_maxima_neon(x, len, max)
+    )
+}
+
+#[inline(always)]
+fn row_maxima_generic(x: &[f32], len: usize, max: &mut [f32]) {
+    let pick = |a: f32, b: f32| if b > a { b } else { a };
+    for (m, row) in max.iter_mut().zip(x.chunks_exact(len)) {
+        let mut l = [f32::NEG_INFINITY; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for j in 0..8 {
+                l[j] = pick(l[j], c[j]);
+            }
+        }
+        for (j, &v) in chunks.remainder().iter().enumerate() {
+            l[j] = pick(l[j], v);
+        }
+        *m = l.into_iter().fold(f32::NEG_INFINITY, pick);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_maxima_avx2(x: &[f32], len: usize, max: &mut [f32]) {
+    row_maxima_generic(x, len, max)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn row_maxima_neon(x: &[f32], len: usize, max: &mut [f32]) {
+    row_maxima_generic(x, len, max)
+}
+
+/// `x = exp(x - max[row])` in place for every `len`-long row of `x`, each row's sum of those
+/// into `sum` (eight lanes, element `i` into lane `i % 8`, reduced in [`reduce8`]'s order: the
+/// same value on every path). [`row_maxima`]'s softmax but the scale.
+pub fn row_exp_sums(k: Kernel, x: &mut [f32], len: usize, max: &[f32], sum: &mut [f32]) {
+    assert!(
+        len > 0 && x.len() == len * max.len() && sum.len() == max.len(),
+        "rows must tile the data"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 && k.usable() {
+        // SAFETY: AVX-512F (with AVX2 and FMA) checked just above.
+        return unsafe { row_exp_sums_avx512(x, len, max, sum) };
+    }
+    dispatch!(
+        k,
+        row_exp_sums_generic(x, len, max, sum, exp_slice_scalar),
+        row_exp_sums_avx2(x, len, max, sum),
+        row_exp_sums_neon(x, len, max, sum)
+    )
+}
+
+#[inline(always)]
+fn row_exp_sums_generic(
+    x: &mut [f32],
+    len: usize,
+    max: &[f32],
+    sum: &mut [f32],
+    exp: impl Fn(&mut [f32]),
+) {
+    for ((row, &m), s) in x.chunks_exact_mut(len).zip(max).zip(sum.iter_mut()) {
+        row.iter_mut().for_each(|v| *v -= m);
+        exp(row);
+        let mut l = [0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for j in 0..8 {
+                l[j] += c[j];
+            }
+        }
+        for (j, &v) in chunks.remainder().iter().enumerate() {
+            l[j] += v;
+        }
+        *s = reduce8(&l);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_exp_sums_avx2(x: &mut [f32], len: usize, max: &[f32], sum: &mut [f32]) {
+    // SAFETY: AVX2 is this function's feature.
+    row_exp_sums_generic(x, len, max, sum, |r| unsafe { exp_slice_avx2(r) })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn row_exp_sums_avx512(x: &mut [f32], len: usize, max: &[f32], sum: &mut [f32]) {
+    // SAFETY: AVX-512F is this function's feature.
+    row_exp_sums_generic(x, len, max, sum, |r| unsafe { exp_slice_avx512(r) })
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn row_exp_sums_neon(x: &mut [f32], len: usize, max: &[f32], sum: &mut [f32]) {
+    // SAFETY: NEON is this function's feature.
+    row_exp_sums_generic(x, len, max, sum, |r| unsafe { exp_slice_neon(r) })
 }
 
 fn exp_slice_scalar(xs: &mut [f32]) {
@@ -646,6 +771,41 @@ mod tests {
                     softmax_interleaved(k, &mut got, t, g);
                     assert_eq!(got, want, "{k:?} t {t} lanes {g}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn row_softmax_parts_equal_the_definition_on_every_kernel() {
+        let mut seed = 17;
+        for (rows, len) in [(1, 1), (3, 7), (56, 48), (5, 8), (4, 37), (2, 70)] {
+            let mut x = rand_row(&mut seed, rows * len, 60.0);
+            if rows * len > 4 {
+                // NaNs are skipped by the maxima, as f32::max does
+                x[3] = f32::NAN;
+            }
+            let want_max: Vec<f32> = x
+                .chunks_exact(len)
+                .map(|r| r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)))
+                .collect();
+            let mut want = x.clone();
+            let mut want_sum = vec![0f32; rows];
+            for (r, row) in want.chunks_exact_mut(len).enumerate() {
+                let mut l = [0f32; 8];
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = exp_scalar(*v - want_max[r]);
+                    l[i % 8] += *v;
+                }
+                want_sum[r] = reduce8(&l);
+            }
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            for k in Kernel::available() {
+                let (mut max, mut sum, mut got) = (vec![0f32; rows], vec![1f32; rows], x.clone());
+                row_maxima(k, &got, len, &mut max);
+                assert_eq!(max, want_max, "{k:?} {rows}x{len}");
+                row_exp_sums(k, &mut got, len, &max, &mut sum);
+                assert_eq!(bits(&got), bits(&want), "{k:?} {rows}x{len}");
+                assert_eq!(bits(&sum), bits(&want_sum), "{k:?} {rows}x{len}");
             }
         }
     }
