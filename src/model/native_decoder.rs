@@ -372,9 +372,12 @@ struct FactoredFrame {
     v: Vec<WeightPanels>,
 }
 
-/// Pixels per row block of the image-to-token pass: its scores and residual (48 x C floats)
-/// stay in L1/L2 between the products and the norm.
-const I2T_ROWS: usize = 48;
+/// Pixels per row block of the image-to-token pass: its scores and residual (96 x C floats)
+/// stay in L2 between the products and the norm, and each block's ~40 small products are
+/// called half as often as with 48 (measured faster than 48 and 64, 144 and 192 no better:
+/// docs/BENCHMARKS.md). A multiple of the panel width, so a block's `P0` rows are whole
+/// panels (read in place).
+const I2T_ROWS: usize = 96;
 
 /// Reusable buffers of one worker: a prompt allocates nothing large once they have grown.
 #[derive(Default)]
