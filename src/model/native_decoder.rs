@@ -16,8 +16,8 @@
 //!   likewise): fewer multiply-adds than the graph's order, and the image rows are streamed
 //!   in place through a small packed right-hand side. Each layer's image-to-token attention is
 //!   one pass over blocks of pixels: the block's scores, their softmax over each head's tokens
-//!   (a pixel's tokens kept in separate rows, so that softmax is vertical SIMD), the residual product and the
-//!   norm run while the block is in cache, with no `pixels x C` residual or
+//!   (a pixel's tokens kept in separate rows, so that softmax is vertical SIMD), the residual
+//!   product and the norm run while the block is in cache, with no `pixels x C` residual or
 //!   `pixels x heads*T` scores written to memory. The token-to-image attention that reads those
 //!   new keys next (the next layer's, or the final one for the IoU token) depends only on the
 //!   tokens, so it runs in the same pass with its softmax over the pixels kept online (running

@@ -1,6 +1,7 @@
 //! Layer norm of one row, or of a block of up to [`COLS`] columns each over its rows (the
-//! kernels of sonomask-ops' `AxisLayerNorm` and the native mask decoder). Every path (AVX2,
-//! NEON, scalar) computes the same sums in the same order (tested with `==` in sonomask-ops).
+//! kernels of sonomask-ops' `AxisLayerNorm` and the native mask decoder). Every path (AVX-512
+//! for rows of whole 32-lane steps, AVX2, NEON, scalar) computes the same sums in the same order
+//! (tested with `==` here and in sonomask-ops).
 
 use crate::{Kernel, dispatch, reduce8};
 

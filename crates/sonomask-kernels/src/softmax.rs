@@ -2,9 +2,9 @@
 //! attention operators and the native mask decoder): one pass per step (max, exp-and-sum,
 //! scale) over each row.
 //!
-//! The AVX2, AVX-512, NEON and scalar paths are bit-identical (no FMA; the sum keeps eight lanes in the
-//! AVX2 order and reduces them in one fixed order; `exp` is the same sequence of IEEE operations
-//! in every path), proven by tests with `==`.
+//! The AVX2, AVX-512, NEON and scalar paths are bit-identical (no FMA; the sum keeps eight
+//! lanes in the AVX2 order and reduces them in one fixed order; `exp` is the same sequence of
+//! IEEE operations in every path), proven by tests with `==`.
 
 use crate::{Kernel, dispatch, reduce8};
 
