@@ -603,9 +603,11 @@ unsafe fn row_avx2(row: &mut [f32]) {
 #[target_feature(enable = "neon")]
 unsafe fn exp_neon(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
     use std::arch::aarch64::*;
-    // vmaxq/vminq equal the scalar comparisons for the finite values softmax sees.
-    let x = vmaxq_f32(x, vdupq_n_f32(X_LO));
-    let x = vminq_f32(x, vdupq_n_f32(X_HI));
+    // The scalar comparisons exactly, NaN included (it becomes X_LO, as with x86's
+    // `max_ps(x, lo)`; `vmaxq` would keep it).
+    let (lo, hi) = (vdupq_n_f32(X_LO), vdupq_n_f32(X_HI));
+    let x = vbslq_f32(vcgtq_f32(x, lo), x, lo);
+    let x = vbslq_f32(vcltq_f32(x, hi), x, hi);
     let n = vrndmq_f32(vaddq_f32(
         vmulq_f32(x, vdupq_n_f32(LOG2E)),
         vdupq_n_f32(0.5),
