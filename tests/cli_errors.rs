@@ -33,18 +33,22 @@ fn segment_box(image: &str, bbox: &str, models: &str) -> Output {
     sonomask(&["segment", image, "--box", bbox, "--models", models])
 }
 
-/// `segment` of the fixture image with a box, on the models in `models` at `precision`.
-fn segment_at(models: &Path, precision: &str) -> Output {
-    sonomask(&[
+/// `segment` of the fixture image with a box, on the models in `models` at `precision`, then
+/// `extra` arguments.
+fn segment_at(models: &Path, precision: &str, extra: &[&str]) -> Output {
+    let input = input();
+    let mut args = vec![
         "segment",
-        &input(),
+        &input,
         "--box",
         "40,30,150,120",
         "--models",
         models.to_str().unwrap(),
         "--precision",
         precision,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    sonomask(&args)
 }
 
 fn input() -> String {
@@ -61,21 +65,14 @@ fn segment_writes_mask_and_overlay() {
     let (m, o) = (dir.join("mask.png"), dir.join("overlay.png"));
     let models = common::models_tiny();
     for precision in ["fp32", "int8"] {
-        let out = sonomask(&[
-            "segment",
-            &input(),
-            "--box",
-            "40,30,150,120",
-            "--models",
-            models.to_str().unwrap(),
-            "--precision",
-            precision,
+        let extra = [
             "-o",
             m.to_str().unwrap(),
             "--overlay",
             o.to_str().unwrap(),
             "--json",
-        ]);
+        ];
+        let out = segment_at(&models, precision, &extra);
         assert!(
             out.status.success(),
             "{}",
@@ -193,7 +190,7 @@ fn an_int8_model_with_a_broken_scale_is_refused_naming_the_node() {
     );
     assert_ne!(patched, text, "the manifest lists the decoder");
     std::fs::write(dir.join("manifest.toml"), patched).unwrap();
-    let out = segment_at(&dir, "int8");
+    let out = segment_at(&dir, "int8", &[]);
     fails_with(&out, "sam_decoder.int8.onnx");
     fails_with(&out, &format!("`{node}`"));
     fails_with(&out, &format!("`{scale}`"));
@@ -202,8 +199,7 @@ fn an_int8_model_with_a_broken_scale_is_refused_naming_the_node() {
 
 #[test]
 fn bad_models() {
-    let run_as = segment_at;
-    let run = |dir: &Path| run_as(dir, "fp32");
+    let run = |dir: &Path| segment_at(dir, "fp32", &[]);
     fails_with(
         &run(Path::new("/nonexistent-models")),
         "cannot read model manifest",
@@ -275,7 +271,7 @@ fn bad_models() {
         .join("[[model]]");
     std::fs::write(dir.join("manifest.toml"), fp32_only).unwrap();
     fails_with(
-        &run_as(&dir, "int8"),
+        &segment_at(&dir, "int8", &[]),
         "no sam_encoder model in int8 precision",
     );
 }
