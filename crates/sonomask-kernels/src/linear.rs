@@ -27,6 +27,13 @@
 //! ([`MR_TALL`]: 16 accumulators of the 32 registers) rather than a 6-row block and a 1- or
 //! 2-row one: the native decoder's products with a prompt's 7 tokens took two blocks each.
 //!
+//! On the paths of one panel a block (AVX2, NEON) a block has exactly the rows it stores (1 to
+//! 6: a short block no longer computes 6 rows to store a few), a product's last 7 or 8 rows are
+//! two blocks of 4 and 3 or 4 (a 1- or 2-row block after a 6-row one waits on its few FMA
+//! chains' latency), and a panel's last 8 or fewer columns are a [`HALF`]-lane block (one AVX2
+//! register a row) instead of a 16-lane block half of zeros: the decoder's 8-column scores and
+//! the last 8 of its 56. AVX-512 takes the half-panel block too (a lone 8-column panel).
+//!
 //! Every path (AVX-512, AVX2+FMA, NEON, scalar `mul_add`) does the same fused multiply-adds in
 //! the same order (from the bias, then `p = 0, 1, ..., k - 1`; a partial sum stored between `k` slices is
 //! an f32 either way), so they agree bit for bit (tested with `==`).
@@ -41,6 +48,8 @@ pub const MR: usize = 6;
 const MR_TALL: usize = 8;
 /// Columns per register block and per packed panel.
 pub const NR: usize = 16;
+/// Columns of the half-panel block (AVX2, NEON) that takes a product's last 8 or fewer.
+const HALF: usize = NR / 2;
 /// Longest slice of `k` per pass over a register block (its 6 rows of A: 12 KiB, in L1).
 const KC: usize = 512;
 /// Budget for one column group's `k` slice of W (stays in L2 while every row block reads it).
@@ -215,6 +224,9 @@ unsafe fn product(
     debug_assert!(cols.start.is_multiple_of(NR) && cols.end <= wn);
     let fma = kernel_has_fma(kernel);
     let wide = cfg!(target_arch = "x86_64") && kernel == Kernel::Avx512 && kernel.usable();
+    // The vector paths of one panel a block (AVX2, NEON): blocks of exactly `valid` rows, and a
+    // panel's last 8 or fewer columns as an 8-lane block.
+    let split = !wide && fma.is_some();
     let zeros = [0f32; 2 * NR];
     let panels = cols.start / NR..cols.end.div_ceil(NR);
     let slices = wk.div_ceil(KC).max(1);
@@ -234,7 +246,13 @@ unsafe fn product(
                 // A product's last 7 or 8 rows are one 8-row block on AVX-512.
                 let left = rows.end - i;
                 let tall = wide && (left == MR + 1 || left == MR_TALL);
-                let valid = if tall { left } else { MR.min(left) };
+                // Elsewhere (AVX2, NEON) as two blocks of 4 and 3 or 4 rows: a 1- or 2-row
+                // block after a 6-row one is bound by its few FMA chains' latency.
+                let valid = match left {
+                    _ if tall => left,
+                    7 | 8 if split => 4,
+                    _ => MR.min(left),
+                };
                 // Rows past the end repeat the last one (computed, not stored).
                 let row_at = |r: usize| {
                     a.wrapping_offset((i + r.min(valid - 1)) as isize * rsa + p0 as isize * csa)
@@ -247,7 +265,8 @@ unsafe fn product(
                     // partial too (n = 56: 32 + 24 columns rather than 32 + 16 + 8 through
                     // the half-width blocks).
                     let span = if wide && panel + 1 < g_end { 2 } else { 1 };
-                    let lanes = span * NR;
+                    let half = (split || wide) && cols.end - j <= HALF;
+                    let lanes = if half { HALF } else { span * NR };
                     let width = lanes.min(cols.end - j);
                     let full = width == lanes;
                     let cp = c.wrapping_add(i * rs_c + j);
@@ -300,6 +319,7 @@ unsafe fn product(
                     // `usable` where `wide`.
                     unsafe {
                         match (span, tall) {
+                            _ if half => run_half(fma, &block, dst, rs_dst),
                             #[cfg(target_arch = "x86_64")]
                             (2, false) => {
                                 block_avx512_pair(&block, w.panel(panel + 1, p0), dst, rs_dst)
@@ -362,6 +382,24 @@ unsafe fn run_block(fma: Option<Kernel>, b: &Block, c: *mut f32, rs_c: usize) {
     }
 }
 
+/// [`run_block`] for a block of [`HALF`] columns (`c` and the start: `HALF` values per row);
+/// only the vector paths of one panel a block take it.
+///
+/// # Safety
+/// As [`run_block`], with `HALF` values per row of C and of the start.
+unsafe fn run_half(fma: Option<Kernel>, b: &Block, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract (the vector path only where its features are present).
+    unsafe {
+        match fma {
+            #[cfg(target_arch = "x86_64")]
+            Some(Kernel::Avx2) => block_avx2_half(b, c, rs_c),
+            #[cfg(target_arch = "aarch64")]
+            Some(Kernel::Neon) => block_neon_half(b, c, rs_c),
+            _ => unreachable!("half-panel blocks are taken on the AVX2 and NEON paths only"),
+        }
+    }
+}
+
 /// # Safety
 /// See [`run_block`].
 unsafe fn block_scalar(b: &Block, c: *mut f32, rs_c: usize) {
@@ -397,10 +435,11 @@ unsafe fn block_scalar(b: &Block, c: *mut f32, rs_c: usize) {
 /// their times in one run agree within this VM's noise (docs/BENCHMARKS.md).
 trait Lanes: Copy {
     /// # Safety
-    /// `p` reads [`NR`] f32; the ISA is present (the wrapper's `#[target_feature]`).
+    /// `p` reads `WIDTH` f32 ([`NR`], or [`HALF`] for a half-panel type); the ISA is present
+    /// (the wrapper's `#[target_feature]`).
     unsafe fn load(p: *const f32) -> Self;
     /// # Safety
-    /// `p` writes [`NR`] f32; the ISA is present.
+    /// `p` writes `WIDTH` f32; the ISA is present.
     unsafe fn store(self, p: *mut f32);
     /// # Safety
     /// The ISA is present.
@@ -450,6 +489,35 @@ impl Lanes for Avx2Lanes {
                 _mm256_fmadd_ps(a.0[1], b.0[1], c.0[1]),
             ])
         }
+    }
+}
+
+/// [`HALF`] lanes: one AVX2 register.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx2Half(std::arch::x86_64::__m256);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2Half {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Avx2Half(std::arch::x86_64::_mm256_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Avx2Half(std::arch::x86_64::_mm256_set1_ps(v)) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Avx2Half(std::arch::x86_64::_mm256_fmadd_ps(a.0, b.0, c.0)) }
     }
 }
 
@@ -517,6 +585,65 @@ impl Lanes for NeonLanes {
     }
 }
 
+/// [`HALF`] lanes: two NEON registers.
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+struct NeonHalf([std::arch::aarch64::float32x4_t; 2]);
+
+#[cfg(target_arch = "aarch64")]
+impl Lanes for NeonHalf {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        use std::arch::aarch64::*;
+        // SAFETY: the caller's contract.
+        NeonHalf(std::array::from_fn(|q| unsafe { vld1q_f32(p.add(4 * q)) }))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        use std::arch::aarch64::*;
+        for (q, v) in self.0.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { vst1q_f32(p.add(4 * q), *v) };
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: the caller's contract.
+        let x = unsafe { std::arch::aarch64::vdupq_n_f32(v) };
+        NeonHalf([x; 2])
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        use std::arch::aarch64::*;
+        // SAFETY: the caller's contract.
+        NeonHalf(std::array::from_fn(|q| unsafe {
+            vfmaq_f32(c.0[q], a.0[q], b.0[q])
+        }))
+    }
+}
+
+/// [`block_lanes`] of one panel with exactly `b.valid` rows (1 to [`MR`]): a short block
+/// does only its own rows' multiply-adds (the AVX2 and NEON paths, whose blocks are one panel).
+///
+/// # Safety
+/// As [`block_lanes`].
+#[inline(always)]
+unsafe fn block_rows<V: Lanes>(b: &Block, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match b.valid {
+            1 => block_lanes::<V, 1, 1>(b, [b.w], c, rs_c),
+            2 => block_lanes::<V, 1, 2>(b, [b.w], c, rs_c),
+            3 => block_lanes::<V, 1, 3>(b, [b.w], c, rs_c),
+            4 => block_lanes::<V, 1, 4>(b, [b.w], c, rs_c),
+            5 => block_lanes::<V, 1, 5>(b, [b.w], c, rs_c),
+            6 => block_lanes::<V, 1, MR>(b, [b.w], c, rs_c),
+            7 => block_lanes::<V, 1, 7>(b, [b.w], c, rs_c),
+            _ => block_lanes::<V, 1, MR_TALL>(b, [b.w], c, rs_c),
+        }
+    }
+}
+
 /// A block of `R` rows by `P` panels (`w[q]`: panel q's slice), in `V`'s registers; the
 /// start holds `P * NR` values per row.
 ///
@@ -566,7 +693,16 @@ unsafe fn block_lanes<V: Lanes, const P: usize, const R: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the features are this function's.
-    unsafe { block_lanes::<Avx2Lanes, 1, MR>(b, [b.w], c, rs_c) }
+    unsafe { block_rows::<Avx2Lanes>(b, c, rs_c) }
+}
+
+/// # Safety
+/// AVX2 and FMA present; see [`run_half`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2_half(b: &Block, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract; the features are this function's.
+    unsafe { block_rows::<Avx2Half>(b, c, rs_c) }
 }
 
 /// A 6 x 16 block in one 512-bit register per row: a lone panel on AVX-512 (6 accumulators,
@@ -620,7 +756,16 @@ unsafe fn block_avx512_pair_tall(b: &Block, w1: *const f32, c: *mut f32, rs_c: u
 #[target_feature(enable = "neon")]
 unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the feature is this function's.
-    unsafe { block_lanes::<NeonLanes, 1, MR>(b, [b.w], c, rs_c) }
+    unsafe { block_rows::<NeonLanes>(b, c, rs_c) }
+}
+
+/// # Safety
+/// NEON present; see [`run_half`].
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn block_neon_half(b: &Block, c: *mut f32, rs_c: usize) {
+    // SAFETY: the caller's contract; the feature is this function's.
+    unsafe { block_rows::<NeonHalf>(b, c, rs_c) }
 }
 
 #[cfg(test)]
@@ -702,6 +847,13 @@ mod tests {
             ((56, 56, 48), false),
             ((7, 16, 16), true),
             ((8, 300, 8), false),
+            // AVX2's and NEON's blocks of exactly the rows left (4 + 3, 4 + 4, 1 to 5) and
+            // half-panel blocks (a panel's last 8 or fewer columns), k sliced and not.
+            ((96, 256, 8), false),
+            ((5, 2 * KC + 3, 24), true),
+            ((3, 17, 56), false),
+            ((2, 9, 4), true),
+            ((19, 33, 8), true),
         ]
         .into_iter()
         .enumerate()
@@ -716,7 +868,13 @@ mod tests {
     /// `multiply_add` from random C: the sum against f64, and every path equal to scalar.
     #[test]
     fn multiply_add_accumulates_into_c_on_every_path() {
-        let shapes = [(7, 16, 4096), (13, 2 * KC + 5, 56), (6, 9, 20), (9, 56, 40)];
+        let shapes = [
+            (7, 16, 4096),
+            (13, 2 * KC + 5, 56),
+            (6, 9, 20),
+            (9, 56, 40),
+            (8, 96, 8),
+        ];
         for (i, &(m, k, n)) in shapes.iter().enumerate() {
             let mut s = 100 + i as u64;
             let (a, w, c0) = (
