@@ -62,8 +62,14 @@ fn check_dir(dir: &Path, embedding: Option<Vec<f32>>, kernels: &[Kernel]) {
             .into_tvalue(),
     );
     let mut ran = Vec::new();
-    for &k in kernels {
-        let native = native_decoder::load(&manifest, k).unwrap();
+    // every kernel path with the factored attentions, and the best one without them (every
+    // attention dense: the path of a decoder that is not SAM's two layers)
+    let runs = kernels.iter().map(|&k| (k, false));
+    for (k, dense) in runs.chain([(Kernel::best(), true)]) {
+        let mut native = native_decoder::load(&manifest, k).unwrap();
+        if dense {
+            native = native.unfactored();
+        }
         assert_eq!(native.mask_count(), 4);
         let frame = native.prepare(&emb).unwrap();
         let mut scratch = Scratch::default();
@@ -83,8 +89,9 @@ fn check_dir(dir: &Path, embedding: Option<Vec<f32>>, kernels: &[Kernel]) {
             let want_masks = &sonomask::model::onnx::f32s(&want.low_res).unwrap()[..4 * l * l];
             let (maxd, maxref, cos) = compare(&masks, want_masks);
             eprintln!(
-                "{} {k:?} {name}: iou max|diff| {iou_diff:.2e}; logits max|diff| {maxd:.3e} (max|ref| {maxref:.3e}), cosine {cos:.8}",
-                dir.display()
+                "{} {k:?}{} {name}: iou max|diff| {iou_diff:.2e}; logits max|diff| {maxd:.3e} (max|ref| {maxref:.3e}), cosine {cos:.8}",
+                dir.display(),
+                if dense { " (dense)" } else { "" }
             );
             assert!(iou_diff <= 1e-5, "{name}: iou differs by {iou_diff}");
             assert!(
@@ -116,7 +123,7 @@ fn check_dir(dir: &Path, embedding: Option<Vec<f32>>, kernels: &[Kernel]) {
         assert!(native.tokens_from(&frame, &first, 4, &mut scratch).is_err());
         let mixed = [batch[0], (all[4].1.as_slice(), all[4].2.as_slice())];
         assert!(native.first_layer(&frame, &mixed, &mut scratch).is_err());
-        ran.push(format!("{k:?}"));
+        ran.push(format!("{k:?}{}", if dense { " (dense)" } else { "" }));
     }
     eprintln!("kernel paths checked: {}", ran.join(", "));
 }

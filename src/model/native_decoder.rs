@@ -22,9 +22,10 @@
 //!   new keys next (the next layer's, or the final one for the IoU token) depends only on the
 //!   tokens, so it runs in the same pass with its softmax over the pixels kept online (running
 //!   maxima and sums): the keys are read once per layer, and keys plus positional encoding
-//!   never written. The second layer reads the first layer's keys through its norm
-//!   (`Factored`): per pixel, per-frame products plus the first layer's attention weights
-//!   (`heads*T` values) instead of `C` channels;
+//!   never written. The second layer's two attentions' scores (and its token-to-image
+//!   values) read the first layer's keys through its norm (`Factored`): per pixel, per-frame
+//!   products plus the first layer's attention weights (`heads*T` values) instead of `C`
+//!   channels;
 //! - **per surviving prompt** ([`NativeDecoder::masks`]): the output upscaling and the
 //!   hypernetwork product, paid only by prompts whose predicted IoU passed the filter.
 //!
@@ -342,11 +343,17 @@ pub struct NativeDecoder {
 /// head 0's rows))`. A score `X1[p] . (W_k q)` is then the per-frame `(g0 * Xc) W_k` times `q`
 /// (16 multiply-adds a head) plus `P0[p] . (D W_k q)` (`heads*T`), not `C`; the values
 /// likewise. The first layer's pass computes the second layer's token-to-image attention while
-/// `P0` and `s` of a block are in cache (`Next::Factored`). The first layer's keys are still
-/// written: the second layer's image-to-token scores and residual read them.
+/// `P0` and `s` of a block are in cache (`Next::Factored`), and keeps both for the second
+/// layer's image-to-token scores, which read the first layer's keys the same way
+/// (`Scores::Factored`: `(keys + pe) . (W_q kt)` is the per-frame `(g0 * Xc) W_q` times `kt`, plus
+/// `P0 . (D W_q kt)`, times `s`, plus the model's `(pe + b0) W_q + b_q` times `kt`). The first
+/// layer's keys are still written: the second layer's residual adds to them.
 struct Factored {
     /// `pe W_k` (no bias) per head, packed `[dh, pixels]`.
     kpe: Vec<WeightPanels>,
+    /// The second layer's image-to-token queries' model part, `(pe + b0) W_q + b_q` per head,
+    /// packed `[dh, pixels]` ([`Scores::Factored`]).
+    qpe: Vec<WeightPanels>,
     /// `b0 W_v + b_v`.
     cv: Vec<f32>,
 }
@@ -370,6 +377,9 @@ pub struct FramePrep {
 struct FactoredFrame {
     k: Vec<WeightPanels>,
     v: Vec<WeightPanels>,
+    /// `(g0 * Xc) W_q` of the second layer's image-to-token queries, per head, packed
+    /// `[dh, pixels]` ([`Scores::Factored`]).
+    q: Vec<WeightPanels>,
 }
 
 /// Pixels per row block of the image-to-token pass: its scores and residual (96 x C floats)
@@ -402,6 +412,12 @@ pub struct Scratch {
     /// [`Next::Factored`]: a block's norm scales and packed `P0`, the rows `D`, `B = D R`,
     /// the accumulated values `E^T (s Vf)` (`[heads*T, dh]`) and `E^T (s P0)`.
     block_s1: Vec<f32>,
+    /// The first layer's `P0` (its blocks' `[ht0, rows]` one after the other) and norm scales
+    /// of every pixel, kept for the second layer's scores ([`Scores::Factored`]), and `D W_q kt`
+    /// (`[ht0, heads*T]`) for them.
+    p0_all: Vec<f32>,
+    s0_all: Vec<f32>,
+    db: Vec<f32>,
     p0_pack: WeightPanels,
     d1: Vec<f32>,
     b: Vec<f32>,
@@ -465,6 +481,19 @@ enum Scores<'a> {
     },
     /// `(keys + pe) . R + c`, `R` token-major in `Scratch::r_pack`: `[rows, T, heads]`.
     Dense(&'a [f32]),
+    /// The second layer's scores through the first layer's norm ([`Factored`]): per head
+    /// `kt` times the frame's `(g0 * Xc) W_q` (`qf`), plus `P0 . db` (`db = D W_q kt`,
+    /// `[ht0, heads*T]`; `p0` and the norm's scales `s0` kept by the first layer's pass), times
+    /// the scale, plus `kt` times the model's `(pe + b0) W_q + b_q` (`qpe`): head-major
+    /// `[heads, T, rows]`.
+    Factored {
+        qf: &'a [WeightPanels],
+        qpe: &'a [WeightPanels],
+        kt: &'a [f32],
+        p0: &'a [f32],
+        s0: &'a [f32],
+        db: &'a [f32],
+    },
 }
 
 /// The attention that reads a pass's new keys ([`NativeDecoder::i2t_pass`]), its queries
@@ -920,9 +949,17 @@ impl NativeDecoder {
             );
         }
         let n = side * side;
-        let factored = blocks.get(1).map(|b1| Factored {
-            kpe: pack_heads(&b1.t2i.k.product(kernel, &pe, n), n, b1.t2i.heads),
-            cv: b1.t2i.v.applied(kernel, &blocks[0].norm4.b, 1),
+        let factored = blocks.get(1).map(|b1| {
+            let b0 = &blocks[0].norm4.b;
+            let pe_b0: Vec<f32> = pe
+                .chunks_exact(c)
+                .flat_map(|row| row.iter().zip(b0).map(|(p, b)| p + b))
+                .collect();
+            Factored {
+                kpe: pack_heads(&b1.t2i.k.product(kernel, &pe, n), n, b1.t2i.heads),
+                qpe: pack_heads(&b1.i2t.q.applied(kernel, &pe_b0, n), n, b1.i2t.heads),
+                cv: b1.t2i.v.applied(kernel, b0, 1),
+            }
         });
         Ok(NativeDecoder {
             file: file.to_path_buf(),
@@ -947,6 +984,14 @@ impl NativeDecoder {
             pe,
             factored,
         })
+    }
+
+    /// This decoder with every attention computed densely (no [`Factored`] forms): the path a
+    /// decoder of other than two layers takes for its later layers, kept checkable against
+    /// tract on SAM's.
+    pub fn unfactored(mut self) -> Self {
+        self.factored = None;
+        self
     }
 
     pub fn file(&self) -> &Path {
@@ -984,7 +1029,7 @@ impl NativeDecoder {
         let dh = t2i.dh();
         let k0 = t2i.k.applied(k, &src_pe, n);
         let v0 = t2i.v.applied(k, &src, n);
-        let fac = self.blocks.get(1).map(|b1| {
+        let fac = self.factored.as_ref().and(self.blocks.get(1)).map(|b1| {
             // g0 * (src - mean): the frame's part of the first layer's normed keys
             let g = &b0.norm4.g;
             let mut xc = src.clone();
@@ -997,7 +1042,9 @@ impl NativeDecoder {
             let a = &b1.t2i;
             let (ci, dh) = (a.q.out, a.dh());
             let v = a.v.product(k, &xc, n);
+            let i2t = &b1.i2t;
             FactoredFrame {
+                q: pack_heads(&i2t.q.product(k, &xc, n), n, i2t.heads),
                 k: pack_heads(&a.k.product(k, &xc, n), n, a.heads),
                 v: (0..n)
                     .step_by(I2T_ROWS)
@@ -1181,7 +1228,7 @@ impl NativeDecoder {
     }
 
     /// One block of [`Next::Factored`] in the first layer's pass: `P0` of the block in
-    /// `s.block_scores` (head-major, `[ht0, rows]`), its norm scales in `s.block_s1`. Scores
+    /// `s.p0_all` (head-major, `[ht0, rows]` from `r0 * ht0`), its norm scales in `s.s0_all`. Scores
     /// `[hn, rows]` = per head `q . Kf` + `B^T P0^T`, times `s`, + per head `q . Kpe`; the
     /// softmax along each row online (maxima in `s.max`, sums in `s.sum`); then
     /// `gf += (E s) . Vf` per head and `hacc += (E s) . P0`.
@@ -1198,7 +1245,7 @@ impl NativeDecoder {
         let (nh, ci, dh) = (a.heads, a.q.out, a.dh());
         let hn = nh * tn;
         let cols = r0..r0 + rows;
-        let p0 = &s.block_scores[..rows * ht0];
+        let p0 = &s.p0_all[r0 * ht0..(r0 + rows) * ht0];
         let st = grow(&mut s.next_scores, hn * rows);
         for h in 0..nh {
             let w = (&ff.k[h], cols.clone());
@@ -1219,7 +1266,7 @@ impl NativeDecoder {
             s.p0_pack.repack(p0, ht0, rows, (rows, 1));
             mul_add(k, &s.b, (hn, 1, hn), &s.p0_pack, st, rows);
         }
-        let s1 = &s.block_s1[..rows];
+        let s1 = &s.s0_all[r0..r0 + rows];
         for row in st.chunks_exact_mut(rows) {
             row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
         }
@@ -1340,8 +1387,9 @@ impl NativeDecoder {
         let (c, n, ci, dh, k) = (self.c, self.pixels(), a.q.out, a.dh(), self.kernel);
         let ht = a.heads * t;
         // The scores' columns, and so U's rows: head-major (`h*t + j`) where they come per head
-        // (`Scores::Heads`), token-major (`j*heads + h`) where they come from one product.
-        let head_major = matches!(scores, Scores::Heads { .. });
+        // (`Scores::Heads`, `Scores::Factored`), token-major (`j*heads + h`) where they come
+        // from one product.
+        let head_major = !matches!(scores, Scores::Dense(_));
         let u = grow(&mut s.u, ht * c);
         for h in 0..a.heads {
             let (at, rs) = match head_major {
@@ -1373,9 +1421,19 @@ impl NativeDecoder {
                 grow(&mut s.hacc, hn * ht).fill(0.0);
             }
         }
+        // A factored next attention's pass keeps every block's P0 and norm scales (the next
+        // layer's scores read them again)
+        let keep = matches!(next, Next::Factored { .. });
+        if keep {
+            grow(&mut s.p0_all, n * ht);
+            grow(&mut s.s0_all, n);
+        }
         for r0 in (0..n).step_by(I2T_ROWS) {
             let rows = I2T_ROWS.min(n - r0);
-            let sc = grow(&mut s.block_scores, rows * ht);
+            let sc = match keep {
+                true => &mut s.p0_all[r0 * ht..(r0 + rows) * ht],
+                false => grow(&mut s.block_scores, rows * ht),
+            };
             let xpe = grow(&mut s.block_pe, rows * c);
             // the block's scores softmaxed over each head's tokens: `[heads, t, rows]` (a
             // pixel's tokens `rows` apart) or `[rows, t, heads]` (`heads` apart)
@@ -1385,6 +1443,39 @@ impl NativeDecoder {
                     for (h, q) in q.iter().enumerate() {
                         let (a, w) = (&kt[h * dh..], (q, r0..r0 + rows));
                         mul_cols(k, a, (t, ci, 1), w, &mut sc[h * t * rows..], rows, false);
+                    }
+                    softmax::softmax_interleaved(k, sc, t, rows);
+                    (1, rows)
+                }
+                Scores::Factored {
+                    qf,
+                    qpe,
+                    kt,
+                    p0,
+                    s0,
+                    db,
+                } => {
+                    let cols = r0..r0 + rows;
+                    for (h, q) in qf.iter().enumerate() {
+                        let (a, w) = (&kt[h * dh..], (q, cols.clone()));
+                        mul_cols(k, a, (t, ci, 1), w, &mut sc[h * t * rows..], rows, false);
+                    }
+                    // + db^T P0^T, P0's block read in place (whole panels: 96 rows)
+                    let ht0 = db.len() / ht;
+                    let p0 = &p0[r0 * ht0..(r0 + rows) * ht0];
+                    if rows.is_multiple_of(lin::NR) {
+                        mul_add_rows(k, db, (ht, 1, ht), (p0, ht0, rows), sc, rows);
+                    } else {
+                        s.p0_pack.repack(p0, ht0, rows, (rows, 1));
+                        mul_add(k, db, (ht, 1, ht), &s.p0_pack, sc, rows);
+                    }
+                    let s0 = &s0[cols.clone()];
+                    for row in sc.chunks_exact_mut(rows) {
+                        row.iter_mut().zip(s0).for_each(|(v, f)| *v *= f);
+                    }
+                    for (h, q) in qpe.iter().enumerate() {
+                        let (a, w) = (&kt[h * dh..], (q, cols.clone()));
+                        mul_cols(k, a, (t, ci, 1), w, &mut sc[h * t * rows..], rows, true);
                     }
                     softmax::softmax_interleaved(k, sc, t, rows);
                     (1, rows)
@@ -1404,7 +1495,10 @@ impl NativeDecoder {
             mul(k, sc, dims, &s.u_pack, Some(&a.o.b), delta, c);
             // a factored next attention reads the positional encoding from its tables
             let pe_out = matches!(next, Next::Dense);
-            let s1 = grow(&mut s.block_s1, rows);
+            let s1 = match keep {
+                true => &mut s.s0_all[r0..r0 + rows],
+                false => grow(&mut s.block_s1, rows),
+            };
             for (i, d) in delta.chunks_exact(c).enumerate() {
                 let at = (r0 + i) * c..(r0 + i + 1) * c;
                 s1[i] = add_norm_pe_row(
@@ -1600,9 +1694,30 @@ impl NativeDecoder {
             // (`softmax_interleaved`), as it is on the first layer's `[heads, T, rows]`.
             let hs = a.heads;
             let c2;
+            // the first layer's P0 and norm scales, taken out of `s` while the second layer's
+            // pass reads them (`Scores::Factored`)
+            let (mut p0_all, mut s0_all, mut db) =
+                (Vec::new(), Vec::new(), std::mem::take(&mut s.db));
             let scores = if li == 0 {
                 // scores[h, j, i] = q0[i, head h] . kt[j, head h]
                 Scores::Heads { q: &f.q0, kt: &kt }
+            } else if let (1, Some((fm, ff))) = (li, factored) {
+                // through the first layer's norm: D W_q kt ([ht0, ht]) for P0's part
+                let ht0 = self.blocks[0].i2t.heads * t;
+                let r = grow(&mut s.r, c * ht);
+                fold_heads(k, &a.q, &kt, t, hs, r);
+                s.r_pack.repack(r, c, ht, (ht, 1));
+                grow(&mut db, ht0 * ht);
+                mul(k, &s.d1, (ht0, c, 1), &s.r_pack, None, &mut db, ht);
+                (p0_all, s0_all) = (std::mem::take(&mut s.p0_all), std::mem::take(&mut s.s0_all));
+                Scores::Factored {
+                    qf: &ff.q,
+                    qpe: &fm.qpe,
+                    kt: &kt,
+                    p0: &p0_all,
+                    s0: &s0_all,
+                    db: &db[..ht0 * ht],
+                }
             } else {
                 // scores = (keys + pe) . R2 + c2, R2[:, j*heads + h] = W_q[:, head h] .
                 // kt[j, head h] (`fold_heads` writes head-major columns `h*t + j`, read
@@ -1641,6 +1756,10 @@ impl NativeDecoder {
                 (nx, ht_next),
                 s,
             );
+            if !p0_all.is_empty() {
+                (s.p0_all, s.s0_all) = (p0_all, s0_all);
+            }
+            s.db = db;
             let out = match fac {
                 Some((fm, _)) => self.attn_values_factored(fm, nt, a.heads * t, s),
                 None => self.attn_values(na, nt, s),
