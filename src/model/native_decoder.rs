@@ -165,7 +165,7 @@ fn product(
 }
 
 /// `y = x W + b` for `rows` rows; `w` is `[inp, out]` row-major (kept for the products that
-/// fold a projection into the tokens), `p` the same packed.
+/// fold a projection into the tokens, empty after [`Linear::packed_only`]), `p` the same packed.
 #[derive(Clone, Debug)]
 struct Linear {
     w: Vec<f32>,
@@ -179,6 +179,14 @@ impl Linear {
     fn new(w: Vec<f32>, b: Vec<f32>, inp: usize, out: usize) -> Self {
         let p = WeightPanels::pack(&w, inp, out, (out, 1));
         Linear { w, p, b, inp, out }
+    }
+
+    /// This layer without its unpacked weights, for a layer only ever applied (not folded):
+    /// the MLPs', the value and output projections' once packed per head (~12 MB of
+    /// LiteMedSAM's decoder that was never read again).
+    fn packed_only(mut self) -> Self {
+        self.w = Vec::new();
+        self
     }
 
     fn apply(&self, k: Kernel, x: &[f32], rows: usize, y: &mut [f32]) {
@@ -244,11 +252,12 @@ impl Attn {
         let o_heads = (0..heads)
             .map(|h| WeightPanels::pack(&o.w[h * dh * o.out..], dh, o.out, (o.out, 1)))
             .collect();
+        // q and k keep their unpacked weights: queries are folded into them (`fold_heads`)
         Attn {
             q,
             k,
-            v,
-            o,
+            v: v.packed_only(),
+            o: o.packed_only(),
             heads,
             v_heads,
             o_heads,
@@ -776,7 +785,7 @@ impl<'a> Source<'a> {
     fn mlp(&self, module: &str) -> Result<Mlp> {
         let mut layers = Vec::new();
         while let Ok(l) = self.gemm_layer(&format!("{module}/layers.{}", layers.len())) {
-            layers.push(l);
+            layers.push(l.packed_only());
         }
         ensure!(!layers.is_empty(), self.missing(module));
         Ok(Mlp(layers))
@@ -887,8 +896,8 @@ impl NativeDecoder {
                 norm1: src.norm(&format!("{p}/norm1"), c)?,
                 t2i: src.attn(&format!("{p}/cross_attn_token_to_image"))?,
                 norm2: src.norm(&format!("{p}/norm2"), c)?,
-                lin1: src.matmul(&format!("{p}/mlp/lin1"))?,
-                lin2: src.matmul(&format!("{p}/mlp/lin2"))?,
+                lin1: src.matmul(&format!("{p}/mlp/lin1"))?.packed_only(),
+                lin2: src.matmul(&format!("{p}/mlp/lin2"))?.packed_only(),
                 norm3: src.norm(&format!("{p}/norm3"), c)?,
                 i2t: src.attn(&format!("{p}/cross_attn_image_to_token"))?,
                 norm4: src.norm(&format!("{p}/norm4"), c)?,
@@ -950,14 +959,18 @@ impl NativeDecoder {
         }
         let n = side * side;
         let factored = blocks.get(1).map(|b1| {
-            let b0 = &blocks[0].norm4.b;
-            let pe_b0: Vec<f32> = pe
-                .chunks_exact(c)
-                .flat_map(|row| row.iter().zip(b0).map(|(p, b)| p + b))
-                .collect();
+            let (b0, q) = (&blocks[0].norm4.b, &b1.i2t.q);
+            // temporaries one at a time (see `prepare`)
+            let kpe = pack_heads(&b1.t2i.k.product(kernel, &pe, n), n, b1.t2i.heads);
+            // (pe + b0) W_q + b_q: the product of pe, plus the constant row b0 W_q + b_q
+            let mut qpe = q.product(kernel, &pe, n);
+            let row0 = q.applied(kernel, b0, 1);
+            for row in qpe.chunks_exact_mut(q.out) {
+                row.iter_mut().zip(&row0).for_each(|(v, c)| *v += c);
+            }
             Factored {
-                kpe: pack_heads(&b1.t2i.k.product(kernel, &pe, n), n, b1.t2i.heads),
-                qpe: pack_heads(&b1.i2t.q.applied(kernel, &pe_b0, n), n, b1.i2t.heads),
+                kpe,
+                qpe: pack_heads(&qpe, n, b1.i2t.heads),
                 cv: b1.t2i.v.applied(kernel, b0, 1),
             }
         });
