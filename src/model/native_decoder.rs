@@ -1036,12 +1036,12 @@ impl NativeDecoder {
                 src[i * c + ch] = v + self.no_mask[ch];
             }
         }
-        let src_pe: Vec<f32> = src.iter().zip(&self.pe).map(|(a, b)| a + b).collect();
+        // Each product is packed and its temporary dropped before the next: the heap keeps
+        // what it has mapped (`crate::heap`), so temporaries alive together would raise the
+        // process's peak for good.
         let b0 = &self.blocks[0];
         let (t2i, ci) = (&b0.t2i, b0.t2i.q.out);
         let dh = t2i.dh();
-        let k0 = t2i.k.applied(k, &src_pe, n);
-        let v0 = t2i.v.applied(k, &src, n);
         let fac = self.factored.as_ref().and(self.blocks.get(1)).map(|b1| {
             // g0 * (src - mean): the frame's part of the first layer's normed keys
             let g = &b0.norm4.g;
@@ -1052,30 +1052,35 @@ impl NativeDecoder {
                     .zip(g)
                     .for_each(|(v, g)| *v = (*v - mean) * g);
             }
-            let a = &b1.t2i;
-            let (ci, dh) = (a.q.out, a.dh());
+            let (a, i2t) = (&b1.t2i, &b1.i2t);
+            let (ci, dh) = (a.v.out, a.dh());
+            let q = pack_heads(&i2t.q.product(k, &xc, n), n, i2t.heads);
+            let kf = pack_heads(&a.k.product(k, &xc, n), n, a.heads);
             let v = a.v.product(k, &xc, n);
-            let i2t = &b1.i2t;
-            FactoredFrame {
-                q: pack_heads(&i2t.q.product(k, &xc, n), n, i2t.heads),
-                k: pack_heads(&a.k.product(k, &xc, n), n, a.heads),
-                v: (0..n)
-                    .step_by(I2T_ROWS)
-                    .flat_map(|r0| (0..a.heads).map(move |h| (r0, h)))
-                    .map(|(r0, h)| {
-                        let rows = I2T_ROWS.min(n - r0);
-                        WeightPanels::pack(&v[r0 * ci + h * dh..], rows, dh, (ci, 1))
-                    })
-                    .collect(),
-            }
+            drop(xc);
+            let v = (0..n)
+                .step_by(I2T_ROWS)
+                .flat_map(|r0| (0..a.heads).map(move |h| (r0, h)))
+                .map(|(r0, h)| {
+                    let rows = I2T_ROWS.min(n - r0);
+                    WeightPanels::pack(&v[r0 * ci + h * dh..], rows, dh, (ci, 1))
+                })
+                .collect();
+            FactoredFrame { q, k: kf, v }
         });
+        let src_pe: Vec<f32> = src.iter().zip(&self.pe).map(|(a, b)| a + b).collect();
+        let q0 = pack_heads(&b0.i2t.q.applied(k, &src_pe, n), n, b0.i2t.heads);
+        let k0 = pack_heads(&t2i.k.applied(k, &src_pe, n), n, t2i.heads);
+        drop(src_pe);
+        let v0 = t2i.v.applied(k, &src, n);
+        let v0 = (0..t2i.heads)
+            .map(|h| WeightPanels::pack(&v0[h * dh..], n, dh, (ci, 1)))
+            .collect();
         Ok(FramePrep {
             fac,
-            q0: pack_heads(&b0.i2t.q.applied(k, &src_pe, n), n, b0.i2t.heads),
-            k0: pack_heads(&k0, n, t2i.heads),
-            v0: (0..t2i.heads)
-                .map(|h| WeightPanels::pack(&v0[h * dh..], n, dh, (ci, 1)))
-                .collect(),
+            q0,
+            k0,
+            v0,
             src,
         })
     }
