@@ -11,22 +11,9 @@ use std::time::Instant;
 use sonomask::model::fast_ops::linear::{WeightPanels, multiply, multiply_add_rows};
 use sonomask::simd::Kernel;
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) - 0.5
-        })
-        .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{median, values};
 
 /// How A is laid out: rows contiguous, or columns contiguous (the head-major scores).
 #[derive(Clone, Copy)]
@@ -60,31 +47,27 @@ fn main() {
     println!("|---|---|---|{}", "---|---|---|".repeat(kernels.len()));
     let mut totals = vec![0f64; kernels.len()];
     for (name, (m, k, n), a_at, w_at, calls) in [
+        // a per-head product of the tokens with a per-frame or per-model table: the first
+        // layer's image-to-token scores, the second layer's token-to-image scores (two tables)
+        // and its image-to-token scores (two tables)
         (
             "scores per head (7 tokens)",
             (7, 16, 96),
             A::Rows,
             W::Packed,
-            24,
+            40,
         ),
         (
-            "residual, head-major scores",
+            "residual (head-major scores)",
             (96, 56, 256),
             A::Cols,
             W::Packed,
-            1,
+            2,
         ),
-        (
-            "residual, token-major scores",
-            (96, 56, 256),
-            A::Rows,
-            W::Packed,
-            1,
-        ),
-        ("B^T P0^T", (56, 56, 96), A::Cols, W::InPlace, 1),
+        // B^T P0^T and (D W_q kt)^T P0^T
+        ("P0 terms", (56, 56, 96), A::Cols, W::InPlace, 2),
         ("values per head", (7, 96, 16), A::Rows, W::Packed, 8),
         ("hacc", (56, 96, 56), A::Rows, W::Packed, 1),
-        ("dense scores", (96, 256, 56), A::Rows, W::Packed, 1),
         (
             "final scores (IoU token)",
             (96, 256, 8),
@@ -93,6 +76,14 @@ fn main() {
             1,
         ),
         ("G += E^T keys", (8, 96, 256), A::Cols, W::InPlace, 1),
+        // the dense scores of a decoder that is not SAM's two layers (not in the block)
+        (
+            "dense scores (other depths)",
+            (96, 256, 56),
+            A::Rows,
+            W::Packed,
+            0,
+        ),
     ] {
         let a = values(m * k, 1);
         let (rsa, csa) = match a_at {
@@ -150,9 +141,10 @@ fn main() {
     row_kernels(&kernels, rounds);
 }
 
-/// The block's row kernels: the image tokens' residual add + norm (+ positional encoding) of
-/// both layers, the first layer's softmax over each head's 7 tokens (head-major, interleaved
-/// by pixel) and the second's online softmax along rows.
+/// The block's row kernels: the image tokens' residual add + norm of both layers (timed with
+/// the positional encoding's output), both layers' softmax over each head's 7 tokens
+/// (head-major, interleaved by pixel) and the first layer's pass's online softmax along rows
+/// (the second layer's token-to-image attention).
 fn row_kernels(kernels: &[Kernel], rounds: usize) {
     use sonomask::simd::{layer_norm, softmax};
     let (rows, c, t, heads) = (96, 256, 7, 8);
@@ -187,7 +179,7 @@ fn row_kernels(kernels: &[Kernel], rounds: usize) {
     };
     // each timed call overwrites what it reads next time from copies made here, once
     let (mut x, mut out) = (x0.clone(), vec![0f32; rows * c]);
-    time("add + norm + pe (first layer)", 1, &mut |k| {
+    time("add + norm (+ pe): both layers", 2, &mut |k| {
         for ((xr, dr), (pr, or)) in x
             .chunks_exact_mut(c)
             .zip(d.chunks_exact(c))
@@ -198,7 +190,7 @@ fn row_kernels(kernels: &[Kernel], rounds: usize) {
         std::hint::black_box(&out);
     });
     let mut x = scores0.clone();
-    time("softmax over 7 tokens a head", 1, &mut |k| {
+    time("softmax over 7 tokens a head: both layers", 2, &mut |k| {
         x.copy_from_slice(&scores0);
         softmax::softmax_interleaved(k, &mut x, t, rows);
         std::hint::black_box(&x);

@@ -13,22 +13,9 @@ use std::time::Instant;
 use sonomask::model::fast_ops::linear::{WeightPanels, multiply};
 use sonomask::simd::Kernel;
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) - 0.5
-        })
-        .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{median, values};
 
 fn main() {
     let rounds: usize = std::env::var("ROUNDS")

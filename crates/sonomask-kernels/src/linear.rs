@@ -451,73 +451,42 @@ trait Lanes: Copy {
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
 }
 
+/// `8 * Q` lanes in `Q` AVX2 registers: [`NR`] (`Q = 2`) or [`HALF`] (`Q = 1`).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Avx2Lanes([std::arch::x86_64::__m256; 2]);
+struct Avx2Lanes<const Q: usize>([std::arch::x86_64::__m256; Q]);
 
 #[cfg(target_arch = "x86_64")]
-impl Lanes for Avx2Lanes {
+impl<const Q: usize> Lanes for Avx2Lanes<Q> {
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
         use std::arch::x86_64::*;
         // SAFETY: the caller's contract.
-        unsafe { Avx2Lanes([_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]) }
+        Avx2Lanes(std::array::from_fn(|q| unsafe {
+            _mm256_loadu_ps(p.add(8 * q))
+        }))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         use std::arch::x86_64::*;
-        // SAFETY: the caller's contract.
-        unsafe {
-            _mm256_storeu_ps(p, self.0[0]);
-            _mm256_storeu_ps(p.add(8), self.0[1]);
+        for (q, v) in self.0.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_storeu_ps(p.add(8 * q), *v) };
         }
     }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
-        use std::arch::x86_64::*;
         // SAFETY: the caller's contract.
-        let x = unsafe { _mm256_set1_ps(v) };
-        Avx2Lanes([x, x])
+        let x = unsafe { std::arch::x86_64::_mm256_set1_ps(v) };
+        Avx2Lanes([x; Q])
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
         use std::arch::x86_64::*;
         // SAFETY: the caller's contract.
-        unsafe {
-            Avx2Lanes([
-                _mm256_fmadd_ps(a.0[0], b.0[0], c.0[0]),
-                _mm256_fmadd_ps(a.0[1], b.0[1], c.0[1]),
-            ])
-        }
-    }
-}
-
-/// [`HALF`] lanes: one AVX2 register.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx2Half(std::arch::x86_64::__m256);
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx2Half {
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { Avx2Half(std::arch::x86_64::_mm256_loadu_ps(p)) }
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        // SAFETY: the caller's contract.
-        unsafe { std::arch::x86_64::_mm256_storeu_ps(p, self.0) }
-    }
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { Avx2Half(std::arch::x86_64::_mm256_set1_ps(v)) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe { Avx2Half(std::arch::x86_64::_mm256_fmadd_ps(a.0, b.0, c.0)) }
+        Avx2Lanes(std::array::from_fn(|q| unsafe {
+            _mm256_fmadd_ps(a.0[q], b.0[q], c.0[q])
+        }))
     }
 }
 
@@ -549,12 +518,13 @@ impl Lanes for Avx512Lanes {
     }
 }
 
+/// `4 * Q` lanes in `Q` NEON registers: [`NR`] (`Q = 4`) or [`HALF`] (`Q = 2`).
 #[cfg(target_arch = "aarch64")]
 #[derive(Clone, Copy)]
-struct NeonLanes([std::arch::aarch64::float32x4_t; 4]);
+struct NeonLanes<const Q: usize>([std::arch::aarch64::float32x4_t; Q]);
 
 #[cfg(target_arch = "aarch64")]
-impl Lanes for NeonLanes {
+impl<const Q: usize> Lanes for NeonLanes<Q> {
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
         use std::arch::aarch64::*;
@@ -573,50 +543,13 @@ impl Lanes for NeonLanes {
     unsafe fn splat(v: f32) -> Self {
         // SAFETY: the caller's contract.
         let x = unsafe { std::arch::aarch64::vdupq_n_f32(v) };
-        NeonLanes([x; 4])
+        NeonLanes([x; Q])
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
         use std::arch::aarch64::*;
         // SAFETY: the caller's contract.
         NeonLanes(std::array::from_fn(|q| unsafe {
-            vfmaq_f32(c.0[q], a.0[q], b.0[q])
-        }))
-    }
-}
-
-/// [`HALF`] lanes: two NEON registers.
-#[cfg(target_arch = "aarch64")]
-#[derive(Clone, Copy)]
-struct NeonHalf([std::arch::aarch64::float32x4_t; 2]);
-
-#[cfg(target_arch = "aarch64")]
-impl Lanes for NeonHalf {
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        use std::arch::aarch64::*;
-        // SAFETY: the caller's contract.
-        NeonHalf(std::array::from_fn(|q| unsafe { vld1q_f32(p.add(4 * q)) }))
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        use std::arch::aarch64::*;
-        for (q, v) in self.0.iter().enumerate() {
-            // SAFETY: the caller's contract.
-            unsafe { vst1q_f32(p.add(4 * q), *v) };
-        }
-    }
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> Self {
-        // SAFETY: the caller's contract.
-        let x = unsafe { std::arch::aarch64::vdupq_n_f32(v) };
-        NeonHalf([x; 2])
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        use std::arch::aarch64::*;
-        // SAFETY: the caller's contract.
-        NeonHalf(std::array::from_fn(|q| unsafe {
             vfmaq_f32(c.0[q], a.0[q], b.0[q])
         }))
     }
@@ -693,7 +626,7 @@ unsafe fn block_lanes<V: Lanes, const P: usize, const R: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the features are this function's.
-    unsafe { block_rows::<Avx2Lanes>(b, c, rs_c) }
+    unsafe { block_rows::<Avx2Lanes<2>>(b, c, rs_c) }
 }
 
 /// # Safety
@@ -702,7 +635,7 @@ unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2_half(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the features are this function's.
-    unsafe { block_rows::<Avx2Half>(b, c, rs_c) }
+    unsafe { block_rows::<Avx2Lanes<1>>(b, c, rs_c) }
 }
 
 /// A 6 x 16 block in one 512-bit register per row: a lone panel on AVX-512 (6 accumulators,
@@ -756,7 +689,7 @@ unsafe fn block_avx512_pair_tall(b: &Block, w1: *const f32, c: *mut f32, rs_c: u
 #[target_feature(enable = "neon")]
 unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the feature is this function's.
-    unsafe { block_rows::<NeonLanes>(b, c, rs_c) }
+    unsafe { block_rows::<NeonLanes<4>>(b, c, rs_c) }
 }
 
 /// # Safety
@@ -765,7 +698,7 @@ unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
 #[target_feature(enable = "neon")]
 unsafe fn block_neon_half(b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract; the feature is this function's.
-    unsafe { block_rows::<NeonHalf>(b, c, rs_c) }
+    unsafe { block_rows::<NeonLanes<2>>(b, c, rs_c) }
 }
 
 #[cfg(test)]
