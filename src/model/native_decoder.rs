@@ -418,8 +418,9 @@ pub struct Scratch {
     block_max: Vec<f32>,
     block_sum: Vec<f32>,
     rescale: Vec<f32>,
-    /// [`Next::Factored`]: a block's norm scales and packed `P0`, the rows `D`, `B = D R`,
-    /// the accumulated values `E^T (s Vf)` (`[heads*T, dh]`) and `E^T (s P0)`.
+    /// A block's norm scales (a factored pass keeps every block's in `s0_all`); for
+    /// [`Next::Factored`] the packed `P0`, the rows `D`, `B = D R`, the accumulated values
+    /// `E^T (s Vf)` (`[heads*T, dh]`) and `E^T (s P0)`.
     block_s1: Vec<f32>,
     /// The first layer's `P0` (its blocks' `[ht0, rows]` one after the other) and norm scales
     /// of every pixel, kept for the second layer's scores ([`Scores::Factored`]), and `D W_q kt`
