@@ -556,6 +556,51 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// Scores `[heads * t, rows]` (head-major) of `t` query rows per head (`q`, `[t, Ci]`) against
+/// the first layer's keys read through its norm ([`Factored`]), for the pixels `cols`: per head
+/// `q` times the per-frame table (`kf`), plus `b^T P0^T` (`b` `[ht0, heads*t]`, `p0` the
+/// block's `[ht0, rows]`, read in place where its rows are whole panels, else packed into
+/// `pack`), times the norm's scale per pixel, plus per head `q` times the per-model table
+/// (`kpe`). Both the second layer's attentions score this way.
+fn factored_scores(
+    k: Kernel,
+    (q, t): (&[f32], usize),
+    (kf, kpe): (&[WeightPanels], &[WeightPanels]),
+    (b, p0, scale): (&[f32], &[f32], &[f32]),
+    pack: &mut WeightPanels,
+    cols: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let (rows, heads) = (cols.len(), kf.len());
+    let (ci, hn) = (q.len() / t, heads * t);
+    let (dh, ht0) = (ci / heads, p0.len() / rows);
+    let per_head = |tables: &[WeightPanels], out: &mut [f32], accumulate: bool| {
+        for (h, w) in tables.iter().enumerate() {
+            let (a, w) = (&q[h * dh..], (w, cols.clone()));
+            mul_cols(
+                k,
+                a,
+                (t, ci, 1),
+                w,
+                &mut out[h * t * rows..],
+                rows,
+                accumulate,
+            );
+        }
+    };
+    per_head(kf, out, false);
+    if rows.is_multiple_of(lin::NR) {
+        mul_add_rows(k, b, (hn, 1, hn), (p0, ht0, rows), out, rows);
+    } else {
+        pack.repack(p0, ht0, rows, (rows, 1));
+        mul_add(k, b, (hn, 1, hn), pack, out, rows);
+    }
+    for row in out.chunks_exact_mut(rows) {
+        row.iter_mut().zip(scale).for_each(|(v, f)| *v *= f);
+    }
+    per_head(kpe, out, true);
+}
+
 /// Per head `h`, `[c, t]` = `W[:, head h] . q[:, head h]^T` into columns `h*t..` of `r`
 /// (`[c, heads*t]`): the projection folded into the tokens (`W` `[c, Ci]` row-major, `q`
 /// `[t, Ci]`).
@@ -1261,46 +1306,22 @@ impl NativeDecoder {
     ) {
         let k = self.kernel;
         let a = &self.blocks[1].t2i;
-        let (nh, ci, dh) = (a.heads, a.q.out, a.dh());
+        let (nh, dh) = (a.heads, a.dh());
         let hn = nh * tn;
         let cols = r0..r0 + rows;
         let p0 = &s.p0_all[r0 * ht0..(r0 + rows) * ht0];
         let st = grow(&mut s.next_scores, hn * rows);
-        for h in 0..nh {
-            let w = (&ff.k[h], cols.clone());
-            mul_cols(
-                k,
-                &q[h * dh..],
-                (tn, ci, 1),
-                w,
-                &mut st[h * tn * rows..],
-                rows,
-                false,
-            );
-        }
-        // + B^T P0^T, P0 read in place where its rows are whole panels
-        if rows.is_multiple_of(lin::NR) {
-            mul_add_rows(k, &s.b, (hn, 1, hn), (p0, ht0, rows), st, rows);
-        } else {
-            s.p0_pack.repack(p0, ht0, rows, (rows, 1));
-            mul_add(k, &s.b, (hn, 1, hn), &s.p0_pack, st, rows);
-        }
-        let s1 = &s.s0_all[r0..r0 + rows];
-        for row in st.chunks_exact_mut(rows) {
-            row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
-        }
-        for h in 0..nh {
-            let w = (&fm.kpe[h], cols.clone());
-            mul_cols(
-                k,
-                &q[h * dh..],
-                (tn, ci, 1),
-                w,
-                &mut st[h * tn * rows..],
-                rows,
-                true,
-            );
-        }
+        let scale = &s.s0_all[cols.clone()];
+        let tables = (ff.k.as_slice(), fm.kpe.as_slice());
+        factored_scores(
+            k,
+            (q, tn),
+            tables,
+            (&s.b, p0, scale),
+            &mut s.p0_pack,
+            cols,
+            st,
+        );
         // the softmax along each row, online
         let (max, bmax) = (&mut s.max[..hn], grow(&mut s.block_max, hn));
         softmax::row_maxima(k, st, rows, bmax);
@@ -1317,7 +1338,7 @@ impl NativeDecoder {
         softmax::row_exp_sums(k, st, rows, max, bsum);
         for ((row, sum), b) in st.chunks_exact_mut(rows).zip(s.sum.iter_mut()).zip(bsum) {
             *sum += *b;
-            row.iter_mut().zip(s1).for_each(|(v, f)| *v *= f);
+            row.iter_mut().zip(scale).for_each(|(v, f)| *v *= f);
         }
         let blk = r0 / I2T_ROWS;
         for h in 0..nh {
@@ -1474,28 +1495,11 @@ impl NativeDecoder {
                     s0,
                     db,
                 } => {
-                    let cols = r0..r0 + rows;
-                    for (h, q) in qf.iter().enumerate() {
-                        let (a, w) = (&kt[h * dh..], (q, cols.clone()));
-                        mul_cols(k, a, (t, ci, 1), w, &mut sc[h * t * rows..], rows, false);
-                    }
-                    // + db^T P0^T, P0's block read in place (whole panels: 96 rows)
                     let ht0 = db.len() / ht;
                     let p0 = &p0[r0 * ht0..(r0 + rows) * ht0];
-                    if rows.is_multiple_of(lin::NR) {
-                        mul_add_rows(k, db, (ht, 1, ht), (p0, ht0, rows), sc, rows);
-                    } else {
-                        s.p0_pack.repack(p0, ht0, rows, (rows, 1));
-                        mul_add(k, db, (ht, 1, ht), &s.p0_pack, sc, rows);
-                    }
+                    let (cols, pack) = (r0..r0 + rows, &mut s.p0_pack);
                     let s0 = &s0[cols.clone()];
-                    for row in sc.chunks_exact_mut(rows) {
-                        row.iter_mut().zip(s0).for_each(|(v, f)| *v *= f);
-                    }
-                    for (h, q) in qpe.iter().enumerate() {
-                        let (a, w) = (&kt[h * dh..], (q, cols.clone()));
-                        mul_cols(k, a, (t, ci, 1), w, &mut sc[h * t * rows..], rows, true);
-                    }
+                    factored_scores(k, (kt, t), (qf, qpe), (db, p0, s0), pack, cols, sc);
                     softmax::softmax_interleaved(k, sc, t, rows);
                     (1, rows)
                 }

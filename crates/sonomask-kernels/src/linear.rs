@@ -48,7 +48,8 @@ pub const MR: usize = 6;
 const MR_TALL: usize = 8;
 /// Columns per register block and per packed panel.
 pub const NR: usize = 16;
-/// Columns of the half-panel block (AVX2, NEON) that takes a product's last 8 or fewer.
+/// Columns of the half-panel block (AVX2, NEON; AVX-512 for a lone panel) that takes a panel's
+/// last 8 or fewer.
 const HALF: usize = NR / 2;
 /// Longest slice of `k` per pass over a register block (its 6 rows of A: 12 KiB, in L1).
 const KC: usize = 512;
@@ -319,7 +320,7 @@ unsafe fn product(
                     // `usable` where `wide`.
                     unsafe {
                         match (span, tall) {
-                            _ if half => run_half(fma, &block, dst, rs_dst),
+                            _ if half => run_block(fma, true, &block, dst, rs_dst),
                             #[cfg(target_arch = "x86_64")]
                             (2, false) => {
                                 block_avx512_pair(&block, w.panel(panel + 1, p0), dst, rs_dst)
@@ -333,7 +334,7 @@ unsafe fn product(
                             (_, true) => block_avx512_tall(&block, dst, rs_dst),
                             #[cfg(target_arch = "x86_64")]
                             _ if wide => block_avx512(&block, dst, rs_dst),
-                            _ => run_block(fma, &block, dst, rs_dst),
+                            _ => run_block(fma, false, &block, dst, rs_dst),
                         }
                     }
                     if !full {
@@ -367,35 +368,26 @@ struct Block {
     valid: usize,
 }
 
-/// # Safety
-/// `b` addresses what it says; `c` has `b.valid` rows of `NR` values, `rs_c` apart.
-unsafe fn run_block(fma: Option<Kernel>, b: &Block, c: *mut f32, rs_c: usize) {
-    // SAFETY: the caller's contract (the vector path only where its features are present).
-    unsafe {
-        match fma {
-            #[cfg(target_arch = "x86_64")]
-            Some(Kernel::Avx2) => block_avx2(b, c, rs_c),
-            #[cfg(target_arch = "aarch64")]
-            Some(Kernel::Neon) => block_neon(b, c, rs_c),
-            _ => block_scalar(b, c, rs_c),
-        }
-    }
-}
-
-/// [`run_block`] for a block of [`HALF`] columns (`c` and the start: `HALF` values per row);
-/// only the vector paths of one panel a block take it.
+/// A block of one panel on the path `fma` names: [`NR`] columns, or [`HALF`] where `half`
+/// (taken only where `fma` names a vector path).
 ///
 /// # Safety
-/// As [`run_block`], with `HALF` values per row of C and of the start.
-unsafe fn run_half(fma: Option<Kernel>, b: &Block, c: *mut f32, rs_c: usize) {
+/// `b` addresses what it says; `c` has `b.valid` rows of `NR` (`HALF` where `half`) values,
+/// `rs_c` apart.
+unsafe fn run_block(fma: Option<Kernel>, half: bool, b: &Block, c: *mut f32, rs_c: usize) {
     // SAFETY: the caller's contract (the vector path only where its features are present).
     unsafe {
-        match fma {
+        match (fma, half) {
             #[cfg(target_arch = "x86_64")]
-            Some(Kernel::Avx2) => block_avx2_half(b, c, rs_c),
+            (Some(Kernel::Avx2), false) => block_avx2(b, c, rs_c),
+            #[cfg(target_arch = "x86_64")]
+            (Some(Kernel::Avx2), true) => block_avx2_half(b, c, rs_c),
             #[cfg(target_arch = "aarch64")]
-            Some(Kernel::Neon) => block_neon_half(b, c, rs_c),
-            _ => unreachable!("half-panel blocks are taken on the AVX2 and NEON paths only"),
+            (Some(Kernel::Neon), false) => block_neon(b, c, rs_c),
+            #[cfg(target_arch = "aarch64")]
+            (Some(Kernel::Neon), true) => block_neon_half(b, c, rs_c),
+            (_, false) => block_scalar(b, c, rs_c),
+            (_, true) => unreachable!("half-panel blocks are taken on the vector paths only"),
         }
     }
 }
@@ -555,8 +547,9 @@ impl<const Q: usize> Lanes for NeonLanes<Q> {
     }
 }
 
-/// [`block_lanes`] of one panel with exactly `b.valid` rows (1 to [`MR`]): a short block
-/// does only its own rows' multiply-adds (the AVX2 and NEON paths, whose blocks are one panel).
+/// [`block_lanes`] of one panel with exactly `b.valid` rows: a short block does only its own
+/// rows' multiply-adds (the AVX2 and NEON paths, whose blocks are one panel: 1 to [`MR`] rows;
+/// 7 or 8 only in AVX-512's half-panel blocks, a product's last rows).
 ///
 /// # Safety
 /// As [`block_lanes`].
@@ -630,7 +623,7 @@ unsafe fn block_avx2(b: &Block, c: *mut f32, rs_c: usize) {
 }
 
 /// # Safety
-/// AVX2 and FMA present; see [`run_half`].
+/// AVX2 and FMA present; see [`run_block`] (`half`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2_half(b: &Block, c: *mut f32, rs_c: usize) {
@@ -693,7 +686,7 @@ unsafe fn block_neon(b: &Block, c: *mut f32, rs_c: usize) {
 }
 
 /// # Safety
-/// NEON present; see [`run_half`].
+/// NEON present; see [`run_block`] (`half`).
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn block_neon_half(b: &Block, c: *mut f32, rs_c: usize) {
