@@ -11,6 +11,8 @@
 //! sets the passes run before the profiled one (default 3: the heap needs a few to settle).
 //! DECODER=1 profiles the fp32 decoder instead (a box prompt on the frame's embedding), per-node
 //! times summed over RUNS=N passes (default 20) and divided by N.
+//! PRECISION=int8 (with DECODER=1 or FP32_ONLY=1) profiles that precision's model instead of fp32
+//! (the name FP32_ONLY kept: it means one precision, no comparison).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,12 +44,16 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
+    let one = match std::env::var("PRECISION").as_deref() {
+        Ok("int8") => Precision::Int8,
+        _ => Precision::Fp32,
+    };
     if std::env::var("DECODER").as_deref() == Ok("1") {
         sonomask::cli::common::set_threads(env("THREADS", 1)).unwrap();
         let emb = SamEncoder::load(&manifest, Precision::Fp32)
             .and_then(|mut e| e.run(&input))
             .unwrap();
-        let mut dec = SamDecoder::load(&manifest, Precision::Fp32).unwrap();
+        let mut dec = SamDecoder::load(&manifest, one).unwrap();
         let (coords, labels) = ([300f32, 300., 600., 600.], [2f32, 3.]);
         for _ in 0..env("WARMUP", 5) {
             dec.run(&emb, &coords, &labels).unwrap();
@@ -64,7 +70,8 @@ fn main() {
         let prof = by_op(&nodes);
         let total: f64 = prof.iter().map(|x| x.1).sum();
         println!(
-            "fp32 decoder (box) mean of {runs}: {total:.1} ms, synthetic weights {}\n",
+            "{} decoder (box) mean of {runs}: {total:.1} ms, synthetic weights {}\n",
+            one.as_str(),
             s.synthetic
         );
         println!("| op | ms | nodes | share |\n|---|---|---|---|");
@@ -77,7 +84,7 @@ fn main() {
     if std::env::var("FP32_ONLY").as_deref() == Ok("1") {
         let threads = env("THREADS", 1);
         sonomask::cli::common::set_threads(threads).unwrap();
-        let mut enc = SamEncoder::load(&manifest, Precision::Fp32).unwrap();
+        let mut enc = SamEncoder::load(&manifest, one).unwrap();
         // Warm-up passes: the heap settles (freed blocks reused) after a few frames. They are
         // profiled runs too, so that the measured pass allocates as they did (a plain run
         // leaves another heap layout, and the profiled pass then faults fresh pages in).
@@ -89,7 +96,8 @@ fn main() {
         let total: f64 = prof.iter().map(|x| x.1).sum();
         let fma: f64 = nodes.iter().map(|n| n.fma).sum();
         println!(
-            "fp32 encoder total {total:.0} ms, {:.1} G multiply-adds, {:.1} GFLOP/s (synthetic weights {})\n",
+            "{} encoder total {total:.0} ms, {:.1} G multiply-adds, {:.1} GFLOP/s (synthetic weights {})\n",
+            one.as_str(),
             fma / 1e9,
             2.0 * fma / total / 1e6,
             s.synthetic

@@ -62,7 +62,7 @@ pub unsafe fn pack_kt(
                 // SAFETY: rows j0..j0 + 8 of K hold columns p0..p0 + 8; kt rows p0..p0 + 8
                 // hold columns j0..j0 + 8.
                 unsafe {
-                    transpose8_avx2(
+                    crate::transpose::transpose8_avx2(
                         kb.offset(j0 as isize * csb + p0 as isize),
                         csb,
                         kt.as_mut_ptr().add(p0 * npad + j0),
@@ -84,50 +84,6 @@ pub unsafe fn pack_kt(
                 *x = unsafe { *src.offset(j as isize * csb) };
             }
             dst[cols..].fill(0.0);
-        }
-    }
-}
-
-/// The 8 x 8 tile at `src` (rows `rs` apart) transposed into `dst` (rows `rd` apart).
-///
-/// # Safety
-/// Both address 8 rows of 8 floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose8_avx2(src: *const f32, rs: isize, dst: *mut f32, rd: usize) {
-    use std::arch::x86_64::*;
-    // SAFETY: caller's contract.
-    unsafe {
-        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.offset(i as isize * rs)));
-        let t = [
-            _mm256_unpacklo_ps(r[0], r[1]),
-            _mm256_unpackhi_ps(r[0], r[1]),
-            _mm256_unpacklo_ps(r[2], r[3]),
-            _mm256_unpackhi_ps(r[2], r[3]),
-            _mm256_unpacklo_ps(r[4], r[5]),
-            _mm256_unpackhi_ps(r[4], r[5]),
-            _mm256_unpacklo_ps(r[6], r[7]),
-            _mm256_unpackhi_ps(r[6], r[7]),
-        ];
-        let u = [
-            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-        ];
-        for i in 0..4 {
-            _mm256_storeu_ps(
-                dst.add(i * rd),
-                _mm256_permute2f128_ps::<0x20>(u[i], u[i + 4]),
-            );
-            _mm256_storeu_ps(
-                dst.add((i + 4) * rd),
-                _mm256_permute2f128_ps::<0x31>(u[i], u[i + 4]),
-            );
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod pointwise;
 pub mod ring;
 pub mod saliency;
 pub mod softmax;
+pub mod transpose;
 
 /// Seeded values in [-0.5, 0.5) for the kernels' and the operators' equality tests (public,
 /// hidden, so sonomask-ops' tests draw the same sequence instead of a copy of this).

@@ -6,6 +6,10 @@
 //! per-thread scratch, the u8 x i8 product in i32, and the output's u8 rounding applied in the
 //! registers before it is dequantized, so the u8 tensors between the three nodes never exist.
 //!
+//! Channels-first activations (`[k, m]`, SAM's decoder's image tokens) are quantized straight
+//! into the row-major u8 rows, and a channels-first output (`[n, m]`) is transposed from each
+//! task's rows as they are finished: the decoder's projections of its image tokens and back.
+//!
 //! Why: tract runs the chain on its own int8 matrix kernels with quantize, requantize and
 //! dequantize passes around them; on x86 without VNNI that made the int8 encoder many times
 //! slower than fp32, and with VNNI still slower than fp32 (docs/BENCHMARKS.md, issue 22).
@@ -23,7 +27,11 @@ use std::sync::Arc;
 use tract_core::internal::*;
 
 use crate::exec::{SharedMut, par_tasks};
-use sonomask_kernels::int8::{I8Kernel, I8Weights, OutQuant, Requant, multiply, quantize_u8};
+use sonomask_kernels::Kernel;
+use sonomask_kernels::int8::{
+    I8Kernel, I8Weights, OutQuant, Requant, multiply, quantize_u8, quantize_u8_transposed,
+};
+use sonomask_kernels::transpose::transpose;
 
 /// Rows per task (a multiple of the kernel's 6-row blocks).
 const ROWS: usize = 48;
@@ -31,6 +39,8 @@ const ROWS: usize = 48;
 thread_local! {
     /// Each thread's quantized activation rows, grown to the largest layer once and kept.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's output rows before their transpose (channels-first outputs only).
+    static ROWS_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `y = dequant(requant((quant(x) - za) . W) )` over the last axis of `x` (`k` -> `n`).
@@ -53,6 +63,10 @@ pub struct Int8Linear {
     pub out_q: OutQuant,
     /// The bias of the `Add` after the dequantisation, folded in (per output column).
     pub post_bias: Option<Arc<Vec<f32>>>,
+    /// The input is channels-first: `x` read as `[k, m]`.
+    pub a_t: bool,
+    /// The output is channels-first: written as `[n, m]`.
+    pub c_t: bool,
 }
 
 // Plan equality only (tract compares ops to merge duplicates).
@@ -72,11 +86,21 @@ impl Op for Int8Linear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "m {} k {} n {} kernel {}{}",
+            "m {} k {} n {} kernel {}{}{}{}",
             self.m,
             self.k,
             self.n,
             self.kernel().name(),
+            if self.a_t {
+                ", input channels-first"
+            } else {
+                ""
+            },
+            if self.c_t {
+                ", output channels-first"
+            } else {
+                ""
+            },
             if self.weights.split() {
                 " (weights split in two 7-bit halves)"
             } else {
@@ -126,13 +150,32 @@ impl EvalOp for Int8Linear {
                 if s.len() < ROWS * k4 {
                     s.resize(ROWS * k4, 0);
                 }
-                for (r, row) in s.chunks_exact_mut(k4).take(rows).enumerate() {
-                    let src = &xs[(r0 + r) * k..(r0 + r + 1) * k];
-                    quantize_u8(src, self.a_inv_scale, self.a_zero, &mut row[..k]);
+                if self.a_t {
+                    let q = (self.a_inv_scale, self.a_zero);
+                    quantize_u8_transposed(Kernel::best(), &xs[r0..], m, (rows, k), q, &mut s, k4);
+                } else {
+                    for (r, row) in s.chunks_exact_mut(k4).take(rows).enumerate() {
+                        let src = &xs[(r0 + r) * k..(r0 + r + 1) * k];
+                        quantize_u8(src, self.a_inv_scale, self.a_zero, &mut row[..k]);
+                    }
                 }
-                // SAFETY: task t alone writes output rows r0..r0 + rows.
-                let c = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0 * n), rows * n) };
-                multiply(&s[..rows * k4], k4, rows, &self.weights, &rq, c, n);
+                let a = &s[..rows * k4];
+                if !self.c_t {
+                    // SAFETY: task t alone writes output rows r0..r0 + rows.
+                    let c =
+                        unsafe { std::slice::from_raw_parts_mut(out.get().add(r0 * n), rows * n) };
+                    multiply(a, k4, rows, &self.weights, &rq, c, n);
+                    return;
+                }
+                ROWS_OUT.with(|o| {
+                    let mut o = o.borrow_mut();
+                    if o.len() < ROWS * n {
+                        o.resize(ROWS * n, 0.0);
+                    }
+                    multiply(a, k4, rows, &self.weights, &rq, &mut o, n);
+                    // SAFETY: task t alone writes columns r0..r0 + rows of the n rows of m.
+                    unsafe { transpose(Kernel::best(), &o, n, (rows, n), out.get().add(r0), m) };
+                });
             });
         })?;
         Ok(tvec!(output.into_tvalue()))
@@ -161,14 +204,29 @@ mod tests {
     use tract_core::ops::einsum::EinSum;
     use tract_core::ops::quant::{DequantizeLinearF32, quantize_linear_u8};
 
-    /// `QuantizeLinearU8 -> EinSum (i8 weights, per-column scales) -> DequantizeLinearF32` over
-    /// `x: [rows, k]` (or `[rows, heads, k / heads]` reduced over both, as an attention's
-    /// output projection), the chain onnxruntime's quantizer writes.
+    /// How a chain's activations and output are laid out.
+    #[derive(Clone, Copy, Debug)]
+    enum Layout {
+        /// `x: [rows, k]` -> `[rows, n]`.
+        Rows,
+        /// `x: [rows, heads, k / heads]` reduced over both (an attention's output projection).
+        Heads(usize),
+        /// Channels-first `x: [1, k, rows]` -> `[rows, n]` (SAM's decoder projecting its image
+        /// tokens).
+        ChannelsFirstIn,
+        /// `x: [rows, heads, k / heads]` -> channels-first `[1, n, rows]` (its output projection
+        /// back to the image tokens).
+        ChannelsFirstOut(usize),
+    }
+
+    /// `QuantizeLinearU8 -> EinSum (i8 weights, per-column scales) -> DequantizeLinearF32` in
+    /// one of the [`Layout`]s, the chain onnxruntime's quantizer writes, with the bias `Add`
+    /// after it (`post_bias`, shaped to broadcast along the output's columns).
     fn chain(
         rows: usize,
         k: usize,
         n: usize,
-        heads: Option<usize>,
+        layout: Layout,
         b0: i8,
         post_bias: bool,
     ) -> (TypedModel, Vec<f32>) {
@@ -184,14 +242,21 @@ mod tests {
         let b_scale: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 1e-5).collect();
         let bias: Vec<i32> = (0..n).map(|j| j as i32 * 37 - 500).collect();
         let (a_scale, a_zero, c_scale, c_zero) = (6.0 / 255.0, 128u8, 0.04f32, 120u8);
-        let (shape, expr, w_shape): (Vec<usize>, &str, Vec<usize>) = match heads {
-            None => (vec![rows, k], "mk,kn,n,,,n,n,,->mn", vec![k, n]),
-            Some(h) => (
+        let (shape, expr, w_shape): (Vec<usize>, &str, Vec<usize>) = match layout {
+            Layout::Rows => (vec![rows, k], "mk,kn,n,,,n,n,,->mn", vec![k, n]),
+            Layout::Heads(h) => (
                 vec![rows, h, k / h],
                 "mbk,bkn,n,,,n,n,,->mn",
                 vec![h, k / h, n],
             ),
+            Layout::ChannelsFirstIn => (vec![1, k, rows], "akm,kn,n,,,n,n,,->mn", vec![k, n]),
+            Layout::ChannelsFirstOut(h) => (
+                vec![rows, h, k / h],
+                "mbk,bkn,n,,,n,n,,->anm",
+                vec![h, k / h, n],
+            ),
         };
+        let c_first = matches!(layout, Layout::ChannelsFirstOut(_));
         let mut m = TypedModel::default();
         let s = m.add_source("x", f32::fact(&shape)).unwrap();
         let q = m
@@ -217,7 +282,11 @@ mod tests {
             .unwrap();
         let d = if post_bias {
             let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
-            let b = tensor1(&b).into_shape(&[1, n]).unwrap();
+            let b = if c_first {
+                tensor1(&b).into_shape(&[1, n, 1]).unwrap()
+            } else {
+                tensor1(&b).into_shape(&[1, n]).unwrap()
+            };
             let b = m.add_const("post", b).unwrap();
             m.wire_node("add", tract_core::ops::math::add(), &[d[0], b])
                 .unwrap()
@@ -241,12 +310,18 @@ mod tests {
 
     #[test]
     fn replaces_the_chain_and_matches_tract_within_one_output_step() {
-        for (rows, k, n, heads, post) in [
-            (50, 64, 40, None, false),
-            (7, 130, 17, None, true),
-            (49, 128, 32, Some(4), true),
+        // Rows past one task (48) with a partial last one; channels-first rows past the
+        // transposes' 8 x 8 tiles and the quantisation's 64-row runs.
+        for (rows, k, n, layout, post) in [
+            (50, 64, 40, Layout::Rows, false),
+            (7, 130, 17, Layout::Rows, true),
+            (49, 128, 32, Layout::Heads(4), true),
+            (100, 72, 24, Layout::ChannelsFirstIn, true),
+            (13, 20, 9, Layout::ChannelsFirstIn, false),
+            (99, 64, 40, Layout::ChannelsFirstOut(4), true),
+            (5, 32, 12, Layout::ChannelsFirstOut(2), false),
         ] {
-            let (m, x) = chain(rows, k, n, heads, 0, post);
+            let (m, x) = chain(rows, k, n, layout, 0, post);
             let shape = m
                 .outlet_fact(m.input_outlets().unwrap()[0])
                 .unwrap()
@@ -263,7 +338,20 @@ mod tests {
             let out = ours.output_outlets().unwrap()[0];
             assert!(
                 ours.nodes[out.node].op_is::<Int8Linear>(),
-                "{rows}x{k}x{n} {post}"
+                "{rows}x{k}x{n} {layout:?} {post}"
+            );
+            let op = ours
+                .nodes
+                .iter()
+                .find_map(|n| n.op_as::<Int8Linear>())
+                .unwrap();
+            assert_eq!(
+                (op.a_t, op.c_t),
+                (
+                    matches!(layout, Layout::ChannelsFirstIn),
+                    matches!(layout, Layout::ChannelsFirstOut(_))
+                ),
+                "{layout:?}"
             );
             let got = run(ours, &x, &shape);
             assert_eq!(got.len(), want.len());
@@ -286,7 +374,7 @@ mod tests {
     #[test]
     fn leaves_a_chain_with_asymmetric_weights_to_tract() {
         // Nonzero weight zero points: not what the kernels assume.
-        let (mut m, _) = chain(6, 16, 8, None, 1, false);
+        let (mut m, _) = chain(6, 16, 8, Layout::Rows, 1, false);
         let done = substitute_decluttered(&mut m, sonomask_kernels::Kernel::best()).unwrap();
         assert_eq!(done.int8_linear, 0);
     }

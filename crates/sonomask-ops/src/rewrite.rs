@@ -432,7 +432,7 @@ fn int8_linear_plan(
         return Ok(None);
     };
     let ins: Vec<Vec<char>> = ins.split(',').map(|s| s.chars().collect()).collect();
-    let out: Vec<char> = out.chars().collect();
+    let full_out: Vec<char> = out.chars().collect();
     let Some(out_shape) = model
         .outlet_fact(OutletId::new(id, 0))?
         .shape
@@ -441,7 +441,7 @@ fn int8_linear_plan(
     else {
         return Ok(None);
     };
-    if ins.len() != 9 || ins[0].len() != in_shape.len() || out.len() != out_shape.len() {
+    if ins.len() != 9 || ins[0].len() != in_shape.len() || full_out.len() != out_shape.len() {
         return Ok(None);
     }
     // Axes of size 1 do not move data (the decoder's `amk,kn->mn` drops one, `mbk,bkn->amn`
@@ -450,18 +450,32 @@ fn int8_linear_plan(
         .filter(|(_, d)| **d != 1)
         .map(|(c, _)| *c)
         .collect();
-    let out: Vec<char> = (out.iter().zip(&out_shape))
+    let out: Vec<char> = (full_out.iter().zip(&out_shape))
         .filter(|(_, d)| **d != 1)
         .map(|(c, _)| *c)
         .collect();
     let b = &ins[1];
     let r = b.len().saturating_sub(1);
-    let fits = r >= 1
-        && a.len() >= r
-        && a[a.len() - r..] == b[..r]
-        && out.len() == a.len() - r + 1
-        && out[..out.len() - 1] == a[..a.len() - r]
-        && out.last() == Some(&b[r])
+    if r == 0 || a.len() < r || out.len() != a.len() - r + 1 {
+        return Ok(None);
+    }
+    // The reduced axes last (`..k`) or first (channels-first, `k..`); the output's column axis
+    // last or first (channels-first), the row axes in the input's order either way.
+    let a_t = a[..r] == b[..r] && a[a.len() - r..] != b[..r];
+    let (ka, ma) = if a_t {
+        (&a[..r], &a[r..])
+    } else {
+        (&a[a.len() - r..], &a[..a.len() - r])
+    };
+    let c_t = out.len() > 1 && out[0] == b[r];
+    let (nc, mc) = if c_t {
+        (out[0], &out[1..])
+    } else {
+        (out[out.len() - 1], &out[..out.len() - 1])
+    };
+    let fits = ka == &b[..r]
+        && mc == ma
+        && nc == b[r]
         && [3, 4, 7, 8].iter().all(|&i| ins[i].is_empty())
         && [2, 5, 6]
             .iter()
@@ -469,6 +483,8 @@ fn int8_linear_plan(
     if !fits {
         return Ok(None);
     }
+    // Where the column axis sits in the full output (a folded bias broadcasts along it).
+    let n_axis = full_out.iter().position(|c| *c == b[r]);
     let consts: Option<Vec<Arc<Tensor>>> = (1..9).map(|s| konst(model, mm, s)).collect();
     let Some(c) = consts else {
         return Ok(None);
@@ -544,8 +560,8 @@ fn int8_linear_plan(
         && let Some(b) = other_konst(model, add, dq_node.id)
         && b.datum_type() == DatumType::F32
         && b.len() == n
-        && b.shape().last() == Some(&n)
         && b.rank() <= out_shape.len()
+        && bias_along(b.shape(), out_shape.len(), n_axis, n)
         && model
             .outlet_fact(OutletId::new(add.id, 0))?
             .shape
@@ -565,6 +581,8 @@ fn int8_linear_plan(
         a_inv_scale: q.scale,
         a_zero: q.zero_point,
         weights: Arc::new(weights),
+        a_t,
+        c_t,
         scale: Arc::new(scale),
         bias: Arc::new(bias),
         out_q: OutQuant {
@@ -574,6 +592,19 @@ fn int8_linear_plan(
         },
     };
     Ok(Some((x, op, tail)))
+}
+
+/// Whether a constant of `shape`, broadcast against a rank-`rank` output (aligned right), holds
+/// `n` values along axis `axis` and is 1 along every other: one value per output column.
+fn bias_along(shape: &[usize], rank: usize, axis: Option<usize>, n: usize) -> bool {
+    let Some(axis) = axis else {
+        return false;
+    };
+    let pad = rank - shape.len();
+    (0..rank).all(|i| {
+        let d = if i < pad { 1 } else { shape[i - pad] };
+        d == if i == axis { n } else { 1 }
+    })
 }
 
 /// Wires `op` on `inputs` and makes it produce what node `tail` produced; the nodes it stands
