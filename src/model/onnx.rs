@@ -189,12 +189,13 @@ impl Parsed {
             .map_err(flat)
             .with_context(replace_failed)?;
         log::debug!(
-            "{}: own operators: {} int8 linear layers, {} products ({} with bias, {} reading slices, {} attention pairs \
+            "{}: own operators: {} int8 linear layers ({} pairs passing u8), {} products ({} with bias, {} reading slices, {} attention pairs \
              fused, {} 1x1 kernel, {} linear kernel, {} small A, {} written heads first ({} with a few-keys attention)), {} 3x3 convs, {} 2x2 transposed convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
              {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks, {} fused patch embeddings, \
              {} sums",
             file.display(),
             a.int8_linear,
+            b.int8_chain,
             a.gemm,
             a.gemm_bias,
             a.gemm_sliced,

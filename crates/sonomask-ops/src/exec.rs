@@ -4,15 +4,21 @@
 use tract_onnx::prelude::*;
 
 /// An output buffer shared by the threads of one operator, each writing its own disjoint part.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub *mut f32);
+pub(crate) struct SharedMut<T = f32>(pub *mut T);
+// Not derived: a derive would ask `T: Copy`, and the wrapper copies its pointer whatever `T` is.
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
 // SAFETY: the operators hand each task a disjoint part of the buffer (see their `eval`).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
 
-impl SharedMut {
+impl<T> SharedMut<T> {
     /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

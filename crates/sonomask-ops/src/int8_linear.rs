@@ -28,6 +28,7 @@ use tract_core::internal::*;
 
 use crate::exec::{SharedMut, par_tasks};
 use sonomask_kernels::Kernel;
+use sonomask_kernels::gelu::gelu_slice;
 use sonomask_kernels::int8::{
     I8Kernel, I8Weights, OutQuant, Requant, multiply, quantize_u8, quantize_u8_transposed,
 };
@@ -67,6 +68,10 @@ pub struct Int8Linear {
     pub a_t: bool,
     /// The output is channels-first: written as `[n, m]`.
     pub c_t: bool,
+    /// The input is the previous layer's u8 ([`U8Out`]): rows of `k` bytes, used as they are.
+    pub u8_in: bool,
+    /// The output is u8 for the next layer.
+    pub u8_out: Option<U8Out>,
 }
 
 // Plan equality only (tract compares ops to merge duplicates).
@@ -77,6 +82,26 @@ impl Int8Linear {
     pub fn kernel(&self) -> I8Kernel {
         self.weights.kernel()
     }
+
+    /// What it writes: the model's dequantised f32, or the next layer's u8.
+    pub fn out_dt(&self) -> DatumType {
+        if self.u8_out.is_some() {
+            DatumType::U8
+        } else {
+            DatumType::F32
+        }
+    }
+}
+
+/// A u8 output on the next int8 layer's input grid: `quantize(gelu?(y))` with that layer's
+/// quantisation, the same operations as the `Gelu` and `QuantizeLinear` between the two layers
+/// (the `Gelu` op's kernel, [`quantize_u8`]), on each task's rows while they are in cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct U8Out {
+    /// The exact GELU between the layers, on the kernel the replaced `Gelu` ran.
+    pub gelu: Option<Kernel>,
+    pub inv_scale: f32,
+    pub zero: u8,
 }
 
 impl Op for Int8Linear {
@@ -117,23 +142,38 @@ impl EvalOp for Int8Linear {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
+        let in_dt = if self.u8_in {
+            DatumType::U8
+        } else {
+            DatumType::F32
+        };
         ensure!(
-            x.datum_type() == DatumType::F32 && x.shape() == &*self.in_shape,
-            "Int8Linear: input is {:?} {:?}, planned for f32 {:?}",
+            x.datum_type() == in_dt && x.shape() == &*self.in_shape,
+            "Int8Linear: input is {:?} {:?}, planned for {in_dt:?} {:?}",
             x.datum_type(),
             x.shape(),
             self.in_shape
         );
         let xs = x.try_as_plain_ram()?;
-        let xs = xs.as_slice::<f32>()?;
-        // SAFETY: every row is written by the tasks below.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
-        let out = SharedMut(
-            output
-                .try_as_plain_ram_mut()?
-                .as_slice_mut::<f32>()?
-                .as_mut_ptr(),
-        );
+        let (xf, xu) = if self.u8_in {
+            (&[][..], xs.as_slice::<u8>()?)
+        } else {
+            (xs.as_slice::<f32>()?, &[][..])
+        };
+        let out_dt = self.out_dt();
+        // SAFETY: every value is written by the tasks below.
+        let mut output = unsafe { Tensor::uninitialized_dt(out_dt, &self.out_shape)? };
+        let mut plain = output.try_as_plain_ram_mut()?;
+        let (out, out_u8) = match self.u8_out {
+            Some(_) => (
+                SharedMut(std::ptr::null_mut()),
+                SharedMut(plain.as_slice_mut::<u8>()?.as_mut_ptr()),
+            ),
+            None => (
+                SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr()),
+                SharedMut(std::ptr::null_mut()),
+            ),
+        };
         let (m, k, n) = (self.m, self.k, self.n);
         let k4 = self.weights.row_len();
         let rq = Requant {
@@ -147,34 +187,63 @@ impl EvalOp for Int8Linear {
             let (r0, rows) = (t * ROWS, ROWS.min(m - t * ROWS));
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                if s.len() < ROWS * k4 {
-                    s.resize(ROWS * k4, 0);
-                }
-                if self.a_t {
-                    let q = (self.a_inv_scale, self.a_zero);
-                    quantize_u8_transposed(Kernel::best(), &xs[r0..], m, (rows, k), q, &mut s, k4);
+                // The task's u8 rows: the input's own (a u8 input has rows of k = k4 bytes,
+                // checked when planned), or quantized here.
+                let (a, lda) = if self.u8_in {
+                    (&xu[r0 * k..], k)
                 } else {
-                    for (r, row) in s.chunks_exact_mut(k4).take(rows).enumerate() {
-                        let src = &xs[(r0 + r) * k..(r0 + r + 1) * k];
-                        quantize_u8(src, self.a_inv_scale, self.a_zero, &mut row[..k]);
+                    if s.len() < ROWS * k4 {
+                        s.resize(ROWS * k4, 0);
                     }
-                }
-                let a = &s[..rows * k4];
-                if !self.c_t {
+                    if self.a_t {
+                        let q = (self.a_inv_scale, self.a_zero);
+                        quantize_u8_transposed(
+                            Kernel::best(),
+                            &xf[r0..],
+                            m,
+                            (rows, k),
+                            q,
+                            &mut s,
+                            k4,
+                        );
+                    } else {
+                        for (r, row) in s.chunks_exact_mut(k4).take(rows).enumerate() {
+                            let src = &xf[(r0 + r) * k..(r0 + r + 1) * k];
+                            quantize_u8(src, self.a_inv_scale, self.a_zero, &mut row[..k]);
+                        }
+                    }
+                    (&s[..rows * k4], k4)
+                };
+                if !self.c_t && self.u8_out.is_none() {
                     // SAFETY: task t alone writes output rows r0..r0 + rows.
                     let c =
                         unsafe { std::slice::from_raw_parts_mut(out.get().add(r0 * n), rows * n) };
-                    multiply(a, k4, rows, &self.weights, &rq, c, n);
+                    multiply(a, lda, rows, &self.weights, &rq, c, n);
                     return;
                 }
+                // The rows in a scratch first, then transposed, or made the next layer's u8.
                 ROWS_OUT.with(|o| {
                     let mut o = o.borrow_mut();
                     if o.len() < ROWS * n {
                         o.resize(ROWS * n, 0.0);
                     }
-                    multiply(a, k4, rows, &self.weights, &rq, &mut o, n);
-                    // SAFETY: task t alone writes columns r0..r0 + rows of the n rows of m.
-                    unsafe { transpose(Kernel::best(), &o, n, (rows, n), out.get().add(r0), m) };
+                    let o = &mut o[..rows * n];
+                    multiply(a, lda, rows, &self.weights, &rq, o, n);
+                    if let Some(u) = self.u8_out {
+                        if let Some(g) = u.gelu {
+                            gelu_slice(g, o);
+                        }
+                        // SAFETY: task t alone writes output rows r0..r0 + rows.
+                        let c = unsafe {
+                            std::slice::from_raw_parts_mut(out_u8.get().add(r0 * n), rows * n)
+                        };
+                        for (src, dst) in o.chunks_exact(n).zip(c.chunks_exact_mut(n)) {
+                            quantize_u8(src, u.inv_scale, u.zero, dst);
+                        }
+                    } else {
+                        // SAFETY: task t alone writes columns r0..r0 + rows of the n rows of m.
+                        unsafe { transpose(Kernel::best(), o, n, (rows, n), out.get().add(r0), m) };
+                    }
                 });
             });
         })?;
@@ -184,7 +253,9 @@ impl EvalOp for Int8Linear {
 
 impl TypedOp for Int8Linear {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        crate::exec::planned_facts("Int8Linear", inputs[0], (&self.in_shape, &self.out_shape))
+        let f =
+            crate::exec::planned_facts("Int8Linear", inputs[0], (&self.in_shape, &self.out_shape))?;
+        Ok(tvec!(self.out_dt().fact(f[0].shape.clone())))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -235,34 +306,61 @@ mod tests {
             .iter()
             .map(|v| v * 6.0)
             .collect();
-        let w: Vec<i8> = test_values(&mut seed, k * n)
+        let shape = match layout {
+            Layout::Rows => vec![rows, k],
+            Layout::Heads(h) | Layout::ChannelsFirstOut(h) => vec![rows, h, k / h],
+            Layout::ChannelsFirstIn => vec![1, k, rows],
+        };
+        let mut m = TypedModel::default();
+        let s = m.add_source("x", f32::fact(&shape)).unwrap();
+        let d = wire_chain(
+            &mut m,
+            "l",
+            s,
+            (k, n),
+            layout,
+            (6.0, 0.04),
+            b0,
+            post_bias,
+            &mut seed,
+        );
+        m.select_output_outlets(&[d]).unwrap();
+        (m, x)
+    }
+
+    /// One chain (`name.*` nodes) on `x`, its activations quantized over `[-ranges.0,
+    /// ranges.0]`, its output on a grid `ranges.1` apart.
+    #[allow(clippy::too_many_arguments)]
+    fn wire_chain(
+        m: &mut TypedModel,
+        name: &str,
+        x: OutletId,
+        (k, n): (usize, usize),
+        layout: Layout,
+        ranges: (f32, f32),
+        b0: i8,
+        post_bias: bool,
+        seed: &mut u64,
+    ) -> OutletId {
+        let w: Vec<i8> = test_values(seed, k * n)
             .iter()
             .map(|v| (v * 254.0) as i8)
             .collect();
         let b_scale: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 1e-5).collect();
         let bias: Vec<i32> = (0..n).map(|j| j as i32 * 37 - 500).collect();
-        let (a_scale, a_zero, c_scale, c_zero) = (6.0 / 255.0, 128u8, 0.04f32, 120u8);
-        let (shape, expr, w_shape): (Vec<usize>, &str, Vec<usize>) = match layout {
-            Layout::Rows => (vec![rows, k], "mk,kn,n,,,n,n,,->mn", vec![k, n]),
-            Layout::Heads(h) => (
-                vec![rows, h, k / h],
-                "mbk,bkn,n,,,n,n,,->mn",
-                vec![h, k / h, n],
-            ),
-            Layout::ChannelsFirstIn => (vec![1, k, rows], "akm,kn,n,,,n,n,,->mn", vec![k, n]),
-            Layout::ChannelsFirstOut(h) => (
-                vec![rows, h, k / h],
-                "mbk,bkn,n,,,n,n,,->anm",
-                vec![h, k / h, n],
-            ),
+        let (a_scale, a_zero, c_scale, c_zero) = (2.0 * ranges.0 / 255.0, 128u8, ranges.1, 120u8);
+        let (expr, w_shape): (&str, Vec<usize>) = match layout {
+            Layout::Rows => ("mk,kn,n,,,n,n,,->mn", vec![k, n]),
+            Layout::Heads(h) => ("mbk,bkn,n,,,n,n,,->mn", vec![h, k / h, n]),
+            Layout::ChannelsFirstIn => ("akm,kn,n,,,n,n,,->mn", vec![k, n]),
+            Layout::ChannelsFirstOut(h) => ("mbk,bkn,n,,,n,n,,->anm", vec![h, k / h, n]),
         };
         let c_first = matches!(layout, Layout::ChannelsFirstOut(_));
-        let mut m = TypedModel::default();
-        let s = m.add_source("x", f32::fact(&shape)).unwrap();
+        let nm = |s: &str| format!("{name}.{s}");
         let q = m
-            .wire_node("q", quantize_linear_u8(1.0 / a_scale, a_zero), &[s])
+            .wire_node(nm("q"), quantize_linear_u8(1.0 / a_scale, a_zero), &[x])
             .unwrap();
-        let mut k_ = |name: &str, t: Tensor| m.add_const(name, t).unwrap();
+        let mut k_ = |s: &str, t: Tensor| m.add_const(nm(s), t).unwrap();
         let consts = [
             k_("w", tensor1(&w).into_shape(&w_shape).unwrap()),
             k_("bias", tensor1(&bias)),
@@ -276,25 +374,98 @@ mod tests {
         let mut inputs = vec![q[0]];
         inputs.extend(consts);
         let es = EinSum::newq(expr.parse().unwrap(), i32::datum_type(), u8::datum_type());
-        let y = m.wire_node("mm", es, &inputs).unwrap();
+        let y = m.wire_node(nm("mm"), es, &inputs).unwrap();
         let d = m
-            .wire_node("dq", DequantizeLinearF32::new(c_scale, c_zero as i32), &y)
+            .wire_node(
+                nm("dq"),
+                DequantizeLinearF32::new(c_scale, c_zero as i32),
+                &y,
+            )
             .unwrap();
-        let d = if post_bias {
-            let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
-            let b = if c_first {
-                tensor1(&b).into_shape(&[1, n, 1]).unwrap()
-            } else {
-                tensor1(&b).into_shape(&[1, n]).unwrap()
-            };
-            let b = m.add_const("post", b).unwrap();
-            m.wire_node("add", tract_core::ops::math::add(), &[d[0], b])
-                .unwrap()
+        if !post_bias {
+            return d[0];
+        }
+        let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
+        let b = if c_first {
+            tensor1(&b).into_shape(&[1, n, 1]).unwrap()
         } else {
-            d
+            tensor1(&b).into_shape(&[1, n]).unwrap()
         };
-        m.select_output_outlets(&d).unwrap();
-        (m, x)
+        let b = m.add_const(nm("post"), b).unwrap();
+        m.wire_node(nm("add"), tract_core::ops::math::add(), &[d[0], b])
+            .unwrap()[0]
+    }
+
+    /// The plan as sonomask makes it (declutter, the first rewrites, tract's code
+    /// generation, the rest) with `fusions`, run on `x`.
+    fn run_own(m: TypedModel, x: &[f32], shape: &[usize], fusions: &crate::Fusions) -> Vec<f32> {
+        let k = sonomask_kernels::Kernel::best();
+        let mut m = m.into_decluttered().unwrap();
+        crate::substitute_decluttered_with(&mut m, k, fusions).unwrap();
+        let mut m = m.into_optimized().unwrap();
+        let done = crate::substitute_with(&mut m, k, fusions).unwrap();
+        assert_eq!(done.int8_chain, !fusions.is_off("int8_chain") as usize);
+        let out = m
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(Tensor::from_shape(shape, x).unwrap().into_tvalue()))
+            .unwrap();
+        crate::f32s(&out[0]).unwrap().to_vec()
+    }
+
+    #[test]
+    fn an_mlp_passes_u8_between_its_layers_with_the_same_values() {
+        use tract_core::ops::element_wise::ElementWiseOp;
+        use tract_core::ops::nn::GeluExact;
+        // Rows past one task (48); a hidden width of several panels.
+        for (rows, k, hidden) in [(100, 32, 96), (7, 24, 64)] {
+            let mut seed = 5;
+            let x: Vec<f32> = test_values(&mut seed, rows * k)
+                .iter()
+                .map(|v| v * 6.0)
+                .collect();
+            let mut m = TypedModel::default();
+            let s = m.add_source("x", f32::fact([rows, k])).unwrap();
+            let h = wire_chain(
+                &mut m,
+                "fc1",
+                s,
+                (k, hidden),
+                Layout::Rows,
+                (3.0, 0.02),
+                0,
+                true,
+                &mut seed,
+            );
+            let g = m
+                .wire_node("gelu", ElementWiseOp(Box::new(GeluExact {}), None), &[h])
+                .unwrap();
+            let y = wire_chain(
+                &mut m,
+                "fc2",
+                g[0],
+                (hidden, k),
+                Layout::Rows,
+                (2.5, 0.03),
+                0,
+                true,
+                &mut seed,
+            );
+            m.select_output_outlets(&[y]).unwrap();
+            let shape = [rows, k];
+            let apart = run_own(
+                m.clone(),
+                &x,
+                &shape,
+                &crate::Fusions::without(&["int8_chain"]).unwrap(),
+            );
+            let chained = run_own(m, &x, &shape, &crate::Fusions::all());
+            assert_eq!(chained.len(), rows * k);
+            // The same kernels on the same values: equal bit for bit.
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&chained), bits(&apart), "{rows}x{k}x{hidden}");
+            assert!(apart.iter().any(|v| *v != apart[0]));
+        }
     }
 
     fn run(m: TypedModel, x: &[f32], shape: &[usize]) -> Vec<f32> {
