@@ -12,6 +12,9 @@
 //! on a 512-bit register, two on 256-bit ones, four `sdot` on NEON. A row's 4 activations of a
 //! step are broadcast as one 32-bit value. `A`'s rows are read 4 bytes at a time up to `k4`
 //! (`k` rounded up to 4): the bytes past `k` meet zero weights, so any value there is harmless.
+//! AVX-512 VNNI runs up to four panels per 6-row tile (24 accumulators of its 32 registers), so
+//! each broadcast feeds four `vpdpbusd`; the other paths one panel. The requantisation runs in
+//! the path's own lanes (AVX-512, AVX2) or as the shared scalar code the compiler vectorises.
 //!
 //! Exactness per path:
 //! - **scalar** (the reference): `sum a * w` in i32.

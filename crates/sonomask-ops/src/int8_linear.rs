@@ -40,7 +40,8 @@ const ROWS: usize = 48;
 thread_local! {
     /// Each thread's quantized activation rows, grown to the largest layer once and kept.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// Each thread's output rows before their transpose (channels-first outputs only).
+    /// Each thread's f32 output rows before their transpose (channels-first outputs) or their
+    /// GELU and quantisation (u8 outputs).
     static ROWS_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -93,13 +94,13 @@ impl Int8Linear {
     }
 }
 
-/// A u8 output on the next int8 layer's input grid: `quantize(gelu?(y))` with that layer's
+/// A u8 output on the next int8 layer's input grid: `quantize(gelu(y))` with that layer's
 /// quantisation, the same operations as the `Gelu` and `QuantizeLinear` between the two layers
 /// (the `Gelu` op's kernel, [`quantize_u8`]), on each task's rows while they are in cache.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct U8Out {
-    /// The exact GELU between the layers, on the kernel the replaced `Gelu` ran.
-    pub gelu: Option<Kernel>,
+    /// The exact GELU between the layers is applied on this kernel (the replaced `Gelu`'s).
+    pub gelu: Kernel,
     pub inv_scale: f32,
     pub zero: u8,
 }
@@ -111,7 +112,7 @@ impl Op for Int8Linear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "m {} k {} n {} kernel {}{}{}{}",
+            "m {} k {} n {} kernel {}{}{}{}{}{}",
             self.m,
             self.k,
             self.n,
@@ -123,6 +124,12 @@ impl Op for Int8Linear {
             },
             if self.c_t {
                 ", output channels-first"
+            } else {
+                ""
+            },
+            if self.u8_in { ", u8 input" } else { "" },
+            if self.u8_out.is_some() {
+                ", GELU and u8 output"
             } else {
                 ""
             },
@@ -230,9 +237,7 @@ impl EvalOp for Int8Linear {
                     let o = &mut o[..rows * n];
                     multiply(a, lda, rows, &self.weights, &rq, o, n);
                     if let Some(u) = self.u8_out {
-                        if let Some(g) = u.gelu {
-                            gelu_slice(g, o);
-                        }
+                        gelu_slice(u.gelu, o);
                         // SAFETY: task t alone writes output rows r0..r0 + rows.
                         let c = unsafe {
                             std::slice::from_raw_parts_mut(out_u8.get().add(r0 * n), rows * n)
@@ -405,6 +410,11 @@ mod tests {
         let mut m = m.into_optimized().unwrap();
         let done = crate::substitute_with(&mut m, k, fusions).unwrap();
         assert_eq!(done.int8_chain, !fusions.is_off("int8_chain") as usize);
+        exec(m, x, shape)
+    }
+
+    /// An optimized plan run on `x`.
+    fn exec(m: TypedModel, x: &[f32], shape: &[usize]) -> Vec<f32> {
         let out = m
             .into_runnable()
             .unwrap()
@@ -469,14 +479,7 @@ mod tests {
     }
 
     fn run(m: TypedModel, x: &[f32], shape: &[usize]) -> Vec<f32> {
-        let out = m
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap()
-            .run(tvec!(Tensor::from_shape(shape, x).unwrap().into_tvalue()))
-            .unwrap();
-        crate::f32s(&out[0]).unwrap().to_vec()
+        exec(m.into_optimized().unwrap(), x, shape)
     }
 
     #[test]

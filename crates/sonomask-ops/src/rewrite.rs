@@ -891,7 +891,7 @@ fn chain_int8(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
         }
         let mut first = a.clone();
         first.u8_out = Some(U8Out {
-            gelu: Some(gelu.kernel),
+            gelu: gelu.kernel,
             inv_scale: b.a_inv_scale,
             zero: b.a_zero,
         });
