@@ -22,13 +22,20 @@ impl CpuFeatures {
         self.flags.iter().any(|(n, p)| *n == name && *p)
     }
 
-    /// Whether int8 is the precision to pick here: aarch64 with SDOT, where tract's int8
-    /// kernels use the dot-product instruction. tract-linalg 0.23.9 also has AVX-512-VNNI and
-    /// AVX-VNNI int8 kernels, but no VNNI machine was at hand to measure them, and on AVX2
-    /// without VNNI its int8 encoder is many times slower than its fp32 (docs/BENCHMARKS.md), so x86
-    /// stays fp32 until int8 is measured to pay there.
+    /// Whether int8 is the precision to pick here without a measurement: where sonomask's own
+    /// int8 kernel has a dot-product instruction (aarch64 SDOT, AVX-512 VNNI, AVX-VNNI: four
+    /// u8 x i8 multiply-adds per lane and instruction). Measured on an AVX-512 VNNI host, every
+    /// int8 model then runs in 0.47-0.79x its fp32 time, and on that host's AVX2 + AVX-VNNI
+    /// paths the SAM encoder in 0.64x; on AVX2 alone (8-bit weights split in two halves) the
+    /// int8 encoder and decoder are slower than fp32, and NEON without SDOT does as many
+    /// multiply-adds per cycle as fp32 (docs/BENCHMARKS.md, issue 22). Follows the int8 kernel
+    /// actually chosen (`SONOMASK_INT8_KERNEL` included).
     pub fn fast_int8(&self) -> bool {
-        self.has("dotprod")
+        use crate::simd::int8::I8Kernel;
+        matches!(
+            I8Kernel::best(),
+            I8Kernel::NeonDot | I8Kernel::Avx512Vnni | I8Kernel::AvxVnni
+        )
     }
 
     /// The SIMD kernel family sonomask's own loops use.

@@ -32,9 +32,15 @@ fn doctor_reports_cpu_models_and_warnings() {
             j["cpu_features"]["avx2"],
             std::arch::is_x86_feature_detected!("avx2")
         );
+        // Without a measured table, auto follows the rule: int8 where the own int8 kernel
+        // has a dot-product instruction (VNNI on x86), else fp32.
+        use sonomask::simd::int8::I8Kernel;
+        let vnni = matches!(I8Kernel::best(), I8Kernel::Avx512Vnni | I8Kernel::AvxVnni);
         assert_eq!(
-            j["auto_precision"], "fp32",
-            "no SDOT on x86: auto must be fp32"
+            j["auto_precision"],
+            if vnni { "int8" } else { "fp32" },
+            "int8 kernel {}",
+            I8Kernel::best().name()
         );
     }
     assert!(

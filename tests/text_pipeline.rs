@@ -248,9 +248,14 @@ fn prompt_bank_round_trip_and_model_binding() {
         "bank and on-device ensemble agree"
     );
     assert_eq!(from_bank["area"], from_text["area"]);
-    // several classes and no --class
+    // several classes and no --class (fp32 as the bank: auto may pick the int8 text model,
+    // whose bank binding is checked below)
     fails_with(
-        &segment_text(&img, &dir, &["--bank", bank.to_str().unwrap()]),
+        &segment_text(
+            &img,
+            &dir,
+            &["--bank", bank.to_str().unwrap(), "--precision", "fp32"],
+        ),
         "--class",
     );
     // a bank from another text model is refused (int8 text model has another sha256)

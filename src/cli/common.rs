@@ -19,6 +19,8 @@ pub struct ModelOptions {
     pub precision_auto: bool,
     /// What `auto` picks per model (the measured table of `models`, read once).
     pub auto: precision_table::Auto,
+    /// The decoder's precision is `auto`'s pick (see [`SamSession::decoder_auto`]).
+    pub decoder_auto: bool,
 }
 
 impl ModelOptions {
@@ -32,6 +34,10 @@ impl ModelOptions {
             Some(p) if !precision_auto => Precision::parse(p)?,
             _ => auto.precision(Role::SamEncoder),
         };
+        let decoder_auto = match a.decoder_precision.as_deref() {
+            Some(p) => p == "auto",
+            None => precision_auto,
+        };
         let decoder_precision = match a.decoder_precision.as_deref() {
             Some("auto") => Some(auto.precision(Role::SamDecoder)),
             Some(p) => Some(Precision::parse(p)?),
@@ -44,6 +50,7 @@ impl ModelOptions {
             decoder_precision,
             precision_auto,
             auto,
+            decoder_auto,
         })
     }
 
@@ -52,8 +59,27 @@ impl ModelOptions {
         self.decoder_precision.unwrap_or(self.precision)
     }
 
+    /// SAM with CLIP (the text-prompted pipelines), the SAM part as [`Self::load_session`].
+    pub fn load_text_pipeline(
+        &self,
+        clip_precision: Precision,
+        scorecam_batch: usize,
+    ) -> Result<crate::pipelines::textseg::TextPipeline> {
+        let mut p = crate::pipelines::textseg::TextPipeline::load(
+            &self.models,
+            self.precision,
+            self.decoder(),
+            clip_precision,
+            scorecam_batch,
+        )?;
+        p.sam.decoder_auto = self.decoder_auto;
+        Ok(p)
+    }
+
     pub fn load_session(&self) -> Result<SamSession> {
-        SamSession::load_mixed(&self.models, self.precision, self.decoder())
+        let mut s = SamSession::load_mixed(&self.models, self.precision, self.decoder())?;
+        s.decoder_auto = self.decoder_auto;
+        Ok(s)
     }
 }
 

@@ -73,7 +73,7 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     );
     println!("threads: {}", j["threads_available"]);
     println!(
-        "simd kernels: {:?}; own int8 kernel: {} (int8 models' linear layers); tract int8 fast here: {}",
+        "simd kernels: {:?}; own int8 kernel: {} (int8 models' linear layers); int8 pays here by rule (dot-product int8 kernel): {}",
         cpu.kernel(),
         crate::simd::int8::I8Kernel::best().name(),
         cpu.fast_int8()

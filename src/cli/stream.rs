@@ -13,7 +13,6 @@ use crate::link::Endpoint;
 use crate::output::measure::{Spacing, Target, parse_pixel_size};
 use crate::pipelines::cine::CineOptions;
 use crate::pipelines::device::{self, Engine, FramePrompt, cli_prompt, open_source};
-use crate::pipelines::textseg::TextPipeline;
 use crate::stream::{DeviceLink, LinkOptions};
 use crate::wire::message::Pipeline;
 
@@ -99,14 +98,9 @@ pub fn run(a: StreamArgs) -> Result<()> {
             );
         }
         models.engine = Some(if wants_text {
-            let p = TextPipeline::load(
-                &opts.models,
-                opts.precision,
-                opts.decoder(),
-                opts.precision,
-                8,
-            )
-            .context("--text needs the CLIP models")?;
+            let p = opts
+                .load_text_pipeline(opts.precision, 8)
+                .context("--text needs the CLIP models")?;
             Engine::Text(Box::new(p))
         } else {
             if has_clip && !a.no_text {

@@ -132,13 +132,7 @@ pub fn load_pipeline(a: &TextArgs, opts: &ModelOptions, method: Method) -> Resul
         (_, Method::ScoreCam { k }) => k.min(8),
         (_, Method::Similarity) => 1,
     };
-    TextPipeline::load(
-        &opts.models,
-        opts.precision,
-        opts.decoder(),
-        clip_precision(a, opts)?,
-        batch,
-    )
+    opts.load_text_pipeline(clip_precision(a, opts)?, batch)
 }
 
 /// The text embedding for `image_name` from --text / --prompt-file / --bank.

@@ -46,8 +46,9 @@ pub fn cpu_class() -> String {
     )
 }
 
-/// The rule for a CPU no table has measured: int8 only where tract has a native int8 dot
-/// product (aarch64 SDOT); elsewhere measured slower or no faster (docs/BENCHMARKS.md).
+/// The rule for a CPU no table has measured: int8 only where the own int8 kernel has a dot
+/// product instruction (SDOT, VNNI: [`crate::cpu::CpuFeatures::fast_int8`]); elsewhere
+/// measured slower or no faster (docs/BENCHMARKS.md).
 pub fn rule() -> Precision {
     if crate::cpu::CpuFeatures::detect().fast_int8() {
         Precision::Int8
@@ -110,7 +111,7 @@ impl Source {
             Source::Table { threads } => {
                 format!("measured on this CPU class at {threads} thread(s), {FILE}")
             }
-            Source::Rule => "no measurement for this CPU class: int8 only with SDOT".into(),
+            Source::Rule => "no measurement for this CPU class: int8 only with a dot-product int8 kernel (SDOT, VNNI)".into(),
         }
     }
 }

@@ -17,6 +17,10 @@ pub struct SamSession {
     pub manifest: Manifest,
     pub precision: Precision,
     pub decoder_precision: Precision,
+    /// The decoder's precision was `auto`'s pick, not asked for: everything mode may then run
+    /// its prompts on the native fp32 decoder (far faster for a grid than any per-prompt decoder)
+    /// whatever `auto` picked for single prompts.
+    pub decoder_auto: bool,
     encoder: SamEncoder,
     decoder: SamDecoder,
     recipe: Recipe,
@@ -91,6 +95,7 @@ impl SamSession {
             manifest,
             precision,
             decoder_precision,
+            decoder_auto: false,
             encoder,
             decoder,
             recipe,
@@ -153,11 +158,12 @@ impl SamSession {
 
     /// Everything mode's native decoder (src/model/native_decoder.rs), read from the manifest's
     /// fp32 decoder file on first use. `None` (and the tract decoder, said once in the log)
-    /// when the session decodes in int8 (the native decoder is fp32) or the file cannot be read
-    /// by SAM's module names: everything mode degrades to the slower path, it does not fail.
+    /// when the session was asked to decode in int8 (the native decoder is fp32; an int8 that
+    /// `auto` picked does not count, see [`Self::decoder_auto`]) or the file cannot be read by
+    /// SAM's module names: everything mode degrades to the slower path, it does not fail.
     pub fn native_decoder(&mut self, t: &mut Timings) -> Option<&NativeDecoder> {
         if let NativeState::Unloaded = self.native {
-            self.native = if self.decoder_precision != Precision::Fp32 {
+            self.native = if self.decoder_precision != Precision::Fp32 && !self.decoder_auto {
                 log::info!(
                     "everything mode: the native decoder is fp32 only; the {} decoder runs each prompt on tract",
                     self.decoder_precision.as_str()
