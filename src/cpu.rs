@@ -31,11 +31,7 @@ impl CpuFeatures {
     /// multiply-adds per cycle as fp32 (docs/BENCHMARKS.md, issue 22). Follows the int8 kernel
     /// actually chosen (`SONOMASK_INT8_KERNEL` included).
     pub fn fast_int8(&self) -> bool {
-        use crate::simd::int8::I8Kernel;
-        matches!(
-            I8Kernel::best(),
-            I8Kernel::NeonDot | I8Kernel::Avx512Vnni | I8Kernel::AvxVnni
-        )
+        crate::simd::int8::I8Kernel::best().has_dot_product()
     }
 
     /// The SIMD kernel family sonomask's own loops use.

@@ -35,10 +35,13 @@ fn doctor_reports_cpu_models_and_warnings() {
         // Without a measured table, auto follows the rule: int8 where the own int8 kernel
         // has a dot-product instruction (VNNI on x86), else fp32.
         use sonomask::simd::int8::I8Kernel;
-        let vnni = matches!(I8Kernel::best(), I8Kernel::Avx512Vnni | I8Kernel::AvxVnni);
         assert_eq!(
             j["auto_precision"],
-            if vnni { "int8" } else { "fp32" },
+            if I8Kernel::best().has_dot_product() {
+                "int8"
+            } else {
+                "fp32"
+            },
             "int8 kernel {}",
             I8Kernel::best().name()
         );

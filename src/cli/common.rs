@@ -34,15 +34,12 @@ impl ModelOptions {
             Some(p) if !precision_auto => Precision::parse(p)?,
             _ => auto.precision(Role::SamEncoder),
         };
-        let decoder_auto = match a.decoder_precision.as_deref() {
-            Some(p) => p == "auto",
-            None => precision_auto,
-        };
-        let decoder_precision = match a.decoder_precision.as_deref() {
-            Some("auto") => Some(auto.precision(Role::SamDecoder)),
-            Some(p) => Some(Precision::parse(p)?),
-            None if precision_auto => Some(auto.precision(Role::SamDecoder)),
-            None => None,
+        // `--decoder-precision`, and whether it is auto's pick.
+        let (decoder_precision, decoder_auto) = match a.decoder_precision.as_deref() {
+            Some("auto") => (Some(auto.precision(Role::SamDecoder)), true),
+            Some(p) => (Some(Precision::parse(p)?), false),
+            None if precision_auto => (Some(auto.precision(Role::SamDecoder)), true),
+            None => (None, false),
         };
         Ok(ModelOptions {
             models,
@@ -65,15 +62,10 @@ impl ModelOptions {
         clip_precision: Precision,
         scorecam_batch: usize,
     ) -> Result<crate::pipelines::textseg::TextPipeline> {
-        let mut p = crate::pipelines::textseg::TextPipeline::load(
-            &self.models,
-            self.precision,
-            self.decoder(),
-            clip_precision,
-            scorecam_batch,
-        )?;
-        p.sam.decoder_auto = self.decoder_auto;
-        Ok(p)
+        use crate::pipelines::textseg::{ClipParts, TextPipeline};
+        let sam = self.load_session()?;
+        let clip = ClipParts::load(&sam.manifest, &self.models, clip_precision, scorecam_batch)?;
+        Ok(TextPipeline::with_clip(sam, clip))
     }
 
     pub fn load_session(&self) -> Result<SamSession> {

@@ -104,6 +104,16 @@ impl I8Kernel {
         }
     }
 
+    /// Whether it multiplies with a dot-product instruction (four u8 x i8 or i8 x i8
+    /// multiply-adds per lane and instruction: SDOT, VNNI), the kernels that make int8 pay
+    /// against fp32 (docs/BENCHMARKS.md, issue 22).
+    pub fn has_dot_product(self) -> bool {
+        matches!(
+            self,
+            I8Kernel::NeonDot | I8Kernel::Avx512Vnni | I8Kernel::AvxVnni
+        )
+    }
+
     /// The fastest int8 kernel a CPU with features `f` runs.
     pub fn best_on(f: Features) -> I8Kernel {
         I8Kernel::ALL[1..]

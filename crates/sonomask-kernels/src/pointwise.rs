@@ -159,12 +159,12 @@ pub unsafe fn multiply(
                 #[allow(unused_mut)]
                 let mut from = 0;
                 #[cfg(target_arch = "x86_64")]
-                if kernel == Kernel::Avx512 && fma.is_some() {
+                if kernel == Kernel::Avx512 && kernel.usable() {
                     while from + 1 < count && subs[from].1 == NR && subs[from + 1].1 == NR {
                         let (js, x) = (subs[from].0, tile.as_ptr());
-                        // SAFETY: caller's contract; AVX-512F present (checked by `usable`
-                        // through `kernel_has_fma`); tiles `from` and `from + 1` are whole and
-                        // adjacent in C (consecutive runs of the group).
+                        // SAFETY: caller's contract; AVX-512F, AVX2 and FMA present (checked
+                        // by `usable`); tiles `from` and `from + 1` are whole, their outputs
+                        // `dc` columns apart in C.
                         unsafe {
                             let t = Tile {
                                 x: x.add(from * w.k * NR),

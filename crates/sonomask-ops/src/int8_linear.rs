@@ -84,14 +84,19 @@ impl Int8Linear {
         self.weights.kernel()
     }
 
+    /// What it reads: the model's f32 activations, or the previous layer's u8.
+    pub fn in_dt(&self) -> DatumType {
+        u8_or_f32(self.u8_in)
+    }
+
     /// What it writes: the model's dequantised f32, or the next layer's u8.
     pub fn out_dt(&self) -> DatumType {
-        if self.u8_out.is_some() {
-            DatumType::U8
-        } else {
-            DatumType::F32
-        }
+        u8_or_f32(self.u8_out.is_some())
     }
+}
+
+fn u8_or_f32(u8: bool) -> DatumType {
+    if u8 { DatumType::U8 } else { DatumType::F32 }
 }
 
 /// A u8 output on the next int8 layer's input grid: `quantize(gelu(y))` with that layer's
@@ -149,11 +154,7 @@ impl EvalOp for Int8Linear {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        let in_dt = if self.u8_in {
-            DatumType::U8
-        } else {
-            DatumType::F32
-        };
+        let in_dt = self.in_dt();
         ensure!(
             x.datum_type() == in_dt && x.shape() == &*self.in_shape,
             "Int8Linear: input is {:?} {:?}, planned for {in_dt:?} {:?}",
@@ -167,20 +168,14 @@ impl EvalOp for Int8Linear {
         } else {
             (xs.as_slice::<f32>()?, &[][..])
         };
-        let out_dt = self.out_dt();
         // SAFETY: every value is written by the tasks below.
-        let mut output = unsafe { Tensor::uninitialized_dt(out_dt, &self.out_shape)? };
+        let mut output = unsafe { Tensor::uninitialized_dt(self.out_dt(), &self.out_shape)? };
         let mut plain = output.try_as_plain_ram_mut()?;
-        let (out, out_u8) = match self.u8_out {
-            Some(_) => (
-                SharedMut(std::ptr::null_mut()),
-                SharedMut(plain.as_slice_mut::<u8>()?.as_mut_ptr()),
-            ),
-            None => (
-                SharedMut(plain.as_slice_mut::<f32>()?.as_mut_ptr()),
-                SharedMut(std::ptr::null_mut()),
-            ),
-        };
+        // The output's first byte (u8 or f32 values: each task casts to what it writes).
+        let out = SharedMut(match self.u8_out {
+            Some(_) => plain.as_slice_mut::<u8>()?.as_mut_ptr(),
+            None => plain.as_slice_mut::<f32>()?.as_mut_ptr() as *mut u8,
+        });
         let (m, k, n) = (self.m, self.k, self.n);
         let k4 = self.weights.row_len();
         let rq = Requant {
@@ -223,8 +218,12 @@ impl EvalOp for Int8Linear {
                 };
                 if !self.c_t && self.u8_out.is_none() {
                     // SAFETY: task t alone writes output rows r0..r0 + rows.
-                    let c =
-                        unsafe { std::slice::from_raw_parts_mut(out.get().add(r0 * n), rows * n) };
+                    let c = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (out.get() as *mut f32).add(r0 * n),
+                            rows * n,
+                        )
+                    };
                     multiply(a, lda, rows, &self.weights, &rq, c, n);
                     return;
                 }
@@ -240,14 +239,15 @@ impl EvalOp for Int8Linear {
                         gelu_slice(u.gelu, o);
                         // SAFETY: task t alone writes output rows r0..r0 + rows.
                         let c = unsafe {
-                            std::slice::from_raw_parts_mut(out_u8.get().add(r0 * n), rows * n)
+                            std::slice::from_raw_parts_mut(out.get().add(r0 * n), rows * n)
                         };
                         for (src, dst) in o.chunks_exact(n).zip(c.chunks_exact_mut(n)) {
                             quantize_u8(src, u.inv_scale, u.zero, dst);
                         }
                     } else {
+                        let c = (out.get() as *mut f32).wrapping_add(r0);
                         // SAFETY: task t alone writes columns r0..r0 + rows of the n rows of m.
-                        unsafe { transpose(Kernel::best(), o, n, (rows, n), out.get().add(r0), m) };
+                        unsafe { transpose(Kernel::best(), o, n, (rows, n), c, m) };
                     }
                 });
             });
