@@ -67,8 +67,12 @@ def quantize_one(
     ops=("Conv", "MatMul"),
     per_channel: bool = False,
     full_range: bool = False,
+    convs: tuple[str, ...] | None = None,
 ) -> None:
     model = onnx_prep.constants_to_initializers(onnx.load(str(src)))
+    # Only the convolutions named (substrings of node names) when given: the rest stay fp32.
+    unnamed = [n.name for n in model.graph.node
+               if n.op_type == "Conv" and convs is not None and not any(c in n.name for c in convs)]
     # The prompt encoder's random Fourier features (coordinates times a Gaussian matrix, then
     # sin/cos) stay fp32: an 8-bit coordinate is a pixel of phase error at the highest
     # frequencies, and it moved LiteMedSAM's masks by up to 11% Dice (Kvasir; with them fp32 the
@@ -87,7 +91,7 @@ def quantize_one(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
-            nodes_to_exclude=fourier,
+            nodes_to_exclude=fourier + unnamed,
             # 7-bit weights by default: onnxruntime's u8s8 kernels on x86 without VNNI
             # (vpmaddubsw) saturate 16-bit pair sums with full-range weights, so its output would
             # not be the exact integer result that tract (and ARM SDOT/SMLAL) computes. Real
@@ -118,6 +122,7 @@ def main():
     ap.add_argument("--low-res", type=int, help="decoder mask size (default image size / 4)")
     ap.add_argument("--sets", default=",".join(preprocess.CALIBRATION_SETS))
     ap.add_argument("--ops", default="Conv,MatMul", help="op types to quantize (the rest stay fp32)")
+    ap.add_argument("--convs", help="comma-separated substrings of the Conv nodes to quantize (default: every Conv)")
     ap.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
     ap.add_argument("--full-range", action="store_true", help="8-bit weights (default 7-bit, see quantize_one)")
     a = ap.parse_args()
@@ -126,7 +131,8 @@ def main():
     print(f"calibrating on {len(frames)} real ultrasound frames ({', '.join(ap_sets)})")
     recipe = preprocess.Recipe(a.family, a.image_size)
     enc_feeds, dec_feeds = calibration_feeds(a.models / "sam_encoder.fp32.onnx", frames, recipe, a.low_res or a.image_size // 4)
-    q = dict(ops=a.ops.split(","), per_channel=a.per_channel, full_range=a.full_range)
+    q = dict(ops=a.ops.split(","), per_channel=a.per_channel, full_range=a.full_range,
+             convs=tuple(a.convs.split(",")) if a.convs else None)
     print(f"int8: {q}")
     quantize_one(a.models / "sam_encoder.fp32.onnx", a.models / "sam_encoder.int8.onnx", enc_feeds, **q)
     quantize_one(a.models / "sam_decoder.fp32.onnx", a.models / "sam_decoder.int8.onnx", dec_feeds, **q)

@@ -191,7 +191,7 @@ impl Parsed {
         log::debug!(
             "{}: own operators: {} int8 linear layers ({} pairs passing u8), {} products ({} with bias, {} reading slices, {} attention pairs \
              fused, {} 1x1 kernel, {} linear kernel, {} small A, {} written heads first ({} with a few-keys attention)), {} 3x3 convs, {} 2x2 transposed convs, {} channels-last depthwise, {} layer norms, {} softmax, {} pad, \
-             {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks, {} fused patch embeddings, \
+             {} gelu, {} movement chains ({} with their add), {} fused MBConv blocks ({} with an int8 projection), {} fused patch embeddings, \
              {} sums",
             file.display(),
             a.int8_linear,
@@ -215,6 +215,7 @@ impl Parsed {
             b.movement,
             b.movement_add,
             b.mbconv,
+            b.mbconv_int8,
             b.patch_embed,
             b.add
         );

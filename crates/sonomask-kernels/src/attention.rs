@@ -4,7 +4,7 @@
 //! per-row `exp(x - max)` pass between the two products. Pointer kernels (A is read strided in
 //! place), chosen by [`Kernel`]; nothing here knows of tensors.
 //!
-//! Every path (AVX2+FMA, NEON, scalar) does the same IEEE operations in the same order (fused
+//! Every path (AVX-512F, AVX2+FMA, NEON, scalar) does the same IEEE operations in the same order (fused
 //! multiply-adds along the reduced axis, then a multiply and an add; `exp` as
 //! [`softmax`](crate::softmax)'s constants by fused multiply-adds; the sums in eight lanes
 //! reduced in one fixed order), so they agree bit for bit (tested with `==`).
@@ -293,12 +293,20 @@ pub unsafe fn product(
     epilogue: Epilogue,
 ) {
     let fma = kernel_has_fma(kernel);
+    // Sixteen-lane blocks where the CPU has them: pairs of 8-lane vectors, the same fused
+    // multiply-adds per value (a leftover vector by the 8-lane block).
+    let wide = cfg!(target_arch = "x86_64") && kernel == Kernel::Avx512 && kernel.usable();
     for i0 in (0..m).step_by(MR) {
         let rows = MR.min(m - i0);
         let a_rows = std::array::from_fn(|r| a.wrapping_offset((i0 + r) as isize * rsa));
         let mut v0 = 0;
         while v0 < vectors {
-            let nv = NV.min(vectors - v0);
+            let pairs = if wide { NZ.min((vectors - v0) / 2) } else { 0 };
+            let nv = if pairs > 0 {
+                2 * pairs
+            } else {
+                NV.min(vectors - v0)
+            };
             let t = Block {
                 a: a_rows,
                 csa,
@@ -310,14 +318,44 @@ pub unsafe fn product(
                 rows,
                 epilogue: epilogue.at(i0, 8 * v0, rsc),
             };
-            // SAFETY: caller's contract; the block lies inside A, B and C.
+            // SAFETY: caller's contract; the block lies inside A, B and C; the sixteen-lane
+            // blocks only where AVX-512F was detected.
             unsafe {
-                match nv {
-                    1 => block_of::<1>(fma, &t),
+                match (pairs, nv) {
+                    #[cfg(target_arch = "x86_64")]
+                    (1, _) => block512_of::<1>(&t),
+                    #[cfg(target_arch = "x86_64")]
+                    (2, _) => block512_of::<2>(&t),
+                    #[cfg(target_arch = "x86_64")]
+                    (3.., _) => block512_of::<NZ>(&t),
+                    (_, 1) => block_of::<1>(fma, &t),
                     _ => block_of::<NV>(fma, &t),
                 }
             }
             v0 += nv;
+        }
+    }
+}
+
+/// Most 16-lane column vectors per AVX-512 register block (6 x 3 accumulators, 3 loads and a
+/// broadcast: 22 of its 32 registers).
+const NZ: usize = 3;
+
+/// [`block_avx512`] for `t.rows` rows.
+///
+/// # Safety
+/// AVX-512F present; see [`block`] (with `2 Z` 8-lane vectors).
+#[cfg(target_arch = "x86_64")]
+unsafe fn block512_of<const Z: usize>(t: &Block) {
+    // SAFETY: caller's contract.
+    unsafe {
+        match t.rows {
+            6 => block_avx512::<6, Z>(t),
+            5 => block_avx512::<5, Z>(t),
+            4 => block_avx512::<4, Z>(t),
+            3 => block_avx512::<3, Z>(t),
+            2 => block_avx512::<2, Z>(t),
+            _ => block_avx512::<1, Z>(t),
         }
     }
 }
@@ -456,6 +494,57 @@ unsafe fn block_avx2<const R: usize, const V: usize>(t: &Block) {
             }
             for (v, x) in acc.iter().enumerate() {
                 _mm256_storeu_ps(t.c.offset(r as isize * t.rsc).add(8 * v), *x);
+            }
+        }
+    }
+}
+
+/// [`block_avx2`] with `Z` sixteen-lane vectors (`2 Z` of its eight-lane ones): the same
+/// operations per value; each row's 8-lane running maximum takes a vector's low then high half,
+/// the order of the 8-lane block's vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn block_avx512<const R: usize, const Z: usize>(t: &Block) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); Z]; R];
+    for p in 0..t.k as isize {
+        // SAFETY: caller's contract.
+        unsafe {
+            let bp = t.b.offset(p * t.rsb);
+            let bv: [__m512; Z] = std::array::from_fn(|z| _mm512_loadu_ps(bp.add(16 * z)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*t.a[r].offset(p * t.csa));
+                for (x, &b) in acc.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(w, b, *x);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter_mut().enumerate() {
+        // SAFETY (whole loop): caller's contract.
+        unsafe {
+            match t.epilogue {
+                Epilogue::Scores { alpha, bias, max } => {
+                    let alpha = _mm512_set1_ps(alpha);
+                    let mp = max.add(8 * r);
+                    let mut mx = _mm256_loadu_ps(mp);
+                    for (z, x) in acc.iter_mut().enumerate() {
+                        let b = _mm512_loadu_ps(bias.offset(r as isize * t.rsc).add(16 * z));
+                        *x = _mm512_add_ps(_mm512_mul_ps(*x, alpha), b);
+                        let hi =
+                            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*x)));
+                        mx = _mm256_max_ps(mx, _mm512_castps512_ps256(*x));
+                        mx = _mm256_max_ps(mx, hi);
+                    }
+                    _mm256_storeu_ps(mp, mx);
+                }
+                Epilogue::Scale(s) => {
+                    let s = _mm512_set1_ps(*s.add(r));
+                    acc.iter_mut().for_each(|x| *x = _mm512_mul_ps(*x, s));
+                }
+            }
+            for (z, x) in acc.iter().enumerate() {
+                _mm512_storeu_ps(t.c.offset(r as isize * t.rsc).add(16 * z), *x);
             }
         }
     }
@@ -626,6 +715,9 @@ mod tests {
             (7, 12, 20, 24),
             (13, 32, 49, 32),
             (6, 8, 64, 8),
+            // Wide rows: three-pair AVX-512 blocks, then two, then a leftover 8-lane vector.
+            (9, 16, 196, 64),
+            (4, 8, 100, 40),
         ] {
             for k_rows in [false, true] {
                 let want = attend(Kernel::Scalar, dims, k_rows);

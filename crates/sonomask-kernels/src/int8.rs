@@ -333,29 +333,44 @@ pub fn multiply(
                 rq,
             };
             // Panels this step takes (AVX-512 VNNI runs up to four at once).
-            let mut took = 1;
-            match kern {
+            let took = match kern {
                 // SAFETY (each SIMD arm): the kernel's features were checked (`usable`), and
                 // the tile's rows and panels lie inside A and W (asserted above).
                 #[cfg(target_arch = "x86_64")]
                 I8Kernel::Avx512Vnni => {
-                    took = match panels - pn {
+                    let took = match panels - pn {
                         4.. => 4,
                         2 | 3 => 2,
                         _ => 1,
                     };
-                    unsafe { tile_avx512vnni(&t, took, &mut out) }
+                    unsafe { tile_avx512vnni(&t, took, &mut out) };
+                    took
                 }
                 #[cfg(target_arch = "x86_64")]
-                I8Kernel::AvxVnni => unsafe { tile_avxvnni(&t, &mut out) },
+                I8Kernel::AvxVnni => {
+                    unsafe { tile_avxvnni(&t, &mut out) };
+                    1
+                }
                 #[cfg(target_arch = "x86_64")]
-                I8Kernel::Avx2 => unsafe { tile_avx2(&t, &mut out) },
+                I8Kernel::Avx2 => {
+                    unsafe { tile_avx2(&t, &mut out) };
+                    1
+                }
                 #[cfg(target_arch = "aarch64")]
-                I8Kernel::NeonDot => unsafe { tile_neon_dot(&t, &mut out) },
+                I8Kernel::NeonDot => {
+                    unsafe { tile_neon_dot(&t, &mut out) };
+                    1
+                }
                 #[cfg(target_arch = "aarch64")]
-                I8Kernel::Neon => unsafe { tile_neon(&t, &mut out) },
-                _ => tile_scalar(&t, &mut out),
-            }
+                I8Kernel::Neon => {
+                    unsafe { tile_neon(&t, &mut out) };
+                    1
+                }
+                _ => {
+                    tile_scalar(&t, &mut out);
+                    1
+                }
+            };
             pn += took;
         }
     }
@@ -378,6 +393,11 @@ pub fn quantize_u8_with(kernel: crate::Kernel, x: &[f32], inv: f32, zero: u8, ou
         x.len(),
         out.len()
     );
+    #[cfg(target_arch = "x86_64")]
+    if kernel == crate::Kernel::Avx512 && kernel.usable() {
+        // SAFETY: AVX-512F checked just above.
+        return unsafe { quantize_avx512(x, inv, zero, out) };
+    }
     crate::dispatch!(
         kernel,
         quantize_body(x, inv, zero, out),
@@ -388,9 +408,12 @@ pub fn quantize_u8_with(kernel: crate::Kernel, x: &[f32], inv: f32, zero: u8, ou
 
 /// [`quantize_u8_with`] of the transpose: `out[r * ldo + p] = q(x[p * ldx + r])` for `r < rows`,
 /// `p < k`. For channels-first activations (`k x m`, a row per channel, as SAM's decoder keeps
-/// its image tokens): quantized straight into the row-major rows the product reads, instead of a
-/// transposed f32 copy first. Each channel's run is quantized by [`quantize_u8_with`] (the same
-/// rounding, bit for bit), eight channels at a time into a small buffer, then its bytes moved.
+/// its image tokens and the MBConv's int8 projection its depthwise output): quantized straight
+/// into the row-major rows the product reads, instead of a transposed f32 copy first. On AVX2,
+/// tiles of 16 channels x 16 rows: each channel's 16 values quantized as [`quantize_u8_with`]
+/// does (the same operations, bit for bit), the 16 x 16 bytes transposed in registers; the
+/// edges, and the other paths, quantize each channel's run into a small buffer and move its
+/// bytes.
 pub fn quantize_u8_transposed(
     kernel: crate::Kernel,
     x: &[f32],
@@ -413,13 +436,51 @@ pub fn quantize_u8_transposed(
         "quantize_u8_transposed: out of {} bytes for {rows} rows of {k} (stride {ldo})",
         out.len()
     );
+    let q = (inv, zero);
+    #[cfg(target_arch = "x86_64")]
+    if matches!(kernel, crate::Kernel::Avx2 | crate::Kernel::Avx512) && crate::Kernel::Avx2.usable()
+    {
+        let (r16, k16) = (rows / 16 * 16, k / 16 * 16);
+        for r0 in (0..r16).step_by(16) {
+            for p0 in (0..k16).step_by(16) {
+                // SAFETY: AVX2 checked above; channels p0..p0 + 16 of rows r0..r0 + 16 lie in
+                // x and their bytes in out (the asserts above, r0 + 16 <= rows, p0 + 16 <= k).
+                unsafe {
+                    transposed_tile_avx2(
+                        &x[p0 * ldx + r0..],
+                        ldx,
+                        q,
+                        &mut out[r0 * ldo + p0..],
+                        ldo,
+                    )
+                };
+            }
+        }
+        transposed_runs(kernel, x, ldx, (0..r16, k16..k), q, out, ldo);
+        transposed_runs(kernel, x, ldx, (r16..rows, 0..k), q, out, ldo);
+        return;
+    }
+    transposed_runs(kernel, x, ldx, (0..rows, 0..k), q, out, ldo);
+}
+
+/// [`quantize_u8_transposed`] of rows `rs`, channels `ps`: eight channels' runs at a time
+/// quantized into a buffer, then their bytes moved.
+fn transposed_runs(
+    kernel: crate::Kernel,
+    x: &[f32],
+    ldx: usize,
+    (rs, ps): (std::ops::Range<usize>, std::ops::Range<usize>),
+    (inv, zero): (f32, u8),
+    out: &mut [u8],
+    ldo: usize,
+) {
     /// Rows per pass: eight channels' runs of this many bytes stay in L1 beside the output.
     const RB: usize = 64;
     let mut buf = [[0u8; RB]; 8];
-    for r0 in (0..rows).step_by(RB) {
-        let rr = RB.min(rows - r0);
-        for p0 in (0..k).step_by(8) {
-            let pc = 8.min(k - p0);
+    for r0 in rs.clone().step_by(RB) {
+        let rr = RB.min(rs.end - r0);
+        for p0 in ps.clone().step_by(8) {
+            let pc = 8.min(ps.end - p0);
             for (i, b) in buf.iter_mut().enumerate().take(pc) {
                 let src = &x[(p0 + i) * ldx + r0..][..rr];
                 quantize_u8_with(kernel, src, inv, zero, &mut b[..rr]);
@@ -431,6 +492,81 @@ pub fn quantize_u8_transposed(
                 }
             }
         }
+    }
+}
+
+/// One 16 x 16 tile of [`quantize_u8_transposed`]: channel `i`'s 16 values at `x[i * ldx..]`
+/// quantized (as [`quantize_avx2`]) into register `i`, then the bytes transposed by four rounds
+/// of unpacks (bytes, words, double words, quad words: after round `n` a register holds `2^n`
+/// channels of `16 / 2^n` rows), row `r`'s 16 bytes stored at `out[r * ldo..]`.
+///
+/// # Safety
+/// AVX2 present; `x` holds 16 channels of 16 values `ldx` apart, `out` 16 rows of 16 bytes
+/// `ldo` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transposed_tile_avx2(
+    x: &[f32],
+    ldx: usize,
+    (inv, zero): (f32, u8),
+    out: &mut [u8],
+    ldo: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= 15 * ldx + 16 && out.len() >= 15 * ldo + 16);
+    let (vi, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(zero as f32));
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let q8 = |v: __m256| {
+        let y = _mm256_mul_ps(v, vi);
+        let y = _mm256_and_ps(y, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vz), lo), hi);
+        let w = _mm256_cvtps_epi32(q);
+        _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
+    };
+    let r: [__m128i; 16] = std::array::from_fn(|i| {
+        // SAFETY: values i * ldx .. i * ldx + 16 lie in x (caller's contract).
+        let (a, b) = unsafe {
+            let p = x.as_ptr().add(i * ldx);
+            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        };
+        _mm_packus_epi16(q8(a), q8(b))
+    });
+    // a[g][c]: rows 8g.., channel pair c (words); b: rows 4g.., channel quad (dwords);
+    // c: rows 2g.., channel octet (quad words); d[row]: 16 channels.
+    let a: [[__m128i; 8]; 2] = [
+        std::array::from_fn(|c| _mm_unpacklo_epi8(r[2 * c], r[2 * c + 1])),
+        std::array::from_fn(|c| _mm_unpackhi_epi8(r[2 * c], r[2 * c + 1])),
+    ];
+    let b: [[__m128i; 4]; 4] = std::array::from_fn(|g| {
+        let s = &a[g / 2];
+        std::array::from_fn(|c| {
+            if g % 2 == 0 {
+                _mm_unpacklo_epi16(s[2 * c], s[2 * c + 1])
+            } else {
+                _mm_unpackhi_epi16(s[2 * c], s[2 * c + 1])
+            }
+        })
+    });
+    let c: [[__m128i; 2]; 8] = std::array::from_fn(|g| {
+        let s = &b[g / 2];
+        std::array::from_fn(|o| {
+            if g % 2 == 0 {
+                _mm_unpacklo_epi32(s[2 * o], s[2 * o + 1])
+            } else {
+                _mm_unpackhi_epi32(s[2 * o], s[2 * o + 1])
+            }
+        })
+    });
+    for row in 0..16 {
+        let s = &c[row / 2];
+        let d = if row % 2 == 0 {
+            _mm_unpacklo_epi64(s[0], s[1])
+        } else {
+            _mm_unpackhi_epi64(s[0], s[1])
+        };
+        // SAFETY: 16 bytes at out[row * ldo..] (caller's contract).
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().add(row * ldo) as *mut __m128i, d) };
     }
 }
 
@@ -471,6 +607,30 @@ unsafe fn quantize_avx2(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
         unsafe { _mm_storel_epi64(out.as_mut_ptr().add(i) as *mut __m128i, b8) };
     }
     quantize_body(&x[n..], inv, zero, &mut out[n..])
+}
+
+/// [`quantize_avx2`] on sixteen lanes: the same operations per value (NaN -> 0 by a mask), the
+/// whole numbers narrowed to bytes by truncation; the rest by the AVX2 path.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn quantize_avx512(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = x.len() / 16 * 16;
+    let (vi, vz) = (_mm512_set1_ps(inv), _mm512_set1_ps(zero as f32));
+    let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    for i in (0..n).step_by(16) {
+        // SAFETY: i + 16 <= n <= x.len() = out.len().
+        let v = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
+        let y = _mm512_mul_ps(v, vi);
+        let y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y), y);
+        let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, vz), lo), hi);
+        let b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+        // SAFETY: 16 bytes at out[i..i + 16].
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, b) };
+    }
+    // SAFETY: AVX2 is implied by this function's features.
+    unsafe { quantize_avx2(&x[n..], inv, zero, &mut out[n..]) }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -1143,7 +1303,18 @@ mod tests {
         quantize_u8(&[1000.0], 2.0, 10, &mut out[..1]);
         assert_eq!(out[0], 255);
         // Every kernel alike, on values around every rounding boundary and past both ends.
-        let xs: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.0625 + 0.03125).collect();
+        let mut xs: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.0625 + 0.03125).collect();
+        // NaN, infinities and huge values inside whole vectors of every width, and a tail.
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            1e30,
+            -1e30,
+            31.9375,
+        ];
+        xs.extend(special.iter().cycle().take(37));
         let mut want = vec![0u8; xs.len()];
         quantize_u8_with(crate::Kernel::Scalar, &xs, 8.0, 100, &mut want);
         for k in crate::Kernel::available() {
@@ -1156,7 +1327,17 @@ mod tests {
     #[test]
     fn quantize_transposed_equals_quantize_of_the_transpose() {
         // Runs of 8 channels and 64 rows with tails of each; values on rounding boundaries.
-        for (rows, k) in [(1, 1), (64, 8), (70, 13), (5, 130), (129, 17)] {
+        // Whole 16 x 16 tiles (AVX2) with edges of rows, of channels, or both.
+        for (rows, k) in [
+            (1, 1),
+            (64, 8),
+            (70, 13),
+            (5, 130),
+            (129, 17),
+            (16, 16),
+            (48, 37),
+            (35, 256),
+        ] {
             let (ldx, ldo) = (rows + 2, k + 4);
             let x: Vec<f32> = (0..k * ldx)
                 .map(|i| (i as f32 * 0.37).sin() * 40.0 + 0.0625 * (i % 7) as f32)

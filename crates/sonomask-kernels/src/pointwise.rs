@@ -63,6 +63,18 @@ impl PackedWeights {
         PackedWeights { m, k, data }
     }
 
+    /// The weights as packed, `m x k` row-major again.
+    pub fn unpacked(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.m * self.k];
+        for (i, row) in w.chunks_exact_mut(self.k).enumerate() {
+            let (b, r) = (i / MR, i % MR);
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = self.data[(b * self.k + p) * MR + r];
+            }
+        }
+        w
+    }
+
     fn block(&self, b: usize) -> &[f32] {
         &self.data[b * self.k * MR..(b + 1) * self.k * MR]
     }

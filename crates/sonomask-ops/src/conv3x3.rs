@@ -50,16 +50,27 @@ pub struct Geometry3x3 {
 impl Geometry3x3 {
     /// The geometry of `conv` over `input`, if it is one of these.
     pub fn of(conv: &Conv, input: &TypedFact) -> Option<Self> {
+        let shape = input.shape.as_concrete()?;
+        if input.datum_type != DatumType::F32 || conv.q_params.is_some() {
+            return None;
+        }
+        Self::of_shape(conv, shape)
+    }
+
+    /// The geometry of a quantized `conv` (tract's `QLinearConv`) over an input of `shape`.
+    pub fn of_quantized(conv: &Conv, shape: &[usize]) -> Option<Self> {
+        conv.q_params?;
+        Self::of_shape(conv, shape)
+    }
+
+    fn of_shape(conv: &Conv, shape: &[usize]) -> Option<Self> {
         let ps = &conv.pool_spec;
         let batch_axis = match ps.data_format {
             DataFormat::NCHW => true,
             DataFormat::CHW => false,
             _ => return None,
         };
-        let shape = input.shape.as_concrete()?;
-        let ok = input.datum_type == DatumType::F32
-            && conv.q_params.is_none()
-            && conv.kernel_fmt == KernelFormat::OIHW
+        let ok = conv.kernel_fmt == KernelFormat::OIHW
             && ps.kernel_shape.as_slice() == [3, 3]
             && ps
                 .dilations

@@ -9,6 +9,8 @@
 //! Channels-first activations (`[k, m]`, SAM's decoder's image tokens) are quantized straight
 //! into the row-major u8 rows, and a channels-first output (`[n, m]`) is transposed from each
 //! task's rows as they are finished: the decoder's projections of its image tokens and back.
+//! A quantized 3x3 convolution (`QLinearConv`, the encoder neck's 256 -> 256) is the same
+//! product over each pixel's nine neighbours ([`Im2col3x3`]).
 //!
 //! Why: tract runs the chain on its own int8 matrix kernels with quantize, requantize and
 //! dequantize passes around them; on x86 without VNNI that made the int8 encoder many times
@@ -40,6 +42,8 @@ const ROWS: usize = 48;
 thread_local! {
     /// Each thread's quantized activation rows, grown to the largest layer once and kept.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's padded channels-last u8 image of a 3x3 convolution ([`Im2col3x3`]).
+    static PADDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Each thread's f32 output rows before their transpose (channels-first outputs) or their
     /// GELU and quantisation (u8 outputs).
     static ROWS_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -69,6 +73,8 @@ pub struct Int8Linear {
     pub a_t: bool,
     /// The output is channels-first: written as `[n, m]`.
     pub c_t: bool,
+    /// The input is a 3x3 convolution's image: each row is a pixel's neighbourhood.
+    pub im2col: Option<Im2col3x3>,
     /// The input is the previous layer's u8 ([`U8Out`]): rows of `k` bytes, used as they are.
     pub u8_in: bool,
     /// The output is u8 for the next layer.
@@ -95,6 +101,49 @@ impl Int8Linear {
     }
 }
 
+/// The input of a 3x3 convolution with stride 1 and padding 1 on a channels-first image
+/// `[c, h, w]` (batch 1), as the product's rows: pixel `y * w + x` reads its nine neighbours'
+/// channels in `(ky, kx, c)` order. The image is quantized once per run into a channels-last
+/// u8 copy with a one-pixel border of the zero point (a real 0, the padding of `QLinearConv`),
+/// so a row is three runs of `3 c` contiguous bytes, gathered by each task into its scratch
+/// (`9 c` bytes a row instead of `9 c` strided reads of f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Im2col3x3 {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Im2col3x3 {
+    /// `x` (`[c, h * w]`) quantized into `padded` (`[(h + 2) * (w + 2), c]`, border `zero`).
+    fn pad(&self, x: &[f32], (inv, zero): (f32, u8), padded: &mut Vec<u8>) {
+        let (c, h, w) = (self.c, self.h, self.w);
+        padded.clear();
+        padded.resize((h + 2) * (w + 2) * c, zero);
+        for y in 0..h {
+            let dst = &mut padded[((y + 1) * (w + 2) + 1) * c..];
+            quantize_u8_transposed(
+                Kernel::best(),
+                &x[y * w..],
+                h * w,
+                (w, c),
+                (inv, zero),
+                dst,
+                c,
+            );
+        }
+    }
+
+    /// Pixel `p`'s row (`9 c` bytes) from the padded image.
+    fn gather(&self, padded: &[u8], p: usize, row: &mut [u8]) {
+        let (c, w) = (self.c, self.w);
+        let (y, x) = (p / w, p % w);
+        for (ky, dst) in row.chunks_exact_mut(3 * c).take(3).enumerate() {
+            dst.copy_from_slice(&padded[((y + ky) * (w + 2) + x) * c..][..3 * c]);
+        }
+    }
+}
+
 fn u8_or_f32(u8: bool) -> DatumType {
     if u8 { DatumType::U8 } else { DatumType::F32 }
 }
@@ -117,7 +166,7 @@ impl Op for Int8Linear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "m {} k {} n {} kernel {}{}{}{}{}{}",
+            "m {} k {} n {} kernel {}{}{}{}{}{}{}",
             self.m,
             self.k,
             self.n,
@@ -133,6 +182,11 @@ impl Op for Int8Linear {
                 ""
             },
             if self.u8_in { ", u8 input" } else { "" },
+            if self.im2col.is_some() {
+                ", 3x3 convolution"
+            } else {
+                ""
+            },
             if self.u8_out.is_some() {
                 ", GELU and u8 output"
             } else {
@@ -185,7 +239,13 @@ impl EvalOp for Int8Linear {
             out_q: Some(self.out_q),
             post_bias: self.post_bias.as_deref().map(|v| &v[..]),
         };
-        par_tasks(m.div_ceil(ROWS), m * k * n, |t| {
+        // A convolution's padded image, quantized once (a pass over the input) before the tasks.
+        let mut padded = PADDED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        if let Some(g) = self.im2col {
+            g.pad(xf, (self.a_inv_scale, self.a_zero), &mut padded);
+        }
+        let padded_ref = &padded[..];
+        let result = par_tasks(m.div_ceil(ROWS), m * k * n, |t| {
             let (r0, rows) = (t * ROWS, ROWS.min(m - t * ROWS));
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
@@ -197,7 +257,11 @@ impl EvalOp for Int8Linear {
                     if s.len() < ROWS * k4 {
                         s.resize(ROWS * k4, 0);
                     }
-                    if self.a_t {
+                    if let Some(g) = self.im2col {
+                        for (r, row) in s.chunks_exact_mut(k4).take(rows).enumerate() {
+                            g.gather(padded_ref, r0 + r, &mut row[..k]);
+                        }
+                    } else if self.a_t {
                         let q = (self.a_inv_scale, self.a_zero);
                         quantize_u8_transposed(
                             Kernel::best(),
@@ -251,7 +315,10 @@ impl EvalOp for Int8Linear {
                     }
                 });
             });
-        })?;
+        });
+        // Kept for the next run (grown once).
+        PADDED.with(|p| *p.borrow_mut() = padded);
+        result?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -528,20 +595,107 @@ mod tests {
                 "{layout:?}"
             );
             let got = run(ours, &x, &shape);
-            assert_eq!(got.len(), want.len());
-            // The same u8 grid (0.04 apart); ties may round apart.
-            let mut off = 0;
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 0.04 * 1.001, "{rows}x{k}x{n}: {g} vs {w}");
-                off += (g != w) as usize;
-            }
-            assert!(
-                off * 100 <= want.len(),
-                "{off} of {} values off the grid step",
-                want.len()
-            );
-            // Not a constant output: the test sees the product.
-            assert!(want.iter().any(|v| *v != want[0]));
+            on_the_same_grid(&got, &want, 0.04, &format!("{rows}x{k}x{n}"));
+        }
+    }
+
+    /// `got` and `want` (tract's) on the same output grid `step` apart: equal but for ties that
+    /// round apart (at most one step, on at most 1% of the values), and not constant (the test
+    /// sees the product).
+    fn on_the_same_grid(got: &[f32], want: &[f32], step: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let mut off = 0;
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= step * 1.001, "{what}: {g} vs {w}");
+            off += (g != w) as usize;
+        }
+        assert!(
+            off * 100 <= want.len(),
+            "{what}: {off} of {} values off the grid step",
+            want.len()
+        );
+        assert!(want.iter().any(|v| *v != want[0]), "{what}");
+    }
+
+    #[test]
+    fn replaces_a_quantized_3x3_convolution_and_matches_tract_within_one_output_step() {
+        use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+        use tract_core::ops::nn::DataFormat;
+        // Pixels past one task (48) with a partial last one, image rows of odd widths (a
+        // task's rows cross them), channels past the quantisation's eight-channel runs, a
+        // one-pixel image (every neighbour the border), with and without the batch axis.
+        for (c, co, h, w, batch) in [
+            (20, 24, 7, 9, true),
+            (9, 16, 3, 70, false),
+            (32, 8, 1, 1, true),
+        ] {
+            let mut seed = (c * co + h * w) as u64;
+            let shape = if batch {
+                vec![1, c, h, w]
+            } else {
+                vec![c, h, w]
+            };
+            let x: Vec<f32> = test_values(&mut seed, c * h * w)
+                .iter()
+                .map(|v| v * 6.0)
+                .collect();
+            let wts: Vec<i8> = test_values(&mut seed, co * c * 9)
+                .iter()
+                .map(|v| (v * 254.0) as i8)
+                .collect();
+            let k_scale: Vec<f32> = (0..co).map(|j| 0.002 + j as f32 * 1e-5).collect();
+            let bias: Vec<i32> = (0..co).map(|j| j as i32 * 37 - 500).collect();
+            let (a_scale, a_zero, c_scale, c_zero) = (12.0 / 255.0, 128u8, 0.04f32, 120u8);
+            let mut m = TypedModel::default();
+            let s = m.add_source("x", f32::fact(&shape)).unwrap();
+            let q = m
+                .wire_node("q", quantize_linear_u8(1.0 / a_scale, a_zero), &[s])
+                .unwrap();
+            let mut k_ = |name: &str, t: Tensor| m.add_const(name, t).unwrap();
+            let consts = [
+                k_("w", tensor1(&wts).into_shape(&[co, c, 3, 3]).unwrap()),
+                k_("bias", tensor1(&bias)),
+                k_("x0", tensor0(a_zero as i32)),
+                k_("x_scale", tensor0(a_scale)),
+                k_("k0", tensor0(0i32)),
+                k_("k_scale", tensor1(&k_scale)),
+                k_("y0", tensor0(c_zero as i32)),
+                k_("y_scale", tensor0(c_scale)),
+            ];
+            let conv = Conv {
+                pool_spec: PoolSpec {
+                    data_format: if batch {
+                        DataFormat::NCHW
+                    } else {
+                        DataFormat::CHW
+                    },
+                    kernel_shape: tvec![3, 3],
+                    padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+                    dilations: None,
+                    strides: None,
+                    input_channels: c,
+                    output_channels: co,
+                },
+                kernel_fmt: KernelFormat::OIHW,
+                group: 1,
+                q_params: Some(u8::datum_type()),
+            };
+            let mut inputs = vec![q[0]];
+            inputs.extend(consts);
+            let y = m.wire_node("conv", conv, &inputs).unwrap();
+            let d = m
+                .wire_node("dq", DequantizeLinearF32::new(c_scale, c_zero as i32), &y)
+                .unwrap();
+            m.select_output_outlets(&d).unwrap();
+            let want = run(m.clone(), &x, &shape);
+            let mut ours = m;
+            let done = substitute_decluttered(&mut ours, sonomask_kernels::Kernel::best()).unwrap();
+            assert_eq!(done.int8_linear, 1, "{c}x{h}x{w}");
+            let out = ours.output_outlets().unwrap()[0];
+            let op = ours.nodes[out.node].op_as::<Int8Linear>().unwrap();
+            assert_eq!(op.im2col, Some(Im2col3x3 { c, h, w }));
+            let got = run(ours, &x, &shape);
+            on_the_same_grid(&got, &want, c_scale, &format!("{c}->{co} {h}x{w}"));
         }
     }
 

@@ -47,7 +47,7 @@ pub use depthwise_nhwc::DepthwiseNhwc3x3;
 pub use few_keys::FewKeysAttention;
 pub use gelu::Gelu;
 pub use gemm::{Gemm, View};
-pub use int8_linear::{Int8Linear, U8Out};
+pub use int8_linear::{Im2col3x3, Int8Linear, U8Out};
 pub use layer_norm::AxisLayerNorm;
 pub use mbconv::MbConv;
 pub use movement::MoveRuns;

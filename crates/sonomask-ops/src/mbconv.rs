@@ -20,6 +20,12 @@
 //! The kernels are the unfused ops' own ([`pointwise::multiply`], [`taps_rows`],
 //! [`gelu_slice`]) in the same order per value, so the result equals the unfused plan bit for
 //! bit (tested with `==`, and to 1e-5 against tract's stock ops).
+//!
+//! In an int8 model's plan the projection may run in int8 ([`Int8Projection`]): the quantizer
+//! leaves these convolutions fp32 (onnxruntime's `QLinearConv` rounds its output to u8 too,
+//! which cost LiteMedSAM's embedding 0.18 of cosine), so the weights are quantized here, per
+//! output channel, and each output row's depthwise activations over their own range, with an
+//! f32 output.
 
 use std::cell::RefCell;
 
@@ -34,11 +40,98 @@ use crate::pointwise::{self, PackedWeights, Rows};
 use crate::ring::{PaddedRow, slot};
 use sonomask_kernels::Kernel;
 use sonomask_kernels::conv::taps_rows;
+use sonomask_kernels::int8::{self, I8Kernel, I8Weights, Requant, quantize_u8_transposed};
+use sonomask_kernels::saliency::min_max;
+use sonomask_kernels::transpose::transpose;
 
 thread_local! {
     /// Each thread's expanded-row ring, depthwise output row and projected row, reused across
     /// calls (the sizes are pinned by the model, so it is allocated once per thread).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's u8 rows, column scales and row-major output of an int8 projection.
+    static SCRATCH_I8: RefCell<(Vec<u8>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// The projection `[c_out, e]` in int8: weights symmetric 8-bit per output channel (scale
+/// `max |w| / 127`), quantized at load; the activations of each output row (`e x ow`, after
+/// the depthwise GELU) asymmetric u8 over the row's own range, 0 included (onnxruntime's
+/// `DynamicQuantizeLinear` rule, on a row instead of a tensor): no calibration, and a row's
+/// range is what its values need. Measured on LiteMedSAM (`quantize/mbconv_int8.py`):
+/// embedding cosine to fp32 0.9993 with stage 0's projections so, 0.9879 with its expansions
+/// too (left fp32).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Projection {
+    weights: I8Weights,
+    w_scale: Vec<f32>,
+}
+
+impl Int8Projection {
+    /// From `w` (`c_out x e`, row-major); `None` for a weight that is not finite or a
+    /// reduction longer than the int8 kernel takes.
+    pub fn quantize(kernel: I8Kernel, w: &[f32], c_out: usize, e: usize) -> Option<Self> {
+        if e == 0 || c_out == 0 || e > int8::MAX_K || w.len() != c_out * e {
+            return None;
+        }
+        let mut q = vec![0i8; e * c_out];
+        let mut w_scale = vec![0f32; c_out];
+        for (o, row) in w.chunks_exact(e).enumerate() {
+            if !row.iter().all(|v| v.is_finite()) {
+                return None;
+            }
+            let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            w_scale[o] = s;
+            for (i, v) in row.iter().enumerate() {
+                q[i * c_out + o] = (v / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        let weights = I8Weights::pack(kernel, &q, e, c_out, (c_out, 1));
+        Some(Int8Projection { weights, w_scale })
+    }
+
+    /// `proj` (`c_out x ow`) = the projection of `x` (`e x ow`) plus `bias`: `x` quantized to
+    /// `q = clamp(round(x / s) + z, 0, 255)` with `s = (max(hi, 0) - min(lo, 0)) / 255` and
+    /// `z = round(-min(lo, 0) / s)` over its values, the product exact in i32, then
+    /// `(sum (q - z) w) * (s * w_scale) + bias` per value. False, and `proj` untouched, when the
+    /// range is not finite (the caller runs the f32 projection).
+    pub fn project(
+        &self,
+        k: Kernel,
+        x: &[f32],
+        (e, ow): (usize, usize),
+        bias: &[f32],
+        proj: &mut [f32],
+    ) -> bool {
+        let c_out = self.w_scale.len();
+        assert!(x.len() >= e * ow && proj.len() >= c_out * ow && bias.len() >= c_out);
+        let (lo, hi) = min_max(k, &x[..e * ow]);
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        if !(lo.is_finite() && hi.is_finite()) {
+            return false;
+        }
+        let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+        let z = (-lo / s).round_ties_even().clamp(0.0, 255.0) as u8;
+        let k4 = self.weights.row_len();
+        SCRATCH_I8.with_borrow_mut(|(a, scale, c)| {
+            a.resize(ow * k4, z);
+            quantize_u8_transposed(k, x, ow, (ow, e), (1.0 / s, z), a, k4);
+            scale.clear();
+            scale.extend(self.w_scale.iter().map(|w| w * s));
+            c.resize(ow * c_out, 0.0);
+            let rq = Requant {
+                a_zero: z,
+                scale,
+                bias: &bias[..c_out],
+                out_q: None,
+                post_bias: None,
+            };
+            int8::multiply(a, k4, ow, &self.weights, &rq, c, c_out);
+            // SAFETY: proj holds c_out rows of ow.
+            unsafe { transpose(k, c, c_out, (ow, c_out), proj.as_mut_ptr(), ow) };
+        });
+        true
+    }
 }
 
 /// What follows the projection.
@@ -75,6 +168,8 @@ pub struct MbConv {
     /// The 1x1 projection `[c_out, e]` and its bias.
     project: PackedWeights,
     project_bias: Vec<f32>,
+    /// The projection in int8 (an int8 model's plan), else f32.
+    project_i8: Option<Int8Projection>,
     in_shape: TVec<usize>,
     out_shape: TVec<usize>,
 }
@@ -155,9 +250,23 @@ impl MbConv {
             dw_bias: dw_bias.collect(),
             project: dp.weights.clone(),
             project_bias: or_zeros(&dp.bias, c_out),
+            project_i8: None,
             in_shape: in_shape.into(),
             out_shape: out_shape.into(),
         })
+    }
+
+    /// The block with its projection in int8 (see [`Int8Projection`]) where its weights allow,
+    /// else as it was.
+    pub fn with_int8_projection(mut self, kernel: I8Kernel) -> Self {
+        let w = self.project.unpacked();
+        self.project_i8 = Int8Projection::quantize(kernel, &w, self.c_out, self.e);
+        self
+    }
+
+    /// Whether the projection runs in int8.
+    pub fn int8_projection(&self) -> bool {
+        self.project_i8.is_some()
     }
 
     /// Output height and width.
@@ -224,21 +333,27 @@ impl MbConv {
                     taps_rows(k, dst, self.dw_bias[ch], &std::array::from_fn(src), taps);
                     gelu_slice(k, dst);
                 }
+                let int8 = self
+                    .project_i8
+                    .as_ref()
+                    .is_some_and(|p| p.project(k, dwo, (e, ow), &self.project_bias, proj));
                 let d = Rows {
                     x: dwo.as_ptr(),
                     rs: ow,
                 };
                 // SAFETY: dwo is e rows of ow, proj c_out rows of ow.
                 unsafe {
-                    pointwise::multiply(
-                        k,
-                        &self.project,
-                        &d,
-                        (proj.as_mut_ptr(), ow),
-                        0..ow,
-                        Some(&self.project_bias),
-                        false,
-                    )
+                    if !int8 {
+                        pointwise::multiply(
+                            k,
+                            &self.project,
+                            &d,
+                            (proj.as_mut_ptr(), ow),
+                            0..ow,
+                            Some(&self.project_bias),
+                            false,
+                        )
+                    }
                 };
                 // SAFETY: output row y is ours (caller's contract).
                 unsafe { self.finish_row(x, proj, out, (y, oh, ow)) };
@@ -360,8 +475,19 @@ impl Op for MbConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {} -> {} channels, {}x{} stride {}, {:?}, kernel {:?}",
-            self.c, self.e, self.c_out, self.h, self.w, self.stride, self.tail, self.kernel
+            "{} -> {} -> {} channels, {}x{} stride {}, {:?}, kernel {:?}{}",
+            self.c,
+            self.e,
+            self.c_out,
+            self.h,
+            self.w,
+            self.stride,
+            self.tail,
+            self.kernel,
+            match &self.project_i8 {
+                Some(p) => format!(", int8 projection ({})", p.weights.kernel().name()),
+                None => String::new(),
+            }
         )])
     }
 
@@ -512,11 +638,7 @@ mod tests {
     fn run(model: &TypedModel, x: &Tensor, kernel: Kernel) -> ([Vec<f32>; 3], Replaced) {
         let want = run_one(model.clone().into_optimized().unwrap(), x);
         let ours = |except: &[&str]| {
-            let mut m = model.clone();
-            m.declutter().unwrap();
-            substitute_decluttered(&mut m, kernel).unwrap();
-            m.optimize().unwrap();
-            let done = substitute_with(&mut m, kernel, &Fusions::without(except).unwrap()).unwrap();
+            let (m, done) = plan(model, kernel, except);
             let ops = m
                 .nodes
                 .iter()
@@ -529,6 +651,16 @@ mod tests {
         assert_eq!(none.mbconv, 0);
         OPS.with_borrow_mut(|o| *o = ops);
         ([want, unfused, fused], done)
+    }
+
+    /// `model` planned as sonomask plans it, with every rewrite but `except`.
+    fn plan(model: &TypedModel, kernel: Kernel, except: &[&str]) -> (TypedModel, Replaced) {
+        let mut m = model.clone();
+        m.declutter().unwrap();
+        substitute_decluttered(&mut m, kernel).unwrap();
+        m.optimize().unwrap();
+        let done = substitute_with(&mut m, kernel, &Fusions::without(except).unwrap()).unwrap();
+        (m, done)
     }
 
     thread_local! {
@@ -607,5 +739,104 @@ mod tests {
         let ([want, unfused, fused], done) = run(&m, &x, Kernel::best());
         assert_eq!(done.mbconv, 0);
         assert!(fused == unfused && max_abs_diff(&want, &fused) < 1e-4);
+    }
+
+    #[test]
+    fn the_int8_projection_is_its_integer_definition_on_every_kernel() {
+        // Reductions with a tail past the 4-byte steps and of the int8 kernel's longest,
+        // partial output panels, rows past the 16 x 16 quantisation tiles and a single one.
+        for (e, c_out, ow) in [(20, 12, 19), (256, 64, 37), (13, 5, 1)] {
+            let mut seed = (e * c_out + ow) as u64;
+            let w = test_values(&mut seed, c_out * e);
+            let x: Vec<f32> = test_values(&mut seed, e * ow)
+                .iter()
+                .map(|v| v * 3.0 - 0.5)
+                .collect();
+            let bias = test_values(&mut seed, c_out);
+            // The definition (Int8Projection's doc), value by value.
+            let (lo, hi) = x
+                .iter()
+                .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            let s = (hi - lo) / 255.0;
+            let z = (-lo / s).round_ties_even().clamp(0.0, 255.0);
+            let qa: Vec<i32> = x
+                .iter()
+                .map(|&v| {
+                    ((v * (1.0 / s)).round_ties_even() + z).clamp(0.0, 255.0) as i32 - z as i32
+                })
+                .collect();
+            let mut want = vec![0f32; c_out * ow];
+            for (o, row) in w.chunks_exact(e).enumerate() {
+                let ws = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                let qw: Vec<i32> = row
+                    .iter()
+                    .map(|v| (v / ws).round_ties_even().clamp(-127.0, 127.0) as i32)
+                    .collect();
+                for p in 0..ow {
+                    let acc: i32 = (0..e).map(|i| qa[i * ow + p] * qw[i]).sum();
+                    want[o * ow + p] = acc as f32 * (ws * s) + bias[o];
+                }
+            }
+            for k8 in I8Kernel::available() {
+                let proj = Int8Projection::quantize(k8, &w, c_out, e).unwrap();
+                for k in Kernel::available() {
+                    let mut got = vec![f32::NAN; c_out * ow];
+                    assert!(proj.project(k, &x, (e, ow), &bias, &mut got));
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{k8:?} {k:?} {e}x{c_out}x{ow}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_int8_projection_declines_a_row_without_a_finite_range() {
+        let w = vec![0.5f32; 8 * 4];
+        let proj = Int8Projection::quantize(I8Kernel::best(), &w, 4, 8).unwrap();
+        let mut x = vec![1.0f32; 8 * 3];
+        x[5] = f32::INFINITY;
+        let mut out = vec![7.0f32; 4 * 3];
+        assert!(!proj.project(Kernel::best(), &x, (8, 3), &[0.0; 4], &mut out));
+        assert!(
+            out.iter().all(|&v| v == 7.0),
+            "left untouched for the f32 path"
+        );
+        // A weight that is not finite: no int8 projection at all.
+        let mut bad = w.clone();
+        bad[3] = f32::NAN;
+        assert!(Int8Projection::quantize(I8Kernel::best(), &bad, 4, 8).is_none());
+        // All zeros: the range is 0, the output the bias.
+        let mut out = vec![7.0f32; 4 * 3];
+        assert!(proj.project(Kernel::best(), &[0.0; 24], (8, 3), &[0.25; 4], &mut out));
+        assert!(out.iter().all(|&v| v == 0.25));
+    }
+
+    #[test]
+    fn a_block_with_an_int8_projection_stays_near_the_fp32_block() {
+        if !FUSABLE {
+            return;
+        }
+        for (ch, hw, stride, tail) in BLOCKS {
+            let (m, x) = (block(ch, hw, stride, tail), input(ch.0, hw.0, hw.1));
+            let (fp32, _) = plan(&m, Kernel::best(), &[]);
+            let mut int8 = fp32.clone();
+            let node = int8.nodes.iter_mut().find(|n| n.op_is::<MbConv>()).unwrap();
+            let op = node.op_as::<MbConv>().unwrap().clone();
+            assert!(
+                !op.int8_projection(),
+                "an fp32 model keeps its f32 projection"
+            );
+            let op = op.with_int8_projection(I8Kernel::best());
+            assert!(op.int8_projection());
+            node.op = Box::new(op);
+            let (want, got) = (run_one(fp32, &x), run_one(int8, &x));
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let diff = max_abs_diff(&want, &got);
+            // 8-bit weights and activations: within a few percent of the output's range, and
+            // not the f32 result (the int8 path ran).
+            let what = format!("{ch:?} {hw:?} stride {stride} {tail:?}");
+            assert!(diff <= 0.03 * scale, "{what}: {diff:e} of {scale}");
+            assert!(diff > 0.0, "{what}: the int8 projection did not run");
+        }
     }
 }

@@ -14,6 +14,7 @@ use tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 use tract_onnx::prelude::*;
 
+use crate::conv3x3::Geometry3x3;
 use crate::graph::{is_bin, konst, other_konst, sole_user};
 use crate::*;
 use sonomask_kernels::Kernel;
@@ -62,6 +63,7 @@ impl Fusions {
         "pad",
         "mbconv",
         "mbconv_merge",
+        "mbconv_int8",
         "patch_embed",
         "add",
     ];
@@ -109,8 +111,8 @@ pub fn stock_ops_requested() -> bool {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Replaced {
     pub softmax: usize,
-    /// Quantized linear layers (`QuantizeLinear -> QLinearMatMul -> DequantizeLinear`) made one
-    /// [`Int8Linear`].
+    /// Quantized linear layers (`QuantizeLinear -> QLinearMatMul -> DequantizeLinear`) and 3x3
+    /// convolutions (`QLinearConv`) made one [`Int8Linear`].
     pub int8_linear: usize,
     /// Pairs of them with a GELU between made to pass u8 (the first writes the second's input).
     pub int8_chain: usize,
@@ -146,6 +148,8 @@ pub struct Replaced {
     /// Inverted-residual blocks (1x1, GELU, depthwise, GELU, 1x1, add, GELU) and patch
     /// mergings made one [`MbConv`].
     pub mbconv: usize,
+    /// Of them, those whose projection runs in int8 (an int8 model's plan).
+    pub mbconv_int8: usize,
     /// Pairs of dense 3x3 convolutions with a GELU between made one [`PatchEmbed`].
     pub patch_embed: usize,
     /// Sums of two tensors of one shape ([`AddSame`]).
@@ -185,7 +189,11 @@ pub fn substitute_decluttered_with(
     if !off("int8_linear") {
         let k8 = I8Kernel::best();
         for id in 0..model.nodes.len() {
-            if let Some((x, op, tail)) = int8_linear_plan(model, id, k8)? {
+            let plan = match int8_linear_plan(model, id, k8)? {
+                None => int8_conv_plan(model, id, k8)?,
+                some => some,
+            };
+            if let Some((x, op, tail)) = plan {
                 let name = format!("{}.int8", model.nodes[id].name);
                 replace_span(model, &[x], name, op, tail)?;
                 done.int8_linear += 1;
@@ -406,17 +414,9 @@ fn int8_linear_plan(
     if !mm.op_is::<EinSum>() || mm.inputs.len() != 9 {
         return Ok(None);
     }
-    // The quantisation may feed several products (the decoder's q, k and v projections of one
-    // input): each gets its own op, quantizing its input again (a pass over k values per row,
-    // against k n multiply-adds).
-    let node = &model.nodes[mm.inputs[0].node];
-    let Some(q) = node
-        .op_as::<tract_core::ops::element_wise::ElementWiseOp>()
-        .and_then(|e| e.0.downcast_ref::<QuantizeLinearU8>())
-    else {
+    let Some((q, x)) = quantized_input(model, mm) else {
         return Ok(None);
     };
-    let x = node.inputs[0];
     let xf = model.outlet_fact(x)?;
     let Some(in_shape) = xf.shape.as_concrete().map(|s| s.to_vec()) else {
         return Ok(None);
@@ -488,24 +488,166 @@ fn int8_linear_plan(
     }
     // Where the column axis sits in the full output (a folded bias broadcasts along it).
     let n_axis = full_out.iter().position(|c| *c == b[r]);
-    let consts: Option<Vec<Arc<Tensor>>> = (1..9).map(|s| konst(model, mm, s)).collect();
-    let Some(c) = consts else {
+    let Some(w) = konst(model, mm, 1) else {
         return Ok(None);
     };
-    if c[0].rank() != r + 1 {
+    if w.rank() != r + 1 || w.datum_type().unquantized() != DatumType::I8 {
         return Ok(None);
     }
-    let n = c[0].shape()[r];
-    let k: usize = c[0].shape()[..r].iter().product();
+    let n = w.shape()[r];
+    let k: usize = w.shape()[..r].iter().product();
     let volume: usize = in_shape.iter().product();
-    if c[0].datum_type().unquantized() != DatumType::I8
-        || n == 0
+    if n == 0
         || k == 0
         || !volume.is_multiple_of(k)
         || out_shape.iter().product::<usize>() != volume / k * n
     {
         return Ok(None);
     }
+    let w = w.cast_to::<i8>()?;
+    let geometry = Int8Geometry {
+        in_shape,
+        out_shape,
+        m: volume / k,
+        k,
+        n,
+        n_axis,
+        a_t,
+        c_t,
+        im2col: None,
+    };
+    int8_plan(
+        model,
+        mm,
+        (q, x),
+        geometry,
+        w.try_as_plain_ram()?.as_slice::<i8>()?,
+        kernel,
+    )
+}
+
+/// The [`Int8Linear`] for a quantized 3x3 convolution (node `id`: a tract `Conv` with
+/// quantisation inputs, the `QuantizeLinear -> QLinearConv -> DequantizeLinear` chain), stride
+/// 1, padding 1, one group, batch 1, constant i8 weights: a product over each pixel's nine
+/// neighbours ([`Im2col3x3`]), written channels-first. The weights `[co, c, 3, 3]` are
+/// reordered to the rows' `(ky, kx, c)`.
+fn int8_conv_plan(
+    model: &TypedModel,
+    id: usize,
+    kernel: I8Kernel,
+) -> TractResult<Option<(OutletId, Int8Linear, usize)>> {
+    let node = &model.nodes[id];
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    if node.inputs.len() != 9 || conv.group != 1 {
+        return Ok(None);
+    }
+    let Some((q, x)) = quantized_input(model, node) else {
+        return Ok(None);
+    };
+    let xf = model.outlet_fact(x)?;
+    let Some(in_shape) = xf.shape.as_concrete().map(|s| s.to_vec()) else {
+        return Ok(None);
+    };
+    let Some(g) = Geometry3x3::of_quantized(conv, &in_shape) else {
+        return Ok(None);
+    };
+    let (c, co) = (
+        conv.pool_spec.input_channels,
+        conv.pool_spec.output_channels,
+    );
+    let (h, w) = (in_shape[in_shape.len() - 2], in_shape[in_shape.len() - 1]);
+    let Some(weights) = konst(model, node, 1) else {
+        return Ok(None);
+    };
+    if xf.datum_type != DatumType::F32
+        || g.stride != 1
+        || g.pad != [(1, 1), (1, 1)]
+        || weights.shape() != [co, c, 3, 3]
+        || weights.datum_type().unquantized() != DatumType::I8
+        || c == 0
+        || co == 0
+        || h * w == 0
+    {
+        return Ok(None);
+    }
+    let weights = weights.cast_to::<i8>()?;
+    let oihw = weights.try_as_plain_ram()?;
+    let oihw = oihw.as_slice::<i8>()?;
+    let k = 9 * c;
+    let mut w_kn = vec![0i8; k * co];
+    for o in 0..co {
+        for ci in 0..c {
+            for t in 0..9 {
+                w_kn[(t * c + ci) * co + o] = oihw[(o * c + ci) * 9 + t];
+            }
+        }
+    }
+    let mut out_shape = in_shape.clone();
+    out_shape[in_shape.len() - 3] = co;
+    let geometry = Int8Geometry {
+        n_axis: Some(in_shape.len() - 3),
+        in_shape,
+        out_shape,
+        m: h * w,
+        k,
+        n: co,
+        a_t: false,
+        c_t: true,
+        im2col: Some(Im2col3x3 { c, h, w }),
+    };
+    int8_plan(model, node, (q, x), geometry, &w_kn, kernel)
+}
+
+/// The f32 activations and their `QuantizeLinearU8` on input 0 of `node`. The quantisation may
+/// feed several products (the decoder's q, k and v projections of one input): each gets its
+/// own op, quantizing its input again (a pass over k values per row, against k n
+/// multiply-adds).
+fn quantized_input<'a>(
+    model: &'a TypedModel,
+    node: &TypedNode,
+) -> Option<(&'a QuantizeLinearU8, OutletId)> {
+    let q = &model.nodes[node.inputs.first()?.node];
+    let op = q
+        .op_as::<ElementWiseOp>()
+        .and_then(|e| e.0.downcast_ref::<QuantizeLinearU8>())?;
+    Some((op, q.inputs[0]))
+}
+
+/// The shapes of an [`Int8Linear`]: its input and output, the product's `m x k . k x n`, where
+/// the output's column axis sits (`n_axis`: a folded bias broadcasts along it) and the layouts.
+struct Int8Geometry {
+    in_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    n_axis: Option<usize>,
+    a_t: bool,
+    c_t: bool,
+    im2col: Option<Im2col3x3>,
+}
+
+/// What quantized products and convolutions share: node `mm`'s quantisation inputs (`[x, w,
+/// bias, a0, a_scale, b0, b_scale, c0, c_scale]`, the order of tract's quantized `EinSum` and
+/// `Conv`) checked against what the kernel computes (symmetric weights, scalar u8 activation and
+/// output grids matching the `QuantizeLinearU8` before and the `DequantizeLinearF32` that alone
+/// reads the output), the weights `w_kn` (`k x n`, row-major) packed, and a bias `Add` after
+/// the dequantisation folded in.
+fn int8_plan(
+    model: &TypedModel,
+    mm: &TypedNode,
+    (q, x): (&QuantizeLinearU8, OutletId),
+    g: Int8Geometry,
+    w_kn: &[i8],
+    kernel: I8Kernel,
+) -> TractResult<Option<(OutletId, Int8Linear, usize)>> {
+    let (k, n) = (g.k, g.n);
+    let consts: Option<Vec<Arc<Tensor>>> = (2..9).map(|s| konst(model, mm, s)).collect();
+    let Some(c) = consts else {
+        return Ok(None);
+    };
     let f = |t: &Tensor| -> TractResult<Vec<f32>> {
         Ok(t.cast_to::<f32>()?
             .try_as_plain_ram()?
@@ -513,13 +655,13 @@ fn int8_linear_plan(
             .to_vec())
     };
     let (bias, a0, a_scale, b0, b_scale, c0, c_scale) = (
+        f(&c[0])?,
         f(&c[1])?,
         f(&c[2])?,
         f(&c[3])?,
         f(&c[4])?,
         f(&c[5])?,
         f(&c[6])?,
-        f(&c[7])?,
     );
     let per_col = |v: &[f32], j: usize| if v.len() == 1 { v[0] } else { v[j] };
     let Some(dq_node) = sole_user(model, mm.id) else {
@@ -549,9 +691,10 @@ fn int8_linear_plan(
     if !ok {
         return Ok(None);
     }
-    let w = c[0].cast_to::<i8>()?;
-    let w = w.try_as_plain_ram()?;
-    let weights = I8Weights::pack(kernel, w.as_slice::<i8>()?, k, n, (n, 1));
+    if w_kn.len() != k * n {
+        return Ok(None);
+    }
+    let weights = I8Weights::pack(kernel, w_kn, k, n, (n, 1));
     let scale: Vec<f32> = (0..n).map(|j| a_scale[0] * per_col(&b_scale, j)).collect();
     let bias: Vec<f32> = (0..n).map(|j| per_col(&bias, j) * scale[j]).collect();
     // A bias added right after the dequantisation (one value per output column, constant):
@@ -563,29 +706,30 @@ fn int8_linear_plan(
         && let Some(b) = other_konst(model, add, dq_node.id)
         && b.datum_type() == DatumType::F32
         && b.len() == n
-        && b.rank() <= out_shape.len()
-        && bias_along(b.shape(), out_shape.len(), n_axis, n)
+        && b.rank() <= g.out_shape.len()
+        && bias_along(b.shape(), g.out_shape.len(), g.n_axis, n)
         && model
             .outlet_fact(OutletId::new(add.id, 0))?
             .shape
             .as_concrete()
-            == Some(&out_shape[..])
+            == Some(&g.out_shape[..])
     {
         post_bias = Some(Arc::new(b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()));
         tail = add.id;
     }
     let op = Int8Linear {
         post_bias,
-        m: volume / k,
+        m: g.m,
         k,
         n,
-        in_shape: in_shape.into(),
-        out_shape: out_shape.into(),
+        in_shape: g.in_shape.into(),
+        out_shape: g.out_shape.into(),
         a_inv_scale: q.scale,
         a_zero: q.zero_point,
         weights: Arc::new(weights),
-        a_t,
-        c_t,
+        a_t: g.a_t,
+        c_t: g.c_t,
+        im2col: g.im2col,
         u8_in: false,
         u8_out: None,
         scale: Arc::new(scale),
@@ -834,7 +978,10 @@ pub fn substitute_with(
         chain_int8(model, &mut done)?;
     }
     if !off("mbconv") {
-        fuse_mbconv(model, !off("mbconv_merge"), &mut done)?;
+        // An int8 model's plan (its products made int8 before): the blocks' projections too.
+        let int8 = !off("mbconv_int8") && model.nodes.iter().any(|n| n.op_is::<Int8Linear>());
+        let int8 = int8.then(I8Kernel::best);
+        fuse_mbconv(model, !off("mbconv_merge"), int8, &mut done)?;
     }
     if !off("patch_embed") {
         fuse_patch_embed(model, &mut done)?;
@@ -916,8 +1063,14 @@ fn chain_int8(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
 /// Puts an [`MbConv`] in place of each chain `x -> Gemm (1x1) -> Gelu -> Conv3x3 (depthwise)
 /// -> Gelu -> Gemm (1x1)`, each node the sole reader of the one before, with what follows it
 /// (see [`mbconv::Tail`]): `-> Add x -> Gelu`, or a reshape to `[c, pixels]` and a transpose.
-/// Without `merges`, only the inverted residuals (no patch mergings).
-fn fuse_mbconv(model: &mut TypedModel, merges: bool, done: &mut Replaced) -> TractResult<()> {
+/// Without `merges`, only the inverted residuals (no patch mergings). With `int8`, their
+/// projections in int8 on that kernel ([`MbConv::with_int8_projection`]).
+fn fuse_mbconv(
+    model: &mut TypedModel,
+    merges: bool,
+    int8: Option<I8Kernel>,
+    done: &mut Replaced,
+) -> TractResult<()> {
     let before = done.mbconv;
     for id in 0..model.nodes.len() {
         let Some(expand) = model.nodes[id].op_as::<Gemm>() else {
@@ -972,9 +1125,13 @@ fn fuse_mbconv(model: &mut TypedModel, merges: bool, done: &mut Replaced) -> Tra
             continue;
         }
         let shapes = (tail, &in_shape[..], &out_shape[..]);
-        let Some(op) = MbConv::fusing(expand, (conv, &taps, &bias), proj, shapes) else {
+        let Some(mut op) = MbConv::fusing(expand, (conv, &taps, &bias), proj, shapes) else {
             continue;
         };
+        if let Some(k8) = int8 {
+            op = op.with_int8_projection(k8);
+            done.mbconv_int8 += op.int8_projection() as usize;
+        }
         let name = format!("{}.mbconv", model.nodes[id].name);
         replace_span(model, &[x], name, op, last)?;
         done.mbconv += 1;
