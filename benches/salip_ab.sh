@@ -8,6 +8,7 @@
 # e.g. `git worktree add /tmp/b REV && (cd /tmp/b && cargo build --profile iter)`, then
 # `benches/salip_ab.sh /tmp/b/target/iter/sonomask target/iter/sonomask 3`. PRECISION=fp32|int8
 # passes --precision to both frames (default: auto, which differs between CPU classes and builds).
+# BEFORE_MODELS=DIR runs the before build on other models (an earlier int8 artifact).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE=${1:?before binary}
@@ -30,9 +31,10 @@ for r in $(seq "$ROUNDS"); do
   for t in 1 2; do
     for b in before after; do
       bin=$BEFORE
-      [ "$b" = after ] && bin=$AFTER
-      box=$(frame "$bin" segment "$IMG" --box 100,100,500,400 --threads "$t" ${PRECISION:+--precision "$PRECISION"})
-      salip=$(frame "$bin" segment "$IMG" --pipeline salip --text "fetal head" --threads "$t" ${PRECISION:+--precision "$PRECISION"})
+      models=${BEFORE_MODELS:-models}
+      [ "$b" = after ] && bin=$AFTER && models=models
+      box=$(frame "$bin" segment "$IMG" --models "$models" --box 100,100,500,400 --threads "$t" ${PRECISION:+--precision "$PRECISION"})
+      salip=$(frame "$bin" segment "$IMG" --models "$models" --pipeline salip --text "fetal head" --threads "$t" ${PRECISION:+--precision "$PRECISION"})
       echo "$r|$b|$t|$box|$salip|$(awk -v a="$salip" -v b="$box" 'BEGIN {printf "%.2f", a / b}')"
     done
   done

