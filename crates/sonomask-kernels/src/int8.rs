@@ -514,23 +514,14 @@ unsafe fn transposed_tile_avx2(
 ) {
     use std::arch::x86_64::*;
     debug_assert!(x.len() >= 15 * ldx + 16 && out.len() >= 15 * ldo + 16);
-    let (vi, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(zero as f32));
-    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
-    let q8 = |v: __m256| {
-        let y = _mm256_mul_ps(v, vi);
-        let y = _mm256_and_ps(y, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
-        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
-        let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vz), lo), hi);
-        let w = _mm256_cvtps_epi32(q);
-        _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
-    };
+    let q = Quant8::new(inv, zero);
     let r: [__m128i; 16] = std::array::from_fn(|i| {
         // SAFETY: values i * ldx .. i * ldx + 16 lie in x (caller's contract).
         let (a, b) = unsafe {
             let p = x.as_ptr().add(i * ldx);
             (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
         };
-        _mm_packus_epi16(q8(a), q8(b))
+        _mm_packus_epi16(q.words(a), q.words(b))
     });
     // a[g][c]: rows 8g.., channel pair c (words); b: rows 4g.., channel quad (dwords);
     // c: rows 2g.., channel octet (quad words); d[row]: 16 channels.
@@ -590,23 +581,50 @@ fn quantize_body(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
 unsafe fn quantize_avx2(x: &[f32], inv: f32, zero: u8, out: &mut [u8]) {
     use std::arch::x86_64::*;
     let n = x.len() / 8 * 8;
-    let (vi, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(zero as f32));
-    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let q = Quant8::new(inv, zero);
     for i in (0..n).step_by(8) {
         // SAFETY: i + 8 <= n <= x.len() = out.len().
         let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
-        let y = _mm256_mul_ps(v, vi);
-        // NaN -> 0, as the body.
-        let y = _mm256_and_ps(y, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
-        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
-        let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vz), lo), hi);
-        let w = _mm256_cvtps_epi32(q);
-        let w16 = _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+        let w16 = q.words(v);
         let b8 = _mm_packus_epi16(w16, w16);
         // SAFETY: 8 bytes at out[i..i + 8].
         unsafe { _mm_storel_epi64(out.as_mut_ptr().add(i) as *mut __m128i, b8) };
     }
     quantize_body(&x[n..], inv, zero, &mut out[n..])
+}
+
+/// The AVX2 quantisation of eight values, shared by [`quantize_avx2`] and the transposed tiles.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Quant8 {
+    inv: std::arch::x86_64::__m256,
+    zero: std::arch::x86_64::__m256,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Quant8 {
+    #[target_feature(enable = "avx2")]
+    fn new(inv: f32, zero: u8) -> Self {
+        use std::arch::x86_64::*;
+        Quant8 {
+            inv: _mm256_set1_ps(inv),
+            zero: _mm256_set1_ps(zero as f32),
+        }
+    }
+
+    /// `v`'s eight values quantized (as the shared body: NaN -> 0, round ties-even, add the
+    /// zero point, clamp to [0, 255]; then a whole number, so `cvtps` is exact), as eight u16.
+    #[target_feature(enable = "avx2")]
+    fn words(self, v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m128i {
+        use std::arch::x86_64::*;
+        let y = _mm256_mul_ps(v, self.inv);
+        let y = _mm256_and_ps(y, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+        let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, self.zero), lo), hi);
+        let w = _mm256_cvtps_epi32(q);
+        _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
+    }
 }
 
 /// [`quantize_avx2`] on sixteen lanes: the same operations per value (NaN -> 0 by a mask), the
