@@ -726,6 +726,14 @@ mod tests {
                 multithread_tract_scope(Executor::multithread(3), || run(&m, &x, Kernel::best()));
             assert_eq!(done.mbconv, FUSABLE as usize);
             assert!(three == one && three == unfused, "{ch:?} {hw:?} {tail:?}");
+            // The int8 projection quantizes each output row on its own: no thread split
+            // changes its values either.
+            if FUSABLE {
+                let (_, int8) = plan_with_int8_projection(&m);
+                let one = run_one(int8.clone(), &x);
+                let three = multithread_tract_scope(Executor::multithread(3), || run_one(int8, &x));
+                assert!(three == one, "int8 {ch:?} {hw:?} {tail:?}");
+            }
         }
     }
 
@@ -811,6 +819,23 @@ mod tests {
         assert!(out.iter().all(|&v| v == 0.25));
     }
 
+    /// The fused plan of `m` (an fp32 model: its block's projection f32), and the same plan with
+    /// that projection in int8.
+    fn plan_with_int8_projection(m: &TypedModel) -> (TypedModel, TypedModel) {
+        let (fp32, _) = plan(m, Kernel::best(), &[]);
+        let mut int8 = fp32.clone();
+        let node = int8.nodes.iter_mut().find(|n| n.op_is::<MbConv>()).unwrap();
+        let op = node.op_as::<MbConv>().unwrap().clone();
+        assert!(
+            !op.int8_projection(),
+            "an fp32 model keeps its f32 projection"
+        );
+        let op = op.with_int8_projection(I8Kernel::best());
+        assert!(op.int8_projection());
+        node.op = Box::new(op);
+        (fp32, int8)
+    }
+
     #[test]
     fn a_block_with_an_int8_projection_stays_near_the_fp32_block() {
         if !FUSABLE {
@@ -818,17 +843,7 @@ mod tests {
         }
         for (ch, hw, stride, tail) in BLOCKS {
             let (m, x) = (block(ch, hw, stride, tail), input(ch.0, hw.0, hw.1));
-            let (fp32, _) = plan(&m, Kernel::best(), &[]);
-            let mut int8 = fp32.clone();
-            let node = int8.nodes.iter_mut().find(|n| n.op_is::<MbConv>()).unwrap();
-            let op = node.op_as::<MbConv>().unwrap().clone();
-            assert!(
-                !op.int8_projection(),
-                "an fp32 model keeps its f32 projection"
-            );
-            let op = op.with_int8_projection(I8Kernel::best());
-            assert!(op.int8_projection());
-            node.op = Box::new(op);
+            let (fp32, int8) = plan_with_int8_projection(&m);
             let (want, got) = (run_one(fp32, &x), run_one(int8, &x));
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             let diff = max_abs_diff(&want, &got);
