@@ -240,11 +240,12 @@ impl EvalOp for Int8Linear {
             post_bias: self.post_bias.as_deref().map(|v| &v[..]),
         };
         // A convolution's padded image, quantized once (a pass over the input) before the tasks.
-        let mut padded = PADDED.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        if let Some(g) = self.im2col {
-            g.pad(xf, (self.a_inv_scale, self.a_zero), &mut padded);
-        }
-        let padded_ref = &padded[..];
+        let padded = self.im2col.map(|g| {
+            let mut p = PADDED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            g.pad(xf, (self.a_inv_scale, self.a_zero), &mut p);
+            p
+        });
+        let padded_ref = padded.as_deref().unwrap_or_default();
         let result = par_tasks(m.div_ceil(ROWS), m * k * n, |t| {
             let (r0, rows) = (t * ROWS, ROWS.min(m - t * ROWS));
             SCRATCH.with(|s| {
@@ -317,7 +318,9 @@ impl EvalOp for Int8Linear {
             });
         });
         // Kept for the next run (grown once).
-        PADDED.with(|p| *p.borrow_mut() = padded);
+        if let Some(padded) = padded {
+            PADDED.with(|p| *p.borrow_mut() = padded);
+        }
         result?;
         Ok(tvec!(output.into_tvalue()))
     }

@@ -414,17 +414,13 @@ fn int8_linear_plan(
     if !mm.op_is::<EinSum>() || mm.inputs.len() != 9 {
         return Ok(None);
     }
-    let Some((q, x)) = quantized_input(model, mm) else {
-        return Ok(None);
-    };
-    let xf = model.outlet_fact(x)?;
-    let Some(in_shape) = xf.shape.as_concrete().map(|s| s.to_vec()) else {
+    let Some((q, x, in_shape)) = quantized_input(model, mm) else {
         return Ok(None);
     };
     let Some(es) = mm.op_as::<EinSum>() else {
         return Ok(None);
     };
-    if xf.datum_type != DatumType::F32 || in_shape.is_empty() || es.q_params.is_none() {
+    if in_shape.is_empty() || es.q_params.is_none() {
         return Ok(None);
     }
     // `..k,kn,,,,[n],[n],,->..n`: the activations' last axes reduced against all but the
@@ -543,11 +539,7 @@ fn int8_conv_plan(
     if node.inputs.len() != 9 || conv.group != 1 {
         return Ok(None);
     }
-    let Some((q, x)) = quantized_input(model, node) else {
-        return Ok(None);
-    };
-    let xf = model.outlet_fact(x)?;
-    let Some(in_shape) = xf.shape.as_concrete().map(|s| s.to_vec()) else {
+    let Some((q, x, in_shape)) = quantized_input(model, node) else {
         return Ok(None);
     };
     let Some(g) = Geometry3x3::of_quantized(conv, &in_shape) else {
@@ -561,8 +553,7 @@ fn int8_conv_plan(
     let Some(weights) = konst(model, node, 1) else {
         return Ok(None);
     };
-    if xf.datum_type != DatumType::F32
-        || g.stride != 1
+    if g.stride != 1
         || g.pad != [(1, 1), (1, 1)]
         || weights.shape() != [co, c, 3, 3]
         || weights.datum_type().unquantized() != DatumType::I8
@@ -600,19 +591,24 @@ fn int8_conv_plan(
     int8_plan(model, node, (q, x), geometry, &w_kn, kernel)
 }
 
-/// The f32 activations and their `QuantizeLinearU8` on input 0 of `node`. The quantisation may
-/// feed several products (the decoder's q, k and v projections of one input): each gets its
-/// own op, quantizing its input again (a pass over k values per row, against k n
-/// multiply-adds).
+/// The f32 activations, their concrete shape and their `QuantizeLinearU8` on input 0 of
+/// `node`. The quantisation may feed several products (the decoder's q, k and v projections of
+/// one input): each gets its own op, quantizing its input again (a pass over k values per row,
+/// against k n multiply-adds).
 fn quantized_input<'a>(
     model: &'a TypedModel,
     node: &TypedNode,
-) -> Option<(&'a QuantizeLinearU8, OutletId)> {
+) -> Option<(&'a QuantizeLinearU8, OutletId, Vec<usize>)> {
     let q = &model.nodes[node.inputs.first()?.node];
     let op = q
         .op_as::<ElementWiseOp>()
         .and_then(|e| e.0.downcast_ref::<QuantizeLinearU8>())?;
-    Some((op, q.inputs[0]))
+    let x = q.inputs[0];
+    let xf = model.outlet_fact(x).ok()?;
+    if xf.datum_type != DatumType::F32 {
+        return None;
+    }
+    Some((op, x, xf.shape.as_concrete()?.to_vec()))
 }
 
 /// The shapes of an [`Int8Linear`]: its input and output, the product's `m x k . k x n`, where
