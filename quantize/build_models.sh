@@ -78,13 +78,19 @@ else
   # 8-bit weights, and the convolutions kept in fp32 (quantized, they alone take the embedding's
   # cosine to 0.43-0.75) but the neck's 3x3 one (cosine 0.9941 -> 0.9934; the encoder's
   # largest convolution, 2.4 G multiply-adds).
-  q_flags=(--ops MatMul,Conv --convs neck.2 --per-channel --full-range)
+  # --w7-variant: the same recipe with 7-bit weights beside it (*.int8w7.onnx), which sonomask
+  # loads where its int8 kernel is AVX2 without VNNI (8-bit weights cost that kernel two passes).
+  q_flags=(--ops MatMul,Conv --convs neck.2 --per-channel --full-range --w7-variant)
 fi
 "${py[@]}" quantize_sam.py --models "$out" --shared "$shared" --frames-per-set "$frames" "${sam_flags[@]}" "${q_flags[@]}" 2>&1 | grep -v "^WARNING:root" || true
 [ -f "$out/sam_encoder.int8.onnx" ] || { echo "error: quantization failed" >&2; exit 1; }
 verify_flags=(--models "$out" --shared "$shared" --frames-per-set "$frames" --precision int8 --held-out "${sam_flags[@]}")
 [ "$synthetic" = True ] && verify_flags+=(--synthetic)
 "${py[@]}" verify_sam.py "${verify_flags[@]}"
+if [ -f "$out/sam_encoder.int8w7.onnx" ]; then
+  # The 7-bit-weight variant's own report (reports/sam_int8w7.*): what AVX2-only CPUs run.
+  "${py[@]}" verify_sam.py "${verify_flags[@]}" --precision int8w7
+fi
 if [ -n "$clip_checkpoint" ]; then
   "${py[@]}" export_clip.py --checkpoint "$clip_checkpoint" --config "$clip_config" --out "$out"
   clip_flags=()

@@ -9,6 +9,7 @@ import pathlib
 
 import onnx
 
+import onnx_prep
 import sam_arch
 
 ROLES = {
@@ -94,11 +95,19 @@ def write(
     ]
     lines += _clip_section(models_dir)
     for role in ROLES:
-        for precision in ("fp32", "int8"):
-            f = models_dir / f"{role}.{precision}.onnx"
+        # int8w7: the 7-bit-weight int8 variant sonomask loads where its int8 kernel is AVX2.
+        for stem, precision in (("fp32", "fp32"), ("int8", "int8"), ("int8w7", "int8")):
+            f = models_dir / f"{role}.{stem}.onnx"
             if not f.exists():
                 continue
             m = onnx.load(str(f), load_external_data=False)
+            # The width the weights have, read from the file (CLIP's int8 is 7-bit throughout).
+            bits = None
+            if precision == "int8":
+                widest = onnx_prep.max_weight_magnitude(m)
+                if stem == "int8w7" and widest > 64:
+                    raise SystemExit(f"{f}: a 7-bit variant with an int8 weight of magnitude {widest}")
+                bits = 7 if widest <= 64 else 8
             lines += [
                 "[[model]]",
                 f'file = "{f.name}"',
@@ -107,6 +116,8 @@ def write(
                 f'sha256 = "{sha256(f)}"',
                 f"bytes = {f.stat().st_size}",
             ]
+            if bits is not None:
+                lines.append(f"weight_bits = {bits}")
             for kind, vis in (("input", m.graph.input), ("output", m.graph.output)):
                 inits = {i.name for i in m.graph.initializer}
                 for vi in vis:

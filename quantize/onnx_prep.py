@@ -42,3 +42,16 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     for n in model.graph.node:
         h[n.op_type] = h.get(n.op_type, 0) + 1
     return dict(sorted(h.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def max_weight_magnitude(model: onnx.ModelProto) -> int:
+    """The largest |w| over the int8 weights of a QOperator model's QLinearMatMul / QLinearConv
+    (0 without any): 64 or less means 7-bit weights, which AVX2's vpmaddubsw takes in one pass."""
+    inits = {i.name: i for i in model.graph.initializer}
+    widest = 0
+    for n in model.graph.node:
+        if n.op_type in ("QLinearMatMul", "QLinearConv") and n.input[3] in inits:
+            w = numpy_helper.to_array(inits[n.input[3]])
+            if w.dtype.name == "int8" and w.size:
+                widest = max(widest, int(abs(w.astype("int16")).max()))
+    return widest

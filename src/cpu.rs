@@ -22,7 +22,8 @@ impl CpuFeatures {
         self.flags.iter().any(|(n, p)| *n == name && *p)
     }
 
-    /// Whether int8 is the precision to pick here without a measurement: where sonomask's own
+    /// Whether int8 is the precision to pick here for any int8 file without a measurement
+    /// (AVX2 alone picks it for 7-bit-weight files: `precision_table::rule`): where sonomask's own
     /// int8 kernel has a dot-product instruction (aarch64 SDOT, AVX-512 VNNI, AVX-VNNI: four
     /// u8 x i8 multiply-adds per lane and instruction). Measured on an AVX-512 VNNI host, every
     /// int8 model then runs in 0.47-0.79x its fp32 time, and on that host's AVX2 + AVX-VNNI

@@ -87,6 +87,93 @@ fn doctor_reports_cpu_models_and_warnings() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("cannot read model manifest"));
 }
 
+/// A 7-bit-weight int8 encoder beside the 8-bit one: loaded (and `auto` picks int8 for it) only
+/// where the int8 kernel is AVX2's, which runs 7-bit weights in one pass; every other kernel
+/// loads the 8-bit file. The process's kernel is pinned with `SONOMASK_INT8_KERNEL`.
+#[test]
+fn the_7_bit_int8_file_is_loaded_only_by_the_avx2_int8_kernel() {
+    use sonomask::simd::int8::I8Kernel;
+    let dir = common::scratch_models("w7");
+    let m = sonomask::model::Manifest::load(&dir).unwrap();
+    let e = m
+        .entry_for(
+            sonomask::model::Role::SamEncoder,
+            sonomask::model::Precision::Int8,
+            false,
+        )
+        .unwrap();
+    std::fs::copy(dir.join(&e.file), dir.join("sam_encoder.int8w7.onnx")).unwrap();
+    let entry = format!(
+        "\n[[model]]\nfile = \"sam_encoder.int8w7.onnx\"\nrole = \"sam_encoder\"\nprecision = \"int8\"\nsha256 = \"{}\"\nbytes = {}\nweight_bits = 7\n",
+        e.sha256, e.bytes
+    );
+    let manifest = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap() + &entry;
+    std::fs::write(&manifest, text).unwrap();
+    let kernels: Vec<I8Kernel> = I8Kernel::available();
+    assert!(kernels.contains(&I8Kernel::Scalar));
+    for k in kernels {
+        let o = Command::new(env!("CARGO_BIN_EXE_sonomask"))
+            .env("SONOMASK_LOG", "warn")
+            .env("SONOMASK_INT8_KERNEL", k.name())
+            .args(["doctor", "--json", "--models", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["int8_kernel"], k.name());
+        let loaded: Vec<&str> = j["models"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["role"] == "sam_encoder" && f["precision"] == "int8")
+            .filter(|f| f["loaded_here"] == true)
+            .map(|f| f["file"].as_str().unwrap())
+            .collect();
+        let w7 = k == I8Kernel::Avx2;
+        let want = if w7 {
+            "sam_encoder.int8w7.onnx"
+        } else {
+            e.file.as_str()
+        };
+        assert_eq!(loaded, [want], "{}", k.name());
+        // Without a measured table: int8 for the 7-bit file on AVX2; the 8-bit decoder there
+        // stays fp32 (two passes).
+        let auto = &j["auto_precision_by_model"];
+        let dot = k.has_dot_product();
+        let pick = |p: bool| if p { "int8" } else { "fp32" };
+        assert_eq!(
+            auto["sam_encoder"]["precision"],
+            pick(dot || w7),
+            "{}",
+            k.name()
+        );
+        assert_eq!(auto["sam_decoder"]["precision"], pick(dot), "{}", k.name());
+        eprintln!("int8 kernel {}: loads {want}", k.name());
+    }
+    // The 7-bit file runs: a box prompt segmented with it on whichever kernel prefers it.
+    if I8Kernel::available().contains(&I8Kernel::Avx2) {
+        let out = dir.join("mask.png");
+        let o = Command::new(env!("CARGO_BIN_EXE_sonomask"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("SONOMASK_LOG", "info")
+            .env("SONOMASK_INT8_KERNEL", "avx2")
+            .args([
+                "segment",
+                "tests/fixtures/models_tiny/input.png",
+                "--box",
+                "10,10,100,100",
+            ])
+            .args(["--precision", "int8", "--models", dir.to_str().unwrap()])
+            .args(["-o", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("sam_encoder.int8w7.onnx"), "{err}");
+    }
+}
+
 #[test]
 fn run_builds_the_stream_command_from_the_board() {
     let o = sonomask(&["run", "--board", "rpi5", "--dry-run", "--sink", "stdout"]);
@@ -275,7 +362,8 @@ fn precision_auto_follows_the_table_bench_saves() {
     let roles = ["sam_encoder", "sam_decoder", "clip_image", "clip_text"];
     for role in roles {
         let (p, from) = auto(role);
-        assert_eq!(p, rule().as_str(), "{role}: the rule without a table");
+        // The fixtures have 8-bit int8 files only.
+        assert_eq!(p, rule(false).as_str(), "{role}: the rule without a table");
         assert!(from.contains("no measurement"), "{from}");
     }
     let img = common::models_tiny().join("input.png");

@@ -277,7 +277,7 @@ fn table(a: &BenchArgs, image: &Path) -> Result<()> {
         serde_json::json!({
             "arch": std::env::consts::ARCH,
             "dotprod": cpu.fast_int8(),
-            "rule_precision": crate::model::precision_table::rule().as_str(),
+            "rule_precision_8bit_weights": crate::model::precision_table::rule(false).as_str(),
             "cpu_class": crate::model::precision_table::cpu_class(),
             "threads": threads,
             "ms": rows.iter().map(|(r, p, ms)| serde_json::json!({"model": r.as_str(), "precision": p.as_str(), "ms": ms})).collect::<Vec<_>>(),

@@ -73,9 +73,14 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     );
     println!("threads: {}", j["threads_available"]);
     println!(
-        "simd kernels: {:?}; own int8 kernel: {} (int8 models' linear layers); int8 pays here by rule (dot-product int8 kernel): {}",
+        "simd kernels: {:?}; own int8 kernel: {} (int8 models' linear layers{}); int8 pays here by rule (dot-product int8 kernel): {}",
         cpu.kernel(),
         crate::simd::int8::I8Kernel::best().name(),
+        if crate::simd::int8::I8Kernel::best().prefers_7bit_weights() {
+            "; 7-bit weights in one pass: the 7-bit-weight int8 files are loaded where the manifest has them"
+        } else {
+            ""
+        },
         cpu.fast_int8()
     );
     println!(
@@ -98,8 +103,17 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         println!("text prompts: {t}");
     }
     for m in j["models"]["files"].as_array().into_iter().flatten() {
+        let bits = m["weight_bits"]
+            .as_u64()
+            .map(|b| format!("{b}-bit weights, "))
+            .unwrap_or_default();
+        let here = if m["loaded_here"].as_bool() == Some(true) {
+            "loaded here"
+        } else {
+            "not loaded here"
+        };
         println!(
-            "  {} {} {}: {}",
+            "  {} {} {} ({bits}{here}): {}",
             m["role"].as_str().unwrap_or(""),
             m["precision"].as_str().unwrap_or(""),
             m["file"].as_str().unwrap_or(""),
@@ -144,7 +158,11 @@ fn model_status(dir: &Path, warnings: &mut Vec<String>) -> serde_json::Value {
                 format!("BAD: {err:#}")
             }
         };
-        files.push(serde_json::json!({"role": e.role.as_str(), "precision": e.precision.as_str(), "file": e.file, "status": status}));
+        // Which of a role's int8 files this process loads (the 7-bit-weight variant on AVX2).
+        let loaded = m.entry(e.role, e.precision).is_ok_and(|x| x.file == e.file);
+        files.push(serde_json::json!({"role": e.role.as_str(), "precision": e.precision.as_str(), "file": e.file,
+                                      "weight_bits": (e.precision == Precision::Int8).then_some(e.weight_bits),
+                                      "loaded_here": loaded, "status": status}));
     }
     if m.sam.synthetic {
         warnings.push("the SAM models have SYNTHETIC weights (seeded random): masks are not segmentations; quantize/build_models.sh without --synthetic builds the real LiteMedSAM".into());

@@ -69,10 +69,18 @@ pub struct ModelEntry {
     pub precision: Precision,
     pub sha256: String,
     pub bytes: u64,
+    /// The int8 weights' width: 8 (the default), or 7 for the variant an int8 kernel without a
+    /// dot product (AVX2 `vpmaddubsw`) runs in one pass instead of two (see [`Manifest::entry`]).
+    #[serde(default = "eight_bits")]
+    pub weight_bits: u8,
     #[serde(default)]
     pub input: Vec<TensorSpec>,
     #[serde(default)]
     pub output: Vec<TensorSpec>,
+}
+
+fn eight_bits() -> u8 {
+    8
 }
 
 /// Which SAM the files hold: picks the input recipe, the prompt transform and the mask
@@ -265,6 +273,18 @@ impl Manifest {
                 s.normalization.as_str()
             );
         }
+        if let Some(e) = m
+            .model
+            .iter()
+            .find(|e| !(e.weight_bits == 8 || e.weight_bits == 7 && e.precision == Precision::Int8))
+        {
+            bail!(
+                "{}: {} has weight_bits = {} (expected 8, or 7 for an int8 model)",
+                path.display(),
+                e.file,
+                e.weight_bits
+            );
+        }
         if let Some(c) = &m.clip
             && (c.patch_size == 0
                 || c.grid * c.patch_size != c.image_size
@@ -286,29 +306,49 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The model of `role` in `precision` this process runs: in int8, the 7-bit-weight variant
+    /// where the manifest has one and this process's int8 kernel prefers it (AVX2 without VNNI:
+    /// `vpmaddubsw` saturates on 8-bit weights, which it must split into two passes), else the
+    /// 8-bit one.
     pub fn entry(&self, role: Role, precision: Precision) -> Result<&ModelEntry> {
-        self.model
-            .iter()
-            .find(|e| e.role == role && e.precision == precision)
-            .with_context(|| {
-                let have: Vec<String> = self
-                    .model
-                    .iter()
-                    .filter(|e| e.role == role)
-                    .map(|e| e.precision.as_str().to_string())
-                    .collect();
-                format!(
-                    "{}: no {} model in {} precision (available: {})",
-                    self.dir.join(MANIFEST_FILE).display(),
-                    role.as_str(),
-                    precision.as_str(),
-                    if have.is_empty() {
-                        "none".into()
-                    } else {
-                        have.join(", ")
-                    }
-                )
-            })
+        let w7 = crate::simd::int8::I8Kernel::best().prefers_7bit_weights();
+        self.entry_for(role, precision, w7)
+    }
+
+    /// [`Manifest::entry`] with the preference for 7-bit int8 weights given.
+    pub fn entry_for(&self, role: Role, precision: Precision, w7: bool) -> Result<&ModelEntry> {
+        let matching = || {
+            self.model
+                .iter()
+                .filter(move |e| e.role == role && e.precision == precision)
+        };
+        let want = if precision == Precision::Int8 && w7 {
+            7
+        } else {
+            8
+        };
+        let pick = matching()
+            .find(|e| e.weight_bits == want)
+            .or_else(|| matching().next());
+        pick.with_context(|| {
+            let have: Vec<String> = self
+                .model
+                .iter()
+                .filter(|e| e.role == role)
+                .map(|e| e.precision.as_str().to_string())
+                .collect();
+            format!(
+                "{}: no {} model in {} precision (available: {})",
+                self.dir.join(MANIFEST_FILE).display(),
+                role.as_str(),
+                precision.as_str(),
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
+            )
+        })
     }
 
     /// The CLIP section, or an error saying the model set has no CLIP models.
@@ -466,6 +506,60 @@ bytes = 1
                 .to_string()
                 .contains("cannot read model manifest")
         );
+    }
+
+    #[test]
+    fn int8_picks_the_7_bit_variant_only_where_the_kernel_prefers_it() {
+        let int8 = |file: &str, bits: &str| {
+            format!(
+                "[[model]]\nfile = \"{file}\"\nrole = \"sam_encoder\"\nprecision = \"int8\"\nsha256 = \"00\"\nbytes = 1\n{bits}"
+            )
+        };
+        let dir = std::env::temp_dir().join(format!("sonomask-manifest-w7-{}", std::process::id()));
+        let both = format!(
+            "{GOOD}{}{}",
+            int8("e.int8w7.onnx", "weight_bits = 7\n"),
+            int8("e.int8.onnx", "")
+        );
+        write(&dir, &both);
+        let m = Manifest::load(&dir).unwrap();
+        let file = |p, w7| m.entry_for(Role::SamEncoder, p, w7).unwrap().file.clone();
+        assert_eq!(file(Precision::Int8, true), "e.int8w7.onnx");
+        assert_eq!(file(Precision::Int8, false), "e.int8.onnx");
+        assert_eq!(file(Precision::Fp32, true), "x.onnx");
+        // Only one int8 file: it runs wherever (7-bit weights are exact on every kernel, 8-bit
+        // ones on AVX2 in two passes).
+        write(
+            &dir,
+            &format!("{GOOD}{}", int8("e.int8w7.onnx", "weight_bits = 7\n")),
+        );
+        let m = Manifest::load(&dir).unwrap();
+        let e = m
+            .entry_for(Role::SamEncoder, Precision::Int8, false)
+            .unwrap();
+        assert_eq!((e.file.as_str(), e.weight_bits), ("e.int8w7.onnx", 7));
+        write(&dir, &format!("{GOOD}{}", int8("e.int8.onnx", "")));
+        let m = Manifest::load(&dir).unwrap();
+        let e = m
+            .entry_for(Role::SamEncoder, Precision::Int8, true)
+            .unwrap();
+        assert_eq!((e.file.as_str(), e.weight_bits), ("e.int8.onnx", 8));
+        // A width no kernel has, or 7 bits on an fp32 file: refused, naming the file.
+        for bad in ["weight_bits = 4\n", "weight_bits = 0\n"] {
+            write(&dir, &format!("{GOOD}{}", int8("e.int8.onnx", bad)));
+            let e = format!("{:#}", Manifest::load(&dir).unwrap_err());
+            assert!(
+                e.contains("e.int8.onnx") && e.contains("weight_bits"),
+                "{e}"
+            );
+        }
+        write(
+            &dir,
+            &GOOD.replace("bytes = 1", "bytes = 1\nweight_bits = 7"),
+        );
+        let e = format!("{:#}", Manifest::load(&dir).unwrap_err());
+        assert!(e.contains("x.onnx has weight_bits = 7"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

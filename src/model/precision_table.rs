@@ -46,11 +46,13 @@ pub fn cpu_class() -> String {
     )
 }
 
-/// The rule for a CPU no table has measured: int8 only where the own int8 kernel has a dot
-/// product instruction (SDOT, VNNI: [`crate::cpu::CpuFeatures::fast_int8`]); elsewhere
-/// measured slower or no faster (docs/BENCHMARKS.md).
-pub fn rule() -> Precision {
-    if crate::cpu::CpuFeatures::detect().fast_int8() {
+/// The rule for a CPU no table has measured: int8 where the own int8 kernel has a dot-product
+/// instruction (SDOT, VNNI: [`crate::cpu::CpuFeatures::fast_int8`]), or where it is AVX2's and
+/// the model's int8 file has 7-bit weights (one pass of `vpmaddubsw`: SAM encoder 0.73x, decoder
+/// 0.77x fp32); elsewhere measured slower or no faster (docs/BENCHMARKS.md, issue 22).
+pub fn rule(seven_bit_file: bool) -> Precision {
+    let k = crate::simd::int8::I8Kernel::best();
+    if crate::cpu::CpuFeatures::detect().fast_int8() || seven_bit_file && k.prefers_7bit_weights() {
         Precision::Int8
     } else {
         Precision::Fp32
@@ -111,20 +113,26 @@ impl Source {
             Source::Table { threads } => {
                 format!("measured on this CPU class at {threads} thread(s), {FILE}")
             }
-            Source::Rule => "no measurement for this CPU class: int8 only with a dot-product int8 kernel (SDOT, VNNI)".into(),
+            Source::Rule => "no measurement for this CPU class: int8 only with a dot-product int8 kernel (SDOT, VNNI), or AVX2's with a 7-bit-weight file".into(),
         }
     }
 }
 
 /// `auto` for `role` on this CPU class at `threads`: the table's faster precision (from the
-/// entry measured at the nearest thread count), else the rule.
-pub fn pick(entries: &[Entry], class: &str, threads: usize, role: Role) -> (Precision, Source) {
+/// entry measured at the nearest thread count), else `rule` (see [`rule`]).
+pub fn pick(
+    entries: &[Entry],
+    class: &str,
+    threads: usize,
+    role: Role,
+    rule: Precision,
+) -> (Precision, Source) {
     entries
         .iter()
         .filter(|e| e.cpu_class == class)
         .filter_map(|e| Some((e, Precision::parse(e.faster.get(role.as_str())?).ok()?)))
         .min_by_key(|(e, _)| (e.threads.abs_diff(threads), e.threads))
-        .map_or((rule(), Source::Rule), |(e, p)| {
+        .map_or((rule, Source::Rule), |(e, p)| {
             (p, Source::Table { threads: e.threads })
         })
 }
@@ -134,6 +142,8 @@ pub struct Auto {
     entries: Vec<Entry>,
     class: String,
     threads: usize,
+    /// The roles whose int8 file this process loads has 7-bit weights (for [`rule`]).
+    seven_bit: Vec<Role>,
 }
 
 impl Auto {
@@ -144,16 +154,29 @@ impl Auto {
             log::warn!("{e:#}; --precision auto uses its rule");
             Vec::new()
         });
+        let seven_bit = super::Manifest::load(models)
+            .map(|m| {
+                m.model
+                    .iter()
+                    .filter_map(|e| {
+                        let loaded = m.entry(e.role, super::Precision::Int8).ok()?;
+                        (loaded.file == e.file && loaded.weight_bits == 7).then_some(e.role)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Auto {
             entries,
             class: cpu_class(),
             threads,
+            seven_bit,
         }
     }
 
     /// [`pick`] for `role`, logged with where it came from.
     pub fn pick(&self, role: Role) -> (Precision, Source) {
-        let (p, source) = pick(&self.entries, &self.class, self.threads, role);
+        let rule = rule(self.seven_bit.contains(&role));
+        let (p, source) = pick(&self.entries, &self.class, self.threads, role, rule);
         log::info!(
             "--precision auto: {} {} ({})",
             role.as_str(),
@@ -200,17 +223,22 @@ mod tests {
             entry("aarch64 Neon neon-sdot", 2, "fp32"),
         ];
         let class = "x86_64 Avx512 avx512vnni";
-        let p = |threads| pick(&t, class, threads, Role::SamEncoder);
+        let p = |threads| pick(&t, class, threads, Role::SamEncoder, Precision::Fp32);
         assert_eq!(p(1), (Precision::Int8, Source::Table { threads: 1 }));
         assert_eq!(p(2), (Precision::Int8, Source::Table { threads: 1 }));
         assert_eq!(p(3), (Precision::Fp32, Source::Table { threads: 4 }));
         assert_eq!(p(8), (Precision::Fp32, Source::Table { threads: 4 }));
         // a model the entry did not measure, another CPU class: the rule
-        assert_eq!(pick(&t, class, 1, Role::ClipText), (rule(), Source::Rule));
-        assert_eq!(
-            pick(&t, "x86_64 Avx2 avx2", 1, Role::SamEncoder),
-            (rule(), Source::Rule)
-        );
+        for rule in [Precision::Fp32, Precision::Int8] {
+            assert_eq!(
+                pick(&t, class, 1, Role::ClipText, rule),
+                (rule, Source::Rule)
+            );
+            assert_eq!(
+                pick(&t, "x86_64 Avx2 avx2", 1, Role::SamEncoder, rule),
+                (rule, Source::Rule)
+            );
+        }
     }
 
     #[test]
@@ -235,7 +263,7 @@ mod tests {
         );
         assert_eq!(
             Auto::load(&d, 1).pick(Role::SamEncoder),
-            (rule(), Source::Rule)
+            (rule(false), Source::Rule)
         );
         // a precision name that is not one
         std::fs::write(

@@ -114,6 +114,13 @@ impl I8Kernel {
         )
     }
 
+    /// Whether a model's weights in 7 bits ([-64, 64]) run faster here than in 8: AVX2's
+    /// `vpmaddubsw` takes 8-bit weights only split into two passes (see the module doc); every
+    /// other kernel takes either width in one.
+    pub fn prefers_7bit_weights(self) -> bool {
+        self == I8Kernel::Avx2
+    }
+
     /// The fastest int8 kernel a CPU with features `f` runs.
     pub fn best_on(f: Features) -> I8Kernel {
         I8Kernel::ALL[1..]
@@ -147,6 +154,24 @@ impl I8Kernel {
     }
 }
 
+/// The symmetric range of int8 weights a plan quantizes to: 8 bits ([-127, 127]), or 7
+/// ([-64, 64], onnxruntime's `reduce_range`: what AVX2's `vpmaddubsw` takes in one pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightBits {
+    Eight,
+    Seven,
+}
+
+impl WeightBits {
+    /// The largest magnitude: the scale is `max |w| / max()`.
+    pub fn max(self) -> f32 {
+        match self {
+            WeightBits::Eight => 127.0,
+            WeightBits::Seven => 64.0,
+        }
+    }
+}
+
 /// Weights `k x n` packed for one kernel, with their column sums.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct I8Weights {
@@ -160,6 +185,8 @@ pub struct I8Weights {
     second: Option<Vec<i8>>,
     /// Column sums of W, padded to whole panels with 0.
     colsum: Vec<i32>,
+    /// Every weight is in [-64, 64] (see [`I8Weights::within_7_bits`]).
+    within_7_bits: bool,
 }
 
 impl I8Weights {
@@ -181,7 +208,8 @@ impl I8Weights {
                 0
             }
         };
-        let split = kernel == I8Kernel::Avx2 && w_wider_than_7_bits(k, n, &at);
+        let within_7_bits = !w_wider_than_7_bits(k, n, &at);
+        let split = kernel == I8Kernel::Avx2 && !within_7_bits;
         let mut first = vec![0i8; panels * k4 * NR];
         let mut second = split.then(|| vec![0i8; panels * k4 * NR]);
         let mut colsum = vec![0i32; panels * NR];
@@ -212,7 +240,14 @@ impl I8Weights {
             panels: first,
             second,
             colsum,
+            within_7_bits,
         }
+    }
+
+    /// Whether every weight is in [-64, 64], the range AVX2's one-pass product takes: how a
+    /// plan tells a 7-bit-weight model (and quantizes its own int8 weights to match).
+    pub fn within_7_bits(&self) -> bool {
+        self.within_7_bits
     }
 
     /// Whether the weights were split into two 7-bit halves (AVX2 with weights beyond [-64, 64]).

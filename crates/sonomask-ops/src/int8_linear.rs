@@ -417,9 +417,37 @@ mod tests {
         post_bias: bool,
         seed: &mut u64,
     ) -> OutletId {
+        wire_chain_w(
+            m,
+            name,
+            x,
+            (k, n),
+            layout,
+            ranges,
+            b0,
+            post_bias,
+            254.0,
+            seed,
+        )
+    }
+
+    /// [`wire_chain`] with weights in `(-w_max / 2, w_max / 2)`.
+    #[allow(clippy::too_many_arguments)]
+    fn wire_chain_w(
+        m: &mut TypedModel,
+        name: &str,
+        x: OutletId,
+        (k, n): (usize, usize),
+        layout: Layout,
+        ranges: (f32, f32),
+        b0: i8,
+        post_bias: bool,
+        w_max: f32,
+        seed: &mut u64,
+    ) -> OutletId {
         let w: Vec<i8> = test_values(seed, k * n)
             .iter()
-            .map(|v| (v * 254.0) as i8)
+            .map(|v| (v * w_max) as i8)
             .collect();
         let b_scale: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 1e-5).collect();
         let bias: Vec<i32> = (0..n).map(|j| j as i32 * 37 - 500).collect();
@@ -491,6 +519,38 @@ mod tests {
             .run(tvec!(Tensor::from_shape(shape, x).unwrap().into_tvalue()))
             .unwrap();
         crate::f32s(&out[0]).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_plan_tells_7_bit_weights_from_8_bit_ones() {
+        use sonomask_kernels::int8::WeightBits;
+        // 7-bit weights (what AVX2 runs in one pass): the plan's own int8 weights follow them.
+        for (w_max, want) in [(254.0, WeightBits::Eight), (128.0, WeightBits::Seven)] {
+            let mut seed = 5;
+            let mut m = TypedModel::default();
+            let s = m.add_source("x", f32::fact([64, 96])).unwrap();
+            let (r, f) = ((6.0, 0.04), &crate::Fusions::all());
+            let d = wire_chain_w(
+                &mut m,
+                "l",
+                s,
+                (96, 40),
+                Layout::Rows,
+                r,
+                0,
+                false,
+                w_max,
+                &mut seed,
+            );
+            m.select_output_outlets(&[d]).unwrap();
+            let k = sonomask_kernels::Kernel::best();
+            let mut m = m.into_decluttered().unwrap();
+            let done = crate::substitute_decluttered_with(&mut m, k, f).unwrap();
+            assert_eq!(done.int8_linear, 1);
+            let mut m = m.into_optimized().unwrap();
+            crate::substitute_with(&mut m, k, f).unwrap();
+            assert_eq!(crate::rewrite::int8_weight_bits(&m), want, "{w_max}");
+        }
     }
 
     #[test]

@@ -40,7 +40,9 @@ use crate::pointwise::{self, PackedWeights, Rows};
 use crate::ring::{PaddedRow, slot};
 use sonomask_kernels::Kernel;
 use sonomask_kernels::conv::taps_rows;
-use sonomask_kernels::int8::{self, I8Kernel, I8Weights, Requant, quantize_u8_transposed};
+use sonomask_kernels::int8::{
+    self, I8Kernel, I8Weights, Requant, WeightBits, quantize_u8_transposed,
+};
 use sonomask_kernels::saliency::min_max;
 use sonomask_kernels::transpose::transpose;
 
@@ -53,11 +55,11 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// The projection `[c_out, e]` in int8: weights symmetric 8-bit per output channel (scale
-/// `max |w| / 127`), quantized at load; the activations of each output row (`e x ow`, after
-/// the depthwise GELU) asymmetric u8 over the row's own range, 0 included (onnxruntime's
-/// `DynamicQuantizeLinear` rule, on a row instead of a tensor): no calibration, and a row's
-/// range is what its values need. Measured on LiteMedSAM (`quantize/mbconv_int8.py`):
+/// The projection `[c_out, e]` in int8: weights symmetric per output channel in 8 bits (scale
+/// `max |w| / 127`) or 7 (`/ 64`, a 7-bit-weight model's plan), quantized at load; the
+/// activations of each output row (`e x ow`, after the depthwise GELU) asymmetric u8 over the
+/// row's own range, 0 included (onnxruntime's `DynamicQuantizeLinear` rule, on a row instead
+/// of a tensor): no calibration, and a row's range is what its values need. Measured on LiteMedSAM (`quantize/mbconv_int8.py`):
 /// embedding cosine to fp32 0.9993 with stage 0's projections so, 0.9879 with its expansions
 /// too (left fp32).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +71,13 @@ pub struct Int8Projection {
 impl Int8Projection {
     /// From `w` (`c_out x e`, row-major); `None` for a weight that is not finite or a
     /// reduction longer than the int8 kernel takes.
-    pub fn quantize(kernel: I8Kernel, w: &[f32], c_out: usize, e: usize) -> Option<Self> {
+    pub fn quantize(
+        kernel: I8Kernel,
+        bits: WeightBits,
+        w: &[f32],
+        c_out: usize,
+        e: usize,
+    ) -> Option<Self> {
         if e == 0 || c_out == 0 || e > int8::MAX_K || w.len() != c_out * e {
             return None;
         }
@@ -80,10 +88,11 @@ impl Int8Projection {
                 return None;
             }
             let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            let qmax = bits.max();
+            let s = if amax > 0.0 { amax / qmax } else { 1.0 };
             w_scale[o] = s;
             for (i, v) in row.iter().enumerate() {
-                q[i * c_out + o] = (v / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                q[i * c_out + o] = (v / s).round_ties_even().clamp(-qmax, qmax) as i8;
             }
         }
         let weights = I8Weights::pack(kernel, &q, e, c_out, (c_out, 1));
@@ -258,9 +267,9 @@ impl MbConv {
 
     /// The block with its projection in int8 (see [`Int8Projection`]) where its weights allow,
     /// else as it was.
-    pub fn with_int8_projection(mut self, kernel: I8Kernel) -> Self {
+    pub fn with_int8_projection(mut self, kernel: I8Kernel, bits: WeightBits) -> Self {
         let w = self.project.unpacked();
-        self.project_i8 = Int8Projection::quantize(kernel, &w, self.c_out, self.e);
+        self.project_i8 = Int8Projection::quantize(kernel, bits, &w, self.c_out, self.e);
         self
     }
 
@@ -753,7 +762,11 @@ mod tests {
     fn the_int8_projection_is_its_integer_definition_on_every_kernel() {
         // Reductions with a tail past the 4-byte steps and of the int8 kernel's longest,
         // partial output panels, rows past the 16 x 16 quantisation tiles and a single one.
-        for (e, c_out, ow) in [(20, 12, 19), (256, 64, 37), (13, 5, 1)] {
+        let shapes = [(20, 12, 19), (256, 64, 37), (13, 5, 1)];
+        for ((e, c_out, ow), bits) in shapes
+            .into_iter()
+            .flat_map(|s| [(s, WeightBits::Eight), (s, WeightBits::Seven)])
+        {
             let mut seed = (e * c_out + ow) as u64;
             let w = test_values(&mut seed, c_out * e);
             let x: Vec<f32> = test_values(&mut seed, e * ow)
@@ -775,23 +788,31 @@ mod tests {
                 .collect();
             let mut want = vec![0f32; c_out * ow];
             for (o, row) in w.chunks_exact(e).enumerate() {
-                let ws = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                let qmax = bits.max();
+                let ws = row.iter().fold(0f32, |a, v| a.max(v.abs())) / qmax;
                 let qw: Vec<i32> = row
                     .iter()
-                    .map(|v| (v / ws).round_ties_even().clamp(-127.0, 127.0) as i32)
+                    .map(|v| (v / ws).round_ties_even().clamp(-qmax, qmax) as i32)
                     .collect();
+                // 7 bits: the magnitude reaches 64 and no further.
+                let top = qw.iter().map(|v| v.abs()).max().unwrap();
+                assert_eq!(top as f32, qmax, "{bits:?}");
                 for p in 0..ow {
                     let acc: i32 = (0..e).map(|i| qa[i * ow + p] * qw[i]).sum();
                     want[o * ow + p] = acc as f32 * (ws * s) + bias[o];
                 }
             }
             for k8 in I8Kernel::available() {
-                let proj = Int8Projection::quantize(k8, &w, c_out, e).unwrap();
+                let proj = Int8Projection::quantize(k8, bits, &w, c_out, e).unwrap();
+                // AVX2 runs 7-bit weights in one pass.
+                let one_pass = bits == WeightBits::Seven || k8 != I8Kernel::Avx2;
+                assert_eq!(proj.weights.split(), !one_pass, "{k8:?} {bits:?}");
                 for k in Kernel::available() {
                     let mut got = vec![f32::NAN; c_out * ow];
                     assert!(proj.project(k, &x, (e, ow), &bias, &mut got));
+                    let what = format!("{k8:?} {k:?} {bits:?} {e}x{c_out}x{ow}");
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{k8:?} {k:?} {e}x{c_out}x{ow}");
+                    assert_eq!(bits(&got), bits(&want), "{what}");
                 }
             }
         }
@@ -800,7 +821,7 @@ mod tests {
     #[test]
     fn the_int8_projection_declines_a_row_without_a_finite_range() {
         let w = vec![0.5f32; 8 * 4];
-        let proj = Int8Projection::quantize(I8Kernel::best(), &w, 4, 8).unwrap();
+        let proj = Int8Projection::quantize(I8Kernel::best(), WeightBits::Eight, &w, 4, 8).unwrap();
         let mut x = vec![1.0f32; 8 * 3];
         x[5] = f32::INFINITY;
         let mut out = vec![7.0f32; 4 * 3];
@@ -812,7 +833,9 @@ mod tests {
         // A weight that is not finite: no int8 projection at all.
         let mut bad = w.clone();
         bad[3] = f32::NAN;
-        assert!(Int8Projection::quantize(I8Kernel::best(), &bad, 4, 8).is_none());
+        assert!(
+            Int8Projection::quantize(I8Kernel::best(), WeightBits::Eight, &bad, 4, 8).is_none()
+        );
         // All zeros: the range is 0, the output the bias.
         let mut out = vec![7.0f32; 4 * 3];
         assert!(proj.project(Kernel::best(), &[0.0; 24], (8, 3), &[0.25; 4], &mut out));
@@ -830,7 +853,7 @@ mod tests {
             !op.int8_projection(),
             "an fp32 model keeps its f32 projection"
         );
-        let op = op.with_int8_projection(I8Kernel::best());
+        let op = op.with_int8_projection(I8Kernel::best(), WeightBits::Eight);
         assert!(op.int8_projection());
         node.op = Box::new(op);
         (fp32, int8)

@@ -18,7 +18,7 @@ use crate::conv3x3::Geometry3x3;
 use crate::graph::{is_bin, konst, other_konst, sole_user};
 use crate::*;
 use sonomask_kernels::Kernel;
-use sonomask_kernels::int8::{I8Kernel, I8Weights, OutQuant};
+use sonomask_kernels::int8::{I8Kernel, I8Weights, OutQuant, WeightBits};
 
 /// Environment variable that turns the replacements off (any value but `0`).
 pub const STOCK_OPS_ENV: &str = "SONOMASK_STOCK_OPS";
@@ -976,7 +976,8 @@ pub fn substitute_with(
     if !off("mbconv") {
         // An int8 model's plan (its products made int8 before): the blocks' projections too.
         let int8 = !off("mbconv_int8") && model.nodes.iter().any(|n| n.op_is::<Int8Linear>());
-        let int8 = int8.then(I8Kernel::best);
+        // In the model's weight width: a 7-bit-weight model (AVX2's) gets 7-bit projections.
+        let int8 = int8.then(|| (I8Kernel::best(), int8_weight_bits(model)));
         fuse_mbconv(model, !off("mbconv_merge"), int8, &mut done)?;
     }
     if !off("patch_embed") {
@@ -1056,15 +1057,30 @@ fn chain_int8(model: &mut TypedModel, done: &mut Replaced) -> TractResult<()> {
     Ok(())
 }
 
+/// The width of the weights of a plan's [`Int8Linear`] ops: 7 bits when every one's are within
+/// [-64, 64] (a 7-bit-weight model, what AVX2 runs in one pass), else 8. The plan quantizes its
+/// own int8 weights (the MBConv projections) to the same width.
+pub(crate) fn int8_weight_bits(model: &TypedModel) -> WeightBits {
+    let seven = model.nodes.iter().all(|n| {
+        n.op_as::<Int8Linear>()
+            .is_none_or(|op| op.weights.within_7_bits())
+    });
+    if seven {
+        WeightBits::Seven
+    } else {
+        WeightBits::Eight
+    }
+}
+
 /// Puts an [`MbConv`] in place of each chain `x -> Gemm (1x1) -> Gelu -> Conv3x3 (depthwise)
 /// -> Gelu -> Gemm (1x1)`, each node the sole reader of the one before, with what follows it
 /// (see [`mbconv::Tail`]): `-> Add x -> Gelu`, or a reshape to `[c, pixels]` and a transpose.
 /// Without `merges`, only the inverted residuals (no patch mergings). With `int8`, their
-/// projections in int8 on that kernel ([`MbConv::with_int8_projection`]).
+/// projections in int8 on that kernel, in that weight width ([`MbConv::with_int8_projection`]).
 fn fuse_mbconv(
     model: &mut TypedModel,
     merges: bool,
-    int8: Option<I8Kernel>,
+    int8: Option<(I8Kernel, WeightBits)>,
     done: &mut Replaced,
 ) -> TractResult<()> {
     let before = done.mbconv;
@@ -1124,8 +1140,8 @@ fn fuse_mbconv(
         let Some(mut op) = MbConv::fusing(expand, (conv, &taps, &bias), proj, shapes) else {
             continue;
         };
-        if let Some(k8) = int8 {
-            op = op.with_int8_projection(k8);
+        if let Some((k8, bits)) = int8 {
+            op = op.with_int8_projection(k8, bits);
             done.mbconv_int8 += op.int8_projection() as usize;
         }
         let name = format!("{}.mbconv", model.nodes[id].name);
