@@ -397,6 +397,7 @@ mod tests {
             (6.0, 0.04),
             b0,
             post_bias,
+            254.0,
             &mut seed,
         );
         m.select_output_outlets(&[d]).unwrap();
@@ -404,36 +405,10 @@ mod tests {
     }
 
     /// One chain (`name.*` nodes) on `x`, its activations quantized over `[-ranges.0,
-    /// ranges.0]`, its output on a grid `ranges.1` apart.
+    /// ranges.0]`, its output on a grid `ranges.1` apart, its weights in `(-w_max / 2,
+    /// w_max / 2)` (254: 8 bits; 128: 7, what AVX2 runs in one pass).
     #[allow(clippy::too_many_arguments)]
     fn wire_chain(
-        m: &mut TypedModel,
-        name: &str,
-        x: OutletId,
-        (k, n): (usize, usize),
-        layout: Layout,
-        ranges: (f32, f32),
-        b0: i8,
-        post_bias: bool,
-        seed: &mut u64,
-    ) -> OutletId {
-        wire_chain_w(
-            m,
-            name,
-            x,
-            (k, n),
-            layout,
-            ranges,
-            b0,
-            post_bias,
-            254.0,
-            seed,
-        )
-    }
-
-    /// [`wire_chain`] with weights in `(-w_max / 2, w_max / 2)`.
-    #[allow(clippy::too_many_arguments)]
-    fn wire_chain_w(
         m: &mut TypedModel,
         name: &str,
         x: OutletId,
@@ -530,7 +505,7 @@ mod tests {
             let mut m = TypedModel::default();
             let s = m.add_source("x", f32::fact([64, 96])).unwrap();
             let (r, f) = ((6.0, 0.04), &crate::Fusions::all());
-            let d = wire_chain_w(
+            let d = wire_chain(
                 &mut m,
                 "l",
                 s,
@@ -575,6 +550,7 @@ mod tests {
                 (3.0, 0.02),
                 0,
                 true,
+                254.0,
                 &mut seed,
             );
             let g = m
@@ -589,6 +565,7 @@ mod tests {
                 (2.5, 0.03),
                 0,
                 true,
+                254.0,
                 &mut seed,
             );
             m.select_output_outlets(&[y]).unwrap();
