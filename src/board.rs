@@ -155,10 +155,20 @@ impl Board {
             ("sam_encoder", self.models.sam_encoder),
             ("sam_decoder", self.models.sam_decoder),
         ];
+        // The features on which sonomask's own int8 kernel beats fp32 (docs/BENCHMARKS.md, issue
+        // 22): a dot product (SDOT, VNNI), or AVX2 with the 7-bit-weight files the build writes.
+        let pays = match *arch {
+            "aarch64" => &["dotprod"][..],
+            _ => &["avx512vnni", "avxvnni", "avx2"][..],
+        };
         for (field, p) in int8 {
-            if p == Precision::Int8 && !self.features.iter().any(|f| f == "dotprod") {
+            if p == Precision::Int8 && !self.features.iter().any(|f| pays.contains(&f.as_str())) {
                 bail!(
-                    "models.{field} = \"int8\" on a core without \"dotprod\": tract's int8 is slower than its fp32 without a dot-product instruction (use fp32, or list dotprod if the core has it)"
+                    "models.{field} = \"int8\" on a core without {}: there sonomask's int8 is no faster than its fp32 (use fp32, or list the feature if the core has it)",
+                    pays.iter()
+                        .map(|f| format!("\"{f}\""))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
                 );
             }
         }
@@ -276,6 +286,16 @@ mod tests {
             .contains("does not exist on aarch64")
         );
         assert!(err("sam_decoder = \"fp32\"", "sam_decoder = \"fp16\"").contains("fp16"));
+        // On x86, int8 needs VNNI or AVX2 (the 7-bit-weight files): SSE4.1 alone is refused.
+        let cart = std::fs::read_to_string(boards_dir().join("x86-cart.toml")).unwrap();
+        let features = "features = [\"avx2\", \"fma\"]";
+        assert!(cart.contains(features) && cart.contains("sam_encoder = \"int8\""));
+        let sse = Board::parse(&cart.replace(features, "features = [\"sse4.1\"]"));
+        let e = format!("{:#}", sse.unwrap_err());
+        assert!(
+            e.contains("models.sam_encoder") && e.contains("\"avx2\""),
+            "{e}"
+        );
         assert!(
             err("target_cpu = \"cortex-a76\"", "target_cpu = \"x86-64-v3\"")
                 .contains("does not match")
