@@ -145,12 +145,9 @@ def main():
         # it two passes (docs/BENCHMARKS.md, issue 22); 7-bit ones run in one, exactly.
         q7 = dict(q, full_range=False)
         print(f"int8, 7-bit weights: {q7}")
+        # manifest.py reads each file's weight width and refuses a 7-bit variant that is not.
         for role, feeds in (("sam_encoder", enc_feeds), ("sam_decoder", dec_feeds)):
-            dst = a.models / f"{role}.int8w7.onnx"
-            quantize_one(a.models / f"{role}.fp32.onnx", dst, feeds, **q7)
-            widest = onnx_prep.max_weight_magnitude(onnx.load(str(dst)))
-            if widest > 64:
-                raise SystemExit(f"{dst}: an int8 weight of magnitude {widest}, not within 7 bits")
+            quantize_one(a.models / f"{role}.fp32.onnx", a.models / f"{role}.int8w7.onnx", feeds, **q7)
 
 
 if __name__ == "__main__":

@@ -240,12 +240,7 @@ fn table(a: &BenchArgs, image: &Path) -> Result<()> {
         "| model | fp32 ms | int8 ms | int8 / fp32 | faster here (int8 under {INT8_MARGIN}x) |\n|---|---|---|---|---|"
     );
     let mut best = serde_json::Map::new();
-    for role in [
-        Role::SamEncoder,
-        Role::SamDecoder,
-        Role::ClipImage,
-        Role::ClipText,
-    ] {
+    for role in Role::ALL {
         let get = |p| rows.iter().find(|r| r.0 == role && r.1 == p).map(|r| r.2);
         let (f, i) = (get(Precision::Fp32), get(Precision::Int8));
         if f.is_none() && i.is_none() {

@@ -14,18 +14,13 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     // what --precision auto picks per model at the default threads, and from where
     let threads = super::common::default_threads();
     let auto = precision_table::Auto::load(&models, threads);
-    let picks: Vec<(Role, Precision, precision_table::Source)> = [
-        Role::SamEncoder,
-        Role::SamDecoder,
-        Role::ClipImage,
-        Role::ClipText,
-    ]
-    .into_iter()
-    .map(|r| {
-        let (p, s) = auto.pick(r);
-        (r, p, s)
-    })
-    .collect();
+    let picks: Vec<(Role, Precision, precision_table::Source)> = Role::ALL
+        .into_iter()
+        .map(|r| {
+            let (p, s) = auto.pick(r);
+            (r, p, s)
+        })
+        .collect();
     let precision = picks[0].1;
     let mut warnings: Vec<String> = Vec::new();
     let models_json = model_status(&models, &mut warnings);
@@ -72,11 +67,12 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         }
     );
     println!("threads: {}", j["threads_available"]);
+    let k8 = crate::simd::int8::I8Kernel::best();
     println!(
         "simd kernels: {:?}; own int8 kernel: {} (int8 models' linear layers{}); int8 pays here by rule (dot-product int8 kernel): {}",
         cpu.kernel(),
-        crate::simd::int8::I8Kernel::best().name(),
-        if crate::simd::int8::I8Kernel::best().prefers_7bit_weights() {
+        k8.name(),
+        if k8.prefers_7bit_weights() {
             "; 7-bit weights in one pass: the 7-bit-weight int8 files are loaded where the manifest has them"
         } else {
             ""

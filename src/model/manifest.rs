@@ -43,6 +43,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the manifest's order.
+    pub const ALL: [Role; 4] = [
+        Role::SamEncoder,
+        Role::SamDecoder,
+        Role::ClipImage,
+        Role::ClipText,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::SamEncoder => "sam_encoder",
@@ -515,39 +523,35 @@ bytes = 1
                 "[[model]]\nfile = \"{file}\"\nrole = \"sam_encoder\"\nprecision = \"int8\"\nsha256 = \"00\"\nbytes = 1\n{bits}"
             )
         };
-        let dir = std::env::temp_dir().join(format!("sonomask-manifest-w7-{}", std::process::id()));
-        let both = format!(
-            "{GOOD}{}{}",
+        let (w7, w8) = (
             int8("e.int8w7.onnx", "weight_bits = 7\n"),
-            int8("e.int8.onnx", "")
+            int8("e.int8.onnx", ""),
         );
-        write(&dir, &both);
-        let m = Manifest::load(&dir).unwrap();
+        let dir = std::env::temp_dir().join(format!("sonomask-manifest-w7-{}", std::process::id()));
+        let load = |models: &str| {
+            write(&dir, &format!("{GOOD}{models}"));
+            Manifest::load(&dir)
+        };
+        let m = load(&format!("{w7}{w8}")).unwrap();
         let file = |p, w7| m.entry_for(Role::SamEncoder, p, w7).unwrap().file.clone();
         assert_eq!(file(Precision::Int8, true), "e.int8w7.onnx");
         assert_eq!(file(Precision::Int8, false), "e.int8.onnx");
         assert_eq!(file(Precision::Fp32, true), "x.onnx");
         // Only one int8 file: it runs wherever (7-bit weights are exact on every kernel, 8-bit
         // ones on AVX2 in two passes).
-        write(
-            &dir,
-            &format!("{GOOD}{}", int8("e.int8w7.onnx", "weight_bits = 7\n")),
-        );
-        let m = Manifest::load(&dir).unwrap();
-        let e = m
-            .entry_for(Role::SamEncoder, Precision::Int8, false)
-            .unwrap();
-        assert_eq!((e.file.as_str(), e.weight_bits), ("e.int8w7.onnx", 7));
-        write(&dir, &format!("{GOOD}{}", int8("e.int8.onnx", "")));
-        let m = Manifest::load(&dir).unwrap();
-        let e = m
-            .entry_for(Role::SamEncoder, Precision::Int8, true)
-            .unwrap();
-        assert_eq!((e.file.as_str(), e.weight_bits), ("e.int8.onnx", 8));
+        for (only, prefer_7, want) in [
+            (&w7, false, ("e.int8w7.onnx", 7)),
+            (&w8, true, ("e.int8.onnx", 8)),
+        ] {
+            let m = load(only).unwrap();
+            let e = m
+                .entry_for(Role::SamEncoder, Precision::Int8, prefer_7)
+                .unwrap();
+            assert_eq!((e.file.as_str(), e.weight_bits), want);
+        }
         // A width no kernel has, or 7 bits on an fp32 file: refused, naming the file.
         for bad in ["weight_bits = 4\n", "weight_bits = 0\n"] {
-            write(&dir, &format!("{GOOD}{}", int8("e.int8.onnx", bad)));
-            let e = format!("{:#}", Manifest::load(&dir).unwrap_err());
+            let e = format!("{:#}", load(&int8("e.int8.onnx", bad)).unwrap_err());
             assert!(
                 e.contains("e.int8.onnx") && e.contains("weight_bits"),
                 "{e}"

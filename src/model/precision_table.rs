@@ -154,15 +154,15 @@ impl Auto {
             log::warn!("{e:#}; --precision auto uses its rule");
             Vec::new()
         });
+        // The manifest's small TOML read once more here (the session loads it on its own): a
+        // manifest that cannot be read leaves the rule as for 8-bit files, and its loader says why.
         let seven_bit = super::Manifest::load(models)
             .map(|m| {
-                m.model
-                    .iter()
-                    .filter_map(|e| {
-                        let loaded = m.entry(e.role, super::Precision::Int8).ok()?;
-                        (loaded.file == e.file && loaded.weight_bits == 7).then_some(e.role)
-                    })
-                    .collect()
+                let loads_7_bits = |r: Role| {
+                    m.entry(r, Precision::Int8)
+                        .is_ok_and(|e| e.weight_bits == 7)
+                };
+                Role::ALL.into_iter().filter(|&r| loads_7_bits(r)).collect()
             })
             .unwrap_or_default();
         Auto {

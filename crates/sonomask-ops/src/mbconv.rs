@@ -59,9 +59,9 @@ thread_local! {
 /// `max |w| / 127`) or 7 (`/ 64`, a 7-bit-weight model's plan), quantized at load; the
 /// activations of each output row (`e x ow`, after the depthwise GELU) asymmetric u8 over the
 /// row's own range, 0 included (onnxruntime's `DynamicQuantizeLinear` rule, on a row instead
-/// of a tensor): no calibration, and a row's range is what its values need. Measured on LiteMedSAM (`quantize/mbconv_int8.py`):
-/// embedding cosine to fp32 0.9993 with stage 0's projections so, 0.9879 with its expansions
-/// too (left fp32).
+/// of a tensor): no calibration, and a row's range is what its values need. Measured on
+/// LiteMedSAM (`quantize/mbconv_int8.py`): embedding cosine to fp32 0.9993 with stage 0's
+/// projections so, 0.9879 with its expansions too (left fp32).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int8Projection {
     weights: I8Weights,
@@ -83,12 +83,12 @@ impl Int8Projection {
         }
         let mut q = vec![0i8; e * c_out];
         let mut w_scale = vec![0f32; c_out];
+        let qmax = bits.max();
         for (o, row) in w.chunks_exact(e).enumerate() {
             if !row.iter().all(|v| v.is_finite()) {
                 return None;
             }
             let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let qmax = bits.max();
             let s = if amax > 0.0 { amax / qmax } else { 1.0 };
             w_scale[o] = s;
             for (i, v) in row.iter().enumerate() {
